@@ -1,0 +1,1 @@
+"""Constellation's HTTP API (FastAPI). It never imports Dagster to serve a request."""

@@ -1,0 +1,61 @@
+"""Request and response bodies for jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from constellation_core.catalog import DEFAULT_MODEL
+from constellation_core.tables import JOB_STATES
+from constellation_core.tiles import MAX_ZOOM, MIN_ZOOM
+
+JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
+
+
+class GeoJSONGeometry(BaseModel):
+    """A GeoJSON Polygon or MultiPolygon in lon/lat (EPSG:4326)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    coordinates: list[Any]
+
+
+class JobBase(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    zoom: int = Field(ge=MIN_ZOOM, le=MAX_ZOOM, description="Web-mercator zoom level of the tiles")
+    model: str = Field(default=DEFAULT_MODEL, max_length=100)
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first")
+    mode: Literal["serial", "parallel"] = "parallel"
+
+
+class JobCreate(JobBase):
+    model_config = ConfigDict(extra="forbid")
+    area: GeoJSONGeometry | None = Field(default=None, description="The area of interest")
+    area_id: UUID | None = Field(default=None, description="A stored area, instead of `area`")
+
+    @model_validator(mode="after")
+    def _one_area(self) -> JobCreate:
+        if (self.area is None) == (self.area_id is None):
+            raise ValueError("give exactly one of `area` (GeoJSON geometry) or `area_id`")
+        return self
+
+
+class JobPublic(JobBase):
+    id: UUID
+    state: JobState
+    submitted_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    tiles_total: int | None
+    tiles_done: int
+    progress: float = Field(description="Fraction of tiles done, 0..1")
+    area: dict[str, Any]
+    area_id: UUID | None
+    dagster_run_id: str | None
+    dagit_url: str | None
+    error: str | None

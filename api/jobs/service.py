@@ -1,0 +1,117 @@
+"""Job use cases: submit and read. The request never waits on Dagster (a sensor dispatches)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.accounts.auth import Account
+from api.errors import InvalidInput, NotFound
+from api.jobs import repository
+from api.jobs.schemas import JobCreate, JobPublic
+from constellation_core.catalog import MODELS
+from constellation_core.events import Event, record_event_async
+from constellation_core.geometry import InvalidGeometry, parse_area
+from constellation_core.logs import correlation_id
+from constellation_core.tiles import TooManyTiles, plan_tiles
+
+log = logging.getLogger(__name__)
+
+PARAM_KEYS = ("model", "batch_size", "mode")
+
+
+async def create_job(
+    engine: AsyncEngine, account: Account, body: JobCreate, *, max_tiles: int, dagit_url: str
+) -> tuple[JobPublic, Event]:
+    if body.model not in MODELS:
+        raise InvalidInput(
+            f"unknown model {body.model!r}; known models: {', '.join(sorted(MODELS))}",
+            errors=[{"loc": ["body", "model"], "msg": "unknown model", "type": "value_error"}],
+        )
+    async with engine.begin() as conn:
+        area_geojson = await _resolve_area(conn, account, body)
+        try:
+            aoi = parse_area(area_geojson)
+            tiles_total = len(plan_tiles(aoi, body.zoom, max_tiles))
+        except InvalidGeometry as exc:
+            raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "geometry"}])
+        except TooManyTiles as exc:
+            raise InvalidInput(
+                f"{exc}; choose a smaller area or a lower zoom",
+                errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_many_tiles"}],
+            )
+        if tiles_total == 0:
+            raise InvalidInput("the area covers no tile at this zoom")
+        job_id = await repository.insert_job(
+            conn,
+            aoi_wkt=aoi.wkt,
+            name=body.name,
+            params={k: getattr(body, k) for k in PARAM_KEYS},
+            priority=body.priority,
+            zoom=body.zoom,
+            state="queued",
+            submitted_by=account.name,
+            account_id=account.id,
+            area_id=body.area_id,
+            tiles_total=tiles_total,
+            correlation_id=correlation_id.get(),
+        )
+        event = await record_event_async(
+            conn, "job.state", account_id=account.id, job_id=job_id, payload={"state": "queued"}
+        )
+        row = await repository.get_job(conn, job_id)
+    log.info("job submitted", extra={"job_id": str(job_id), "tiles": tiles_total, "account": account.name})
+    return to_public(row, dagit_url), event
+
+
+async def _resolve_area(conn, account: Account, body: JobCreate) -> dict[str, Any]:
+    if body.area is not None:
+        return body.area.model_dump()
+    found = await repository.get_area_geojson(conn, body.area_id)
+    if found is None or not _may_use(account, found[0]):
+        raise InvalidInput(f"no area with id {body.area_id}")
+    return found[1]
+
+
+def _may_use(account: Account, owner: UUID | None) -> bool:
+    return account.is_admin or owner is None or owner == account.id
+
+
+async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str) -> JobPublic:
+    async with engine.connect() as conn:
+        row = await repository.get_job(conn, job_id)
+    # Another account's job is reported as absent, so ids do not leak.
+    if row is None or not (account.is_admin or row["account_id"] == account.id):
+        raise NotFound(f"no job with id {job_id}")
+    return to_public(row, dagit_url)
+
+
+def to_public(row: RowMapping, dagit_url: str) -> JobPublic:
+    params = row["params"] or {}
+    total = row["tiles_total"] or 0
+    run_id = row["dagster_run_id"]
+    return JobPublic(
+        id=row["id"],
+        name=row["name"],
+        state=row["state"],
+        zoom=row["zoom"],
+        priority=row["priority"],
+        submitted_by=row["submitted_by"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        tiles_total=row["tiles_total"],
+        tiles_done=row["tiles_done"],
+        progress=(row["tiles_done"] / total) if total else 0.0,
+        area=json.loads(row["aoi_geojson"]),
+        area_id=row["area_id"],
+        dagster_run_id=run_id,
+        dagit_url=f"{dagit_url}/runs/{run_id}" if run_id else None,
+        error=row["error"],
+        **{k: params[k] for k in PARAM_KEYS if k in params},
+    )

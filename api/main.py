@@ -1,0 +1,70 @@
+"""The FastAPI application: `uvicorn api.main:app` (or `create_app()` in tests)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from api.errors import install_problem_handlers
+from api.health.router import router as health_router
+from api.jobs.router import router as jobs_router
+from api.metrics import BodyLimitMiddleware, RequestContextMiddleware
+from api.stream.hub import StreamHub
+from api.stream.router import router as stream_router
+from constellation_core.bus import connect, ensure_stream
+from constellation_core.db import async_engine
+from constellation_core.logs import configure_logging
+from constellation_core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def _route_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = settings
+        app.state.engine = async_engine(settings.sync_database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        app.state.nats = await connect(settings.nats_url, name="constellation-api")
+        await ensure_stream(app.state.nats.jetstream())
+        app.state.hub = StreamHub()
+        await app.state.hub.start(app.state.nats)
+        log.info("api started", extra={"nats": settings.nats_url})
+        try:
+            yield
+        finally:
+            await app.state.hub.stop()
+            await app.state.nats.drain()
+            await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Constellation API",
+        version="0.1.0",
+        summary="Schedule CNN tile inference over areas of interest on GPUs, and watch it live.",
+        lifespan=lifespan,
+        generate_unique_id_function=_route_id,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health_router)
+    app.include_router(jobs_router)
+    app.include_router(stream_router)
+    return app
+
+
+def app() -> FastAPI:
+    """Factory for `uvicorn --factory api.main:app`."""
+    settings = get_settings()
+    configure_logging("api", settings.log_level)
+    return create_app(settings)

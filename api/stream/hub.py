@@ -1,0 +1,71 @@
+"""Fans NATS events out to stream clients. A slow client is dropped; it never slows the others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from api.metrics import STREAM_CLIENTS, STREAM_DROPPED
+from constellation_core.events import SUBJECT_ROOT, Event
+
+log = logging.getLogger(__name__)
+
+CLIENT_QUEUE_SIZE = 1000
+
+
+@dataclass(eq=False)
+class Subscriber:
+    job_id: UUID | None = None  # None: every job
+    account_id: UUID | None = None  # None: every account's (admins)
+    queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_SIZE))
+    dropped: bool = False
+
+    def wants(self, event: Event) -> bool:
+        return (self.job_id is None or event.job_id == self.job_id) and (
+            self.account_id is None or event.account_id == self.account_id
+        )
+
+
+class StreamHub:
+    def __init__(self) -> None:
+        self._subscribers: set[Subscriber] = set()
+        self._subscription = None
+
+    async def start(self, nc: NATS) -> None:
+        self._subscription = await nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._on_message)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+        for subscriber in list(self._subscribers):
+            if not subscriber.queue.full():
+                subscriber.queue.put_nowait(None)
+
+    def add(self, subscriber: Subscriber) -> None:
+        self._subscribers.add(subscriber)
+        STREAM_CLIENTS.set(len(self._subscribers))
+
+    def remove(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+        STREAM_CLIENTS.set(len(self._subscribers))
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            event = Event.from_bytes(msg.data)
+        except ValueError:
+            log.warning("ignoring a malformed event", extra={"subject": msg.subject})
+            return
+        for subscriber in list(self._subscribers):
+            if not subscriber.wants(event):
+                continue
+            try:
+                subscriber.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                subscriber.dropped = True
+                self.remove(subscriber)
+                STREAM_DROPPED.inc()

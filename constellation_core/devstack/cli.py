@@ -1,0 +1,236 @@
+"""`constellation-dev`: start, prepare and stop the local stack (used by the Makefile)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy.engine import make_url
+
+from constellation_core.devstack.nats import NatsServer
+from constellation_core.devstack.postgres import PostgresCluster
+from constellation_core.devstack.setup import (
+    create_database,
+    dagster_storage_ready,
+    prepare_stack,
+    schema_at_head,
+)
+from constellation_core.settings import REPO_ROOT, Settings, get_settings
+from constellation_core.waiting import free_port, wait_for
+
+app = typer.Typer(help="Run Constellation's local stack.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+BIN = Path(sys.executable).parent
+
+
+def _local_cluster(settings: Settings) -> PostgresCluster:
+    return PostgresCluster(settings.local_dir / "postgres", make_url(settings.database_url).port or 5432)
+
+
+def _local_nats(settings: Settings) -> NatsServer:
+    port = int(settings.nats_url.rsplit(":", 1)[1])
+    return NatsServer(settings.local_dir / "nats" / "jetstream", port)
+
+
+def _dagster_home(settings: Settings) -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or settings.local_dir / "dagster_home")
+
+
+def _stack_env(settings: Settings) -> dict[str, str]:
+    return {
+        "DATABASE_URL": settings.sync_database_url,
+        "NATS_URL": settings.nats_url,
+        "DAGSTER_PG_URL": settings.dagster_storage_url,
+        "DAGSTER_HOME": str(_dagster_home(settings)),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _exit_on_sigterm() -> None:
+    # Turn SIGTERM into SystemExit so `finally` blocks stop what we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+@app.command(context_settings=PASSTHROUGH)
+def with_services(ctx: typer.Context) -> None:
+    """Start a throwaway Postgres+PostGIS and NATS (free ports, temp dirs), run a command, stop them.
+
+    The command sees DATABASE_URL (a migrated `constellation` database), NATS_URL and
+    CONSTELLATION_TEST_PG_ADMIN_URL (for creating more databases).
+    """
+    _exit_on_sigterm()
+    tmp = Path(tempfile.mkdtemp(prefix="constellation-services-"))
+    pg = PostgresCluster(tmp / "postgres", free_port(), tuned_for_tests=True)
+    nats = NatsServer(tmp / "nats" / "jetstream", free_port())
+    rc = 1
+    try:
+        pg.start()
+        nats.start()
+        database_url = pg.url("constellation")
+        create_database(database_url)
+        from constellation_core.db import migrate
+
+        migrate(database_url)
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "NATS_URL": nats.url,
+            "CONSTELLATION_TEST_PG_ADMIN_URL": pg.url(),
+        }
+        typer.echo(f"services: Postgres {pg.url()} · NATS {nats.url}", err=True)
+        rc = subprocess.call(ctx.args, env=env)
+    finally:
+        nats.stop()
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise typer.Exit(rc)
+
+
+@app.command()
+def postgres() -> None:
+    """Run the demo's Postgres in the foreground (for the supervisor)."""
+    cluster = _local_cluster(get_settings())
+    cluster.init()
+    argv = cluster.foreground_argv()
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def nats() -> None:
+    """Run the demo's NATS with JetStream in the foreground (for the supervisor)."""
+    server = _local_nats(get_settings())
+    server.store_dir.mkdir(parents=True, exist_ok=True)
+    argv = server.argv()
+    os.execvp(argv[0], argv)
+
+
+@app.command(context_settings=PASSTHROUGH)
+def wait_ready(ctx: typer.Context, timeout: float = 300) -> None:
+    """Wait until the databases are migrated and Dagster's storage exists, then exec the command."""
+    settings = get_settings()
+    wait_for(lambda: schema_at_head(settings.sync_database_url), timeout=timeout, what="migrations", interval=0.5)
+    wait_for(lambda: dagster_storage_ready(settings.dagster_storage_url), timeout=timeout, what="Dagster storage",
+             interval=0.5)
+    os.execvp(ctx.args[0], ctx.args)
+
+
+@app.command()
+def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area and jobs")] = True) -> None:
+    """Create databases, migrate, create the NATS stream and Dagster storage; seed the demo."""
+    settings = get_settings()
+    wait_for(lambda: create_database(settings.sync_database_url) is not None, timeout=120, what="Postgres",
+             interval=0.5)
+    prepare_stack(settings, _dagster_home(settings))
+    typer.echo("setup: databases migrated, NATS stream and Dagster storage ready")
+    if not seed:
+        return
+    from constellation_core.devstack.seed import seed_demo
+
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    key, seeded = seed_demo(settings, settings.local_dir / "dev-api-key", api_url)
+    typer.echo(
+        "\n".join(
+            [
+                "",
+                "Constellation is up" + (" (demo seeded: 3 jobs submitted)" if seeded else " (existing data kept)"),
+                f"  API:        {api_url}   (docs: {api_url}/docs, stream: ws://{settings.api_host}:{settings.api_port}/stream)",
+                f"  Dagit:      {settings.dagit_base_url}",
+                f"  Dev API key (account 'demo', admin): {key}",
+                f"  Try:        curl -H 'Authorization: Bearer {key}' {api_url}/readyz",
+                f"  Logs:       {settings.local_dir}/logs/     Stop: Ctrl-C or `make stop`",
+                "",
+            ]
+        )
+    )
+
+
+def _program(name: str, command: str, *, priority: int, log_dir: Path, to_console: bool = False,
+             oneshot: bool = False, stopsignal: str = "TERM") -> str:
+    logs = (
+        "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0"
+        if to_console
+        else f"stdout_logfile={log_dir / (name + '.log')}\nstdout_logfile_maxbytes=20MB"
+    )
+    restart = "autorestart=false\nstartsecs=0\nexitcodes=0" if oneshot else "autorestart=true\nstartsecs=2\nstartretries=5"
+    return (
+        f"[program:{name}]\ncommand={command}\ndirectory={REPO_ROOT}\npriority={priority}\n"
+        f"redirect_stderr=true\n{logs}\n{restart}\nstopsignal={stopsignal}\nstopwaitsecs=20\nstopasgroup=true\n"
+        "killasgroup=true\n"
+    )
+
+
+def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: bool) -> str:
+    local = settings.local_dir
+    log_dir = local / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    dev = BIN / "constellation-dev"
+    programs = []
+    if local_postgres:
+        programs.append(_program("postgres", f"{dev} postgres", priority=10, log_dir=log_dir, stopsignal="INT"))
+    if local_nats:
+        programs.append(_program("nats", f"{dev} nats", priority=10, log_dir=log_dir))
+    programs += [
+        _program("setup", f"{dev} setup", priority=20, log_dir=log_dir, to_console=True, oneshot=True),
+        _program(
+            "api",
+            f"{dev} wait-ready {BIN / 'uvicorn'} --factory api.main:app --host {settings.api_host} "
+            f"--port {settings.api_port} --no-access-log",
+            priority=30, log_dir=log_dir,
+        ),
+        _program("dagster-daemon", f"{dev} wait-ready {BIN / 'dagster-daemon'} run -w workspace.yaml",
+                 priority=30, log_dir=log_dir),
+        _program(
+            "dagster-webserver",
+            f"{dev} wait-ready {BIN / 'dagster-webserver'} -w workspace.yaml -h 127.0.0.1 -p {settings.dagit_port}",
+            priority=30, log_dir=log_dir,
+        ),
+    ]
+    return (
+        f"[supervisord]\nnodaemon=true\nlogfile={log_dir / 'supervisord.log'}\npidfile={local / 'supervisord.pid'}\n"
+        f"childlogdir={log_dir}\n\n"
+        f"[unix_http_server]\nfile={local / 'supervisor.sock'}\nchmod=0700\n\n"
+        f"[supervisorctl]\nserverurl=unix://{local / 'supervisor.sock'}\n\n"
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+        + "\n".join(programs)
+    )
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole stack under supervisord in the foreground (Ctrl-C stops everything)."""
+    settings = get_settings()
+    settings.local_dir.mkdir(parents=True, exist_ok=True)
+    # DATABASE_URL / NATS_URL in the environment point at external services: start none of ours.
+    local_postgres = "DATABASE_URL" not in os.environ
+    local_nats = "NATS_URL" not in os.environ
+    if local_postgres:
+        _local_cluster(settings).init()  # fail here, visibly, rather than inside the supervisor
+    config = settings.local_dir / "supervisord.conf"
+    config.write_text(supervisor_config(settings, local_postgres=local_postgres, local_nats=local_nats))
+    os.environ.update(_stack_env(settings))
+    typer.echo(f"starting the stack under supervisord ({config}); logs in {settings.local_dir / 'logs'}")
+    os.execv(str(BIN / "supervisord"), [str(BIN / "supervisord"), "-c", str(config)])
+
+
+@app.command()
+def stop() -> None:
+    """Stop a running `make demo` and everything it started."""
+    config = get_settings().local_dir / "supervisord.conf"
+    if not config.exists():
+        typer.echo("nothing to stop (no .local/supervisord.conf)")
+        return
+    rc = subprocess.call([str(BIN / "supervisorctl"), "-c", str(config), "shutdown"])
+    raise typer.Exit(rc)
+
+
+if __name__ == "__main__":
+    app()

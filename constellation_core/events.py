@@ -1,0 +1,111 @@
+"""Events: one schema for the `events` table, NATS subjects and the stream clients.
+
+Every event is first an `events` row (its id orders it and lets clients resume), then, after the
+transaction that wrote it commits, a NATS message on a subject under `constellation.`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from constellation_core.tables import TERMINAL_JOB_STATES, events, jobs
+
+STREAM_NAME = "CONSTELLATION"
+SUBJECT_ROOT = "constellation"
+
+EventType = Literal["job.state", "job.progress", "job.log", "gpu.metrics"]
+
+# Which state a job may move to from which: anything else is refused (and emits nothing), which
+# makes every transition idempotent and keeps the published order queued → running → terminal.
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    "running": ("queued",),
+    "succeeded": ("running",),
+    "failed": ("queued", "running"),
+    "canceled": ("queued", "running"),
+}
+
+_RETURNING = (events.c.id, events.c.type, events.c.account_id, events.c.job_id, events.c.run_id, events.c.payload,
+              events.c.ts)
+
+
+class Event(BaseModel):
+    id: int
+    type: EventType
+    account_id: UUID | None = None
+    job_id: UUID | None = None
+    run_id: UUID | None = None
+    payload: dict[str, Any]
+    ts: datetime
+
+    @property
+    def subject(self) -> str:
+        if self.job_id is not None:
+            return f"{SUBJECT_ROOT}.jobs.{self.job_id}.{self.type.removeprefix('job.')}"
+        return f"{SUBJECT_ROOT}.gpus.{self.payload.get('device_uuid', 'unknown')}.metrics"
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Event:
+        return cls.model_validate(json.loads(data))
+
+
+def _insert(type_: str, account_id: UUID | None, job_id: UUID | None, run_id: UUID | None, payload: dict | None):
+    return (
+        insert(events)
+        .values(type=type_, account_id=account_id, job_id=job_id, run_id=run_id, payload=payload or {})
+        .returning(*_RETURNING)
+    )
+
+
+def record_event(
+    conn: Connection, type_: EventType, *, account_id: UUID | None = None, job_id: UUID | None = None,
+    run_id: UUID | None = None, payload: dict[str, Any] | None = None,
+) -> Event:
+    row = conn.execute(_insert(type_, account_id, job_id, run_id, payload)).mappings().one()
+    return Event.model_validate(dict(row))
+
+
+async def record_event_async(
+    conn: AsyncConnection, type_: EventType, *, account_id: UUID | None = None, job_id: UUID | None = None,
+    run_id: UUID | None = None, payload: dict[str, Any] | None = None,
+) -> Event:
+    row = (await conn.execute(_insert(type_, account_id, job_id, run_id, payload))).mappings().one()
+    return Event.model_validate(dict(row))
+
+
+def _transition(job_id: UUID, state: str, columns: dict[str, Any]):
+    values: dict[str, Any] = {"state": state, "updated_at": datetime.now().astimezone(), **columns}
+    if state in TERMINAL_JOB_STATES:
+        values["finished_at"] = values["updated_at"]
+    return (
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state.in_(ALLOWED_FROM[state]))
+        .values(**values)
+        .returning(jobs.c.account_id)
+    )
+
+
+def transition_job(
+    conn: Connection, job_id: UUID, state: str, *, run_id: UUID | None = None,
+    detail: dict[str, Any] | None = None, **columns: Any,
+) -> Event | None:
+    """Move a job to `state` if allowed from its current state, recording its `job.state` event.
+
+    Returns None (and writes nothing) when the move is not allowed, e.g. already terminal.
+    """
+    account_id = conn.execute(_transition(job_id, state, columns)).scalar_one_or_none()
+    if account_id is None:
+        return None
+    return record_event(
+        conn, "job.state", account_id=account_id, job_id=job_id, run_id=run_id,
+        payload={"state": state, **(detail or {})},
+    )

@@ -1,0 +1,58 @@
+"""Process settings, read from the environment (and `.env` if present)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # System of record. Any SQLAlchemy URL; the driver is normalised per use (see below).
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:55432/constellation"
+    # Dagster's run/event/schedule storage. Defaults to a `dagster` database on the same server.
+    dagster_database_url: str | None = None
+    nats_url: str = "nats://127.0.0.1:14222"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    dagit_port: int = 3000
+    usage_port: int = 8081
+    # Public base URL of Dagit, used for links from jobs to their runs.
+    dagit_url: str | None = None
+
+    local_dir: Path = Field(default=REPO_ROOT / ".local", alias="CONSTELLATION_LOCAL_DIR")
+    max_tiles_per_job: int = Field(default=5000, alias="CONSTELLATION_MAX_TILES_PER_JOB")
+    log_level: str = "INFO"
+
+    @property
+    def sync_database_url(self) -> str:
+        """The system-of-record URL with the psycopg (v3) driver."""
+        return make_url(self.database_url).set(drivername="postgresql+psycopg").render_as_string(
+            hide_password=False
+        )
+
+    @property
+    def dagster_storage_url(self) -> str:
+        """Dagster storage URL. dagster-postgres needs psycopg2 under SQLAlchemy 2.1."""
+        if self.dagster_database_url:
+            url = make_url(self.dagster_database_url)
+        else:
+            url = make_url(self.database_url).set(database="dagster")
+        return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+    @property
+    def dagit_base_url(self) -> str:
+        return self.dagit_url or f"http://127.0.0.1:{self.dagit_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

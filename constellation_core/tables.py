@@ -1,0 +1,195 @@
+"""Table definitions for the system of record (SQLAlchemy Core).
+
+The schema itself is owned by the Alembic migrations in db/migrations; these definitions mirror it
+for queries, and tests/test_migrations.py fails if the two drift apart.
+"""
+
+from __future__ import annotations
+
+from geoalchemy2 import Geometry
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "canceled"})
+ROLES = ("admin", "member")
+
+
+def _uuid_pk() -> Column:
+    return Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+
+
+def _created_at() -> Column:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+accounts = Table(
+    "accounts",
+    metadata,
+    _uuid_pk(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("role", Text, nullable=False, server_default="member"),
+    _created_at(),
+    CheckConstraint("role IN ('admin', 'member')", name="accounts_role_check"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    _uuid_pk(),
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    # SHA-256 of the key: keys are 256-bit random secrets, so a fast hash is enough and lookups stay O(1).
+    Column("key_hash", Text, nullable=False, unique=True),
+    # The first characters of the key, shown in listings so people can tell keys apart.
+    Column("prefix", Text, nullable=False),
+    _created_at(),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+areas = Table(
+    "areas",
+    metadata,
+    _uuid_pk(),
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id", ondelete="SET NULL")),
+    Column("name", Text, nullable=False),
+    Column("geom", Geometry("GEOMETRY", srid=4326, spatial_index=False), nullable=False),
+    _created_at(),
+    Index("areas_geom_gist", "geom", postgresql_using="gist"),
+)
+
+gpus = Table(
+    "gpus",
+    metadata,
+    _uuid_pk(),
+    Column("uuid", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=False),
+    Column("total_mem_mb", Integer),
+    Column("compute_capability", Text),
+    # Simulated devices compute on the CPU; they are always labelled as such.
+    Column("simulated", Boolean, nullable=False, server_default=text("false")),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    _uuid_pk(),
+    Column("name", Text, nullable=False),
+    Column("params", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("state", Text, nullable=False, server_default="queued"),
+    _created_at(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("submitted_by", Text, nullable=False),
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
+    Column("area_id", UUID(as_uuid=True), ForeignKey("areas.id")),
+    Column("aoi", Geometry("GEOMETRY", srid=4326, spatial_index=False), nullable=False),
+    Column("zoom", Integer, nullable=False),
+    Column("tiles_total", Integer),
+    Column("tiles_done", Integer, nullable=False, server_default="0"),
+    # When the dispatch sensor last asked Dagster for a run; the run key makes repeats harmless.
+    Column("dispatched_at", DateTime(timezone=True)),
+    Column("dagster_run_id", Text),
+    Column("correlation_id", Text),
+    Column("error", Text),
+    CheckConstraint(
+        "state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')", name="jobs_state_check"
+    ),
+    Index("jobs_state_idx", "state"),
+    Index("jobs_account_created_idx", "account_id", "created_at"),
+    Index(
+        "jobs_queued_idx",
+        text("priority DESC"),
+        "created_at",
+        postgresql_where=text("state = 'queued'"),
+    ),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    _uuid_pk(),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("gpu_id", UUID(as_uuid=True), ForeignKey("gpus.id")),
+    Column("dagster_run_id", Text, nullable=False, unique=True),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("state", Text, nullable=False, server_default="running"),
+    Column("exit_code", Integer),
+    Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Index("runs_job_id_idx", "job_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    # Append-only (a trigger refuses UPDATE and DELETE); clients resume from the last id they saw.
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("type", Text, nullable=False),
+    # The account whose job the event concerns, so members' streams carry only their own.
+    Column("account_id", UUID(as_uuid=True)),
+    Column("job_id", UUID(as_uuid=True)),
+    Column("run_id", UUID(as_uuid=True)),
+    Column("payload", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("ts", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("events_job_id_idx", "job_id", "id"),
+    Index("events_account_id_idx", "account_id", "id"),
+)
+
+tiles = Table(
+    "tiles",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("z", Integer, nullable=False),
+    Column("x", Integer, nullable=False),
+    Column("y", Integer, nullable=False),
+    Column("footprint", Geometry("POLYGON", srid=4326, spatial_index=False), nullable=False),
+    PrimaryKeyConstraint("job_id", "z", "x", "y", name="tiles_pkey"),
+    Index("tiles_footprint_gist", "footprint", postgresql_using="gist"),
+)
+
+tile_results = Table(
+    "tile_results",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("job_id", UUID(as_uuid=True), nullable=False),
+    Column("z", Integer, nullable=False),
+    Column("x", Integer, nullable=False),
+    Column("y", Integer, nullable=False),
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.id", ondelete="SET NULL")),
+    Column("class", Text, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("inference_ms", Float),
+    Column("device", Text),
+    Column("model_version", Text),
+    _created_at(),
+    # One result per job and tile: a retried or resumed run upserts, never duplicates.
+    UniqueConstraint("job_id", "z", "x", "y", name="tile_results_job_tile_key"),
+    ForeignKeyConstraint(
+        ["job_id", "z", "x", "y"],
+        ["tiles.job_id", "tiles.z", "tiles.x", "tiles.y"],
+        ondelete="CASCADE",
+        name="tile_results_tile_fkey",
+    ),
+)

@@ -1,0 +1,1 @@
+"""Constellation's Dagster code location (loaded by workspace.yaml)."""

@@ -1,0 +1,101 @@
+"""Dispatch queued jobs to Dagster, and mirror Dagster's run outcomes back onto jobs."""
+
+
+from uuid import UUID
+
+import dagster as dg
+from sqlalchemy import func, select, text, update
+
+from constellation_core.events import transition_job
+from constellation_core.tables import jobs, runs
+from constellation_dagster.inference.jobs import ACCOUNT_TAG, CORRELATION_TAG, JOB_ID_TAG, tile_inference
+from constellation_dagster.resources import EventBus, SystemOfRecord
+
+DISPATCH_BATCH = 100
+# A job asked for but not yet running is asked for again after this long; the run key makes the
+# repeat a no-op when the first request did create a run.
+REDISPATCH_AFTER_S = 60
+
+
+@dg.sensor(
+    job=tile_inference,
+    minimum_interval_seconds=1,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches a tile_inference run for each queued job (run key = job id).",
+)
+def dispatch_queued_jobs(context: dg.SensorEvaluationContext, db: SystemOfRecord) -> dg.SensorResult:
+    # State lives in jobs.dispatched_at rather than a cursor: an id/time cursor can skip a job
+    # whose transaction committed late, and the run key already makes re-requests harmless.
+    with db.begin() as conn:
+        due = (
+            select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id)
+            .where(
+                jobs.c.state == "queued",
+                jobs.c.dagster_run_id.is_(None),
+                (jobs.c.dispatched_at.is_(None))
+                | (jobs.c.dispatched_at < func.now() - text(f"interval '{REDISPATCH_AFTER_S} seconds'")),
+            )
+            .order_by(jobs.c.priority.desc(), jobs.c.created_at)
+            .limit(DISPATCH_BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        rows = conn.execute(due).all()
+        if rows:
+            conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows])).values(dispatched_at=func.now()))
+    run_requests = [
+        dg.RunRequest(
+            run_key=str(row.id),
+            run_config={"ops": {op: {"config": {"job_id": str(row.id)}} for op in ("start_run", "plan_tiles", "summarise")}},
+            tags={
+                JOB_ID_TAG: str(row.id),
+                ACCOUNT_TAG: row.submitted_by,
+                CORRELATION_TAG: row.correlation_id or "",
+                "dagster/priority": str(row.priority),
+            },
+        )
+        for row in rows
+    ]
+    return dg.SensorResult(run_requests=run_requests)
+
+
+def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSensorDefinition:
+    @dg.run_status_sensor(
+        name=f"job_{state}_on_run_{status.value.lower()}",
+        run_status=status,
+        monitored_jobs=[tile_inference],
+        minimum_interval_seconds=1,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Marks the job {state} (and publishes it) when its Dagster run ends {status.value}.",
+    )
+    def _sensor(context: dg.RunStatusSensorContext, db: SystemOfRecord, bus: EventBus) -> None:
+        run = context.dagster_run
+        job_id = run.tags.get(JOB_ID_TAG)
+        if not job_id:
+            return
+        if status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "true":
+            context.log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
+            return
+        with db.begin() as conn:
+            run_row = conn.execute(
+                update(runs)
+                .where(runs.c.dagster_run_id == run.run_id)
+                .values(state=state, finished_at=func.now())
+                .returning(runs.c.id)
+            ).scalar_one_or_none()
+            error = None
+            if status == dg.DagsterRunStatus.FAILURE and context.failure_event:
+                error = context.failure_event.message
+            event = transition_job(
+                conn, UUID(job_id), state, run_id=run_row, detail={"dagster_run_id": run.run_id},
+                **({"error": error} if error else {}),
+            )
+        bus.publish([event])
+
+    return _sensor
+
+
+run_outcome_sensors = [
+    _mirror_outcome(dg.DagsterRunStatus.SUCCESS, "succeeded"),
+    _mirror_outcome(dg.DagsterRunStatus.FAILURE, "failed"),
+    _mirror_outcome(dg.DagsterRunStatus.CANCELED, "canceled"),
+]
