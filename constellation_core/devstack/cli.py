@@ -68,6 +68,7 @@ def with_services(ctx: typer.Context) -> None:
     """
     _exit_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="constellation-services-"))
+    tmp.chmod(0o755)  # the postgres user must reach its data folder inside
     pg = PostgresCluster(tmp / "postgres", free_port(), tuned_for_tests=True)
     nats = NatsServer(tmp / "nats" / "jetstream", free_port())
     rc = 1

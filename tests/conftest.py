@@ -1,0 +1,89 @@
+"""Fixtures over the real services that `make test` starts (`constellation-dev with-services`)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import Engine, create_engine
+
+from constellation_core.accounts import create_account, issue_api_key
+from constellation_core.db import migrate
+from constellation_core.devstack.setup import create_database, libpq_url
+
+ADMIN_URL_VAR = "CONSTELLATION_TEST_PG_ADMIN_URL"
+
+
+def _require_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.exit(
+            f"{name} is not set: run the tests with `make test` (it starts Postgres+PostGIS and NATS), "
+            "or `constellation-dev with-services -- pytest`",
+            returncode=2,
+        )
+    return value
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    return _require_env(ADMIN_URL_VAR)
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    return _require_env("NATS_URL")
+
+
+def fresh_database_url(admin_url: str, prefix: str) -> str:
+    """A new, empty database on the test server."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    create_database(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_url: str) -> str:
+    """This test session's `constellation` database, built by the real migrations."""
+    url = fresh_database_url(pg_admin_url, "constellation_test")
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@dataclass(frozen=True)
+class TestAccount:
+    id: uuid.UUID
+    name: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture
+def make_account(engine: Engine):
+    """Factory: a new account (role `member` unless told) with an API key."""
+
+    def _make(role: str = "member") -> TestAccount:
+        name = f"{role}-{uuid.uuid4().hex[:8]}"
+        with engine.begin() as conn:
+            account_id = create_account(conn, name, role)
+            key = issue_api_key(conn, account_id)
+        return TestAccount(account_id, name, key)
+
+    return _make
+
+
+__all__ = ["fresh_database_url", "libpq_url"]

@@ -1,0 +1,143 @@
+"""The API against real Postgres+PostGIS and NATS: auth, validation (problem+json), ownership."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.main import create_app
+from constellation_core.settings import Settings
+from constellation_core.tables import events, jobs
+from tests.samples import GENEVA
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def client(database_url, nats_url):
+    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def job_body(**overrides):
+    return {"name": "test job", "zoom": 14, "area": GENEVA, **overrides}
+
+
+def _counts(engine):
+    with engine.connect() as conn:
+        return (
+            conn.execute(select(func.count()).select_from(jobs)).scalar_one(),
+            conn.execute(select(func.count()).select_from(events)).scalar_one(),
+        )
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"postgres": "ok", "nats": "ok"}
+
+
+def test_submit_then_read_a_job(client, make_account):
+    account = make_account()
+    created = client.post("/jobs", json=job_body(priority=3, mode="serial"), headers=account.headers)
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert job["state"] == "queued"
+    assert job["submitted_by"] == account.name
+    assert job["tiles_total"] > 0 and job["progress"] == 0
+    assert (job["priority"], job["mode"], job["zoom"]) == (3, "serial", 14)
+    assert created.headers["x-request-id"]
+    fetched = client.get(f"/jobs/{job['id']}", headers=account.headers)
+    assert fetched.status_code == 200
+    assert fetched.json()["id"] == job["id"]
+
+
+def test_correlation_id_is_kept_from_the_request(client, make_account, engine):
+    account = make_account()
+    response = client.post("/jobs", json=job_body(), headers={**account.headers, "X-Request-ID": "trace-abc-123"})
+    assert response.headers["x-request-id"] == "trace-abc-123"
+    with engine.connect() as conn:
+        stored = conn.execute(select(jobs.c.correlation_id).where(jobs.c.id == response.json()["id"])).scalar_one()
+    assert stored == "trace-abc-123"
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [({}, "an API key is required"), ({"Authorization": "Bearer cst_not-a-real-key"}, "not valid")],
+)
+def test_missing_or_bad_key_is_401_problem(client, engine, headers, detail):
+    before = _counts(engine)
+    response = client.post("/jobs", json=job_body(), headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"] == PROBLEM
+    assert detail in response.json()["detail"]
+    assert _counts(engine) == before
+
+
+SELF_INTERSECTING = {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "needle"),
+    [
+        ({"area": SELF_INTERSECTING}, 422, "not valid"),
+        ({"area": {"type": "Point", "coordinates": [6.1, 46.2]}}, 422, "Polygon or MultiPolygon"),
+        ({"area": {"type": "Polygon", "coordinates": [[[600, 0], [601, 0], [601, 1], [600, 0]]]}}, 422, "lon/lat"),
+        ({"area": {"type": "Polygon", "coordinates": "nope"}}, 422, "coordinates"),
+        ({"zoom": 30}, 422, "zoom"),
+        ({"zoom": 18}, 422, "over the cap"),
+        ({"model": "no-such-model"}, 422, "unknown model"),
+        ({"area": None}, 422, "exactly one of"),
+        ({"area_id": str(uuid.uuid4())}, 422, "exactly one of"),
+        ({"unexpected": 1}, 422, "unexpected"),
+    ],
+)
+def test_bad_job_input_is_a_problem_and_writes_nothing(client, make_account, engine, overrides, status, needle):
+    account = make_account()
+    before = _counts(engine)
+    response = client.post("/jobs", json=job_body(**overrides), headers=account.headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    problem = response.json()
+    assert problem["status"] == status and problem["title"]
+    assert needle in problem["detail"] or any(needle in str(e) for e in problem.get("errors", []))
+    assert _counts(engine) == before
+
+
+def test_malformed_json_and_oversized_body(client, make_account, engine):
+    account = make_account()
+    before = _counts(engine)
+    broken = client.post("/jobs", content=b"{not json", headers={**account.headers, "Content-Type": "application/json"})
+    assert broken.status_code == 422 and broken.headers["content-type"] == PROBLEM
+    huge = client.post("/jobs", content=b"x" * (1024 * 1024 + 1), headers={**account.headers,
+                                                                          "Content-Type": "application/json"})
+    assert huge.status_code == 413 and huge.headers["content-type"] == PROBLEM
+    assert _counts(engine) == before
+
+
+def test_malformed_and_unknown_job_ids(client, make_account):
+    account = make_account()
+    malformed = client.get("/jobs/not-a-uuid", headers=account.headers)
+    assert malformed.status_code == 422 and malformed.headers["content-type"] == PROBLEM
+    missing = client.get(f"/jobs/{uuid.uuid4()}", headers=account.headers)
+    assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
+
+
+def test_members_see_only_their_jobs_and_admins_see_all(client, make_account):
+    owner, other, admin = make_account(), make_account(), make_account("admin")
+    job_id = client.post("/jobs", json=job_body(), headers=owner.headers).json()["id"]
+    assert client.get(f"/jobs/{job_id}", headers=other.headers).status_code == 404
+    assert client.get(f"/jobs/{job_id}", headers=admin.headers).status_code == 200
+
+
+def test_metrics_count_submissions(client, make_account):
+    account = make_account()
+    client.post("/jobs", json=job_body(), headers=account.headers)
+    body = client.get("/metrics").text
+    assert "constellation_jobs_submitted_total" in body
+    assert 'constellation_http_requests_total{method="POST",route="/jobs",status="201"}' in body

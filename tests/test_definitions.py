@@ -1,0 +1,62 @@
+"""The code location loads, and its dispatch sensor turns queued jobs into run requests once."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from sqlalchemy import func, insert, select, update
+from sqlalchemy import text as sql_text
+
+from constellation_core.tables import jobs
+from constellation_dagster.definitions import defs
+from constellation_dagster.inference.jobs import JOB_ID_TAG
+from constellation_dagster.inference.sensors import dispatch_queued_jobs
+from constellation_dagster.resources import SystemOfRecord
+
+
+def test_definitions_load():
+    repository = defs.get_repository_def()
+    assert repository.has_job("tile_inference")
+    job = defs.get_job_def("tile_inference")
+    assert sorted(node.name for node in job.graph.nodes) == ["plan_tiles", "start_run", "summarise"]
+    assert {s.name for s in defs.sensors} >= {"dispatch_queued_jobs", "job_succeeded_on_run_success"}
+
+
+@pytest.fixture
+def queued_job(engine, make_account):
+    account = make_account()
+    with engine.begin() as conn:
+        # Leave earlier tests' queued jobs out of this sensor's way.
+        conn.execute(update(jobs).where(jobs.c.state == "queued").values(state="canceled"))
+        job_id = conn.execute(
+            insert(jobs)
+            .values(name="sensor test", priority=7, state="queued", submitted_by=account.name,
+                    account_id=account.id, zoom=12, correlation_id="corr-1",
+                    aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326))
+            .returning(jobs.c.id)
+        ).scalar_one()
+    return job_id
+
+
+def test_dispatch_sensor_requests_one_run_per_queued_job(engine, database_url, queued_job):
+    resources = {"db": SystemOfRecord(database_url=database_url)}
+    with dg.instance_for_test() as instance:
+        result = dispatch_queued_jobs(dg.build_sensor_context(instance=instance, resources=resources))
+        assert [r.run_key for r in result.run_requests] == [str(queued_job)]
+        request = result.run_requests[0]
+        assert request.tags[JOB_ID_TAG] == str(queued_job)
+        assert request.tags["dagster/priority"] == "7"
+        assert request.tags["constellation/correlation_id"] == "corr-1"
+        assert request.run_config["ops"]["start_run"]["config"]["job_id"] == str(queued_job)
+
+        again = dispatch_queued_jobs(dg.build_sensor_context(instance=instance, resources=resources))
+        assert again.run_requests == [], "a job already asked for is not asked for again at once"
+
+    with engine.begin() as conn:
+        conn.execute(sql_text("UPDATE jobs SET dispatched_at = now() - interval '10 minutes' WHERE id = :id"),
+                     {"id": queued_job})
+    with dg.instance_for_test() as instance:
+        late = dispatch_queued_jobs(dg.build_sensor_context(instance=instance, resources=resources))
+    assert [r.run_key for r in late.run_requests] == [str(queued_job)], "a stale request is repeated"
+    with engine.connect() as conn:
+        assert conn.execute(select(jobs.c.dispatched_at).where(jobs.c.id == queued_job)).scalar_one()
