@@ -50,6 +50,7 @@ def _stack_env(settings: Settings) -> dict[str, str]:
         "NATS_URL": settings.nats_url,
         "DAGSTER_PG_URL": settings.dagster_storage_url,
         "DAGSTER_HOME": str(_dagster_home(settings)),
+        "USAGE_PORT": str(settings.usage_port),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -141,9 +142,11 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
         "\n".join(
             [
                 "",
+                "",
                 "Constellation is up" + (" (demo seeded: 3 jobs submitted)" if seeded else " (existing data kept)"),
                 f"  API:        {api_url}   (docs: {api_url}/docs, stream: ws://{settings.api_host}:{settings.api_port}/stream)",
                 f"  Dagit:      {settings.dagit_base_url}",
+                f"  Usage:      http://127.0.0.1:{settings.usage_port}/usage/leaderboard",
                 f"  Dev API key (account 'demo', admin): {key}",
                 f"  Try:        curl -H 'Authorization: Bearer {key}' {api_url}/readyz",
                 f"  Logs:       {settings.local_dir}/logs/     Stop: Ctrl-C or `make stop`",
@@ -188,6 +191,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         ),
         _program("dagster-daemon", f"{dev} wait-ready {BIN / 'dagster-daemon'} run -w workspace.yaml",
                  priority=30, log_dir=log_dir),
+        _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30, log_dir=log_dir),
         _program(
             "dagster-webserver",
             f"{dev} wait-ready {BIN / 'dagster-webserver'} -w workspace.yaml -h 127.0.0.1 -p {settings.dagit_port}",

@@ -1,0 +1,70 @@
+# Constellation — two commands do all the set-up on a fresh machine:
+#   make demo   runs the whole product with a seeded demo (Ctrl-C or `make stop` stops it)
+#   make test   runs every suite against real, throwaway Postgres+PostGIS and NATS
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := .local/venv
+PY        := $(VENV)/bin/python
+DEV       := $(VENV)/bin/constellation-dev
+PY_STAMP  := $(VENV)/.installed
+PG_MAJOR  := 15
+PG_SERVER := /usr/lib/postgresql/$(PG_MAJOR)/bin/postgres
+POSTGIS   := /usr/share/postgresql/$(PG_MAJOR)/extension/postgis.control
+USAGE_BIN := usage_go/bin/usage
+GO_SRC    := $(shell find usage_go -name '*.go' -not -path '*/bin/*') usage_go/go.mod usage_go/go.sum
+
+.PHONY: help install demo stop test test-suites test-python test-go openapi clean
+
+help:
+	@echo "make demo    run the whole stack with a seeded demo (installs what is missing)"
+	@echo "make test    run every test suite (installs what is missing, starts its own services)"
+	@echo "make stop    stop what 'make demo' started"
+	@echo "make openapi regenerate openapi/spec.yaml from the API"
+
+install: $(PY_STAMP) postgres $(USAGE_BIN)
+
+# Python: one venv, every version pinned by requirements.lock (verified with `pip check`).
+$(PY_STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]"
+	$(PY) -m pip check
+	@touch $@
+
+# Debian's PostgreSQL with PostGIS, unless already there (or DATABASE_URL points elsewhere for the demo).
+postgres:
+	@if [ -x $(PG_SERVER) ] && [ -f $(POSTGIS) ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "PostgreSQL $(PG_MAJOR) + PostGIS missing: run as root, or install postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-postgis-3"; exit 1; \
+	fi; \
+	echo "installing postgresql-$(PG_MAJOR) + postgresql-$(PG_MAJOR)-postgis-3 (Debian)"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-postgis-3 >/dev/null
+.PHONY: postgres
+
+$(USAGE_BIN): $(GO_SRC)
+	cd usage_go && go build -o bin/usage ./cmd/usage
+
+demo: $(PY_STAMP) $(USAGE_BIN) $(if $(DATABASE_URL),,postgres)
+	$(DEV) demo
+
+stop:
+	@$(DEV) stop
+
+test: install
+	$(DEV) with-services -- $(MAKE) --no-print-directory test-suites
+
+# Run inside `constellation-dev with-services` (it sets DATABASE_URL, NATS_URL and the admin URL).
+test-suites: test-python test-go
+
+test-python:
+	$(PY) -m pytest
+
+test-go:
+	cd usage_go && go test -race -count=1 ./...
+
+openapi: $(PY_STAMP)
+	$(PY) -m api.openapi > openapi/spec.yaml
+
+clean:
+	rm -rf $(VENV) usage_go/bin

@@ -1,0 +1,92 @@
+package httpapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"constellation/usage_go/internal/httpapi"
+	"constellation/usage_go/internal/store"
+	"constellation/usage_go/internal/testdb"
+)
+
+type okPinger struct{}
+
+func (okPinger) Ping(context.Context) error { return nil }
+
+func serve(t *testing.T) (*httptest.Server, string) {
+	t.Helper()
+	tx := testdb.Tx(t)
+	id := testdb.Account(t, tx, "carol")
+	testdb.JobWithRun(t, tx, id, 60, 10, 4)
+	s := &httpapi.Server{Store: store.New(tx), DB: okPinger{}, Now: time.Now, Logger: slog.Default()}
+	srv := httptest.NewServer(s.Router())
+	t.Cleanup(srv.Close)
+	return srv, id
+}
+
+func get(t *testing.T, url string) (*http.Response, map[string]any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp, body
+}
+
+func TestAccountUsageOverHTTP(t *testing.T) {
+	t.Parallel()
+	srv, id := serve(t)
+	resp, body := get(t, srv.URL+"/usage/accounts/"+id+"?window=week")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %v", resp.StatusCode, body)
+	}
+	if body["tiles"] != float64(4) || body["jobs"] != float64(1) || body["window"] != "week" {
+		t.Fatalf("body = %v", body)
+	}
+}
+
+func TestErrorsAreProblemDocuments(t *testing.T) {
+	t.Parallel()
+	srv, id := serve(t)
+	cases := []struct {
+		path   string
+		status int
+	}{
+		{"/usage/accounts/not-a-uuid", http.StatusUnprocessableEntity},
+		{"/usage/accounts/00000000-0000-0000-0000-000000000000", http.StatusNotFound},
+		{"/usage/accounts/" + id + "?window=decade", http.StatusUnprocessableEntity},
+		{"/usage/leaderboard?metric=watts", http.StatusUnprocessableEntity},
+		{"/usage/leaderboard?limit=0", http.StatusUnprocessableEntity},
+		{"/nope", http.StatusNotFound},
+	}
+	for _, c := range cases {
+		resp, body := get(t, srv.URL+c.path)
+		if resp.StatusCode != c.status || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s: status %d (%s), want %d problem+json", c.path, resp.StatusCode, resp.Header.Get("Content-Type"), c.status)
+		}
+		if body["detail"] == "" || body["status"] != float64(c.status) {
+			t.Errorf("%s: body %v", c.path, body)
+		}
+	}
+}
+
+func TestLeaderboardOverHTTP(t *testing.T) {
+	t.Parallel()
+	srv, _ := serve(t)
+	resp, body := get(t, srv.URL+"/usage/leaderboard?metric=tiles&window=all&limit=5")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %v", resp.StatusCode, body)
+	}
+	data := body["data"].([]any)
+	if len(data) == 0 || data[0].(map[string]any)["account_name"] != "carol" {
+		t.Fatalf("data = %v", data)
+	}
+}
