@@ -62,7 +62,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @dataclass(frozen=True)
-class TestAccount:
+class AccountKey:
     id: uuid.UUID
     name: str
     key: str
@@ -76,12 +76,12 @@ class TestAccount:
 def make_account(engine: Engine):
     """Factory: a new account (role `member` unless told) with an API key."""
 
-    def _make(role: str = "member") -> TestAccount:
+    def _make(role: str = "member") -> AccountKey:
         name = f"{role}-{uuid.uuid4().hex[:8]}"
         with engine.begin() as conn:
             account_id = create_account(conn, name, role)
             key = issue_api_key(conn, account_id)
-        return TestAccount(account_id, name, key)
+        return AccountKey(account_id, name, key)
 
     return _make
 

@@ -18,7 +18,7 @@ from constellation_core.db import migrate
 from constellation_core.devstack.setup import init_dagster_storage, prepare_dagster_home
 from constellation_core.waiting import free_port, wait_for
 from constellation_core.accounts import create_account, issue_api_key
-from tests.conftest import TestAccount, fresh_database_url
+from tests.conftest import AccountKey, fresh_database_url
 from tests.processes import BIN, ManagedProcess
 from tests.samples import GENEVA
 
@@ -69,13 +69,13 @@ def stack(pg_admin_url, nats_url):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def account_in(database_url: str) -> TestAccount:
+def account_in(database_url: str) -> AccountKey:
     engine = create_engine(database_url)
     with engine.begin() as conn:
         account_id = create_account(conn, "e2e-member")
         key = issue_api_key(conn, account_id)
     engine.dispose()
-    return TestAccount(account_id, "e2e-member", key)
+    return AccountKey(account_id, "e2e-member", key)
 
 
 def _dump_logs(stack) -> str:
