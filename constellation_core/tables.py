@@ -165,6 +165,7 @@ tiles = Table(
     Column("x", Integer, nullable=False),
     Column("y", Integer, nullable=False),
     Column("footprint", Geometry("POLYGON", srid=4326, spatial_index=False), nullable=False),
+    Column("chunk_no", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("job_id", "z", "x", "y", name="tiles_pkey"),
     Index("tiles_footprint_gist", "footprint", postgresql_using="gist"),
 )
@@ -183,6 +184,7 @@ tile_results = Table(
     Column("inference_ms", Float),
     Column("device", Text),
     Column("model_version", Text),
+    Column("gpu_id", UUID(as_uuid=True), ForeignKey("gpus.id")),
     _created_at(),
     # One result per job and tile: a retried or resumed run upserts, never duplicates.
     UniqueConstraint("job_id", "z", "x", "y", name="tile_results_job_tile_key"),
@@ -192,4 +194,36 @@ tile_results = Table(
         ondelete="CASCADE",
         name="tile_results_tile_fkey",
     ),
+)
+
+tile_chunks = Table(
+    "tile_chunks",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("chunk_no", Integer, nullable=False),
+    Column("tiles", Integer, nullable=False),
+    Column("state", Text, nullable=False, server_default="pending"),
+    Column("device_uuid", Text),
+    Column("finished_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("job_id", "chunk_no", name="tile_chunks_pkey"),
+    CheckConstraint("state IN ('pending', 'done')", name="tile_chunks_state_check"),
+    Index("tile_chunks_pending_idx", "job_id", "chunk_no", postgresql_where=text("state = 'pending'")),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    _uuid_pk(),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.id", ondelete="SET NULL")),
+    Column("gpu_id", UUID(as_uuid=True), ForeignKey("gpus.id"), nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("cuda_visible_devices", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("tiles", Integer, nullable=False, server_default="0"),
+    Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Index("steps_gpu_started_idx", "gpu_id", "started_at"),
+    Index("steps_job_id_idx", "job_id"),
 )

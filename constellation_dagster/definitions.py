@@ -2,15 +2,19 @@
 
 import dagster as dg
 
-from constellation_dagster.inference.jobs import tile_inference
+from constellation_dagster.inference.jobs import ALL_JOBS
 from constellation_dagster.inference.sensors import dispatch_queued_jobs, run_outcome_sensors
-from constellation_dagster.resources import EventBus, SystemOfRecord
+from constellation_dagster.models.assets import landcover_model, landcover_model_accuracy
+from constellation_dagster.resources import EventBus, GpuFleet, SystemOfRecord
 
 defs = dg.Definitions(
-    jobs=[tile_inference],
+    assets=[landcover_model],
+    asset_checks=[landcover_model_accuracy],
+    jobs=ALL_JOBS,
     sensors=[dispatch_queued_jobs, *run_outcome_sensors],
     resources={
         "db": SystemOfRecord(database_url=dg.EnvVar("DATABASE_URL")),
         "bus": EventBus(nats_url=dg.EnvVar("NATS_URL")),
+        "gpus": GpuFleet(),
     },
 )

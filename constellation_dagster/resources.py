@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from uuid import UUID
 
 import dagster as dg
 from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from constellation_core.bus import publish_events_sync
 from constellation_core.db import sync_engine
+from constellation_core.devices import Device, discover
 from constellation_core.events import Event
+from constellation_core.tables import gpus
 
 
 class SystemOfRecord(dg.ConfigurableResource):
@@ -23,7 +28,7 @@ class SystemOfRecord(dg.ConfigurableResource):
         return sync_engine(self.database_url)
 
     @contextmanager
-    def begin(self) -> Iterable[Connection]:
+    def begin(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
 
@@ -35,3 +40,44 @@ class EventBus(dg.ConfigurableResource):
 
     def publish(self, events: Iterable[Event | None]) -> None:
         publish_events_sync(self.nats_url, [e for e in events if e is not None])
+
+
+class GpuFleet(dg.ConfigurableResource):
+    """The devices of this host (NVML GPUs, declared simulated GPUs, or the CPU).
+
+    Each inference step leases one device: CUDA_VISIBLE_DEVICES is set in the step's process before
+    CUDA starts, so the step sees exactly its GPU (simulated and CPU devices hide every GPU).
+    """
+
+    simulated_gpus: int | None = None
+
+    def devices(self) -> list[Device]:
+        return discover(self.simulated_gpus)
+
+    def sync(self, conn: Connection) -> dict[str, UUID]:
+        """Keep the `gpus` table current; return device uuid → gpus.id."""
+        ids = {}
+        for device in self.devices():
+            statement = pg_insert(gpus).values(
+                uuid=device.uuid, name=device.label, total_mem_mb=device.total_mem_mb,
+                compute_capability=device.compute_capability, simulated=device.simulated,
+            )
+            statement = statement.on_conflict_do_update(
+                index_elements=[gpus.c.uuid],
+                set_={c: statement.excluded[c] for c in ("name", "total_mem_mb", "compute_capability", "simulated")},
+            ).returning(gpus.c.id)
+            ids[device.uuid] = conn.execute(statement).scalar_one()
+        return ids
+
+    @contextmanager
+    def lease(self, device: Device) -> Iterator[str]:
+        """Narrow this process to `device`; yields the torch device string to use."""
+        previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device.index) if device.kind == "cuda" else ""
+        try:
+            yield device.torch_device
+        finally:
+            if previous is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = previous

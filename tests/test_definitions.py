@@ -9,17 +9,25 @@ from sqlalchemy import text as sql_text
 
 from constellation_core.tables import jobs
 from constellation_dagster.definitions import defs
-from constellation_dagster.inference.jobs import JOB_ID_TAG
+from constellation_core.devices import simulated_devices
+from constellation_dagster.inference.jobs import JOB_ID_TAG, build_jobs
 from constellation_dagster.inference.sensors import dispatch_queued_jobs
 from constellation_dagster.resources import SystemOfRecord
 
 
-def test_definitions_load():
-    repository = defs.get_repository_def()
-    assert repository.has_job("tile_inference")
-    job = defs.get_job_def("tile_inference")
-    assert sorted(node.name for node in job.graph.nodes) == ["plan_tiles", "start_run", "summarise"]
-    assert {s.name for s in defs.sensors} >= {"dispatch_queued_jobs", "job_succeeded_on_run_success"}
+def test_definitions_load_with_one_pool_per_device():
+    devices = simulated_devices(2)
+    parallel, serial = build_jobs(devices)
+    assert sorted(node.name for node in parallel.graph.nodes) == [
+        "infer_on_sim0", "infer_on_sim1", "plan_tiles", "start_run", "summarise"]
+    assert parallel.graph.node_named("infer_on_sim0").definition.pool == "device-sim0"
+    assert parallel.graph.node_named("infer_on_sim1").definition.pool == "device-sim1"
+    only_sim1 = serial[devices[1].uuid]
+    assert sorted(node.name for node in only_sim1.graph.nodes) == [
+        "infer_on_sim1", "plan_tiles", "start_run", "summarise"]
+    # The loaded location (devices of this host) builds and validates.
+    assert defs.get_repository_def().has_job("tile_inference")
+    assert defs.get_assets_def("landcover_model")
 
 
 @pytest.fixture

@@ -14,7 +14,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from websockets.sync.client import connect as ws_connect
 
+from dagster import DagsterInstance
+
 from constellation_core.db import migrate
+from constellation_core.devices import SIMULATED_ENV, simulated_devices
+from constellation_core.settings import get_settings
+from constellation_dagster.bootstrap import ensure_model
+from constellation_dagster.models.assets import ModelTrainingConfig
 from constellation_core.devstack.setup import init_dagster_storage, prepare_dagster_home
 from constellation_core.waiting import free_port, wait_for
 from constellation_core.accounts import create_account, issue_api_key
@@ -23,7 +29,8 @@ from tests.processes import BIN, ManagedProcess
 from tests.samples import GENEVA
 
 pytestmark = pytest.mark.e2e
-JOB_DEADLINE_S = 120
+JOB_DEADLINE_S = 180
+SIMULATED = simulated_devices(2)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,15 @@ def stack(pg_admin_url, nats_url):
     migrate(database_url)
     dagster_url = fresh_database_url(pg_admin_url, "dagster_test").replace("+psycopg", "+psycopg2")
     home = prepare_dagster_home(tmp / "dagster_home")
-    init_dagster_storage(home, dagster_url)
+    local_dir = tmp / "local"
+    patch = pytest.MonkeyPatch()
+    # Two simulated devices, scheduled like GPUs (own pools), computing on the CPU.
+    patch.setenv(SIMULATED_ENV, str(len(SIMULATED)))
+    patch.setenv("CONSTELLATION_LOCAL_DIR", str(local_dir))
+    get_settings.cache_clear()
+    init_dagster_storage(home, dagster_url, train_model=False)
+    with DagsterInstance.from_config(str(home)) as instance:
+        ensure_model(instance, ModelTrainingConfig(epochs=3, train_patches=2000))
     api_port, dagit_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -69,13 +84,13 @@ def stack(pg_admin_url, nats_url):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def account_in(database_url: str) -> AccountKey:
+def account_in(database_url: str, name: str = "e2e-member") -> AccountKey:
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        account_id = create_account(conn, "e2e-member")
+        account_id = create_account(conn, name)
         key = issue_api_key(conn, account_id)
     engine.dispose()
-    return AccountKey(account_id, "e2e-member", key)
+    return AccountKey(account_id, name, key)
 
 
 def _dump_logs(stack) -> str:
@@ -94,12 +109,17 @@ def test_job_goes_queued_running_succeeded_over_the_websocket(stack):
 
         states: list[str] = []
         event_ids: list[int] = []
+        progress: list[int] = []
 
         def next_state():
             message = json.loads(ws.recv(timeout=JOB_DEADLINE_S))
-            if message.get("type") == "job.state" and message["job_id"] == job_id:
+            if message.get("job_id") != job_id:
+                return False
+            event_ids.append(message["id"])
+            if message["type"] == "job.state":
                 states.append(message["payload"]["state"])
-                event_ids.append(message["id"])
+            elif message["type"] == "job.progress":
+                progress.append(message["payload"]["tiles_done"])
             return states and states[-1] in ("succeeded", "failed", "canceled")
 
         try:
@@ -109,6 +129,7 @@ def test_job_goes_queued_running_succeeded_over_the_websocket(stack):
 
     assert states == ["queued", "running", "succeeded"], _dump_logs(stack)
     assert event_ids == sorted(event_ids)
+    assert progress and progress == sorted(progress), "progress arrives live and only goes up"
 
     job = httpx.get(f"{stack['api']}/jobs/{job_id}", headers=account.headers).json()
     assert job["state"] == "succeeded"
@@ -125,11 +146,24 @@ def test_job_goes_queued_running_succeeded_over_the_websocket(stack):
             ),
             {"id": job_id},
         ).one()
-        run = conn.execute(text("SELECT state, finished_at FROM runs WHERE job_id = :id"), {"id": job_id}).one()
+        run = conn.execute(text("SELECT state, finished_at, metrics FROM runs WHERE job_id = :id"),
+                           {"id": job_id}).one()
+        results = conn.execute(
+            text("SELECT count(*) AS n, count(DISTINCT (z, x, y)) AS distinct_tiles, "
+                 "bool_and(model_version LIKE 'landcover-cnn@%') AS versioned, "
+                 "bool_and(confidence BETWEEN 0 AND 1) AS confident, count(DISTINCT class) AS classes "
+                 "FROM tile_results WHERE job_id = :id"),
+            {"id": job_id},
+        ).one()
     engine.dispose()
     assert tiles.n == job["tiles_total"] > 0
     assert tiles.valid and tiles.wgs84 and tiles.on_area
     assert run.state == "succeeded" and run.finished_at is not None
+    assert results.n == results.distinct_tiles == tiles.n, "one result per planned tile, no duplicates"
+    assert results.versioned and results.confident and results.classes >= 2
+    assert run.metrics["tiles"] == tiles.n and run.metrics["gpu_seconds"] > 0
+    assert job["tiles_done"] == tiles.n and job["progress"] == 1.0
+    assert progress[-1] == tiles.n
 
     # The correlation id of the request follows it into the Dagster run's tags.
     graphql = httpx.post(
@@ -151,3 +185,58 @@ def test_dagit_lists_the_code_location(stack):
         return [e for e in entries if e["name"] == "constellation_dagster" and e["loadStatus"] == "LOADED"]
 
     assert wait_for(loaded, timeout=90, what="Dagit to load the code location")
+
+
+def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):
+    account = account_in(stack["database_url"], "e2e-five")
+    submitted = {}
+    for i, mode in enumerate(["parallel", "serial", "parallel", "serial", "parallel"]):
+        response = httpx.post(
+            f"{stack['api']}/jobs",
+            json={"name": f"five-{i}", "zoom": 15, "area": GENEVA, "mode": mode, "batch_size": 8},
+            headers=account.headers,
+        )
+        assert response.status_code == 201, response.text
+        submitted[response.json()["id"]] = mode
+
+    def all_finished():
+        states = {
+            job_id: httpx.get(f"{stack['api']}/jobs/{job_id}", headers=account.headers).json()["state"]
+            for job_id in submitted
+        }
+        return states if all(s in ("succeeded", "failed", "canceled") for s in states.values()) else None
+
+    try:
+        states = wait_for(all_finished, timeout=JOB_DEADLINE_S * 2, what="five jobs to finish", interval=0.5)
+    except Exception:
+        pytest.fail(_dump_logs(stack))
+    assert set(states.values()) == {"succeeded"}, (states, _dump_logs(stack))
+
+    engine = create_engine(stack["database_url"])
+    with engine.connect() as conn:
+        step_rows = conn.execute(
+            text("SELECT s.job_id::text AS job_id, g.uuid AS device, g.simulated, s.started_at, s.finished_at "
+                 "FROM steps s JOIN gpus g ON g.id = s.gpu_id WHERE s.job_id = ANY(:ids) ORDER BY s.started_at"),
+            {"ids": list(submitted)},
+        ).all()
+        duplicates = conn.execute(
+            text("SELECT count(*) - count(DISTINCT (job_id, z, x, y)) FROM tile_results WHERE job_id = ANY(:ids)"),
+            {"ids": list(submitted)},
+        ).scalar_one()
+    engine.dispose()
+
+    # No device ever ran two inference steps at once (one slot per device pool).
+    by_device: dict[str, list] = {}
+    for row in step_rows:
+        assert row.simulated and row.finished_at is not None
+        by_device.setdefault(row.device, []).append(row)
+    assert set(by_device) == {d.uuid for d in SIMULATED}
+    for device, intervals in by_device.items():
+        for earlier, later in zip(intervals, intervals[1:]):
+            assert later.started_at >= earlier.finished_at, f"{device} ran two steps at once: {earlier} / {later}"
+
+    devices_per_job = {job_id: {r.device for r in step_rows if r.job_id == job_id} for job_id in submitted}
+    for job_id, mode in submitted.items():
+        expected = len(SIMULATED) if mode == "parallel" else 1
+        assert len(devices_per_job[job_id]) == expected, (mode, devices_per_job[job_id])
+    assert duplicates == 0

@@ -45,7 +45,14 @@ def _dagster_home(settings: Settings) -> Path:
 
 
 def _stack_env(settings: Settings) -> dict[str, str]:
+    from constellation_core.devices import SIMULATED_ENV, nvml_devices
+
+    simulated = {}
+    if SIMULATED_ENV not in os.environ and not nvml_devices():
+        # No GPU here: the demo declares two simulated devices (labelled so everywhere).
+        simulated[SIMULATED_ENV] = "2"
     return {
+        **simulated,
         "DATABASE_URL": settings.sync_database_url,
         "NATS_URL": settings.nats_url,
         "DAGSTER_PG_URL": settings.dagster_storage_url,

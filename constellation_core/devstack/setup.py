@@ -55,15 +55,22 @@ def prepare_dagster_home(home: Path) -> Path:
     return home
 
 
-def init_dagster_storage(home: Path, storage_url: str) -> None:
-    """Create Dagster's tables once, before the daemon and webserver race to do it."""
+def init_dagster_storage(home: Path, storage_url: str, *, train_model: bool = True) -> None:
+    """Create Dagster's tables once (before the daemon and webserver race to do it), give each
+    device its pool limit, and train the model if it never was."""
     import os
 
     from dagster import DagsterInstance
 
+    from constellation_core.devices import discover
+    from constellation_dagster.bootstrap import ensure_model, set_device_pools
+
     os.environ["DAGSTER_PG_URL"] = storage_url
     with DagsterInstance.from_config(str(home)) as instance:
         instance.get_runs_count()
+        set_device_pools(instance, discover())
+        if train_model:
+            ensure_model(instance)
 
 
 def prepare_stack(settings: Settings, dagster_home: Path) -> None:

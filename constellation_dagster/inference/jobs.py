@@ -1,20 +1,61 @@
-from __future__ import annotations
+"""Tile-inference jobs, built from the devices of this host.
+
+- `tile_inference` (mode `parallel`): plan, then one inference step per device, each in its device's
+  pool, all stealing batches from the job's queue; the multiprocess executor runs them side by side.
+- `tile_inference_on_<device>` (mode `serial`): the same, on one device; in-process (no step start-up).
+
+A step's pool is fixed when the job is defined, so the device of a serial job is chosen by choosing
+the job (the dispatch sensor does that), never by run tags.
+"""
 
 import dagster as dg
 
-from constellation_dagster.inference.ops import plan_tiles, start_run, summarise
+from constellation_core.devices import Device, discover
+from constellation_dagster.inference.ops import make_infer_op, plan_tiles, start_run, summarise
 
 JOB_ID_TAG = "constellation/job_id"
 ACCOUNT_TAG = "constellation/account"
 CORRELATION_TAG = "constellation/correlation_id"
+PARALLEL_JOB = "tile_inference"
 
 
-@dg.job(
-    description="Cover a job's area of interest with tiles and run the CNN over them.",
-    # In-process: one worker process per run, no per-step process start-up.
-    executor_def=dg.in_process_executor,
-    tags={"constellation/kind": "tile_inference"},
-)
-def tile_inference() -> None:
-    run_id = start_run()
-    summarise(run_id, plan_tiles(run_id))
+def serial_job_name(device: Device) -> str:
+    return f"tile_inference_on_{device.slug}"
+
+
+def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.JobDefinition]]:
+    """The parallel job and the serial job of each device (keyed by device uuid)."""
+    infer_ops = {d.uuid: make_infer_op(d) for d in devices}
+
+    @dg.job(
+        name=PARALLEL_JOB,
+        description="Plan an area's tiles and run the CNN over them on every device at once.",
+        executor_def=dg.multiprocess_executor.configured({"max_concurrent": len(devices) + 1}),
+        tags={"constellation/mode": "parallel"},
+    )
+    def parallel() -> None:
+        run_id = start_run()
+        planned = plan_tiles(run_id)
+        summarise(run_id, [infer(run_id, planned) for infer in infer_ops.values()])
+
+    def serial_job(device: Device) -> dg.JobDefinition:
+        @dg.job(
+            name=serial_job_name(device),
+            description=f"Plan an area's tiles and run the CNN over them on {device.label} alone.",
+            executor_def=dg.in_process_executor,
+            tags={"constellation/mode": "serial", "constellation/device": device.uuid},
+        )
+        def serial() -> None:
+            run_id = start_run()
+            summarise(run_id, [infer_ops[device.uuid](run_id, plan_tiles(run_id))])
+
+        return serial
+
+    return parallel, {d.uuid: serial_job(d) for d in devices}
+
+
+# The graph's shape depends on the host's devices, so they are discovered when the code location
+# loads (CONSTELLATION_SIMULATED_GPUS, else NVML, else the CPU).
+DEVICES = discover()
+tile_inference, serial_jobs = build_jobs(DEVICES)
+ALL_JOBS = [tile_inference, *serial_jobs.values()]

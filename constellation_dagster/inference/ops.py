@@ -1,23 +1,33 @@
-"""Ops of the `tile_inference` job.
+"""Ops of the tile-inference jobs.
 
 No `from __future__ import annotations` here: Dagster reads the annotations at definition time.
 """
 
-
+import math
+import os
+import time
 from uuid import UUID
 
 import dagster as dg
+import numpy as np
 from shapely import wkt
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from constellation_core.devices import Device
 from constellation_core.events import record_event, transition_job
-from constellation_core.tables import jobs, runs, tiles
+from constellation_core.settings import get_settings
+from constellation_core.tables import jobs, runs, steps, tile_chunks, tile_results, tiles
 from constellation_core.tiles import plan_tiles as plan_tile_grid
-from constellation_dagster.resources import EventBus, SystemOfRecord
+from constellation_dagster.models.assets import latest_model
+from constellation_dagster.resources import EventBus, GpuFleet, SystemOfRecord
 
 # Planning re-checks the cap the API enforced at submit time, with headroom for a changed setting.
 PLAN_CAP = 100_000
+DEFAULT_BATCH = 32
+
+# Transient failures (a dropped connection, a device hiccup) are retried with backoff and jitter.
+INFERENCE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 class TileJobConfig(dg.Config):
@@ -25,10 +35,12 @@ class TileJobConfig(dg.Config):
 
 
 @dg.op(out=dg.Out(UUID, description="The `runs` row of this Dagster run"))
-def start_run(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus) -> UUID:
-    """Mark the job running and record this Dagster run in `runs`."""
+def start_run(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
+              gpus: GpuFleet) -> UUID:
+    """Mark the job running, record this Dagster run in `runs`, refresh the `gpus` table."""
     job_id = UUID(config.job_id)
     with db.begin() as conn:
+        gpus.sync(conn)
         run_id = conn.execute(
             pg_insert(runs)
             .values(job_id=job_id, dagster_run_id=context.run_id, state="running")
@@ -40,46 +52,210 @@ def start_run(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemO
             dagster_run_id=context.run_id,
         )
     bus.publish([event])
-    context.log.info(f"job {job_id} running as run {run_id}")
     return run_id
 
 
 @dg.op(out=dg.Out(int, description="Tiles planned"))
-def plan_tiles(
-    context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus, run_id: UUID
-) -> int:
-    """Cover the job's area with web-mercator tiles at its zoom; store each with its footprint."""
+def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
+               run_id: UUID) -> int:
+    """Cover the job's area with web-mercator tiles at its zoom; store each with its footprint, in
+    chunks of the job's batch size. Idempotent: a retried run finds its tiles already there."""
     job_id = UUID(config.job_id)
     with db.begin() as conn:
         job = conn.execute(
-            select(jobs.c.zoom, jobs.c.account_id, func.ST_AsText(jobs.c.aoi).label("aoi")).where(jobs.c.id == job_id)
+            select(jobs.c.zoom, jobs.c.account_id, jobs.c.params, func.ST_AsText(jobs.c.aoi).label("aoi"))
+            .where(jobs.c.id == job_id)
         ).one()
+        batch = int(job.params.get("batch_size", DEFAULT_BATCH))
         planned = plan_tile_grid(wkt.loads(job.aoi), job.zoom, PLAN_CAP)
-        if planned:
-            conn.execute(
-                pg_insert(tiles)
-                .values(
-                    [
-                        {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y,
-                         "footprint": func.ST_GeomFromText(t.footprint.wkt, 4326)}
-                        for t in planned
-                    ]
-                )
-                .on_conflict_do_nothing(index_elements=["job_id", "z", "x", "y"])
-            )
+        rows = [
+            {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "chunk_no": i // batch,
+             "footprint": func.ST_GeomFromText(t.footprint.wkt, 4326)}
+            for i, t in enumerate(planned)
+        ]
+        for start in range(0, len(rows), 1000):
+            conn.execute(pg_insert(tiles).values(rows[start:start + 1000]).on_conflict_do_nothing())
+        chunks = [{"job_id": job_id, "chunk_no": n, "tiles": min(batch, len(planned) - n * batch)}
+                  for n in range(math.ceil(len(planned) / batch))]
+        if chunks:
+            conn.execute(pg_insert(tile_chunks).values(chunks).on_conflict_do_nothing())
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(tiles_total=len(planned)))
         event = record_event(
             conn, "job.log", account_id=job.account_id, job_id=job_id, run_id=run_id,
-            payload={"level": "info", "message": f"planned {len(planned)} tiles at zoom {job.zoom}"},
+            payload={"level": "info", "message": f"planned {len(planned)} tiles at zoom {job.zoom} "
+                                                 f"in {len(chunks)} batches of {batch}"},
         )
     bus.publish([event])
-    context.add_output_metadata({"tiles": len(planned), "zoom": job.zoom})
+    context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom})
     return len(planned)
 
 
-@dg.op
-def summarise(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, run_id: UUID, tiles_planned: int):
-    """Record the run's metrics."""
+def make_infer_op(device: Device) -> dg.OpDefinition:
+    """One op per device, in that device's pool: Dagster never runs more of them at once, across
+    all runs, than the pool has slots."""
+
+    @dg.op(
+        name=f"infer_on_{device.slug}",
+        pool=device.pool,
+        retry_policy=INFERENCE_RETRY,
+        description=f"Run the CNN over the job's pending tile batches on {device.label}.",
+        tags={"constellation/device": device.uuid},
+        out=dg.Out(int, description="Tiles this step inferred"),
+    )
+    def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
+              gpus: GpuFleet, run_id: UUID, planned: int) -> int:
+        return infer_pending_batches(context, UUID(config.job_id), run_id, device, db, bus, gpus)
+
+    return infer
+
+
+def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: UUID, device: Device,
+                          db: SystemOfRecord, bus: EventBus, gpus: GpuFleet) -> int:
+    """Claim pending batches one at a time (work stealing) until none is left or the job ends.
+
+    The step's interval on the device is recorded in `steps`, finished even when the step fails.
+    """
+    from constellation_core.inference.imagery import TileReader, ensure_demo_scene
+    from constellation_core.inference.model import TileClassifier
+
+    model_path, model_version = latest_model(context.instance)
     with db.begin() as conn:
-        conn.execute(update(runs).where(runs.c.id == run_id).values(metrics={"tiles_planned": tiles_planned}))
-    context.add_output_metadata({"tiles_planned": tiles_planned})
+        gpu_id = gpus.sync(conn)[device.uuid]
+        job = conn.execute(select(jobs.c.account_id, jobs.c.params, jobs.c.tiles_total).where(jobs.c.id == job_id)).one()
+    imagery = job.params.get("imagery") or str(ensure_demo_scene(get_settings().local_dir / "imagery"))
+    with gpus.lease(device) as torch_device:
+        with db.begin() as conn:
+            step_id = conn.execute(
+                pg_insert(steps).values(
+                    job_id=job_id, run_id=run_id, gpu_id=gpu_id, step_key=context.op_handle.name,
+                    pid=os.getpid(), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                ).returning(steps.c.id)
+            ).scalar_one()
+        started = time.perf_counter()
+        batches = BatchRunner(job_id, run_id, job.account_id, job.tiles_total, device, gpu_id, model_version)
+        error = None
+        try:
+            classifier = TileClassifier(model_path, torch_device)
+            with TileReader(imagery) as reader:
+                while (event := batches.next(db, reader, classifier, started)) is not None:
+                    bus.publish([event])
+        except Exception as exc:
+            error = repr(exc)
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            with db.begin() as conn:
+                conn.execute(
+                    update(steps).where(steps.c.id == step_id).values(
+                        finished_at=func.clock_timestamp(), tiles=batches.inferred,
+                        metrics={"seconds": round(elapsed, 3), "compute_seconds": round(batches.compute_s, 3),
+                                 "tiles_per_s": round(batches.inferred / elapsed, 2) if elapsed else None,
+                                 "peak_mem_mb": _peak_memory_mb(torch_device), "error": error},
+                    )
+                )
+    if batches.stopped_because:
+        context.log.info(f"job {job_id} is {batches.stopped_because}: stopped")
+    context.add_output_metadata({"tiles": batches.inferred, "device": device.label, "seconds": round(elapsed, 2),
+                                 "model_version": model_version})
+    return batches.inferred
+
+
+class BatchRunner:
+    """Infers one pending batch per call, in one transaction with its results and progress event."""
+
+    def __init__(self, job_id: UUID, run_id: UUID, account_id: UUID, tiles_total: int, device: Device,
+                 gpu_id: UUID, model_version: str) -> None:
+        self.job_id, self.run_id, self.account_id, self.tiles_total = job_id, run_id, account_id, tiles_total
+        self.device, self.gpu_id, self.model_version = device, gpu_id, model_version
+        self.inferred = 0
+        self.compute_s = 0.0
+        self.stopped_because: str | None = None
+
+    def next(self, db: SystemOfRecord, reader, classifier, started: float):
+        """The progress event of the batch just done, or None when there is nothing (more) to do."""
+        job_id = self.job_id
+        with db.begin() as conn:
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+            if state != "running":
+                self.stopped_because = state
+                return None
+            # The row lock is held until this transaction commits the batch's results; a crash
+            # releases it, and the batch is pending again for any device.
+            chunk_no = conn.execute(
+                select(tile_chunks.c.chunk_no)
+                .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending")
+                .order_by(tile_chunks.c.chunk_no).limit(1).with_for_update(skip_locked=True)
+            ).scalar_one_or_none()
+            if chunk_no is None:
+                return None
+            batch = conn.execute(
+                select(tiles.c.z, tiles.c.x, tiles.c.y)
+                .where(tiles.c.job_id == job_id, tiles.c.chunk_no == chunk_no)
+                .order_by(tiles.c.z, tiles.c.x, tiles.c.y)
+            ).all()
+            images = np.stack([reader.read(t.z, t.x, t.y) for t in batch])
+            t0 = time.perf_counter()
+            classes, confidences = classifier.predict(images)
+            batch_s = time.perf_counter() - t0
+            self.compute_s += batch_s
+            # Already-stored results (from a step that died after its commit) are kept, never doubled.
+            inserted = len(conn.execute(
+                pg_insert(tile_results)
+                .values([
+                    {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "run_id": self.run_id, "class": c,
+                     "confidence": p, "inference_ms": batch_s * 1000 / len(batch), "device": self.device.label,
+                     "gpu_id": self.gpu_id, "model_version": self.model_version}
+                    for t, c, p in zip(batch, classes, confidences)
+                ])
+                .on_conflict_do_nothing(constraint="tile_results_job_tile_key")
+                .returning(tile_results.c.id)
+            ).all())
+            conn.execute(
+                update(tile_chunks)
+                .where(tile_chunks.c.job_id == job_id, tile_chunks.c.chunk_no == chunk_no)
+                .values(state="done", device_uuid=self.device.uuid, finished_at=func.now())
+            )
+            done = conn.execute(
+                update(jobs).where(jobs.c.id == job_id)
+                .values(tiles_done=jobs.c.tiles_done + inserted).returning(jobs.c.tiles_done)
+            ).scalar_one()
+            self.inferred += inserted
+            elapsed = time.perf_counter() - started
+            return record_event(
+                conn, "job.progress", account_id=self.account_id, job_id=job_id, run_id=self.run_id,
+                payload={"tiles_done": done, "tiles_total": self.tiles_total, "device": self.device.uuid,
+                         "tiles_per_s": round(self.inferred / elapsed, 2) if elapsed else None},
+            )
+
+
+def _peak_memory_mb(torch_device: str) -> float | None:
+    if not torch_device.startswith("cuda"):
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+@dg.op
+def summarise(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, run_id: UUID,
+              inferred: list[int]) -> None:
+    """Record the run's metrics from its steps: tiles, tiles/s, device-seconds, peak memory."""
+    with db.begin() as conn:
+        row = conn.execute(
+            select(
+                func.coalesce(func.sum(steps.c.tiles), 0).label("tiles"),
+                func.coalesce(func.sum(func.extract("epoch", steps.c.finished_at - steps.c.started_at)), 0)
+                .label("gpu_seconds"),
+                func.count(func.distinct(steps.c.gpu_id)).label("devices"),
+                func.max(steps.c.metrics["peak_mem_mb"].as_float()).label("peak_mem_mb"),
+            ).where(steps.c.run_id == run_id)
+        ).one()
+        metrics = {
+            "tiles": int(row.tiles),
+            "gpu_seconds": round(float(row.gpu_seconds), 3),
+            "devices": row.devices,
+            "tiles_per_gpu_second": round(row.tiles / float(row.gpu_seconds), 2) if row.gpu_seconds else None,
+            "peak_mem_mb": row.peak_mem_mb,
+        }
+        conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
+    context.add_output_metadata(metrics)

@@ -7,8 +7,16 @@ import dagster as dg
 from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
-from constellation_core.tables import jobs, runs
-from constellation_dagster.inference.jobs import ACCOUNT_TAG, CORRELATION_TAG, JOB_ID_TAG, tile_inference
+from constellation_core.tables import gpus, jobs, runs, steps
+from constellation_dagster.inference.jobs import (
+    ACCOUNT_TAG,
+    ALL_JOBS,
+    CORRELATION_TAG,
+    DEVICES,
+    JOB_ID_TAG,
+    serial_job_name,
+    tile_inference,
+)
 from constellation_dagster.resources import EventBus, SystemOfRecord
 
 DISPATCH_BATCH = 100
@@ -17,8 +25,17 @@ DISPATCH_BATCH = 100
 REDISPATCH_AFTER_S = 60
 
 
+def _busy_steps_by_device(conn) -> dict[str, int]:
+    rows = conn.execute(
+        select(gpus.c.uuid, func.count(steps.c.id))
+        .select_from(gpus.outerjoin(steps, (steps.c.gpu_id == gpus.c.id) & steps.c.finished_at.is_(None)))
+        .group_by(gpus.c.uuid)
+    ).all()
+    return {uuid: count for uuid, count in rows}
+
+
 @dg.sensor(
-    job=tile_inference,
+    jobs=ALL_JOBS,
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Launches a tile_inference run for each queued job (run key = job id).",
@@ -28,7 +45,7 @@ def dispatch_queued_jobs(context: dg.SensorEvaluationContext, db: SystemOfRecord
     # whose transaction committed late, and the run key already makes re-requests harmless.
     with db.begin() as conn:
         due = (
-            select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id)
+            select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params)
             .where(
                 jobs.c.state == "queued",
                 jobs.c.dagster_run_id.is_(None),
@@ -42,27 +59,40 @@ def dispatch_queued_jobs(context: dg.SensorEvaluationContext, db: SystemOfRecord
         rows = conn.execute(due).all()
         if rows:
             conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows])).values(dispatched_at=func.now()))
-    run_requests = [
-        dg.RunRequest(
-            run_key=str(row.id),
-            run_config={"ops": {op: {"config": {"job_id": str(row.id)}} for op in ("start_run", "plan_tiles", "summarise")}},
-            tags={
-                JOB_ID_TAG: str(row.id),
-                ACCOUNT_TAG: row.submitted_by,
-                CORRELATION_TAG: row.correlation_id or "",
-                "dagster/priority": str(row.priority),
-            },
+        busy = _busy_steps_by_device(conn) if rows else {}
+    run_requests = []
+    for row in rows:
+        job = tile_inference
+        if row.params.get("mode") == "serial":
+            # The least busy device now; each choice counts, so one tick's serial jobs spread out.
+            device = min(DEVICES, key=lambda d: (busy.get(d.uuid, 0), d.index))
+            busy[device.uuid] = busy.get(device.uuid, 0) + 1
+            job = next(j for j in ALL_JOBS if j.name == serial_job_name(device))
+        run_requests.append(
+            dg.RunRequest(
+                run_key=str(row.id),
+                job_name=job.name,
+                run_config={"ops": {name: {"config": {"job_id": str(row.id)}} for name in _configured_ops(job)}},
+                tags={
+                    JOB_ID_TAG: str(row.id),
+                    ACCOUNT_TAG: row.submitted_by,
+                    CORRELATION_TAG: row.correlation_id or "",
+                    "dagster/priority": str(row.priority),
+                },
+            )
         )
-        for row in rows
-    ]
     return dg.SensorResult(run_requests=run_requests)
+
+
+def _configured_ops(job: dg.JobDefinition) -> list[str]:
+    return [node.name for node in job.graph.nodes]
 
 
 def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSensorDefinition:
     @dg.run_status_sensor(
         name=f"job_{state}_on_run_{status.value.lower()}",
         run_status=status,
-        monitored_jobs=[tile_inference],
+        monitored_jobs=ALL_JOBS,
         minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Marks the job {state} (and publishes it) when its Dagster run ends {status.value}.",
