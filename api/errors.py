@@ -41,6 +41,11 @@ class InvalidInput(Problem):
     title = "Invalid input"
 
 
+class Conflict(Problem):
+    status = 409
+    title = "Conflict"
+
+
 class PayloadTooLarge(Problem):
     status = 413
     title = "Payload too large"

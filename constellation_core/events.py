@@ -109,3 +109,17 @@ def transition_job(
         conn, "job.state", account_id=account_id, job_id=job_id, run_id=run_id,
         payload={"state": state, **(detail or {})},
     )
+
+
+async def transition_job_async(
+    conn: AsyncConnection, job_id: UUID, state: str, *, run_id: UUID | None = None,
+    detail: dict[str, Any] | None = None, **columns: Any,
+) -> Event | None:
+    """`transition_job` for the API's async connections."""
+    account_id = (await conn.execute(_transition(job_id, state, columns))).scalar_one_or_none()
+    if account_id is None:
+        return None
+    return await record_event_async(
+        conn, "job.state", account_id=account_id, job_id=job_id, run_id=run_id,
+        payload={"state": state, **(detail or {})},
+    )

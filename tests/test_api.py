@@ -141,3 +141,20 @@ def test_metrics_count_submissions(client, make_account):
     body = client.get("/metrics").text
     assert "constellation_jobs_submitted_total" in body
     assert 'constellation_http_requests_total{method="POST",route="/jobs",status="201"}' in body
+
+
+def test_cancel_a_queued_job_once(client, make_account, engine):
+    owner, other, admin = make_account(), make_account(), make_account("admin")
+    job_id = client.post("/jobs", json=job_body(), headers=owner.headers).json()["id"]
+    assert client.post(f"/jobs/{job_id}/cancel", headers=other.headers).status_code == 404
+    canceled = client.post(f"/jobs/{job_id}/cancel", headers=owner.headers)
+    assert canceled.status_code == 200 and canceled.json()["state"] == "canceled"
+    assert canceled.json()["finished_at"] is not None
+    again = client.post(f"/jobs/{job_id}/cancel", headers=admin.headers)
+    assert again.status_code == 409 and again.headers["content-type"] == PROBLEM
+    assert "already canceled" in again.json()["detail"]
+    with engine.connect() as conn:
+        states = conn.execute(
+            select(events.c.payload["state"].astext).where(events.c.job_id == job_id).order_by(events.c.id)
+        ).scalars().all()
+    assert states == ["queued", "canceled"]

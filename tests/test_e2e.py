@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def stack(pg_admin_url, nats_url):
         api = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=60, what="API ready")
         yield {"api": api, "ws": f"ws://127.0.0.1:{api_port}", "dagit": f"http://127.0.0.1:{dagit_port}",
-               "processes": processes, "database_url": database_url}
+               "processes": processes, "database_url": database_url, "dagster_home": str(home)}
     finally:
         for process in processes:
             if not process.alive():
@@ -240,3 +241,109 @@ def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):
         expected = len(SIMULATED) if mode == "parallel" else 1
         assert len(devices_per_job[job_id]) == expected, (mode, devices_per_job[job_id])
     assert duplicates == 0
+
+
+BIG_JOB = {"zoom": 17, "area": GENEVA, "batch_size": 8}
+
+
+def _submit(stack, account, **body) -> str:
+    response = httpx.post(f"{stack['api']}/jobs", json={"name": "e2e", **BIG_JOB, **body}, headers=account.headers)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _job(stack, account, job_id) -> dict:
+    return httpx.get(f"{stack['api']}/jobs/{job_id}", headers=account.headers).json()
+
+
+def _wait_terminal(stack, account, job_id, timeout=JOB_DEADLINE_S * 2) -> dict:
+    def terminal():
+        job = _job(stack, account, job_id)
+        return job if job["state"] in ("succeeded", "failed", "canceled") else None
+
+    try:
+        return wait_for(terminal, timeout=timeout, what=f"job {job_id} to end", interval=0.5)
+    except Exception:
+        pytest.fail(_dump_logs(stack))
+
+
+def _busy_step(engine, job_id):
+    """The open inference step of a job that has already stored some results."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT s.pid, g.uuid AS device FROM steps s JOIN gpus g ON g.id = s.gpu_id "
+                 "JOIN jobs j ON j.id = s.job_id "
+                 "WHERE s.job_id = :id AND s.finished_at IS NULL AND j.tiles_done > 0 LIMIT 1"),
+            {"id": job_id},
+        ).first()
+
+
+def _result_counts(engine, job_id):
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT (SELECT count(*) FROM tiles WHERE job_id = :id) AS planned, count(*) AS results, "
+                 "count(DISTINCT (z, x, y)) AS distinct_tiles FROM tile_results WHERE job_id = :id"),
+            {"id": job_id},
+        ).one()
+
+
+def test_sigkill_of_a_step_process_loses_and_duplicates_no_tile(stack):
+    account = account_in(stack["database_url"], "e2e-kill-step")
+    engine = create_engine(stack["database_url"])
+    job_id = _submit(stack, account, mode="parallel")
+    step = wait_for(lambda: _busy_step(engine, job_id), timeout=JOB_DEADLINE_S, what="a busy step", interval=0.05)
+    os.kill(step.pid, signal.SIGKILL)
+
+    job = _wait_terminal(stack, account, job_id)
+    counts = _result_counts(engine, job_id)
+    engine.dispose()
+    assert job["state"] == "succeeded", _dump_logs(stack)
+    assert counts.results == counts.distinct_tiles == counts.planned == job["tiles_total"]
+
+
+def test_killing_the_run_worker_ends_the_job_and_frees_the_device(stack):
+    account = account_in(stack["database_url"], "e2e-kill-worker")
+    engine = create_engine(stack["database_url"])
+    job_id = _submit(stack, account, mode="serial")  # in-process: the step runs in the run worker
+    step = wait_for(lambda: _busy_step(engine, job_id), timeout=JOB_DEADLINE_S, what="a busy step", interval=0.05)
+    run_id = _job(stack, account, job_id)["dagster_run_id"]
+    os.kill(step.pid, signal.SIGKILL)
+
+    job = _wait_terminal(stack, account, job_id)
+    counts = _result_counts(engine, job_id)
+    engine.dispose()
+    assert job["state"] in ("succeeded", "failed"), job
+    if job["state"] == "succeeded":  # a run retry finished it: still nothing lost or doubled
+        assert counts.results == counts.distinct_tiles == counts.planned
+    pool = next(d.pool for d in SIMULATED if d.uuid == step.device)
+    with DagsterInstance.from_config(stack["dagster_home"]) as instance:
+        def slot_free():
+            info = instance.event_log_storage.get_concurrency_info(pool)
+            return all(slot.run_id != run_id for slot in info.claimed_slots)
+
+        # run_monitoring.free_slots_after_run_end_seconds is 15 in infra/dagster/dagster.yaml.
+        wait_for(slot_free, timeout=60, what=f"the dead run's slot in {pool} to be freed", interval=0.5)
+
+
+def test_cancel_a_running_job_frees_its_devices(stack):
+    account = account_in(stack["database_url"], "e2e-cancel")
+    engine = create_engine(stack["database_url"])
+    job_id = _submit(stack, account, mode="parallel")
+    wait_for(lambda: _busy_step(engine, job_id), timeout=JOB_DEADLINE_S, what="a busy step", interval=0.05)
+    canceled = httpx.post(f"{stack['api']}/jobs/{job_id}/cancel", headers=account.headers)
+    assert canceled.status_code == 200 and canceled.json()["state"] == "canceled"
+
+    def steps_done():
+        with engine.connect() as conn:
+            return conn.execute(
+                text("SELECT count(*) = 0 FROM steps WHERE job_id = :id AND finished_at IS NULL"), {"id": job_id}
+            ).scalar_one()
+
+    wait_for(steps_done, timeout=30, what="the canceled job's steps to stop", interval=0.2)
+    counts = _result_counts(engine, job_id)
+    engine.dispose()
+    assert counts.results < counts.planned, "the job stopped before finishing"
+    assert _job(stack, account, job_id)["state"] == "canceled"
+
+    next_job = _submit(stack, account, mode="serial", zoom=14)
+    assert _wait_terminal(stack, account, next_job)["state"] == "succeeded"

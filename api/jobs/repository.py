@@ -19,8 +19,11 @@ async def insert_job(conn: AsyncConnection, *, aoi_wkt: str, **values: Any) -> U
     return (await conn.execute(statement)).scalar_one()
 
 
-async def get_job(conn: AsyncConnection, job_id: UUID) -> RowMapping | None:
-    return (await conn.execute(select(*_JOB_COLUMNS).where(jobs.c.id == job_id))).mappings().first()
+async def get_job(conn: AsyncConnection, job_id: UUID, *, for_update: bool = False) -> RowMapping | None:
+    query = select(*_JOB_COLUMNS).where(jobs.c.id == job_id)
+    if for_update:
+        query = query.with_for_update(of=jobs)
+    return (await conn.execute(query)).mappings().first()
 
 
 async def get_area_geojson(conn: AsyncConnection, area_id: UUID) -> tuple[UUID | None, dict] | None:

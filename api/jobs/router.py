@@ -29,3 +29,16 @@ async def create_job(
 async def get_job(job_id: UUID, account: CurrentAccount, engine: EngineDep, settings: SettingsDep) -> JobPublic:
     """A job's state and progress."""
     return await service.get_job(engine, account, job_id, dagit_url=settings.dagit_base_url)
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic, name="cancel",
+    responses={404: {"description": "No such job"}, 409: {"description": "The job has already ended"}},
+)
+async def cancel_job(
+    job_id: UUID, account: CurrentAccount, engine: EngineDep, settings: SettingsDep, publish: PublisherDep
+) -> JobPublic:
+    """Cancel a queued or running job; its device is free again within one batch."""
+    job, event = await service.cancel_job(engine, account, job_id, dagit_url=settings.dagit_base_url)
+    await publish(event)
+    return job

@@ -11,11 +11,11 @@ from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.accounts.auth import Account
-from api.errors import InvalidInput, NotFound
+from api.errors import Conflict, InvalidInput, NotFound
 from api.jobs import repository
 from api.jobs.schemas import JobCreate, JobPublic
 from constellation_core.catalog import MODELS
-from constellation_core.events import Event, record_event_async
+from constellation_core.events import Event, record_event_async, transition_job_async
 from constellation_core.geometry import InvalidGeometry, parse_area
 from constellation_core.logs import correlation_id
 from constellation_core.tiles import TooManyTiles, plan_tiles
@@ -84,11 +84,30 @@ def _may_use(account: Account, owner: UUID | None) -> bool:
 
 async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str) -> JobPublic:
     async with engine.connect() as conn:
+        row = _visible(await repository.get_job(conn, job_id), account, job_id)
+    return to_public(row, dagit_url)
+
+
+async def cancel_job(
+    engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str
+) -> tuple[JobPublic, Event]:
+    """Cancel a queued or running job. Its inference steps stop after their current batch, and a
+    sensor terminates its Dagster run."""
+    async with engine.begin() as conn:
+        row = _visible(await repository.get_job(conn, job_id, for_update=True), account, job_id)
+        event = await transition_job_async(conn, job_id, "canceled", detail={"by": account.name})
+        if event is None:
+            raise Conflict(f"job {job_id} is already {row['state']}")
         row = await repository.get_job(conn, job_id)
+    log.info("job canceled", extra={"job_id": str(job_id), "account": account.name})
+    return to_public(row, dagit_url), event
+
+
+def _visible(row: RowMapping | None, account: Account, job_id: UUID) -> RowMapping:
     # Another account's job is reported as absent, so ids do not leak.
     if row is None or not (account.is_admin or row["account_id"] == account.id):
         raise NotFound(f"no job with id {job_id}")
-    return to_public(row, dagit_url)
+    return row
 
 
 def to_public(row: RowMapping, dagit_url: str) -> JobPublic:

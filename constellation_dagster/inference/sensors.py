@@ -106,9 +106,10 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSens
             context.log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
             return
         with db.begin() as conn:
+            # A re-executed run (run retry) reuses its root run's `runs` row: start_run ran there.
             run_row = conn.execute(
                 update(runs)
-                .where(runs.c.dagster_run_id == run.run_id)
+                .where(runs.c.dagster_run_id.in_([run.run_id, run.root_run_id or run.run_id]))
                 .values(state=state, finished_at=func.now())
                 .returning(runs.c.id)
             ).scalar_one_or_none()
@@ -129,3 +130,26 @@ run_outcome_sensors = [
     _mirror_outcome(dg.DagsterRunStatus.FAILURE, "failed"),
     _mirror_outcome(dg.DagsterRunStatus.CANCELED, "canceled"),
 ]
+
+
+@dg.sensor(
+    minimum_interval_seconds=1,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Terminates the Dagster run of a job canceled through the API.",
+)
+def terminate_canceled_runs(context: dg.SensorEvaluationContext, db: SystemOfRecord) -> dg.SkipReason | None:
+    with db.begin() as conn:
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.dagster_run_id).where(
+                jobs.c.state == "canceled",
+                jobs.c.dagster_run_id.is_not(None),
+                jobs.c.finished_at > func.now() - text("interval '10 minutes'"),
+            )
+        ).all()
+    terminated = []
+    for row in rows:
+        run = context.instance.get_run_by_id(row.dagster_run_id)
+        if run is not None and not run.is_finished and run.status != dg.DagsterRunStatus.CANCELING:
+            context.instance.run_coordinator.cancel_run(row.dagster_run_id)
+            terminated.append(row.dagster_run_id)
+    return None if terminated else dg.SkipReason("no run to terminate")

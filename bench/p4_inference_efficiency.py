@@ -1,0 +1,72 @@
+"""P4: orchestrated tiles/s ÷ a bare PyTorch loop over the same tiles, model, batch size and device.
+
+With `make demo` running: `.local/venv/bin/python bench/p4_inference_efficiency.py [--zoom 17]`.
+It submits one serial job, waits for it, takes its inference step's tiles/s (from the `steps` table:
+tiles ÷ the step's wall time on the device, model load and all), then runs the bare loop — read
+the same tiles with rasterio, classify in batches of the same size with the same model file on the
+same device — in this process, and prints both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import httpx
+import numpy as np
+from sqlalchemy import create_engine, text
+
+from constellation_core.inference.imagery import TileReader, ensure_demo_scene
+from constellation_core.inference.model import TileClassifier
+from constellation_core.settings import get_settings
+from constellation_core.waiting import wait_for
+
+AREA = {"type": "Polygon", "coordinates": [[[6.10, 46.18], [6.19, 46.18], [6.19, 46.23], [6.10, 46.23], [6.10, 46.18]]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--zoom", type=int, default=17)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    settings = get_settings()
+    key = (settings.local_dir / "dev-api-key").read_text().strip()
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"name": "bench P4", "zoom": args.zoom, "area": AREA, "mode": "serial", "batch_size": args.batch_size}
+    job_id = httpx.post(f"{api}/jobs", json=body, headers=headers).raise_for_status().json()["id"]
+    wait_for(lambda: httpx.get(f"{api}/jobs/{job_id}", headers=headers).json()["state"] == "succeeded",
+             timeout=600, what="the bench job", interval=0.5)
+
+    engine = create_engine(settings.sync_database_url)
+    with engine.connect() as conn:
+        step = conn.execute(
+            text("SELECT tiles, extract(epoch FROM finished_at - started_at) AS seconds, g.name AS device "
+                 "FROM steps s JOIN gpus g ON g.id = s.gpu_id WHERE job_id = :id AND tiles > 0"),
+            {"id": job_id},
+        ).one()
+        tiles = conn.execute(text("SELECT z, x, y FROM tiles WHERE job_id = :id ORDER BY chunk_no, z, x, y"),
+                             {"id": job_id}).all()
+        model_version = conn.execute(text("SELECT min(model_version) FROM tile_results WHERE job_id = :id"),
+                                     {"id": job_id}).scalar_one()
+    engine.dispose()
+    orchestrated = step.tiles / float(step.seconds)
+
+    model_path = settings.local_dir / "models" / f"{model_version}.pt"
+    started = time.perf_counter()
+    classifier = TileClassifier(model_path, "cpu" if "simulated" in step.device or "CPU" in step.device else "cuda:0")
+    with TileReader(ensure_demo_scene(settings.local_dir / "imagery")) as reader:
+        for start in range(0, len(tiles), args.batch_size):
+            batch = tiles[start:start + args.batch_size]
+            classifier.predict(np.stack([reader.read(t.z, t.x, t.y) for t in batch]))
+    bare = len(tiles) / (time.perf_counter() - started)
+
+    print(f"device            {step.device}")
+    print(f"tiles             {len(tiles)} (zoom {args.zoom}, batch {args.batch_size})")
+    print(f"orchestrated      {orchestrated:8.1f} tiles/s  (Dagster step, results + progress in Postgres/NATS)")
+    print(f"bare loop         {bare:8.1f} tiles/s  (rasterio read + PyTorch, no orchestration)")
+    print(f"P4 ratio          {orchestrated / bare:8.3f}  (goal ≥ 0.97)")
+
+
+if __name__ == "__main__":
+    main()
