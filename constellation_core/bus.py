@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import threading
 from collections.abc import Iterable
 
 import nats
@@ -40,17 +42,63 @@ async def publish_events(js: JetStreamContext, events: Iterable[Event]) -> None:
         await js.publish(event.subject, event.to_bytes(), headers={"Nats-Msg-Id": str(event.id)})
 
 
-def publish_events_sync(url: str, events: Iterable[Event]) -> None:
-    """For synchronous code (Dagster ops and sensors): connect, publish, close."""
-    events = [e for e in events if e is not None]
-    if not events:
-        return
+class BackgroundPublisher:
+    """One NATS connection on its own event-loop thread, for synchronous code (Dagster ops, sensors).
 
-    async def _publish() -> None:
-        nc = await nats.connect(url, name="constellation-dagster", connect_timeout=2, max_reconnect_attempts=1)
+    `publish` queues and returns at once, so inference never waits on the network; one worker
+    publishes in order. `flush` waits until everything queued has been acknowledged by JetStream.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._loop = asyncio.new_event_loop()
+        self._queue: asyncio.Queue[list[Event]] | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="nats-publisher", daemon=True).start()
+        self._ready.wait(10)
+        if self._error:
+            raise self._error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
         try:
-            await publish_events(nc.jetstream(), events)
-        finally:
-            await nc.drain()
+            nc = await nats.connect(self.url, name="constellation-dagster", connect_timeout=2,
+                                    max_reconnect_attempts=-1)
+        except BaseException as exc:  # noqa: BLE001 - reported to the constructor
+            self._error = exc
+            self._ready.set()
+            return
+        js = nc.jetstream()
+        self._queue = asyncio.Queue()
+        self._ready.set()
+        while True:
+            events = await self._queue.get()
+            try:
+                await publish_events(js, events)
+            finally:
+                self._queue.task_done()
 
-    asyncio.run(_publish())
+    def publish(self, events: Iterable[Event]) -> None:
+        batch = [e for e in events if e is not None]
+        if batch:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, batch)
+
+    def flush(self, timeout: float = 10) -> None:
+        asyncio.run_coroutine_threadsafe(self._queue.join(), self._loop).result(timeout)
+
+
+_publishers: dict[str, BackgroundPublisher] = {}
+_publishers_lock = threading.Lock()
+
+
+def publisher(url: str) -> BackgroundPublisher:
+    """This process's publisher for `url` (created on first use, flushed at exit)."""
+    with _publishers_lock:
+        if url not in _publishers:
+            _publishers[url] = BackgroundPublisher(url)
+            atexit.register(_publishers[url].flush)
+        return _publishers[url]

@@ -11,7 +11,7 @@ import dagster as dg
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from constellation_core.bus import publish_events_sync
+from constellation_core.bus import publisher
 from constellation_core.db import sync_engine
 from constellation_core.devices import Device, discover
 from constellation_core.events import Event
@@ -34,12 +34,22 @@ class SystemOfRecord(dg.ConfigurableResource):
 
 
 class EventBus(dg.ConfigurableResource):
-    """NATS JetStream. Publish only events whose transaction has committed."""
+    """NATS JetStream. Publish only events whose transaction has committed.
+
+    Publishing does not block (a background connection sends in order); `flush` waits for the
+    acknowledgements, which ops and sensors do before they finish.
+    """
 
     nats_url: str
 
-    def publish(self, events: Iterable[Event | None]) -> None:
-        publish_events_sync(self.nats_url, [e for e in events if e is not None])
+    def publish(self, events: Iterable[Event | None], *, flush: bool = False) -> None:
+        bus = publisher(self.nats_url)
+        bus.publish(events)
+        if flush:
+            bus.flush()
+
+    def flush(self) -> None:
+        publisher(self.nats_url).flush()
 
 
 class GpuFleet(dg.ConfigurableResource):

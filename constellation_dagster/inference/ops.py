@@ -51,7 +51,7 @@ def start_run(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemO
             conn, job_id, "running", run_id=run_id, detail={"dagster_run_id": context.run_id},
             dagster_run_id=context.run_id,
         )
-    bus.publish([event])
+    bus.publish([event], flush=True)
     return run_id
 
 
@@ -85,7 +85,7 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
             payload={"level": "info", "message": f"planned {len(planned)} tiles at zoom {job.zoom} "
                                                  f"in {len(chunks)} batches of {batch}"},
         )
-    bus.publish([event])
+    bus.publish([event], flush=True)
     context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom})
     return len(planned)
 
@@ -143,6 +143,7 @@ def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: 
             error = repr(exc)
             raise
         finally:
+            bus.flush()
             elapsed = time.perf_counter() - started
             with db.begin() as conn:
                 conn.execute(

@@ -120,7 +120,7 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSens
                 conn, UUID(job_id), state, run_id=run_row, detail={"dagster_run_id": run.run_id},
                 **({"error": error} if error else {}),
             )
-        bus.publish([event])
+        bus.publish([event], flush=True)
 
     return _sensor
 
