@@ -2,6 +2,14 @@
 
 import dagster as dg
 
+from constellation_dagster.analytics.assets import (
+    analytics_duckdb,
+    analytics_export,
+    analytics_refresh,
+    run_metrics_parquet,
+    tile_results_parquet,
+)
+from constellation_dagster.analytics.sensors import export_after_inference
 from constellation_dagster.inference.jobs import ALL_JOBS
 from constellation_dagster.inference.sensors import (
     dispatch_queued_jobs,
@@ -12,10 +20,10 @@ from constellation_dagster.models.assets import landcover_model, landcover_model
 from constellation_dagster.resources import EventBus, GpuFleet, SystemOfRecord
 
 defs = dg.Definitions(
-    assets=[landcover_model],
+    assets=[landcover_model, tile_results_parquet, run_metrics_parquet, analytics_duckdb],
     asset_checks=[landcover_model_accuracy],
-    jobs=ALL_JOBS,
-    sensors=[dispatch_queued_jobs, terminate_canceled_runs, *run_outcome_sensors],
+    jobs=[*ALL_JOBS, analytics_export, analytics_refresh],
+    sensors=[dispatch_queued_jobs, terminate_canceled_runs, export_after_inference, *run_outcome_sensors],
     resources={
         "db": SystemOfRecord(database_url=dg.EnvVar("DATABASE_URL")),
         "bus": EventBus(nats_url=dg.EnvVar("NATS_URL")),

@@ -76,7 +76,8 @@ def stack(pg_admin_url, nats_url):
         api = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=60, what="API ready")
         yield {"api": api, "ws": f"ws://127.0.0.1:{api_port}", "dagit": f"http://127.0.0.1:{dagit_port}",
-               "processes": processes, "database_url": database_url, "dagster_home": str(home)}
+               "processes": processes, "database_url": database_url, "dagster_home": str(home),
+               "local_dir": local_dir}
     finally:
         for process in processes:
             if not process.alive():
@@ -347,3 +348,29 @@ def test_cancel_a_running_job_frees_its_devices(stack):
 
     next_job = _submit(stack, account, mode="serial", zoom=14)
     assert _wait_terminal(stack, account, next_job)["state"] == "succeeded"
+
+
+def test_inference_runs_are_exported_to_parquet_and_duckdb_automatically(stack):
+    from datetime import UTC, datetime
+
+    import dagster as dg
+
+    from constellation_core.analytics import connect
+
+    account = account_in(stack["database_url"], "e2e-export")
+    job_id = _submit(stack, account, mode="serial", zoom=14)
+    assert _wait_terminal(stack, account, job_id)["state"] == "succeeded"
+    duckdb_path = stack["local_dir"] / "analytics" / "constellation.duckdb"
+    with DagsterInstance.from_config(stack["dagster_home"]) as instance:
+        def refreshed_after_job():
+            events = [instance.get_latest_materialization_event(dg.AssetKey(key))
+                      for key in ("tile_results_parquet", "analytics_duckdb")]
+            return all(event is not None and event.timestamp > job_finished for event in events)
+
+        job_finished = datetime.fromisoformat(_job(stack, account, job_id)["finished_at"]).timestamp()
+        wait_for(refreshed_after_job, timeout=120, what="the export and DuckDB refresh after the job", interval=1)
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert (stack["local_dir"] / "analytics" / "tile_results" / f"day={today}" / "part-0.parquet").exists()
+    with connect(duckdb_path, read_only=True) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM tile_results WHERE job_id = ?", [job_id]).fetchone()
+    assert count == _job(stack, account, job_id)["tiles_total"]

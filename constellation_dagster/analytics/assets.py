@@ -1,0 +1,115 @@
+"""Downstream assets: tile results and run metrics exported to Parquet (one partition per day;
+footprints as GeoParquet), and a DuckDB database with views over them for analytics."""
+
+from pathlib import Path
+
+import dagster as dg
+from sqlalchemy import text
+
+from constellation_core.settings import get_settings
+from constellation_dagster.resources import SystemOfRecord
+
+DAILY = dg.DailyPartitionsDefinition(start_date="2026-11-01", timezone="UTC", end_offset=1)
+
+TILE_RESULTS_SQL = """
+SELECT r.job_id::text AS job_id, r.z, r.x, r.y, r.class, r.confidence, r.inference_ms, r.model_version,
+       r.created_at, a.name AS account, r.device, g.uuid AS device_uuid, g.simulated, t.footprint
+FROM tile_results r
+JOIN tiles t ON t.job_id = r.job_id AND t.z = r.z AND t.x = r.x AND t.y = r.y
+JOIN jobs j ON j.id = r.job_id
+JOIN accounts a ON a.id = j.account_id
+LEFT JOIN gpus g ON g.id = r.gpu_id
+WHERE r.created_at >= CAST(:day AS date) AND r.created_at < CAST(:day AS date) + 1
+ORDER BY r.job_id, r.z, r.x, r.y
+"""
+
+RUN_METRICS_SQL = """
+SELECT r.id::text AS run_id, r.job_id::text AS job_id, a.name AS account, r.state, r.started_at, r.finished_at,
+       extract(epoch FROM r.finished_at - r.started_at) AS seconds,
+       (r.metrics->>'tiles')::int AS tiles, (r.metrics->>'gpu_seconds')::float8 AS gpu_seconds,
+       (r.metrics->>'devices')::int AS devices, (r.metrics->>'peak_mem_mb')::float8 AS peak_mem_mb,
+       ST_Area(j.aoi::geography) / 1e6 AS area_km2
+FROM runs r JOIN jobs j ON j.id = r.job_id JOIN accounts a ON a.id = j.account_id
+WHERE r.finished_at >= CAST(:day AS date) AND r.finished_at < CAST(:day AS date) + 1
+ORDER BY r.finished_at
+"""
+
+
+def datasets_root() -> Path:
+    return get_settings().local_dir / "analytics"
+
+
+def _partition_path(dataset: str, day: str) -> Path:
+    path = datasets_root() / dataset / f"day={day}" / "part-0.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dg.asset(partitions_def=DAILY, group_name="analytics", kinds={"parquet", "geopandas"},
+          description="Every tile result of the day with its footprint, as GeoParquet.")
+def tile_results_parquet(context: dg.AssetExecutionContext, db: SystemOfRecord) -> dg.MaterializeResult:
+    import geopandas
+
+    with db.begin() as conn:
+        frame = geopandas.read_postgis(text(TILE_RESULTS_SQL), conn, geom_col="footprint",
+                                       params={"day": context.partition_key})
+    if frame.crs is None:
+        frame = frame.set_crs(4326)
+    path = _partition_path("tile_results", context.partition_key)
+    frame.to_parquet(path, index=False)
+    return dg.MaterializeResult(metadata={"rows": len(frame), "bytes": path.stat().st_size,
+                                          "path": dg.MetadataValue.path(str(path))})
+
+
+@dg.asset(partitions_def=DAILY, group_name="analytics", kinds={"parquet"},
+          description="Every inference run that ended that day, with its metrics.")
+def run_metrics_parquet(context: dg.AssetExecutionContext, db: SystemOfRecord) -> dg.MaterializeResult:
+    import pandas
+
+    with db.begin() as conn:
+        frame = pandas.read_sql(text(RUN_METRICS_SQL), conn, params={"day": context.partition_key})
+    path = _partition_path("run_metrics", context.partition_key)
+    frame.to_parquet(path, index=False)
+    return dg.MaterializeResult(metadata={"rows": len(frame), "bytes": path.stat().st_size,
+                                          "path": dg.MetadataValue.path(str(path))})
+
+
+VIEWS = {
+    "tile_results": "SELECT * FROM read_parquet('{root}/tile_results/*/*.parquet', hive_partitioning = true)",
+    "run_metrics": "SELECT * FROM read_parquet('{root}/run_metrics/*/*.parquet', hive_partitioning = true)",
+    "tiles_per_device": (
+        "SELECT device, simulated, count(*) AS tiles, avg(inference_ms) AS avg_inference_ms "
+        "FROM tile_results GROUP BY ALL"
+    ),
+    "daily_volume": (
+        "SELECT CAST(day AS DATE) AS day, account, count(*) AS tiles, count(DISTINCT job_id) AS jobs, "
+        # ST_Area_Spheroid reads coordinates as (lat, lon), the EPSG:4326 axis order: flip ours.
+        "sum(ST_Area_Spheroid(ST_FlipCoordinates(footprint))) / 1e6 AS km2 FROM tile_results GROUP BY ALL ORDER BY 1, 2"
+    ),
+}
+
+
+@dg.asset(deps=[tile_results_parquet, run_metrics_parquet], group_name="analytics", kinds={"duckdb"},
+          description="DuckDB database (with spatial) holding views over the Parquet exports.")
+def analytics_duckdb(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from constellation_core.analytics import connect
+
+    root = datasets_root()
+    path = root / "constellation.duckdb"
+    metadata = {}
+    with connect(path) as conn:
+        for name, body in VIEWS.items():
+            conn.execute(f"CREATE OR REPLACE VIEW {name} AS {body.format(root=root)}")
+        for name in VIEWS:
+            metadata[f"{name}_rows"] = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+    metadata["path"] = dg.MetadataValue.path(str(path))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+analytics_export = dg.define_asset_job(
+    "analytics_export", selection=[tile_results_parquet, run_metrics_parquet], partitions_def=DAILY,
+    description="Export one day of results and metrics to Parquet.",
+)
+analytics_refresh = dg.define_asset_job(
+    "analytics_refresh", selection=[analytics_duckdb], description="Refresh the DuckDB views.",
+)
