@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 
 from api.metrics import STREAM_CLIENTS, STREAM_DROPPED
 from constellation_core.events import SUBJECT_ROOT, Event
+from constellation_core.telemetry import GpuSample
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +23,24 @@ CLIENT_QUEUE_SIZE = 1000
 class Subscriber:
     job_id: UUID | None = None  # None: every job
     account_id: UUID | None = None  # None: every account's (admins)
-    queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_SIZE))
+    gpus: bool = False  # also GPU telemetry samples
+    queue: asyncio.Queue[Event | GpuSample | None] = field(
+        default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_SIZE)
+    )
     dropped: bool = False
 
-    def wants(self, event: Event) -> bool:
-        return (self.job_id is None or event.job_id == self.job_id) and (
-            self.account_id is None or event.account_id == self.account_id
+    def wants(self, message: Event | GpuSample) -> bool:
+        if isinstance(message, GpuSample):
+            return self.gpus
+        return (self.job_id is None or message.job_id == self.job_id) and (
+            self.account_id is None or message.account_id == self.account_id
         )
+
+    def view(self, message: Event | GpuSample) -> Event | GpuSample:
+        # Which job runs on a device is shown to admins; members see the device's figures only.
+        if isinstance(message, GpuSample) and self.account_id is not None and message.job_id is not None:
+            return message.model_copy(update={"job_id": None})
+        return message
 
 
 class StreamHub:
@@ -56,15 +68,18 @@ class StreamHub:
 
     async def _on_message(self, msg: Msg) -> None:
         try:
-            event = Event.from_bytes(msg.data)
+            if msg.subject.startswith(f"{SUBJECT_ROOT}.gpus."):
+                message: Event | GpuSample = GpuSample.model_validate_json(msg.data)
+            else:
+                message = Event.from_bytes(msg.data)
         except ValueError:
-            log.warning("ignoring a malformed event", extra={"subject": msg.subject})
+            log.warning("ignoring a malformed message", extra={"subject": msg.subject})
             return
         for subscriber in list(self._subscribers):
-            if not subscriber.wants(event):
+            if not subscriber.wants(message):
                 continue
             try:
-                subscriber.queue.put_nowait(event)
+                subscriber.queue.put_nowait(subscriber.view(message))
             except asyncio.QueueFull:
                 subscriber.dropped = True
                 self.remove(subscriber)

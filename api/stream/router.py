@@ -14,6 +14,7 @@ from api.errors import Problem
 from api.stream.hub import Subscriber
 from constellation_core.events import Event
 from constellation_core.tables import events, jobs
+from constellation_core.telemetry import GpuSample
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["stream"])
@@ -31,6 +32,7 @@ async def stream(
     job_id: UUID | None = Query(default=None, description="Only this job's events"),
     after: int | None = Query(default=None, ge=0, description="Resume after this event id"),
     api_key: str | None = Query(default=None, description="For browsers, which cannot set headers"),
+    gpus: bool = Query(default=False, description="Also send GPU telemetry samples (1 Hz per device)"),
 ) -> None:
     engine = websocket.app.state.engine
     hub = websocket.app.state.hub
@@ -44,7 +46,7 @@ async def stream(
         await websocket.close(code=POLICY_VIOLATION, reason=exc.detail[:120])
         return
     await websocket.accept()
-    subscriber = Subscriber(job_id=job_id, account_id=None if account.is_admin else account.id)
+    subscriber = Subscriber(job_id=job_id, account_id=None if account.is_admin else account.id, gpus=gpus)
     # Subscribe before reading history, then skip live events already sent: no gap, no repeat.
     hub.add(subscriber)
     try:
@@ -65,6 +67,9 @@ async def stream(
             if event is None:  # the server is shutting down
                 await websocket.close(code=1001)
                 return
+            if isinstance(event, GpuSample):  # telemetry: live only, no id
+                await websocket.send_text(event.model_dump_json())
+                continue
             if event.id <= last_sent:
                 continue
             await websocket.send_text(event.model_dump_json())

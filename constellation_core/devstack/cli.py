@@ -121,6 +121,23 @@ def nats() -> None:
     os.execvp(argv[0], argv)
 
 
+@app.command()
+def gpu_agent(interval: Annotated[float, typer.Option(help="Seconds between samples")] = 1.0) -> None:
+    """Sample every device (NVML, or the honest figures of simulated/CPU devices) and publish to NATS."""
+    import asyncio
+
+    from constellation_core.db import sync_engine
+    from constellation_core.devices import discover
+    from constellation_core.logs import configure_logging
+    from constellation_core.telemetry import run_agent
+
+    settings = get_settings()
+    configure_logging("gpu-agent", settings.log_level)
+    devices = discover()
+    typer.echo(f"gpu-agent: sampling {', '.join(d.label for d in devices)} every {interval}s")
+    asyncio.run(run_agent(devices, sync_engine(settings.sync_database_url), settings.nats_url, interval=interval))
+
+
 @app.command(context_settings=PASSTHROUGH)
 def wait_ready(ctx: typer.Context, timeout: float = 300) -> None:
     """Wait until the databases are migrated and Dagster's storage exists, then exec the command."""
@@ -198,6 +215,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         ),
         _program("dagster-daemon", f"{dev} wait-ready {BIN / 'dagster-daemon'} run -w workspace.yaml",
                  priority=30, log_dir=log_dir),
+        _program("gpu-agent", f"{dev} wait-ready {dev} gpu-agent", priority=30, log_dir=log_dir),
         _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30, log_dir=log_dir),
         _program(
             "dagster-webserver",
