@@ -1,0 +1,63 @@
+"""P1b: how long a device sits idle between queued jobs under a backlog.
+
+With `make demo` running: `.local/venv/bin/python bench/device_idle.py --jobs 8`. Submits N serial
+jobs at once, waits for all, then reads each device's inference steps from `steps` and prints the
+gaps between one step's end and the next step's start on the same device (p50, p95, max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from constellation_core.settings import get_settings
+from constellation_core.waiting import wait_for
+
+AREA = {"type": "Polygon", "coordinates": [[[6.10, 46.18], [6.19, 46.18], [6.19, 46.23], [6.10, 46.23], [6.10, 46.18]]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--zoom", type=int, default=16)
+    args = parser.parse_args()
+    settings = get_settings()
+    key = (settings.local_dir / "dev-api-key").read_text().strip()
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    ids = [
+        httpx.post(f"{api}/jobs", headers=headers,
+                   json={"name": f"P1b {i}", "zoom": args.zoom, "area": AREA, "mode": "serial"}).raise_for_status()
+        .json()["id"]
+        for i in range(args.jobs)
+    ]
+
+    def all_done() -> bool:
+        return all(httpx.get(f"{api}/jobs/{i}", headers=headers).json()["state"] in ("succeeded", "failed", "canceled")
+                   for i in ids)
+
+    wait_for(all_done, timeout=900, what="the backlog", interval=1)
+    engine = create_engine(settings.sync_database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT g.name, s.started_at, s.finished_at FROM steps s JOIN gpus g ON g.id = s.gpu_id "
+                 "WHERE s.job_id = ANY(:ids) ORDER BY g.name, s.started_at"),
+            {"ids": ids},
+        ).all()
+    engine.dispose()
+    gaps: list[float] = []
+    for before, after in zip(rows, rows[1:]):
+        if before.name == after.name:
+            gaps.append((after.started_at - before.finished_at).total_seconds())
+    gaps.sort()
+    print(f"{args.jobs} serial jobs (zoom {args.zoom}) on {len({r.name for r in rows})} devices, "
+          f"{len(gaps)} gaps between consecutive steps on a device")
+    print(f"idle gap  p50 {statistics.median(gaps):5.2f} s   p95 {gaps[round(0.95 * (len(gaps) - 1))]:5.2f} s   "
+          f"max {gaps[-1]:5.2f} s   (goal ≤ 0.5 s)")
+
+
+if __name__ == "__main__":
+    main()
