@@ -68,3 +68,15 @@ def test_dispatch_sensor_requests_one_run_per_queued_job(engine, database_url, q
     assert [r.run_key for r in late.run_requests] == [str(queued_job)], "a stale request is repeated"
     with engine.connect() as conn:
         assert conn.execute(select(jobs.c.dispatched_at).where(jobs.c.id == queued_job)).scalar_one()
+
+
+def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, queued_job):
+    from constellation_core.waiting import free_port
+    from constellation_dagster.dispatcher import dispatch_once, graphql_client
+
+    unreachable = graphql_client(f"http://127.0.0.1:{free_port()}")
+    assert dispatch_once(engine, unreachable) == 0
+    with engine.connect() as conn:
+        state, dispatched_at = conn.execute(
+            select(jobs.c.state, jobs.c.dispatched_at).where(jobs.c.id == queued_job)).one()
+    assert state == "queued" and dispatched_at is None, "the reconciler sensor will launch it on its next tick"

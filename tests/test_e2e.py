@@ -64,6 +64,7 @@ def stack(pg_admin_url, nats_url):
     processes = [
         ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)], env, tmp),
         ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp),
+        ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], env, tmp),
         ManagedProcess(
             "dagster-webserver",
             [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(dagit_port)],

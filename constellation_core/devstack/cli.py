@@ -138,6 +138,20 @@ def gpu_agent(interval: Annotated[float, typer.Option(help="Seconds between samp
     asyncio.run(run_agent(devices, sync_engine(settings.sync_database_url), settings.nats_url, interval=interval))
 
 
+@app.command()
+def dispatcher() -> None:
+    """Launch a Dagster run the moment a job is queued (the dispatch sensor reconciles behind it)."""
+    import asyncio
+
+    from constellation_core.db import sync_engine
+    from constellation_core.logs import configure_logging
+    from constellation_dagster.dispatcher import run_dispatcher
+
+    settings = get_settings()
+    configure_logging("dispatcher", settings.log_level)
+    asyncio.run(run_dispatcher(sync_engine(settings.sync_database_url), settings.nats_url, settings.dagit_base_url))
+
+
 @app.command(context_settings=PASSTHROUGH)
 def wait_ready(ctx: typer.Context, timeout: float = 300) -> None:
     """Wait until the databases are migrated and Dagster's storage exists, then exec the command."""
@@ -216,6 +230,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         _program("dagster-daemon", f"{dev} wait-ready {BIN / 'dagster-daemon'} run -w workspace.yaml",
                  priority=30, log_dir=log_dir),
         _program("gpu-agent", f"{dev} wait-ready {dev} gpu-agent", priority=30, log_dir=log_dir),
+        _program("dispatcher", f"{dev} wait-ready {dev} dispatcher", priority=30, log_dir=log_dir),
         _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30, log_dir=log_dir),
         _program(
             "dagster-webserver",
@@ -239,6 +254,9 @@ def demo() -> None:
     """Run the whole stack under supervisord in the foreground (Ctrl-C stops everything)."""
     settings = get_settings()
     settings.local_dir.mkdir(parents=True, exist_ok=True)
+    if (pid := _running_supervisor(settings)) is not None:
+        typer.echo(f"the demo is already running (supervisord pid {pid}); `make stop` first", err=True)
+        raise typer.Exit(1)
     # DATABASE_URL / NATS_URL in the environment point at external services: start none of ours.
     local_postgres = "DATABASE_URL" not in os.environ
     local_nats = "NATS_URL" not in os.environ
@@ -251,15 +269,27 @@ def demo() -> None:
     os.execv(str(BIN / "supervisord"), [str(BIN / "supervisord"), "-c", str(config)])
 
 
+def _running_supervisor(settings: Settings) -> int | None:
+    """The pid of this checkout's running supervisord, if any."""
+    try:
+        pid = int((settings.local_dir / "supervisord.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 @app.command()
 def stop() -> None:
-    """Stop a running `make demo` and everything it started."""
-    config = get_settings().local_dir / "supervisord.conf"
-    if not config.exists():
-        typer.echo("nothing to stop (no .local/supervisord.conf)")
+    """Stop a running `make demo` and everything it started; returns once all of it has exited."""
+    settings = get_settings()
+    pid = _running_supervisor(settings)
+    if pid is None:
+        typer.echo("nothing to stop: no `make demo` is running from this checkout")
         return
-    rc = subprocess.call([str(BIN / "supervisorctl"), "-c", str(config), "shutdown"])
-    raise typer.Exit(rc)
+    subprocess.call([str(BIN / "supervisorctl"), "-c", str(settings.local_dir / "supervisord.conf"), "shutdown"])
+    wait_for(lambda: _running_supervisor(settings) is None, timeout=90, what="the demo to stop", interval=0.2)
+    typer.echo("stopped")
 
 
 if __name__ == "__main__":

@@ -7,85 +7,31 @@ import dagster as dg
 from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
-from constellation_core.tables import gpus, jobs, runs, steps
-from constellation_dagster.inference.jobs import (
-    ACCOUNT_TAG,
-    ALL_JOBS,
-    CORRELATION_TAG,
-    DEVICES,
-    JOB_ID_TAG,
-    serial_job_name,
-    tile_inference,
-)
+from constellation_core.tables import jobs, runs
+from constellation_dagster.inference.dispatch import claim_due_jobs, plan_launches
+from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
-
-DISPATCH_BATCH = 100
-# A job asked for but not yet running is asked for again after this long; the run key makes the
-# repeat a no-op when the first request did create a run.
-REDISPATCH_AFTER_S = 60
-
-
-def _busy_steps_by_device(conn) -> dict[str, int]:
-    rows = conn.execute(
-        select(gpus.c.uuid, func.count(steps.c.id))
-        .select_from(gpus.outerjoin(steps, (steps.c.gpu_id == gpus.c.id) & steps.c.finished_at.is_(None)))
-        .group_by(gpus.c.uuid)
-    ).all()
-    return {uuid: count for uuid, count in rows}
 
 
 @dg.sensor(
     jobs=ALL_JOBS,
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Launches a tile_inference run for each queued job (run key = job id).",
+    description="Reconciler: launches a run for each queued job the fast-path dispatcher did not (run key = job id).",
 )
 def dispatch_queued_jobs(context: dg.SensorEvaluationContext, db: SystemOfRecord) -> dg.SensorResult:
     # State lives in jobs.dispatched_at rather than a cursor: an id/time cursor can skip a job
     # whose transaction committed late, and the run key already makes re-requests harmless.
     with db.begin() as conn:
-        due = (
-            select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params)
-            .where(
-                jobs.c.state == "queued",
-                jobs.c.dagster_run_id.is_(None),
-                (jobs.c.dispatched_at.is_(None))
-                | (jobs.c.dispatched_at < func.now() - text(f"interval '{REDISPATCH_AFTER_S} seconds'")),
-            )
-            .order_by(jobs.c.priority.desc(), jobs.c.created_at)
-            .limit(DISPATCH_BATCH)
-            .with_for_update(skip_locked=True)
-        )
-        rows = conn.execute(due).all()
-        if rows:
-            conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows])).values(dispatched_at=func.now()))
-        busy = _busy_steps_by_device(conn) if rows else {}
-    run_requests = []
-    for row in rows:
-        job = tile_inference
-        if row.params.get("mode") == "serial":
-            # The least busy device now; each choice counts, so one tick's serial jobs spread out.
-            device = min(DEVICES, key=lambda d: (busy.get(d.uuid, 0), d.index))
-            busy[device.uuid] = busy.get(device.uuid, 0) + 1
-            job = next(j for j in ALL_JOBS if j.name == serial_job_name(device))
-        run_requests.append(
-            dg.RunRequest(
-                run_key=str(row.id),
-                job_name=job.name,
-                run_config={"ops": {name: {"config": {"job_id": str(row.id)}} for name in _configured_ops(job)}},
-                tags={
-                    JOB_ID_TAG: str(row.id),
-                    ACCOUNT_TAG: row.submitted_by,
-                    CORRELATION_TAG: row.correlation_id or "",
-                    "dagster/priority": str(row.priority),
-                },
-            )
-        )
+        launches = plan_launches(conn, claim_due_jobs(conn))
+    run_requests = [
+        dg.RunRequest(run_key=str(launch.job_id), job_name=launch.job_name, run_config=launch.run_config,
+                      tags=launch.tags)
+        for launch in launches
+        # A run the dispatcher launched (without a run key) may still wait in Dagster's queue.
+        if not context.instance.get_run_records(dg.RunsFilter(tags={JOB_ID_TAG: str(launch.job_id)}), limit=1)
+    ]
     return dg.SensorResult(run_requests=run_requests)
-
-
-def _configured_ops(job: dg.JobDefinition) -> list[str]:
-    return [node.name for node in job.graph.nodes]
 
 
 def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSensorDefinition:

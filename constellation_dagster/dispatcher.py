@@ -1,0 +1,74 @@
+"""The fast-path dispatcher: launches a Dagster run the moment a job is queued.
+
+The dispatch sensor only ticks every ~5 s (the sensor daemon's loop); this process listens for
+`queued` events on NATS and launches runs through Dagit's GraphQL API (dagster-graphql's client) at
+once. The sensor stays as the reconciler: a job this process could not launch (Dagit down, a crash)
+is released to it, or picked up by it after REDISPATCH_AFTER_S.
+"""
+
+import asyncio
+import logging
+from urllib.parse import urlparse
+
+from dagster_graphql import DagsterGraphQLClient
+from sqlalchemy import Engine
+
+from constellation_core.bus import connect
+from constellation_core.events import SUBJECT_ROOT, Event
+from constellation_dagster.inference.dispatch import claim_due_jobs, plan_launches, release
+
+log = logging.getLogger(__name__)
+LOCATION = "constellation_dagster"
+REPOSITORY = "__repository__"
+
+
+def graphql_client(dagit_url: str) -> DagsterGraphQLClient:
+    url = urlparse(dagit_url)
+    return DagsterGraphQLClient(url.hostname, port_number=url.port, use_https=url.scheme == "https", timeout=10)
+
+
+def dispatch_once(engine: Engine, client: DagsterGraphQLClient) -> int:
+    """Launch every due job; returns how many runs were launched."""
+    with engine.begin() as conn:
+        launches = plan_launches(conn, claim_due_jobs(conn))
+    launched = 0
+    for launch in launches:
+        try:
+            run_id = client.submit_job_execution(
+                launch.job_name, repository_location_name=LOCATION, repository_name=REPOSITORY,
+                run_config=launch.run_config, tags=launch.tags,
+            )
+        except Exception:  # noqa: BLE001 - the reconciler sensor takes the job instead
+            log.warning("launch failed; leaving the job to the dispatch sensor", exc_info=True,
+                        extra={"job_id": str(launch.job_id)})
+            with engine.begin() as conn:
+                release(conn, [launch.job_id])
+            continue
+        launched += 1
+        log.info("run launched", extra={"job_id": str(launch.job_id), "dagster_run_id": run_id,
+                                        "dagster_job": launch.job_name})
+    return launched
+
+
+async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
+    client = graphql_client(dagit_url)
+    wake = asyncio.Event()
+    wake.set()  # launch whatever is already due
+
+    async def on_state(msg) -> None:
+        try:
+            event = Event.from_bytes(msg.data)
+        except ValueError:
+            return
+        if event.payload.get("state") == "queued":
+            wake.set()
+
+    nc = await connect(nats_url, name="constellation-dispatcher")
+    await nc.subscribe(f"{SUBJECT_ROOT}.jobs.*.state", cb=on_state)
+    try:
+        while True:
+            await wake.wait()
+            wake.clear()
+            await asyncio.to_thread(dispatch_once, engine, client)
+    finally:
+        await nc.drain()
