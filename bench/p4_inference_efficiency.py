@@ -44,11 +44,25 @@ def main() -> None:
     print(f"P4 ratio          {orchestrated / bare:8.3f}  (goal ≥ 0.97)")
 
 
+ACTIVE_RUNS = ("{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) "
+               "{ ... on Runs { results { runId } } } }")
+
+
+def wait_idle(dagit: str) -> None:
+    """Each inference run triggers export runs; measure only when no Dagster run is active."""
+    def idle() -> bool:
+        data = httpx.post(f"{dagit}/graphql", json={"query": ACTIVE_RUNS}, timeout=10).json()["data"]
+        return not data["runsOrError"]["results"]
+
+    wait_for(idle, timeout=300, what="Dagster to be idle", interval=0.5)
+
+
 def measure_pair(args) -> tuple[float, float, str, int]:
     settings = get_settings()
     key = (settings.local_dir / "dev-api-key").read_text().strip()
     api = f"http://{settings.api_host}:{settings.api_port}"
     headers = {"Authorization": f"Bearer {key}"}
+    wait_idle(settings.dagit_base_url)
     body = {"name": "bench P4", "zoom": args.zoom, "area": AREA, "mode": "serial", "batch_size": args.batch_size}
     job_id = httpx.post(f"{api}/jobs", json=body, headers=headers).raise_for_status().json()["id"]
     wait_for(lambda: httpx.get(f"{api}/jobs/{job_id}", headers=headers).json()["state"] == "succeeded",
@@ -67,6 +81,7 @@ def measure_pair(args) -> tuple[float, float, str, int]:
                                      {"id": job_id}).scalar_one()
     engine.dispose()
     orchestrated = step.tiles / float(step.seconds)
+    wait_idle(settings.dagit_base_url)
 
     model_path = settings.local_dir / "models" / f"{model_version}.pt"
     started = time.perf_counter()
