@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -265,8 +266,64 @@ def demo() -> None:
     config = settings.local_dir / "supervisord.conf"
     config.write_text(supervisor_config(settings, local_postgres=local_postgres, local_nats=local_nats))
     os.environ.update(_stack_env(settings))
+    os.environ[STACK_MARKER] = _marker(settings)
     typer.echo(f"starting the stack under supervisord ({config}); logs in {settings.local_dir / 'logs'}")
-    os.execv(str(BIN / "supervisord"), [str(BIN / "supervisord"), "-c", str(config)])
+    supervisor = subprocess.Popen([str(BIN / "supervisord"), "-c", str(config)])
+    # Ctrl-C reaches supervisord too (same process group): let it shut everything down, then sweep.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.terminate())
+    rc = supervisor.wait()
+    leftovers = _sweep(settings)
+    typer.echo(f"stack stopped{f' (ended {len(leftovers)} leftover processes)' if leftovers else ''}")
+    raise typer.Exit(rc)
+
+
+STACK_MARKER = "CONSTELLATION_STACK"
+
+
+def _marker(settings: Settings) -> str:
+    return str(settings.local_dir.resolve())
+
+
+def _sweep(settings: Settings) -> list[int]:
+    """End every process that still carries this stack's marker in its environment.
+
+    Dagster's code servers run in sessions of their own, out of reach of the supervisor's process
+    groups, and can outlive it; the marker (inherited by every descendant) finds them all.
+    """
+    wanted = f"{STACK_MARKER}={_marker(settings)}".encode()
+    mine = {os.getpid(), os.getppid()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    for pid in found:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+    def all_gone() -> bool:
+        return not [pid for pid in found if Path(f"/proc/{pid}").exists() and _alive(pid)]
+
+    try:
+        wait_for(all_gone, timeout=10, what="leftover processes to exit", interval=0.2)
+    except Exception:  # noqa: BLE001 - then they are killed
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _running_supervisor(settings: Settings) -> int | None:
@@ -289,6 +346,7 @@ def stop() -> None:
         return
     subprocess.call([str(BIN / "supervisorctl"), "-c", str(settings.local_dir / "supervisord.conf"), "shutdown"])
     wait_for(lambda: _running_supervisor(settings) is None, timeout=90, what="the demo to stop", interval=0.2)
+    _sweep(settings)
     typer.echo("stopped")
 
 
