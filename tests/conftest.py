@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.db import migrate
-from constellation_core.devstack.setup import create_database, libpq_url
+from constellation_core.devstack.setup import create_database
 
 ADMIN_URL_VAR = "CONSTELLATION_TEST_PG_ADMIN_URL"
 
@@ -85,5 +85,3 @@ def make_account(engine: Engine):
 
     return _make
 
-
-__all__ = ["fresh_database_url", "libpq_url"]
