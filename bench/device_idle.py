@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import httpx
+from demo_client import GENEVA, demo_api, wait_finished
 from sqlalchemy import create_engine, text
 
 from constellation_core.settings import get_settings
-from constellation_core.waiting import wait_for
-
-AREA = {"type": "Polygon", "coordinates": [[[6.10, 46.18], [6.19, 46.18], [6.19, 46.23], [6.10, 46.23], [6.10, 46.18]]]}
 
 
 def main() -> None:
@@ -25,21 +22,13 @@ def main() -> None:
     parser.add_argument("--zoom", type=int, default=16)
     args = parser.parse_args()
     settings = get_settings()
-    key = (settings.local_dir / "dev-api-key").read_text().strip()
-    api = f"http://{settings.api_host}:{settings.api_port}"
-    headers = {"Authorization": f"Bearer {key}"}
-    ids = [
-        httpx.post(f"{api}/jobs", headers=headers,
-                   json={"name": f"P1b {i}", "zoom": args.zoom, "area": AREA, "mode": "serial"}).raise_for_status()
-        .json()["id"]
-        for i in range(args.jobs)
-    ]
-
-    def all_done() -> bool:
-        return all(httpx.get(f"{api}/jobs/{i}", headers=headers).json()["state"] in ("succeeded", "failed", "canceled")
-                   for i in ids)
-
-    wait_for(all_done, timeout=900, what="the backlog", interval=1)
+    with demo_api(settings) as client:
+        ids = [
+            client.post("/jobs", json={"name": f"P1b {i}", "zoom": args.zoom, "area": GENEVA, "mode": "serial"})
+            .raise_for_status().json()["id"]
+            for i in range(args.jobs)
+        ]
+        wait_finished(client, ids, timeout=900)
     engine = create_engine(settings.sync_database_url)
     with engine.connect() as conn:
         rows = conn.execute(

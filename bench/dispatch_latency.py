@@ -15,10 +15,12 @@ import statistics
 import time
 
 import httpx
+from demo_client import demo_api, dev_key
 from websockets.sync.client import connect
 
 from constellation_core.settings import get_settings
 
+# A small area (a few tiles at zoom 14), so the figures are dispatch, not inference.
 AREA = {"type": "Polygon", "coordinates": [[[6.10, 46.18], [6.12, 46.18], [6.12, 46.20], [6.10, 46.20], [6.10, 46.18]]]}
 
 
@@ -35,12 +37,11 @@ def main() -> None:
     phases: dict[str, list[float]] = {"POST → run created": [], "created → worker started": [],
                                       "worker started → running": []}
     settings = get_settings()
-    key = (settings.local_dir / "dev-api-key").read_text().strip()
-    api = f"http://{settings.api_host}:{settings.api_port}"
+    key = dev_key(settings)
     to_running: list[float] = []
     to_succeeded: list[float] = []
     to_first_batch: list[float] = []
-    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}) as client:
+    with demo_api(settings) as client:
         for i in range(args.jobs):
             with connect(f"ws://{settings.api_host}:{settings.api_port}/stream?api_key={key}") as ws:
                 started = time.perf_counter()

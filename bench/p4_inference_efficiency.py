@@ -15,14 +15,13 @@ import time
 
 import httpx
 import numpy as np
+from demo_client import GENEVA, demo_api, wait_finished
 from sqlalchemy import create_engine, text
 
 from constellation_core.inference.imagery import TileReader, ensure_demo_scene
 from constellation_core.inference.model import TileClassifier
-from constellation_core.settings import get_settings
+from constellation_core.settings import Settings, get_settings
 from constellation_core.waiting import wait_for
-
-AREA = {"type": "Polygon", "coordinates": [[[6.10, 46.18], [6.19, 46.18], [6.19, 46.23], [6.10, 46.23], [6.10, 46.18]]]}
 
 
 def main() -> None:
@@ -31,7 +30,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="alternating orchestrated/bare pairs")
     args = parser.parse_args()
-    pairs = [measure_pair(args) for _ in range(args.repeats)]
+    settings = get_settings()
+    with demo_api(settings) as client:
+        pairs = [measure_pair(args, settings, client) for _ in range(args.repeats)]
     device, count = pairs[0][2], pairs[0][3]
     orchestrated = statistics.median(p[0] for p in pairs)
     bare = statistics.median(p[1] for p in pairs)
@@ -57,16 +58,12 @@ def wait_idle(dagit: str) -> None:
     wait_for(idle, timeout=300, what="Dagster to be idle", interval=0.5)
 
 
-def measure_pair(args) -> tuple[float, float, str, int]:
-    settings = get_settings()
-    key = (settings.local_dir / "dev-api-key").read_text().strip()
-    api = f"http://{settings.api_host}:{settings.api_port}"
-    headers = {"Authorization": f"Bearer {key}"}
+def measure_pair(args, settings: Settings, client: httpx.Client) -> tuple[float, float, str, int]:
     wait_idle(settings.dagit_base_url)
-    body = {"name": "bench P4", "zoom": args.zoom, "area": AREA, "mode": "serial", "batch_size": args.batch_size}
-    job_id = httpx.post(f"{api}/jobs", json=body, headers=headers).raise_for_status().json()["id"]
-    wait_for(lambda: httpx.get(f"{api}/jobs/{job_id}", headers=headers).json()["state"] == "succeeded",
-             timeout=600, what="the bench job", interval=0.5)
+    body = {"name": "bench P4", "zoom": args.zoom, "area": GENEVA, "mode": "serial", "batch_size": args.batch_size}
+    job_id = client.post("/jobs", json=body).raise_for_status().json()["id"]
+    if wait_finished(client, [job_id], timeout=600)[job_id] != "succeeded":
+        raise SystemExit(f"the bench job {job_id} did not succeed")
 
     engine = create_engine(settings.sync_database_url)
     with engine.connect() as conn:

@@ -1,0 +1,32 @@
+"""What the bench scripts share: an HTTP client for the running `make demo` (its dev API key) and the
+demo's area of interest."""
+
+from __future__ import annotations
+
+import httpx
+
+from constellation_core.settings import Settings, get_settings
+from constellation_core.waiting import wait_for
+
+GENEVA = {"type": "Polygon", "coordinates": [[[6.10, 46.18], [6.19, 46.18], [6.19, 46.23], [6.10, 46.23], [6.10, 46.18]]]}
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def dev_key(settings: Settings | None = None) -> str:
+    return ((settings or get_settings()).local_dir / "dev-api-key").read_text().strip()
+
+
+def demo_api(settings: Settings | None = None) -> httpx.Client:
+    """A client for the demo's API, authenticated with the dev key."""
+    settings = settings or get_settings()
+    return httpx.Client(base_url=f"http://{settings.api_host}:{settings.api_port}",
+                        headers={"Authorization": f"Bearer {dev_key(settings)}"}, timeout=30)
+
+
+def wait_finished(client: httpx.Client, job_ids: list[str], *, timeout: float) -> dict[str, str]:
+    """Wait until every job has ended; their final states."""
+    def finished() -> dict[str, str] | None:
+        states = {i: client.get(f"/jobs/{i}").json()["state"] for i in job_ids}
+        return states if all(s in TERMINAL for s in states.values()) else None
+
+    return wait_for(finished, timeout=timeout, what=f"{len(job_ids)} bench jobs to end", interval=0.5)
