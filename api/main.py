@@ -10,6 +10,10 @@ from fastapi.routing import APIRoute
 
 from api.errors import install_problem_handlers
 from api.health.router import router as health_router
+from api.areas.router import router as areas_router
+from api.events.router import router as events_router
+from api.gpus.router import router as gpus_router
+from api.jobs.router import coverage_router
 from api.jobs.router import router as jobs_router
 from api.metrics import BodyLimitMiddleware, RequestContextMiddleware
 from api.stream.hub import StreamHub
@@ -59,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router)
     app.include_router(jobs_router)
+    app.include_router(areas_router)
+    app.include_router(gpus_router)
+    app.include_router(coverage_router)
+    app.include_router(events_router)
     app.include_router(stream_router)
     return app
 

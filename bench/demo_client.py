@@ -30,3 +30,18 @@ def wait_finished(client: httpx.Client, job_ids: list[str], *, timeout: float) -
         return states if all(s in TERMINAL for s in states.values()) else None
 
     return wait_for(finished, timeout=timeout, what=f"{len(job_ids)} bench jobs to end", interval=0.5)
+
+
+ACTIVE_RUNS = ("{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) "
+               "{ ... on Runs { results { runId } } } }")
+
+
+def wait_dagster_idle(settings: Settings | None = None, timeout: float = 300) -> None:
+    """Each inference run triggers export runs; measure only when no Dagster run is active."""
+    dagit = (settings or get_settings()).dagit_base_url
+
+    def idle() -> bool:
+        data = httpx.post(f"{dagit}/graphql", json={"query": ACTIVE_RUNS}, timeout=10).json()["data"]
+        return not data["runsOrError"]["results"]
+
+    wait_for(idle, timeout=timeout, what="Dagster to be idle", interval=0.5)

@@ -2,7 +2,8 @@
 
 With `make demo` running: `.local/venv/bin/python bench/device_idle.py --jobs 8`. Submits N serial
 jobs at once, waits for all, then reads each device's inference steps from `steps` and prints the
-gaps between one step's end and the next step's start on the same device (p50, p95, max).
+gaps on each device between one job's last batch ending and the next job's first batch starting
+(the wall-clock bounds each inference step records in `steps.metrics`), p50, p95, max.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ def main() -> None:
     engine = create_engine(settings.sync_database_url)
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT g.name, s.started_at, s.finished_at FROM steps s JOIN gpus g ON g.id = s.gpu_id "
-                 "WHERE s.job_id = ANY(:ids) ORDER BY g.name, s.started_at"),
+            text("SELECT g.name, (s.metrics->>'first_batch_at')::float8 AS first_batch, "
+                 "(s.metrics->>'last_batch_at')::float8 AS last_batch FROM steps s JOIN gpus g ON g.id = s.gpu_id "
+                 "WHERE s.job_id = ANY(:ids) AND s.tiles > 0 ORDER BY g.name, 2"),
             {"ids": ids},
         ).all()
     engine.dispose()
     gaps: list[float] = []
     for before, after in zip(rows, rows[1:]):
         if before.name == after.name:
-            gaps.append((after.started_at - before.finished_at).total_seconds())
+            gaps.append(after.first_batch - before.last_batch)
     gaps.sort()
     print(f"{args.jobs} serial jobs (zoom {args.zoom}) on {len({r.name for r in rows})} devices, "
           f"{len(gaps)} gaps between consecutive steps on a device")

@@ -15,7 +15,8 @@ import time
 
 import httpx
 import numpy as np
-from demo_client import GENEVA, demo_api, wait_finished
+import torch
+from demo_client import GENEVA, demo_api, wait_dagster_idle, wait_finished
 from sqlalchemy import create_engine, text
 
 from constellation_core.inference.imagery import TileReader, ensure_demo_scene
@@ -45,21 +46,8 @@ def main() -> None:
     print(f"P4 ratio          {orchestrated / bare:8.3f}  (goal ≥ 0.97)")
 
 
-ACTIVE_RUNS = ("{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) "
-               "{ ... on Runs { results { runId } } } }")
-
-
-def wait_idle(dagit: str) -> None:
-    """Each inference run triggers export runs; measure only when no Dagster run is active."""
-    def idle() -> bool:
-        data = httpx.post(f"{dagit}/graphql", json={"query": ACTIVE_RUNS}, timeout=10).json()["data"]
-        return not data["runsOrError"]["results"]
-
-    wait_for(idle, timeout=300, what="Dagster to be idle", interval=0.5)
-
-
 def measure_pair(args, settings: Settings, client: httpx.Client) -> tuple[float, float, str, int]:
-    wait_idle(settings.dagit_base_url)
+    wait_dagster_idle(settings)
     body = {"name": "bench P4", "zoom": args.zoom, "area": GENEVA, "mode": "serial", "batch_size": args.batch_size}
     job_id = client.post("/jobs", json=body).raise_for_status().json()["id"]
     if wait_finished(client, [job_id], timeout=600)[job_id] != "succeeded":
@@ -68,7 +56,8 @@ def measure_pair(args, settings: Settings, client: httpx.Client) -> tuple[float,
     engine = create_engine(settings.sync_database_url)
     with engine.connect() as conn:
         step = conn.execute(
-            text("SELECT tiles, extract(epoch FROM finished_at - started_at) AS seconds, g.name AS device "
+            text("SELECT tiles, extract(epoch FROM finished_at - started_at) AS seconds, g.name AS device, "
+                 "(metrics->>'torch_threads')::int AS threads "
                  "FROM steps s JOIN gpus g ON g.id = s.gpu_id WHERE job_id = :id AND tiles > 0"),
             {"id": job_id},
         ).one()
@@ -78,9 +67,11 @@ def measure_pair(args, settings: Settings, client: httpx.Client) -> tuple[float,
                                      {"id": job_id}).scalar_one()
     engine.dispose()
     orchestrated = step.tiles / float(step.seconds)
-    wait_idle(settings.dagit_base_url)
+    wait_dagster_idle(settings)
 
     model_path = settings.local_dir / "models" / f"{model_version}.pt"
+    # The same device means the same compute: a simulated device's step had a share of the cores.
+    torch.set_num_threads(step.threads or torch.get_num_threads())
     started = time.perf_counter()
     classifier = TileClassifier(model_path, "cpu" if "simulated" in step.device or "CPU" in step.device else "cuda:0")
     with TileReader(ensure_demo_scene(settings.local_dir / "imagery")) as reader:

@@ -98,3 +98,68 @@ def discover(simulated: int | None = None) -> list[Device]:
     if simulated > 0:
         return simulated_devices(simulated)
     return nvml_devices() or [CPU_DEVICE]
+
+
+def cpu_threads(devices: list[Device]) -> int:
+    """Torch threads for one step on a simulated or CPU device: the host's cores, shared by them."""
+    sharing = sum(1 for d in devices if d.kind != "cuda")
+    return max(1, (os.cpu_count() or 1) // max(1, sharing))
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    free_mem_mb: int
+    utilization_pct: int
+
+
+def nvml_state(devices: list[Device]) -> dict[str, DeviceState]:
+    """Free memory and utilization of each NVIDIA device now (empty without NVML or GPUs)."""
+    cuda = [d for d in devices if d.kind == "cuda"]
+    if not cuda:
+        return {}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver: no state, choose by load alone
+        return {}
+    try:
+        states = {}
+        for device in cuda:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(device.uuid)
+            states[device.uuid] = DeviceState(
+                free_mem_mb=pynvml.nvmlDeviceGetMemoryInfo(handle).free // (1024 * 1024),
+                utilization_pct=pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+            )
+        return states
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def choose_device(devices: list[Device], open_steps: dict[str, int]) -> Device:
+    """The device a new serial job should run on: fewest open inference steps, then (NVIDIA devices)
+    the least utilized, then the most free memory, then the lowest index."""
+    states = nvml_state(devices)
+
+    def key(device: Device) -> tuple:
+        state = states.get(device.uuid)
+        return (open_steps.get(device.uuid, 0), state.utilization_pct if state else 0,
+                -state.free_mem_mb if state else 0, device.index)
+
+    return min(devices, key=key)
+
+
+def energy_counter_mj(device: Device) -> int | None:
+    """The device's total energy counter in millijoules (NVML, Volta and newer); None elsewhere."""
+    if device.kind != "cuda":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByUUID(device.uuid)))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - not supported on this device or driver
+        return None

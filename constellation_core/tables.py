@@ -76,6 +76,7 @@ areas = Table(
     Column("geom", Geometry("GEOMETRY", srid=4326, spatial_index=False), nullable=False),
     _created_at(),
     Index("areas_geom_gist", "geom", postgresql_using="gist"),
+    Index("areas_account_created_idx", "account_id", "created_at"),
 )
 
 gpus = Table(
@@ -113,10 +114,16 @@ jobs = Table(
     Column("dagster_run_id", Text),
     Column("correlation_id", Text),
     Column("error", Text),
+    # POST /jobs with an Idempotency-Key returns the job the key first created (per account).
+    Column("idempotency_key", Text),
+    Column("request_hash", Text),
     CheckConstraint(
         "state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')", name="jobs_state_check"
     ),
     Index("jobs_state_idx", "state"),
+    Index("jobs_idempotency_key_idx", "account_id", "idempotency_key", unique=True,
+          postgresql_where=text("idempotency_key IS NOT NULL")),
+    Index("jobs_created_id_idx", text("created_at DESC"), text("id DESC")),
     Index("jobs_account_created_idx", "account_id", "created_at"),
     Index(
         "jobs_queued_idx",

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from constellation_core.bus import publisher
 from constellation_core.db import sync_engine
-from constellation_core.devices import Device, discover
+from constellation_core.devices import Device, cpu_threads, discover
 from constellation_core.events import Event
 from constellation_core.tables import gpus
 
@@ -84,6 +84,12 @@ class GpuFleet(dg.ConfigurableResource):
         """Narrow this process to `device`; yields the torch device string to use."""
         previous = os.environ.get("CUDA_VISIBLE_DEVICES")
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device.index) if device.kind == "cuda" else ""
+        if device.kind != "cuda":
+            # Simulated devices share the host's cores: each gets its share of torch's threads
+            # rather than every step oversubscribing all of them.
+            import torch
+
+            torch.set_num_threads(cpu_threads(self.devices()))
         try:
             yield device.torch_device
         finally:

@@ -19,12 +19,12 @@ def test_definitions_load_with_one_pool_per_device():
     devices = simulated_devices(2)
     parallel, serial = build_jobs(devices)
     assert sorted(node.name for node in parallel.graph.nodes) == [
-        "infer_on_sim0", "infer_on_sim1", "plan_tiles", "start_run", "summarise"]
+        "infer_on_sim0", "infer_on_sim1", "plan_tiles", "summarise"]
     assert parallel.graph.node_named("infer_on_sim0").definition.pool == "device-sim0"
     assert parallel.graph.node_named("infer_on_sim1").definition.pool == "device-sim1"
     only_sim1 = serial[devices[1].uuid]
     assert sorted(node.name for node in only_sim1.graph.nodes) == [
-        "infer_on_sim1", "plan_tiles", "start_run", "summarise"]
+        "infer_on_sim1", "plan_tiles", "summarise"]
     # The loaded location (devices of this host) builds and validates.
     assert defs.get_repository_def().has_job("tile_inference")
     assert defs.get_assets_def("landcover_model")
@@ -55,7 +55,7 @@ def test_dispatch_sensor_requests_one_run_per_queued_job(engine, database_url, q
         assert request.tags[JOB_ID_TAG] == str(queued_job)
         assert request.tags["dagster/priority"] == "7"
         assert request.tags["constellation/correlation_id"] == "corr-1"
-        assert request.run_config["ops"]["start_run"]["config"]["job_id"] == str(queued_job)
+        assert request.run_config["ops"]["plan_tiles"]["config"]["job_id"] == str(queued_job)
 
         again = dispatch_queued_jobs(dg.build_sensor_context(instance=instance, resources=resources))
         assert again.run_requests == [], "a job already asked for is not asked for again at once"

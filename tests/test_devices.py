@@ -49,3 +49,76 @@ def test_gpus_table_lists_devices_with_the_simulated_flag(engine):
     assert set(ids) == {"SIM-GPU-0", "SIM-GPU-1"}
     assert [(r.uuid, r.simulated) for r in rows] == [("SIM-GPU-0", True), ("SIM-GPU-1", True)]
     assert all("simulated" in r.name for r in rows)
+
+
+class FakeNvml:
+    """A stand-in for pynvml (no NVIDIA driver on the test machine): two GPUs with set state."""
+
+    class _Memory:
+        def __init__(self, free_mb: int) -> None:
+            self.free = free_mb * 2**20
+
+    class _Utilization:
+        def __init__(self, gpu: int) -> None:
+            self.gpu = gpu
+
+    def __init__(self, state: dict[str, tuple[int, int]], energy_mj: dict[str, int] | None = None) -> None:
+        self.state, self.energy_mj = state, energy_mj or {}
+
+    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+        pass
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        pass
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:  # noqa: N802
+        return uuid
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str):  # noqa: N802
+        return self._Memory(self.state[handle][0])
+
+    def nvmlDeviceGetUtilizationRates(self, handle: str):  # noqa: N802
+        return self._Utilization(self.state[handle][1])
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:  # noqa: N802
+        return self.energy_mj[handle]
+
+
+def _gpus() -> list:
+    from constellation_core.devices import Device
+
+    return [Device(uuid=f"GPU-{i}", index=i, name="NVIDIA H100", kind="cuda", total_mem_mb=81559,
+                   compute_capability="9.0") for i in range(2)]
+
+
+def test_a_serial_job_goes_to_the_least_loaded_gpu_by_nvml_state(monkeypatch):
+    from constellation_core.devices import choose_device
+
+    gpu0, gpu1 = _gpus()
+    # Both idle by our count: the busier GPU (another tenant's process) is avoided...
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", FakeNvml({"GPU-0": (70000, 85), "GPU-1": (70000, 3)}))
+    assert choose_device([gpu0, gpu1], {}) == gpu1
+    # ...equal utilization: the one with more free memory...
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", FakeNvml({"GPU-0": (80000, 0), "GPU-1": (20000, 0)}))
+    assert choose_device([gpu0, gpu1], {}) == gpu0
+    # ...and our own open steps come first.
+    assert choose_device([gpu0, gpu1], {"GPU-0": 1}) == gpu1
+
+
+def test_energy_comes_from_nvml_counters_and_is_never_invented(monkeypatch):
+    from constellation_core.devices import energy_counter_mj, simulated_devices
+
+    gpu0, _ = _gpus()
+    monkeypatch.setitem(__import__("sys").modules, "pynvml",
+                        FakeNvml({"GPU-0": (1, 1)}, energy_mj={"GPU-0": 123_456}))
+    assert energy_counter_mj(gpu0) == 123_456
+    assert energy_counter_mj(simulated_devices(1)[0]) is None
+
+
+def test_simulated_devices_share_the_cores(monkeypatch):
+    from constellation_core.devices import cpu_threads, simulated_devices
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert cpu_threads(simulated_devices(2)) == 4
+    assert cpu_threads(simulated_devices(16)) == 1
+    assert cpu_threads(_gpus()) == 8

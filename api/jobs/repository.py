@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import RowMapping, func, insert, select
+from sqlalchemy import RowMapping, func, insert, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from constellation_core.tables import areas, jobs
+from constellation_core.tables import areas, events, gpus, jobs, runs, steps
 
 _JOB_COLUMNS = [c for c in jobs.c if c.name != "aoi"] + [func.ST_AsGeoJSON(jobs.c.aoi).label("aoi_geojson")]
 
@@ -26,6 +27,11 @@ async def get_job(conn: AsyncConnection, job_id: UUID, *, for_update: bool = Fal
     return (await conn.execute(query)).mappings().first()
 
 
+async def get_job_by_idempotency_key(conn: AsyncConnection, account_id: UUID, key: str) -> RowMapping | None:
+    query = select(*_JOB_COLUMNS).where(jobs.c.account_id == account_id, jobs.c.idempotency_key == key)
+    return (await conn.execute(query)).mappings().first()
+
+
 async def get_area_geojson(conn: AsyncConnection, area_id: UUID) -> tuple[UUID | None, dict] | None:
     row = (
         await conn.execute(
@@ -33,3 +39,109 @@ async def get_area_geojson(conn: AsyncConnection, area_id: UUID) -> tuple[UUID |
         )
     ).first()
     return None if row is None else (row.account_id, json.loads(row.geojson))
+
+
+async def list_jobs(
+    conn: AsyncConnection, *, account_id: UUID | None, states: list[str] | None, submitted_by: str | None,
+    created_after: datetime | None, created_before: datetime | None, after: tuple[datetime, UUID] | None, limit: int,
+) -> list[RowMapping]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = select(*_JOB_COLUMNS).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+    if account_id is not None:
+        query = query.where(jobs.c.account_id == account_id)
+    if states:
+        query = query.where(jobs.c.state.in_(states))
+    if submitted_by:
+        query = query.where(jobs.c.submitted_by == submitted_by)
+    if created_after:
+        query = query.where(jobs.c.created_at >= created_after)
+    if created_before:
+        query = query.where(jobs.c.created_at < created_before)
+    if after:
+        query = query.where(tuple_(jobs.c.created_at, jobs.c.id) < tuple_(literal(after[0]), literal(after[1])))
+    return list((await conn.execute(query)).mappings())
+
+
+async def job_runs(conn: AsyncConnection, job_id: UUID) -> list[RowMapping]:
+    devices = (
+        select(func.coalesce(func.array_agg(func.distinct(gpus.c.name)), text("'{}'::text[]")))
+        .select_from(steps.join(gpus, gpus.c.id == steps.c.gpu_id))
+        .where(steps.c.run_id == runs.c.id)
+        .scalar_subquery()
+    )
+    query = (
+        select(runs.c.dagster_run_id, runs.c.state, runs.c.started_at, runs.c.finished_at, runs.c.metrics,
+               devices.label("devices"))
+        .where(runs.c.job_id == job_id)
+        .order_by(runs.c.started_at)
+    )
+    return list((await conn.execute(query)).mappings())
+
+
+async def queue_position(conn: AsyncConnection, job: RowMapping) -> int:
+    """1 + the queued jobs that start before this one (higher priority, or same and older)."""
+    ahead = await conn.execute(
+        select(func.count()).select_from(jobs).where(
+            jobs.c.state == "queued",
+            (jobs.c.priority > job["priority"])
+            | ((jobs.c.priority == job["priority"]) & (jobs.c.created_at < job["created_at"])),
+        )
+    )
+    return ahead.scalar_one() + 1
+
+
+async def latest_rate(conn: AsyncConnection, job_id: UUID) -> float | None:
+    """Tiles/s from the job's latest progress event."""
+    rate = await conn.execute(
+        select(events.c.payload["tiles_per_s"].as_float())
+        .where(events.c.job_id == job_id, events.c.type == "job.progress")
+        .order_by(events.c.id.desc()).limit(1)
+    )
+    return rate.scalar_one_or_none()
+
+
+_TILE_FEATURE = """json_build_object(
+    'type', 'Feature', 'id', t.z || '/' || t.x || '/' || t.y,
+    'geometry', ST_AsGeoJSON(t.footprint, 7)::json,
+    'properties', json_build_object(
+        'z', t.z, 'x', t.x, 'y', t.y, 'class', r.class, 'confidence', r.confidence,
+        'inference_ms', r.inference_ms, 'device', r.device, 'model_version', r.model_version,
+        'run_id', r.run_id))"""
+
+
+async def tiles_geojson(conn: AsyncConnection, job_id: UUID) -> str:
+    """The job's tiles with their results, as a GeoJSON FeatureCollection built by PostGIS."""
+    query = text(f"""
+        SELECT json_build_object('type', 'FeatureCollection', 'truncated', false, 'features',
+               coalesce(json_agg({_TILE_FEATURE} ORDER BY t.z, t.x, t.y), '[]'::json))::text
+        FROM tiles t
+        LEFT JOIN tile_results r ON r.job_id = t.job_id AND r.z = t.z AND r.x = t.x AND r.y = t.y
+        WHERE t.job_id = :job_id""")
+    return (await conn.execute(query, {"job_id": job_id})).scalar_one()
+
+
+async def coverage_geojson(conn: AsyncConnection, bbox: tuple[float, float, float, float],
+                           account_id: UUID | None, limit: int) -> str:
+    """Processed tiles whose footprint meets the bbox (the account's, or all for admins), newest
+    result per tile position first; `truncated` when more than `limit` matched."""
+    query = text(f"""
+        WITH hits AS (
+            SELECT t.z, t.x, t.y, t.footprint, r.class, r.confidence, r.inference_ms, r.device,
+                   r.model_version, r.run_id, r.job_id
+            FROM tile_results r
+            JOIN tiles t ON t.job_id = r.job_id AND t.z = r.z AND t.x = r.x AND t.y = r.y
+            JOIN jobs j ON j.id = r.job_id
+            WHERE t.footprint && ST_MakeEnvelope(:w, :s, :e, :n, 4326)
+              AND (CAST(:account_id AS uuid) IS NULL OR j.account_id = CAST(:account_id AS uuid))
+            ORDER BY r.id DESC
+            LIMIT :limit_plus_one
+        )
+        SELECT json_build_object('type', 'FeatureCollection',
+               'truncated', count(*) > :limit,
+               'features', coalesce(json_agg({_TILE_FEATURE.replace("'run_id', r.run_id", "'run_id', r.run_id, 'job_id', r.job_id")}) FILTER (WHERE rn <= :limit), '[]'::json))::text
+        FROM (SELECT h.*, row_number() OVER () AS rn FROM hits h) r
+        CROSS JOIN LATERAL (SELECT r.z, r.x, r.y, r.footprint) t""")
+    west, south, east, north = bbox
+    params = {"w": west, "s": south, "e": east, "n": north, "account_id": account_id, "limit": limit,
+              "limit_plus_one": limit + 1}
+    return (await conn.execute(query, params)).scalar_one()

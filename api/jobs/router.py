@@ -1,34 +1,82 @@
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import JSONResponse
 
 from api.deps import CurrentAccount, EngineDep, PublisherDep, SettingsDep
+from api.errors import InvalidInput
 from api.jobs import service
-from api.jobs.schemas import JobCreate, JobPublic
+from api.jobs.schemas import JobCreate, JobDetail, JobPublic, JobState, TileFeatureCollection
 from api.metrics import JOBS_SUBMITTED
+from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+coverage_router = APIRouter(tags=["coverage"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, name="create")
+class GeoJSONResponse(JSONResponse):
+    media_type = "application/geo+json"
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+           description="Repeat a request safely: the same key and body return the job first created"),
+]
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=JobPublic, name="create",
+    responses={200: {"model": JobPublic, "description": "A repeat of an earlier request with the same Idempotency-Key"}},
+)
 async def create_job(
-    body: JobCreate, account: CurrentAccount, engine: EngineDep, settings: SettingsDep, publish: PublisherDep
+    body: JobCreate, account: CurrentAccount, engine: EngineDep, settings: SettingsDep, publish: PublisherDep,
+    response: Response, idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Submit a tile-inference job. Answers at once; a Dagster run is launched for it shortly after."""
     job, event = await service.create_job(
-        engine, account, body, max_tiles=settings.max_tiles_per_job, dagit_url=settings.dagit_base_url
+        engine, account, body, max_tiles=settings.max_tiles_per_job, dagit_url=settings.dagit_base_url,
+        idempotency_key=idempotency_key,
     )
+    if event is None:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+        return job
     JOBS_SUBMITTED.inc()
     await publish(event)
     return job
 
 
-@router.get("/{job_id}", response_model=JobPublic, name="get")
-async def get_job(job_id: UUID, account: CurrentAccount, engine: EngineDep, settings: SettingsDep) -> JobPublic:
-    """A job's state and progress."""
+@router.get("", response_model=Page[JobPublic], name="list")
+async def list_jobs(
+    account: CurrentAccount, engine: EngineDep, settings: SettingsDep,
+    state: Annotated[list[JobState] | None, Query(description="Only jobs in these states")] = None,
+    submitted_by: Annotated[str | None, Query(max_length=200, description="Only this account's jobs")] = None,
+    created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
+    cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT,
+) -> Page[JobPublic]:
+    """Jobs, newest first: members see their own, admins everyone's."""
+    return await service.list_jobs(
+        engine, account, states=state, submitted_by=submitted_by, created_after=created_after,
+        created_before=created_before, cursor=cursor, limit=limit, dagit_url=settings.dagit_base_url,
+    )
+
+
+@router.get("/{job_id}", response_model=JobDetail, name="get")
+async def get_job(job_id: UUID, account: CurrentAccount, engine: EngineDep, settings: SettingsDep) -> JobDetail:
+    """A job's state and progress, its runs and their devices, queue position and ETA."""
     return await service.get_job(engine, account, job_id, dagit_url=settings.dagit_base_url)
+
+
+@router.get("/{job_id}/tiles", response_model=TileFeatureCollection, response_class=GeoJSONResponse, name="tiles")
+async def job_tiles(job_id: UUID, account: CurrentAccount, engine: EngineDep) -> Response:
+    """The job's tiles as GeoJSON: footprints with their results (class, confidence, device, run)."""
+    return Response(await service.job_tiles(engine, account, job_id), media_type=GeoJSONResponse.media_type)
 
 
 @router.post(
@@ -42,3 +90,31 @@ async def cancel_job(
     job, event = await service.cancel_job(engine, account, job_id, dagit_url=settings.dagit_base_url)
     await publish(event)
     return job
+
+
+MAX_COVERAGE = 20_000
+
+
+@coverage_router.get("/coverage", response_model=TileFeatureCollection, response_class=GeoJSONResponse, name="get")
+async def coverage(
+    account: CurrentAccount, engine: EngineDep,
+    bbox: Annotated[str, Query(max_length=200, description="west,south,east,north in lon/lat",
+                               examples=["6.0,46.1,6.3,46.3"])],
+    limit: Annotated[int, Query(ge=1, le=MAX_COVERAGE)] = 5000,
+) -> Response:
+    """Every processed tile whose footprint meets the box (yours; admins: everyone's), newest first."""
+    return Response(await service.coverage(engine, account, parse_bbox(bbox), limit),
+                    media_type=GeoJSONResponse.media_type)
+
+
+def parse_bbox(raw: str) -> tuple[float, float, float, float]:
+    try:
+        west, south, east, north = (float(part) for part in raw.split(","))
+    except ValueError:
+        west = None
+    if west is None or not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        raise InvalidInput(
+            "bbox must be west,south,east,north in lon/lat with west < east and south < north",
+            errors=[{"loc": ["query", "bbox"], "msg": "invalid bbox", "type": "bbox"}],
+        )
+    return west, south, east, north

@@ -59,3 +59,47 @@ class JobPublic(JobBase):
     dagster_run_id: str | None
     dagit_url: str | None
     error: str | None
+
+
+class RunPublic(BaseModel):
+    dagster_run_id: str
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    devices: list[str] = Field(description="Labels of the devices its inference steps ran on")
+    metrics: dict[str, Any] = Field(description="tiles, gpu_seconds, tiles_per_gpu_second, peak_mem_mb, energy_joules")
+    dagit_url: str
+
+
+class JobDetail(JobPublic):
+    runs: list[RunPublic]
+    queue_position: int | None = Field(description="1 = next to start; null unless queued")
+    tiles_per_s: float | None = Field(description="Latest throughput while running")
+    eta_seconds: float | None = Field(description="Estimated seconds to finish while running")
+
+
+class TileProperties(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    z: int
+    x: int
+    y: int
+    class_: str | None = Field(alias="class", description="Predicted land-cover class; null until inferred")
+    confidence: float | None
+    inference_ms: float | None
+    device: str | None
+    model_version: str | None
+    run_id: UUID | None
+    job_id: UUID | None = Field(default=None, description="Set in coverage results")
+
+
+class TileFeature(BaseModel):
+    type: Literal["Feature"]
+    id: str = Field(description="z/x/y")
+    geometry: dict[str, Any] = Field(description="The tile's footprint, a GeoJSON Polygon in lon/lat")
+    properties: TileProperties
+
+
+class TileFeatureCollection(BaseModel):
+    type: Literal["FeatureCollection"]
+    features: list[TileFeature]
+    truncated: bool = Field(default=False, description="More tiles matched than `limit`")

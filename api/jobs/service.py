@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import RowMapping
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.accounts.auth import Account
 from api.errors import Conflict, InvalidInput, NotFound
 from api.jobs import repository
-from api.jobs.schemas import JobCreate, JobPublic
+from api.jobs.schemas import JobCreate, JobDetail, JobPublic, RunPublic
+from api.pagination import Page, decode_cursor, encode_cursor
 from constellation_core.catalog import MODELS
 from constellation_core.events import Event, record_event_async, transition_job_async
 from constellation_core.geometry import InvalidGeometry, parse_area
@@ -26,7 +30,45 @@ PARAM_KEYS = ("model", "batch_size", "mode")
 
 
 async def create_job(
-    engine: AsyncEngine, account: Account, body: JobCreate, *, max_tiles: int, dagit_url: str
+    engine: AsyncEngine, account: Account, body: JobCreate, *, max_tiles: int, dagit_url: str,
+    idempotency_key: str | None = None,
+) -> tuple[JobPublic, Event | None]:
+    """The new job and its `queued` event; with an Idempotency-Key already used by this account
+    for the same request, the job it created and no event (nothing is written)."""
+    request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    if idempotency_key is not None:
+        async with engine.connect() as conn:
+            replay = await _replay(conn, account, idempotency_key, request_hash, dagit_url)
+        if replay is not None:
+            return replay, None
+    try:
+        return await _insert_job(engine, account, body, max_tiles=max_tiles, dagit_url=dagit_url,
+                                 idempotency_key=idempotency_key, request_hash=request_hash)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        async with engine.connect() as conn:  # a concurrent request with the same key won the race
+            replay = await _replay(conn, account, idempotency_key, request_hash, dagit_url)
+        if replay is None:
+            raise
+        return replay, None
+
+
+async def _replay(conn, account: Account, key: str, request_hash: str, dagit_url: str) -> JobPublic | None:
+    row = await repository.get_job_by_idempotency_key(conn, account.id, key)
+    if row is None:
+        return None
+    if row["request_hash"] != request_hash:
+        raise InvalidInput(
+            "this Idempotency-Key was already used for a different request; use a new key for a new job",
+            errors=[{"loc": ["header", "Idempotency-Key"], "msg": "key reused with another body", "type": "idempotency"}],
+        )
+    return to_public(row, dagit_url)
+
+
+async def _insert_job(
+    engine: AsyncEngine, account: Account, body: JobCreate, *, max_tiles: int, dagit_url: str,
+    idempotency_key: str | None, request_hash: str,
 ) -> tuple[JobPublic, Event]:
     if body.model not in MODELS:
         raise InvalidInput(
@@ -60,6 +102,8 @@ async def create_job(
             area_id=body.area_id,
             tiles_total=tiles_total,
             correlation_id=correlation_id.get(),
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
         )
         event = await record_event_async(
             conn, "job.state", account_id=account.id, job_id=job_id, payload={"state": "queued"}
@@ -82,10 +126,52 @@ def _may_use(account: Account, owner: UUID | None) -> bool:
     return account.is_admin or owner is None or owner == account.id
 
 
-async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str) -> JobPublic:
+async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str) -> JobDetail:
     async with engine.connect() as conn:
         row = _visible(await repository.get_job(conn, job_id), account, job_id)
-    return to_public(row, dagit_url)
+        runs = await repository.job_runs(conn, job_id)
+        position = await repository.queue_position(conn, row) if row["state"] == "queued" else None
+        rate = await repository.latest_rate(conn, job_id) if row["state"] == "running" else None
+    public = to_public(row, dagit_url)
+    remaining = (row["tiles_total"] or 0) - row["tiles_done"]
+    return JobDetail(
+        **public.model_dump(),
+        runs=[RunPublic(**run, dagit_url=f"{dagit_url}/runs/{run['dagster_run_id']}") for run in runs],
+        queue_position=position,
+        tiles_per_s=rate,
+        eta_seconds=round(remaining / rate, 1) if rate else None,
+    )
+
+
+async def list_jobs(engine: AsyncEngine, account: Account, *, states: list[str] | None, submitted_by: str | None,
+                    created_after: datetime | None, created_before: datetime | None, cursor: str | None,
+                    limit: int, dagit_url: str) -> Page[JobPublic]:
+    """Jobs newest first; members see their own, admins everyone's."""
+    after = decode_cursor(cursor, 2)
+    if after is not None:
+        try:
+            after = (datetime.fromisoformat(after[0]), UUID(after[1]))
+        except (TypeError, ValueError):
+            decode_cursor("", 2)  # the same problem as any other malformed cursor
+    async with engine.connect() as conn:
+        rows = await repository.list_jobs(
+            conn, account_id=None if account.is_admin else account.id, states=states, submitted_by=submitted_by,
+            created_after=created_after, created_before=created_before, after=after, limit=limit + 1,
+        )
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]["created_at"].isoformat(), page[-1]["id"]) if len(rows) > limit else None
+    return Page[JobPublic](data=[to_public(r, dagit_url) for r in page], next_cursor=next_cursor)
+
+
+async def job_tiles(engine: AsyncEngine, account: Account, job_id: UUID) -> str:
+    async with engine.connect() as conn:
+        _visible(await repository.get_job(conn, job_id), account, job_id)
+        return await repository.tiles_geojson(conn, job_id)
+
+
+async def coverage(engine: AsyncEngine, account: Account, bbox: tuple[float, float, float, float], limit: int) -> str:
+    async with engine.connect() as conn:
+        return await repository.coverage_geojson(conn, bbox, None if account.is_admin else account.id, limit)
 
 
 async def cancel_job(

@@ -47,6 +47,7 @@ class StreamHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
         self._subscription = None
+        self.latest_gpu_samples: dict[str, GpuSample] = {}  # device uuid → its latest sample (GET /gpus)
 
     async def start(self, nc: NATS) -> None:
         self._subscription = await nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._on_message)
@@ -70,6 +71,7 @@ class StreamHub:
         try:
             if msg.subject.startswith(f"{SUBJECT_ROOT}.gpus."):
                 message: Event | GpuSample = GpuSample.model_validate_json(msg.data)
+                self.latest_gpu_samples[message.device_uuid] = message
             else:
                 message = Event.from_bytes(msg.data)
         except ValueError:

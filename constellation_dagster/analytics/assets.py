@@ -109,7 +109,10 @@ def analytics_duckdb(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 analytics_export = dg.define_asset_job(
     "analytics_export", selection=[tile_results_parquet, run_metrics_parquet], partitions_def=DAILY,
     description="Export one day of results and metrics to Parquet.",
+    # Two small steps: in the run worker, not two fresh interpreters competing with inference.
+    executor_def=dg.in_process_executor,
 )
 analytics_refresh = dg.define_asset_job(
     "analytics_refresh", selection=[analytics_duckdb], description="Refresh the DuckDB views.",
+    executor_def=dg.in_process_executor,
 )

@@ -1,16 +1,34 @@
-"""Materialize the exports automatically after each inference run."""
+"""Materialize the exports automatically after inference runs.
 
-from datetime import UTC, datetime
+Under a backlog, exporting after every run would rewrite the same day's Parquet once per job and
+take CPU from inference; the sensor waits until no inference run is active, or until the last
+export is EXPORT_MAX_AGE_S old, and then exports every day since the last export.
+"""
+
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
 from constellation_dagster.analytics.assets import analytics_export, analytics_refresh
 from constellation_dagster.inference.jobs import ALL_JOBS
 
+EXPORT_MAX_AGE_S = 60
+ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+          dg.DagsterRunStatus.STARTED]
 
-def _days(start: float | None, end: float | None) -> list[str]:
-    stamps = [t for t in (start, end) if t] or [datetime.now(UTC).timestamp()]
-    return sorted({datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d") for t in stamps})
+
+def _day(stamp: float) -> date:
+    return datetime.fromtimestamp(stamp, UTC).date()
+
+
+def days_to_export(run_start: float | None, run_end: float | None, last_export_day: date | None) -> list[str]:
+    """The run's day(s) (a run that crossed midnight wrote on both), and every day since the last export."""
+    stamps = [t for t in (run_start, run_end) if t] or [datetime.now(UTC).timestamp()]
+    days = {_day(t) for t in stamps}
+    if last_export_day is not None:
+        first, last = min(days | {last_export_day}), max(days)
+        days |= {first + timedelta(n) for n in range((last - first).days + 1)}
+    return sorted(d.isoformat() for d in days)
 
 
 @dg.run_status_sensor(
@@ -19,12 +37,24 @@ def _days(start: float | None, end: float | None) -> list[str]:
     request_jobs=[analytics_export, analytics_refresh],
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After an inference run succeeds, export its day(s) to Parquet and refresh DuckDB.",
+    description="After inference runs succeed, export their day(s) to Parquet and refresh DuckDB "
+                f"(once the backlog drains, or at least every {EXPORT_MAX_AGE_S} s under load).",
 )
 def export_after_inference(context: dg.RunStatusSensorContext):
+    instance = context.instance
     run_id = context.dagster_run.run_id
-    record = context.instance.get_run_record_by_id(run_id)
-    # A run that crossed midnight wrote results on both days.
-    for day in _days(record.start_time if record else None, record.end_time if record else None):
-        yield dg.RunRequest(run_key=f"export-{run_id}-{day}", job_name=analytics_export.name, partition_key=day)
-    yield dg.RunRequest(run_key=f"refresh-{run_id}", job_name=analytics_refresh.name)
+    last_export = instance.get_run_records(dg.RunsFilter(job_name=analytics_export.name), limit=1)
+    last = last_export[0] if last_export else None
+    busy = any(
+        instance.get_runs_count(dg.RunsFilter(job_name=job.name, statuses=ACTIVE)) for job in ALL_JOBS
+    )
+    if busy and last is not None and last.create_timestamp.timestamp() > datetime.now(UTC).timestamp() - EXPORT_MAX_AGE_S:
+        return dg.SkipReason("inference runs are active; exporting when they finish")
+    record = instance.get_run_record_by_id(run_id)
+    last_day = date.fromisoformat(last.dagster_run.tags["dagster/partition"]) if last else None
+    days = days_to_export(record.start_time if record else None, record.end_time if record else None, last_day)
+    return [
+        *(dg.RunRequest(run_key=f"export-{run_id}-{day}", job_name=analytics_export.name, partition_key=day)
+          for day in days),
+        dg.RunRequest(run_key=f"refresh-{run_id}", job_name=analytics_refresh.name),
+    ]

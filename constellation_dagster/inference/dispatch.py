@@ -7,6 +7,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, func, select, text, update
 
+from constellation_core.devices import choose_device
 from constellation_core.tables import gpus, jobs, steps
 from constellation_dagster.inference.jobs import (
     ACCOUNT_TAG,
@@ -59,13 +60,14 @@ def release(conn: Connection, job_ids: list[UUID]) -> None:
 
 def plan_launches(conn: Connection, rows) -> list[Launch]:
     """The run for each claimed job: `tile_inference` for parallel jobs; for serial jobs the job of
-    the least busy device now (each choice counts, so one batch's serial jobs spread out)."""
+    the least busy device now, by open steps and NVML utilization and free memory (each choice
+    counts, so one batch's serial jobs spread out)."""
     busy = _busy_steps_by_device(conn) if rows else {}
     launches = []
     for row in rows:
         job = tile_inference
         if row.params.get("mode") == "serial":
-            device = min(DEVICES, key=lambda d: (busy.get(d.uuid, 0), d.index))
+            device = choose_device(DEVICES, busy)
             busy[device.uuid] = busy.get(device.uuid, 0) + 1
             job = next(j for j in ALL_JOBS if j.name == serial_job_name(device))
         launches.append(

@@ -11,7 +11,7 @@ the job (the dispatch sensor does that), never by run tags.
 import dagster as dg
 
 from constellation_core.devices import Device, discover
-from constellation_dagster.inference.ops import make_infer_op, plan_tiles, start_run, summarise
+from constellation_dagster.inference.ops import make_infer_op, plan_tiles, summarise
 
 JOB_ID_TAG = "constellation/job_id"
 ACCOUNT_TAG = "constellation/account"
@@ -42,8 +42,7 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
         tags={"constellation/mode": "parallel"},
     )
     def parallel() -> None:
-        run_id = start_run()
-        planned = plan_tiles(run_id)
+        run_id, planned = plan_tiles()
         summarise(run_id, [infer(run_id, planned) for infer in infer_ops.values()])
 
     def serial_job(device: Device) -> dg.JobDefinition:
@@ -54,8 +53,8 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
             tags={"constellation/mode": "serial", "constellation/device": device.uuid},
         )
         def serial() -> None:
-            run_id = start_run()
-            summarise(run_id, [infer_ops[device.uuid](run_id, plan_tiles(run_id))])
+            run_id, planned = plan_tiles()
+            summarise(run_id, [infer_ops[device.uuid](run_id, planned)])
 
         return serial
 

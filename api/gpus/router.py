@@ -1,0 +1,54 @@
+"""GET /gpus: the device inventory with each device's latest telemetry sample."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from api.deps import CurrentAccount, EngineDep
+from constellation_core.tables import gpus, jobs, steps
+from constellation_core.telemetry import GpuSample
+
+router = APIRouter(prefix="/gpus", tags=["gpus"])
+
+
+class GpuPublic(BaseModel):
+    uuid: str
+    name: str
+    simulated: bool = Field(description="Scheduled like a GPU but computes on the CPU (no NVIDIA GPU here)")
+    total_mem_mb: int | None
+    compute_capability: str | None
+    busy: bool = Field(description="An inference step holds the device now")
+    job_ids: list[UUID] = Field(description="Jobs on the device now (admins; members see their own)")
+    latest: GpuSample | None = Field(description="The latest telemetry sample (1 Hz), if one arrived")
+
+
+@router.get("", response_model=list[GpuPublic], name="list")
+async def list_gpus(request: Request, account: CurrentAccount, engine: EngineDep) -> list[GpuPublic]:
+    """Every device Constellation schedules on, simulated ones marked."""
+    async with engine.connect() as conn:
+        devices = (await conn.execute(select(gpus).order_by(gpus.c.name))).mappings().all()
+        held = (await conn.execute(
+            select(steps.c.gpu_id, steps.c.job_id).where(steps.c.finished_at.is_(None))
+        )).all()
+        own = None  # admins: every job is shown
+        if not account.is_admin:
+            own = set((await conn.execute(
+                select(jobs.c.id).where(jobs.c.id.in_([h.job_id for h in held]), jobs.c.account_id == account.id)
+            )).scalars())
+    latest = request.app.state.hub.latest_gpu_samples
+    result = []
+    for device in devices:
+        on_device = [h.job_id for h in held if h.gpu_id == device["id"]]
+        sample = latest.get(device["uuid"])
+        if sample is not None and own is not None and sample.job_id not in own:
+            sample = sample.model_copy(update={"job_id": None})
+        result.append(GpuPublic(
+            uuid=device["uuid"], name=device["name"], simulated=device["simulated"],
+            total_mem_mb=device["total_mem_mb"], compute_capability=device["compute_capability"],
+            busy=bool(on_device), job_ids=[j for j in on_device if own is None or j in own], latest=sample,
+        ))
+    return result

@@ -1,0 +1,193 @@
+"""The rest of the API surface against real Postgres+PostGIS and NATS: listing with cursors and
+filters, idempotent submission, areas, tiles/coverage GeoJSON, events, GPUs."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from shapely.geometry import box, shape
+from sqlalchemy import func, insert, select
+
+from api.main import create_app
+from constellation_core.settings import Settings
+from constellation_core.tables import areas, gpus, jobs, steps, tile_results, tiles
+from constellation_core.tiles import plan_tiles
+from tests.samples import GENEVA
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def client(database_url, nats_url):
+    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def job_body(**overrides):
+    return {"name": "test job", "zoom": 14, "area": GENEVA, **overrides}
+
+
+def test_job_list_pages_newest_first_with_cursors_and_filters(client, make_account):
+    account, other = make_account(), make_account()
+    created = [client.post("/jobs", json=job_body(name=f"job {i}"), headers=account.headers).json()["id"]
+               for i in range(5)]
+    client.post("/jobs", json=job_body(), headers=other.headers)
+    client.post(f"/jobs/{created[0]}/cancel", headers=account.headers)
+
+    seen, cursor = [], None
+    while True:
+        page = client.get("/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
+                          headers=account.headers)
+        assert page.status_code == 200, page.text
+        seen += [job["id"] for job in page.json()["data"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(created))  # every job once, newest first, only the member's own
+    canceled = client.get("/jobs", params={"state": "canceled"}, headers=account.headers).json()["data"]
+    assert [job["id"] for job in canceled] == [created[0]]
+    queued = client.get("/jobs", params=[("state", "queued"), ("state", "running")], headers=account.headers)
+    assert len(queued.json()["data"]) == 4
+
+
+def test_job_list_rejects_bad_filters_and_cursors(client, make_account):
+    account = make_account()
+    for params in ({"cursor": "garbage!"}, {"cursor": "WyJ4Il0"}, {"state": "sleeping"}, {"limit": 0},
+                   {"limit": 100000}, {"created_after": "yesterday"}):
+        response = client.get("/jobs", params=params, headers=account.headers)
+        assert response.status_code == 422, params
+        assert response.headers["content-type"] == PROBLEM
+
+
+def test_an_idempotency_key_returns_the_same_job_and_writes_nothing_more(client, make_account, engine):
+    account = make_account()
+    headers = {**account.headers, "Idempotency-Key": f"submit-{uuid.uuid4()}"}
+    first = client.post("/jobs", json=job_body(), headers=headers)
+    again = client.post("/jobs", json=job_body(), headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    with engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.account_id == account.id))
+        assert count.scalar_one() == 1
+    different = client.post("/jobs", json=job_body(zoom=13), headers=headers)
+    assert different.status_code == 422 and "Idempotency-Key" in different.json()["detail"]
+    # The key is the account's own: another account may use the same string.
+    other = make_account()
+    assert client.post("/jobs", json=job_body(), headers={**other.headers, "Idempotency-Key": headers["Idempotency-Key"]}).status_code == 201
+
+
+def test_job_detail_shows_queue_position_runs_and_eta(client, make_account):
+    account = make_account()
+    job = client.post("/jobs", json=job_body(priority=100), headers=account.headers).json()
+    detail = client.get(f"/jobs/{job['id']}", headers=account.headers).json()
+    assert detail["queue_position"] >= 1
+    assert detail["runs"] == [] and detail["eta_seconds"] is None
+
+
+def test_areas_import_validate_and_list(client, make_account, engine):
+    account, other = make_account(), make_account()
+    feature = {"type": "Feature", "properties": {"name": "Geneva"}, "geometry": GENEVA}
+    created = client.post("/areas", json={"name": "Geneva", "geojson": feature}, headers=account.headers)
+    assert created.status_code == 201, created.text
+    area = created.json()
+    assert area["area_km2"] > 1 and area["bbox"][0] < area["bbox"][2]
+    assert shape(area["geometry"]).equals_exact(shape(GENEVA), 1e-6)
+    # A job names the stored area; another member cannot.
+    assert client.post("/jobs", json={"name": "by id", "zoom": 14, "area_id": area["id"]},
+                       headers=account.headers).status_code == 201
+    assert client.post("/jobs", json={"name": "by id", "zoom": 14, "area_id": area["id"]},
+                       headers=other.headers).status_code == 422
+    assert [a["id"] for a in client.get("/areas", headers=account.headers).json()["data"]] == [area["id"]]
+    assert client.get("/areas", headers=other.headers).json()["data"] == []
+    assert client.get(f"/areas/{area['id']}", headers=other.headers).status_code == 404
+
+    with engine.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(areas)).scalar_one()
+    bow_tie = {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}
+    bad = [
+        {"type": "Point", "coordinates": [6.1, 46.2]},
+        bow_tie,
+        {**GENEVA, "crs": {"type": "name", "properties": {"name": "EPSG:3857"}}},
+        {"type": "FeatureCollection", "features": []},
+        {"type": "Polygon", "coordinates": [[[-170, -60], [170, -60], [170, 60], [-170, 60], [-170, -60]]]},
+        {"type": "Polygon", "coordinates": "nope"},
+    ]
+    for geojson in bad:
+        response = client.post("/areas", json={"name": "bad", "geojson": geojson}, headers=account.headers)
+        assert response.status_code == 422, geojson
+        assert response.headers["content-type"] == PROBLEM
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(areas)).scalar_one() == before
+
+
+def _fake_results(engine, job_id, account_id) -> int:
+    """Write results for the job's tiles as an inference step would (tiles planned independently)."""
+    planned = plan_tiles(shape(GENEVA), 14, 500)
+    with engine.begin() as conn:
+        gpu_id = conn.execute(insert(gpus).values(uuid=f"TEST-{uuid.uuid4()}", name="Test GPU", simulated=True)
+                              .returning(gpus.c.id)).scalar_one()
+        conn.execute(insert(tiles), [{"job_id": job_id, "z": t.z, "x": t.x, "y": t.y,
+                                      "footprint": f"SRID=4326;{t.footprint.wkt}"} for t in planned])
+        conn.execute(insert(tile_results), [
+            {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "class": "water", "confidence": 0.9,
+             "device": "Test GPU", "gpu_id": gpu_id, "model_version": "test"} for t in planned[:-1]])
+        conn.execute(insert(steps).values(job_id=job_id, gpu_id=gpu_id, step_key="infer_on_test", pid=1))
+    return len(planned)
+
+
+def test_tiles_and_coverage_are_geojson(client, make_account, engine):
+    account, other = make_account(), make_account()
+    job = client.post("/jobs", json=job_body(), headers=account.headers).json()
+    planned = _fake_results(engine, job["id"], account.id)
+
+    tiles_geojson = client.get(f"/jobs/{job['id']}/tiles", headers=account.headers)
+    assert tiles_geojson.status_code == 200
+    assert tiles_geojson.headers["content-type"] == "application/geo+json"
+    features = tiles_geojson.json()["features"]
+    assert len(features) == planned
+    assert sum(f["properties"]["class"] == "water" for f in features) == planned - 1  # one not inferred yet
+    assert all(shape(f["geometry"]).intersects(shape(GENEVA)) for f in features)
+    assert client.get(f"/jobs/{job['id']}/tiles", headers=other.headers).status_code == 404
+
+    west, south, east, north = shape(GENEVA).bounds
+    bbox = f"{west},{south},{(west + east) / 2},{north}"
+    covered = client.get("/coverage", params={"bbox": bbox}, headers=account.headers).json()
+    half = box(west, south, (west + east) / 2, north)
+    assert covered["features"] and all(shape(f["geometry"]).intersects(half) for f in covered["features"])
+    assert {f["properties"]["job_id"] for f in covered["features"]} == {job["id"]}
+    assert client.get("/coverage", params={"bbox": bbox}, headers=other.headers).json()["features"] == []
+    limited = client.get("/coverage", params={"bbox": bbox, "limit": 1}, headers=account.headers).json()
+    assert len(limited["features"]) == 1 and limited["truncated"] is True
+    for bad in ("1,2,3", "6,46,5,47", "a,b,c,d", "nan,0,1,1"):
+        response = client.get("/coverage", params={"bbox": bad}, headers=account.headers)
+        assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+
+
+def test_gpus_list_marks_simulated_devices_and_who_is_on_them(client, make_account, engine):
+    account, admin = make_account(), make_account("admin")
+    job = client.post("/jobs", json=job_body(), headers=account.headers).json()
+    _fake_results(engine, job["id"], account.id)
+    listed = client.get("/gpus", headers=admin.headers)
+    assert listed.status_code == 200
+    mine = [g for g in listed.json() if g["name"] == "Test GPU" and job["id"] in g["job_ids"]]
+    assert len(mine) == 1 and mine[0]["simulated"] is True and mine[0]["busy"] is True
+    stranger = make_account()
+    assert all(job["id"] not in g["job_ids"] for g in client.get("/gpus", headers=stranger.headers).json())
+
+
+def test_events_history_pages_by_id_and_respects_ownership(client, make_account):
+    account, other = make_account(), make_account()
+    job = client.post("/jobs", json=job_body(), headers=account.headers).json()
+    client.post(f"/jobs/{job['id']}/cancel", headers=account.headers)
+    first = client.get("/events", params={"job_id": job["id"], "limit": 1}, headers=account.headers).json()
+    assert [e["payload"]["state"] for e in first["data"]] == ["queued"]
+    rest = client.get("/events", params={"job_id": job["id"], "after": first["next_cursor"]},
+                      headers=account.headers).json()
+    assert [e["payload"]["state"] for e in rest["data"]] == ["canceled"] and rest["next_cursor"] is None
+    assert client.get("/events", params={"job_id": job["id"]}, headers=other.headers).status_code == 404
+    assert all(e["account_id"] == str(other.id) for e in client.get("/events", headers=other.headers).json()["data"])
+    assert client.get("/events", params={"after": -1}, headers=account.headers).status_code == 422
