@@ -375,3 +375,69 @@ def test_inference_runs_are_exported_to_parquet_and_duckdb_automatically(stack):
     with connect(duckdb_path, read_only=True) as conn:
         (count,) = conn.execute("SELECT count(*) FROM tile_results WHERE job_id = ?", [job_id]).fetchone()
     assert count == _job(stack, account, job_id)["tiles_total"]
+
+
+def test_a_stream_client_that_reconnects_gets_every_event_exactly_once_in_order(stack):
+    account = account_in(stack["database_url"], "e2e-reconnect")
+    job_id = _submit(stack, account, mode="serial", batch_size=8)  # many progress events
+    received: list[dict] = []
+
+    def read_until(ws, stop) -> None:
+        def one():
+            message = json.loads(ws.recv(timeout=JOB_DEADLINE_S))
+            if message.get("type") == "heartbeat":
+                return False
+            received.append(message)
+            return stop(message)
+
+        wait_for(one, timeout=JOB_DEADLINE_S, what="stream events", interval=0)
+
+    # First connection: from the beginning of the job, until some progress, then drop it mid-job.
+    with ws_connect(f"{stack['ws']}/stream?job_id={job_id}&after=0&api_key={account.key}", open_timeout=10) as ws:
+        read_until(ws, lambda m: m["type"] == "job.progress" and m["payload"]["tiles_done"] >= 16)
+    last_seen = received[-1]["id"]
+    # Events keep coming while no client is connected.
+    wait_for(lambda: _job(stack, account, job_id)["tiles_done"] > received[-1]["payload"]["tiles_done"] + 8,
+             timeout=JOB_DEADLINE_S, what="progress while disconnected", interval=0.1)
+    with ws_connect(f"{stack['ws']}/stream?job_id={job_id}&after={last_seen}&api_key={account.key}",
+                    open_timeout=10) as ws:
+        read_until(ws, lambda m: m["type"] == "job.state" and m["payload"]["state"] in ("succeeded", "failed", "canceled"))
+
+    ids = [m["id"] for m in received]
+    history = httpx.get(f"{stack['api']}/events", params={"job_id": job_id, "limit": 500}, headers=account.headers).json()
+    assert ids == [e["id"] for e in history["data"]], "every event of the job, once each, in order"
+    assert received[-1]["payload"]["state"] == "succeeded"
+
+    # The SSE log stream resumes the same way: from Last-Event-ID on, then it ends with the final state.
+    def sse_ids(last_event_id: int) -> list[int]:
+        with httpx.stream("GET", f"{stack['api']}/jobs/{job_id}/logs", headers={**account.headers,
+                          "Last-Event-ID": str(last_event_id)}, timeout=30) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            return [int(line[4:]) for line in response.iter_lines() if line.startswith("id: ")]
+
+    log_ids = [e["id"] for e in history["data"] if e["type"] in ("job.log", "job.state")]
+    assert sse_ids(0) == log_ids
+    assert sse_ids(log_ids[1]) == log_ids[2:]
+
+
+def test_the_cli_submits_a_geojson_file_and_watches_it_finish(stack, tmp_path):
+    import subprocess
+
+    account = account_in(stack["database_url"], "e2e-cli")
+    area = tmp_path / "geneva.geojson"
+    area.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "Geneva"}, "geometry": GENEVA}]}))
+    env = {**os.environ, "CONSTELLATION_API_URL": stack["api"], "CONSTELLATION_API_KEY": account.key, "COLUMNS": "200"}
+    done = subprocess.run([str(BIN / "constellation"), "submit", str(area), "--zoom", "14", "--mode", "serial",
+                           "--watch"], env=env, capture_output=True, text=True, timeout=JOB_DEADLINE_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "submitted" in done.stdout and "succeeded" in done.stdout
+    job_id = done.stdout.split("submitted ")[1].split()[0]
+    assert _job(stack, account, job_id)["state"] == "succeeded"
+    listed = subprocess.run([str(BIN / "constellation"), "ls"], env=env, capture_output=True, text=True, timeout=60)
+    assert job_id in listed.stdout
+    bad = area.with_name("bad.geojson")
+    bad.write_text(json.dumps({"type": "Point", "coordinates": [6.1, 46.2]}))
+    refused = subprocess.run([str(BIN / "constellation"), "submit", str(bad)], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 1 and "Polygon" in refused.stderr

@@ -4,12 +4,13 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import CurrentAccount, EngineDep, PublisherDep, SettingsDep
 from api.errors import InvalidInput
 from api.jobs import service
+from api.jobs.logs import log_stream
 from api.jobs.schemas import JobCreate, JobDetail, JobPublic, JobState, TileFeatureCollection
 from api.metrics import JOBS_SUBMITTED
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
@@ -77,6 +78,23 @@ async def get_job(job_id: UUID, account: CurrentAccount, engine: EngineDep, sett
 async def job_tiles(job_id: UUID, account: CurrentAccount, engine: EngineDep) -> Response:
     """The job's tiles as GeoJSON: footprints with their results (class, confidence, device, run)."""
     return Response(await service.job_tiles(engine, account, job_id), media_type=GeoJSONResponse.media_type)
+
+
+@router.get(
+    "/{job_id}/logs", name="logs", response_class=StreamingResponse,
+    responses={200: {"description": "Server-Sent Events: `log` and `state` messages, each with its event id",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def job_logs(
+    job_id: UUID, request: Request, account: CurrentAccount, engine: EngineDep,
+    last_event_id: Annotated[int | None, Header(ge=0, le=2**63 - 1, description="Resume after this event id")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Resume after this event id")] = None,
+) -> StreamingResponse:
+    """The job's log lines and state changes, live (SSE); ends after the job's final state."""
+    await service.get_job(engine, account, job_id, dagit_url="")  # 404 for another account's job
+    resume = max(last_event_id or 0, after or 0)
+    return StreamingResponse(log_stream(engine, request.app.state.hub, job_id, resume), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.post(

@@ -145,6 +145,8 @@ def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: 
                     pid=os.getpid(), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                 ).returning(steps.c.id)
             ).scalar_one()
+            bus.publish([_log(conn, job, job_id, run_id, f"{device.label}: inference step started "
+                                                         f"(model {model_version}, pid {os.getpid()})")])
         started = time.perf_counter()
         energy_at_start = energy_counter_mj(device)
         batches = BatchRunner(job_id, run_id, job.account_id, job.tiles_total, device, gpu_id, model_version)
@@ -174,11 +176,21 @@ def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: 
                                  "first_batch_at": batches.first_batch_at, "last_batch_at": batches.last_batch_at},
                     )
                 )
+    summary = (f"{device.label}: {batches.inferred} tiles in {elapsed:.1f} s "
+               f"({batches.inferred / elapsed if elapsed else 0:.0f} tiles/s)")
     if batches.stopped_because:
-        context.log.info(f"job {job_id} is {batches.stopped_because}: stopped")
+        summary += f"; stopped, the job is {batches.stopped_because}"
+    context.log.info(summary)
+    with db.begin() as conn:
+        bus.publish([_log(conn, job, job_id, run_id, summary)], flush=True)
     context.add_output_metadata({"tiles": batches.inferred, "device": device.label, "seconds": round(elapsed, 2),
                                  "model_version": model_version})
     return batches.inferred
+
+
+def _log(conn: Connection, job, job_id: UUID, run_id: UUID, message: str, level: str = "info"):
+    return record_event(conn, "job.log", account_id=job.account_id, job_id=job_id, run_id=run_id,
+                        payload={"level": level, "message": message})
 
 
 @dataclass

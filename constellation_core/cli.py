@@ -1,0 +1,284 @@
+"""`constellation`: the command-line client of the Constellation API.
+
+    constellation submit area.geojson --zoom 15 --watch
+    constellation ls --state running
+    constellation status JOB_ID
+    constellation watch JOB_ID        # live progress bar from the stream; resumes after a dropped connection
+    constellation cancel JOB_ID
+    constellation logs JOB_ID -f      # Server-Sent Events, resumes with Last-Event-ID
+    constellation areas import area.geojson --name Geneva
+
+The API and key come from CONSTELLATION_API_URL and CONSTELLATION_API_KEY (or --api-url/--api-key);
+next to a `make demo` checkout the dev key in .local/dev-api-key is used when no key is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(help="Submit and watch tile-inference jobs on Constellation.", no_args_is_help=True)
+areas_app = typer.Typer(help="Stored areas of interest.", no_args_is_help=True)
+app.add_typer(areas_app, name="areas")
+out = Console()
+err = Console(stderr=True)
+
+TERMINAL = ("succeeded", "failed", "canceled")
+_options: dict[str, str | None] = {"api_url": None, "api_key": None}
+
+
+class ApiError(Exception):
+    pass
+
+
+@app.callback()
+def main(
+    api_url: Annotated[str | None, typer.Option(envvar="CONSTELLATION_API_URL", help="API base URL")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="CONSTELLATION_API_KEY", help="API key (cst_…)")] = None,
+) -> None:
+    _options["api_url"] = api_url
+    _options["api_key"] = api_key
+
+
+def _base_url() -> str:
+    return (_options["api_url"] or "http://127.0.0.1:8000").rstrip("/")
+
+
+def _key() -> str:
+    if _options["api_key"]:
+        return _options["api_key"]
+    dev_key = Path(os.environ.get("CONSTELLATION_LOCAL_DIR", ".local")) / "dev-api-key"
+    if dev_key.exists():
+        return dev_key.read_text().strip()
+    err.print("[red]No API key:[/] set CONSTELLATION_API_KEY or pass --api-key (make demo prints a dev key).")
+    raise typer.Exit(2)
+
+
+def _client() -> httpx.Client:
+    return httpx.Client(base_url=_base_url(), headers={"Authorization": f"Bearer {_key()}"}, timeout=30)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with _client() as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach the API at {_base_url()}: {exc}") from exc
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+            detail = problem.get("detail") or problem.get("title")
+            fields = [f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in problem.get("errors") or []]
+        except ValueError:
+            detail, fields = response.text, []
+        raise ApiError(f"{response.status_code} {detail}" + "".join(f"\n  {f}" for f in fields))
+    return response.json()
+
+
+def _run(fn):
+    try:
+        return fn()
+    except ApiError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _read_geojson(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/] cannot read GeoJSON from {path}: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _area_geometry(geojson: dict[str, Any]) -> dict[str, Any]:
+    """POST /jobs takes a geometry: a Feature's geometry, or a one-feature collection's."""
+    if geojson.get("type") == "Feature":
+        return geojson.get("geometry") or {}
+    if geojson.get("type") == "FeatureCollection" and len(geojson.get("features") or []) == 1:
+        return geojson["features"][0].get("geometry") or {}
+    return geojson
+
+
+@app.command()
+def submit(
+    geojson: Annotated[Path, typer.Argument(help="GeoJSON file: a Polygon/MultiPolygon, a Feature, or a collection")],
+    zoom: Annotated[int, typer.Option(help="Web-mercator zoom of the tiles")] = 15,
+    name: Annotated[str | None, typer.Option(help="Job name (default: the file name)")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (default: the API's)")] = None,
+    mode: Annotated[str, typer.Option(help="parallel (all devices) or serial (one device)")] = "parallel",
+    priority: Annotated[int, typer.Option(help="Higher runs first")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Tiles per batch")] = 32,
+    idempotency_key: Annotated[str | None, typer.Option(help="Makes a retried submit return the same job")] = None,
+    watch_: Annotated[bool, typer.Option("--watch", help="Then watch the job until it ends")] = False,
+) -> None:
+    """Submit a job over the area in a GeoJSON file."""
+    data = _read_geojson(geojson)
+    geometry = _area_geometry(data)
+    if data.get("type") == "FeatureCollection" and geometry is data:
+        # Several features: import them as one stored area, then submit by id.
+        area_id = _run(lambda: _call("POST", "/areas", json={"name": name or geojson.stem, "geojson": data}))["id"]
+        area: dict[str, Any] = {"area_id": area_id}
+    else:
+        area = {"area": geometry}
+    body = {"name": name or geojson.stem, "zoom": zoom, "mode": mode, "priority": priority,
+            "batch_size": batch_size, **area, **({"model": model} if model else {})}
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    job = _run(lambda: _call("POST", "/jobs", json=body, headers=headers))
+    out.print(f"submitted [bold]{job['id']}[/] · {job['tiles_total']} tiles at zoom {job['zoom']} · {job['state']}")
+    if watch_:
+        watch(job["id"])
+
+
+@app.command("ls")
+def list_jobs(
+    state: Annotated[list[str] | None, typer.Option(help="Only these states (repeatable)")] = None,
+    limit: Annotated[int, typer.Option(help="How many")] = 20,
+) -> None:
+    """Recent jobs, newest first."""
+    page = _run(lambda: _call("GET", "/jobs", params={"limit": limit, **({"state": state} if state else {})}))
+    table = Table("id", "name", "state", "progress", "tiles", "mode", "created")
+    for job in page["data"]:
+        table.add_row(job["id"], job["name"], job["state"], f"{job['progress']:.0%}", str(job["tiles_total"]),
+                      job["mode"], job["created_at"][:19].replace("T", " "))
+    out.print(table)
+
+
+@app.command()
+def status(job_id: str) -> None:
+    """A job's state, progress, runs and devices."""
+    job = _run(lambda: _call("GET", f"/jobs/{job_id}"))
+    out.print(f"[bold]{job['name']}[/] {job['id']}")
+    out.print(f"  state     {job['state']}" + (f" (queue position {job['queue_position']})" if job["queue_position"] else ""))
+    out.print(f"  progress  {job['tiles_done']}/{job['tiles_total']} tiles ({job['progress']:.0%})"
+              + (f", {job['tiles_per_s']:.0f} tiles/s, ETA {job['eta_seconds']:.0f} s" if job.get("eta_seconds") else ""))
+    for run in job["runs"]:
+        out.print(f"  run       {run['dagster_run_id']} {run['state']} on {', '.join(run['devices']) or '-'}")
+    if job["dagit_url"]:
+        out.print(f"  dagit     {job['dagit_url']}")
+    if job["error"]:
+        out.print(f"  [red]error[/]     {job['error']}")
+
+
+@app.command()
+def watch(
+    job_id: str,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds")] = 3600,
+) -> None:
+    """Follow a job live (WebSocket stream) with a progress bar until it ends; exit 1 unless it succeeded."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    job = _run(lambda: _call("GET", f"/jobs/{job_id}"))
+    state, done, total, last_id = job["state"], job["tiles_done"], job["tiles_total"] or 0, 0
+    ws_url = _base_url().replace("http", "ws", 1) + f"/stream?job_id={job_id}&api_key={_key()}"
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=out, transient=False) as progress:
+        bar = progress.add_task(f"{job['name']} [{state}]", total=total or None, completed=done, rate="")
+        while state not in TERMINAL and time.monotonic() < deadline:
+            try:
+                # From event 0 the first time, then from the last one seen: no gap after a drop.
+                with connect(f"{ws_url}&after={last_id}", open_timeout=10) as ws:
+                    while state not in TERMINAL and time.monotonic() < deadline:
+                        try:
+                            message = json.loads(ws.recv(timeout=30))
+                        except TimeoutError:
+                            continue
+                        if message.get("id"):
+                            last_id = message["id"]
+                        payload = message.get("payload", {})
+                        if message.get("type") == "job.progress":
+                            done, total = payload["tiles_done"], payload["tiles_total"]
+                            rate = f"{payload['tiles_per_s']:.0f} tiles/s" if payload.get("tiles_per_s") else ""
+                            progress.update(bar, total=total, completed=done, rate=rate)
+                        elif message.get("type") == "job.state":
+                            state = payload["state"]
+                            progress.update(bar, description=f"{job['name']} [{state}]")
+            except (ConnectionClosed, OSError) as exc:
+                err.print(f"[yellow]stream dropped ({exc}); reconnecting after event {last_id}[/]")
+                time.sleep(1)
+    if state not in TERMINAL:
+        err.print(f"[red]gave up after {timeout:.0f} s; the job is still {state}[/]")
+        raise typer.Exit(1)
+    out.print(f"job {job_id} {state}: {done}/{total} tiles")
+    if state != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(job_id: str) -> None:
+    """Cancel a queued or running job."""
+    job = _run(lambda: _call("POST", f"/jobs/{job_id}/cancel"))
+    out.print(f"job {job['id']} {job['state']}")
+
+
+@app.command()
+def logs(
+    job_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends")] = False,
+) -> None:
+    """A job's log lines and state changes (`-f`: live, until the job ends)."""
+    if not follow:
+        after: int | str = 0
+        while after is not None:
+            page = _run(lambda: _call("GET", "/events", params={"job_id": job_id, "after": after, "limit": 500}))
+            for event in page["data"]:
+                if event["type"] in ("job.log", "job.state"):
+                    payload = event["payload"]
+                    _print_log({"ts": event["ts"], **({"state": payload["state"], "error": payload.get("error")}
+                                                      if event["type"] == "job.state" else payload)})
+            after = page["next_cursor"]
+        return
+    last_id = 0
+    while True:
+        try:
+            with _client() as client, client.stream(
+                "GET", f"/jobs/{job_id}/logs", headers={"Last-Event-ID": str(last_id)},
+                timeout=httpx.Timeout(30, read=None),
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    err.print(f"[red]error:[/] {response.status_code} {response.json().get('detail')}")
+                    raise typer.Exit(1)
+                event_id, data = None, None
+                for line in response.iter_lines():
+                    if line.startswith("id: "):
+                        event_id = int(line[4:])
+                    elif line.startswith("data: "):
+                        data = json.loads(line[6:])
+                    elif line == "" and data is not None:
+                        _print_log(data)
+                        last_id, data = event_id or last_id, None
+                return  # the server ends the stream after the job's final state
+        except httpx.HTTPError as exc:
+            err.print(f"[yellow]log stream dropped ({exc}); resuming after event {last_id}[/]")
+            time.sleep(1)
+
+
+def _print_log(data: dict[str, Any]) -> None:
+    when = data["ts"][11:19]
+    if data.get("state"):
+        out.print(f"{when} [bold]state[/] {data['state']}" + (f": {data['error']}" if data.get("error") else ""))
+    else:
+        out.print(f"{when} {data.get('level', 'info'):<5} {data.get('message', '')}")
+
+
+@areas_app.command("import")
+def import_area(
+    geojson: Annotated[Path, typer.Argument(help="GeoJSON file")],
+    name: Annotated[str | None, typer.Option(help="Area name (default: the file name)")] = None,
+) -> None:
+    """Store an area of interest; jobs can then use its id."""
+    area = _run(lambda: _call("POST", "/areas", json={"name": name or geojson.stem, "geojson": _read_geojson(geojson)}))
+    out.print(f"area [bold]{area['id']}[/] {area['name']} · {area['area_km2']:.1f} km²")
