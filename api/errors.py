@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -90,6 +91,15 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(
             422, "Invalid input", f"{where}: {first['msg']}", instance=request.url.path, errors=errors
         )
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # Text with a NUL character cannot be stored or compared by Postgres; psycopg refuses it
+        # before anything is sent, so nothing was written. Anything else is a server error.
+        if "NUL (0x00)" not in str(exc.orig):
+            raise exc
+        return problem_response(422, "Invalid input", "text must not contain NUL (\\u0000) characters",
+                                instance=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
