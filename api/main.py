@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -19,6 +20,7 @@ from api.jobs.router import router as jobs_router
 from api.metrics import BodyLimitMiddleware, RequestContextMiddleware
 from api.stream.hub import StreamHub
 from api.stream.router import router as stream_router
+from api.usage.router import router as usage_router
 from constellation_core.bus import connect, ensure_stream
 from constellation_core.db import async_engine
 from constellation_core.logs import configure_logging
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = async_engine(settings.sync_database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         app.state.nats = await connect(settings.nats_url, name="constellation-api")
         await ensure_stream(app.state.nats.jetstream())
+        app.state.usage_client = httpx.AsyncClient(base_url=settings.usage_base_url, timeout=5)
         app.state.hub = StreamHub()
         await app.state.hub.start(app.state.nats)
         log.info("api started", extra={"nats": settings.nats_url})
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.hub.stop()
+            await app.state.usage_client.aclose()
             await app.state.nats.drain()
             await app.state.engine.dispose()
 
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(gpus_router)
     app.include_router(coverage_router)
     app.include_router(events_router)
+    app.include_router(usage_router)
     app.include_router(stream_router)
     return app
 

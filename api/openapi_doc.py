@@ -34,6 +34,7 @@ DESCRIPTIONS = {
     "409": "Conflicts with the resource's state",
     "413": "Body over 1 MiB",
     "422": "Invalid input: which field and why",
+    "503": "A service behind the API is unreachable",
 }
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 NOT_FOUND_BY_QUERY = {"/events"}  # ?job_id= of another account's job
@@ -63,8 +64,7 @@ def install_openapi(app: FastAPI) -> None:
                     statuses.append("404")
                 if method == "post":
                     statuses.append("413")
-                if "409" in responses:
-                    statuses.append("409")
+                statuses += [s for s in ("409", "503") if s in responses]
                 for status in statuses:
                     responses[status] = _problem(status)
         app.openapi_schema = doc

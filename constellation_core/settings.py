@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     usage_port: int = 8081
     # Public base URL of Dagit, used for links from jobs to their runs.
     dagit_url: str | None = None
+    # Where the API finds the Go usage service it serves under /usage (same origin for clients).
+    usage_url: str | None = None
 
     local_dir: Path = Field(default=REPO_ROOT / ".local", alias="CONSTELLATION_LOCAL_DIR")
     max_tiles_per_job: int = Field(default=5000, alias="CONSTELLATION_MAX_TILES_PER_JOB")
@@ -47,6 +49,10 @@ class Settings(BaseSettings):
         else:
             url = make_url(self.database_url).set(database="dagster")
         return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+    @property
+    def usage_base_url(self) -> str:
+        return self.usage_url or f"http://127.0.0.1:{self.usage_port}"
 
     @property
     def dagit_base_url(self) -> str:

@@ -31,19 +31,25 @@ schema = schemathesis.openapi.from_path(REPO_ROOT / "openapi" / "spec.yaml")
 
 @pytest.fixture(scope="module")
 def served_api(database_url, nats_url, engine):
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
-    api = ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port)], env,
-                         Path(tempfile.mkdtemp(prefix="constellation-contract-")))
+    port, usage_port = free_port(), free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1",
+           "USAGE_PORT": str(usage_port)}
+    tmp = Path(tempfile.mkdtemp(prefix="constellation-contract-"))
+    usage = ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp)
+    api = ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port)], env, tmp)
+    usage.start()
     api.start()
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=60, what="API ready")
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{usage_port}/readyz").status_code == 200, timeout=60,
+                 what="usage service ready")
         with engine.begin() as conn:
             key = issue_api_key(conn, create_account(conn, f"contract-{uuid.uuid4().hex[:8]}", role="admin"))
         yield url, {"Authorization": f"Bearer {key}"}
     finally:
         api.stop()
+        usage.stop()
 
 
 @schema.parametrize()
@@ -55,3 +61,15 @@ def test_every_operation_conforms_to_the_contract(case, served_api):
         base_url=url, headers=headers, timeout=30,
         checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
     )
+
+
+def test_usage_is_served_from_the_api_origin_with_its_ownership_rules(served_api, make_account):
+    url, admin_headers = served_api
+    member, other = make_account(), make_account()
+    own = httpx.get(f"{url}/usage/accounts/{member.id}", params={"window": "day"}, headers=member.headers)
+    assert own.status_code == 200 and own.json()["account_name"] == member.name and own.json()["jobs"] == 0
+    assert httpx.get(f"{url}/usage/accounts/{other.id}", headers=member.headers).status_code == 404
+    assert httpx.get(f"{url}/usage/accounts/{other.id}", headers=admin_headers).status_code == 200
+    board = httpx.get(f"{url}/usage/leaderboard", params={"metric": "jobs", "limit": 5}, headers=member.headers)
+    assert board.status_code == 200 and board.json()["metric"] == "jobs" and len(board.json()["data"]) <= 5
+    assert httpx.get(f"{url}/usage/leaderboard").status_code == 401

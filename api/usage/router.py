@@ -1,0 +1,71 @@
+"""/usage: the Go usage service (usage_go), served from the API's origin.
+
+The API authenticates the caller and forwards the request; usage_go reads Postgres and aggregates.
+Members read their own account's usage (admins anyone's); the leaderboard is open to every account.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+import httpx
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
+
+from api.deps import CurrentAccount
+from api.errors import NotFound, ServiceUnavailable
+
+router = APIRouter(prefix="/usage", tags=["usage"])
+
+Window = Literal["day", "week", "month", "all"]
+Metric = Literal["gpu_seconds", "tiles", "jobs", "energy"]
+
+
+class Usage(BaseModel):
+    account_id: UUID
+    account_name: str
+    window: Window
+    jobs: int
+    tiles: int
+    gpu_seconds: float
+    energy_joules: float
+
+
+class Leaderboard(BaseModel):
+    data: list[Usage]
+    metric: Metric
+    window: Window
+
+
+async def _forward(request: Request, path: str, params: dict) -> Response:
+    client: httpx.AsyncClient = request.app.state.usage_client
+    try:
+        upstream = await client.get(path, params=params)
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(f"the usage service is unreachable ({type(exc).__name__}); try again shortly") from exc
+    if upstream.status_code >= 500:
+        raise ServiceUnavailable(f"the usage service failed ({upstream.status_code}); try again shortly")
+    return Response(upstream.content, status_code=upstream.status_code,
+                    media_type=upstream.headers.get("content-type", "application/json"))
+
+
+@router.get("/accounts/{account_id}", response_model=Usage, name="account",
+            responses={503: {"description": "The usage service is unreachable"}})
+async def account_usage(
+    account_id: UUID, request: Request, account: CurrentAccount, window: Annotated[Window, Query()] = "all",
+) -> Response:
+    """GPU-seconds, tiles, jobs and energy of one account over a window."""
+    if not account.is_admin and account_id != account.id:
+        raise NotFound(f"no account with id {account_id}")
+    return await _forward(request, f"/usage/accounts/{account_id}", {"window": window})
+
+
+@router.get("/leaderboard", response_model=Leaderboard, name="leaderboard",
+            responses={503: {"description": "The usage service is unreachable"}})
+async def leaderboard(
+    request: Request, account: CurrentAccount, window: Annotated[Window, Query()] = "all",
+    metric: Annotated[Metric, Query()] = "gpu_seconds", limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Response:
+    """The accounts that used the most, by a metric, over a window."""
+    return await _forward(request, "/usage/leaderboard", {"window": window, "metric": metric, "limit": limit})
