@@ -13,16 +13,21 @@ PG_SERVER := /usr/lib/postgresql/$(PG_MAJOR)/bin/postgres
 POSTGIS   := /usr/share/postgresql/$(PG_MAJOR)/extension/postgis.control
 USAGE_BIN := usage_go/bin/usage
 GO_SRC    := $(shell find usage_go -name '*.go' -not -path '*/bin/*') usage_go/go.mod usage_go/go.sum
+WEB_STAMP := web/node_modules/.package-lock.json
 
-.PHONY: help install demo stop test test-suites test-python test-go openapi clean
+.PHONY: help install demo stop test test-suites test-python test-go openapi generate check-generated clean
 
 help:
 	@echo "make demo    run the whole stack with a seeded demo (installs what is missing)"
 	@echo "make test    run every test suite (installs what is missing, starts its own services)"
 	@echo "make stop    stop what 'make demo' started"
-	@echo "make openapi regenerate openapi/spec.yaml from the API"
+	@echo "make generate regenerate openapi/spec.yaml from the API, then the TS and Go clients from it"
 
-install: $(PY_STAMP) postgres $(USAGE_BIN)
+install: $(PY_STAMP) postgres $(USAGE_BIN) $(WEB_STAMP)
+
+# Node: the web workspace's exact tree from its lock file.
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
 
 # Python: one venv, every version pinned by requirements.lock (verified with `pip check`).
 $(PY_STAMP): pyproject.toml requirements.lock
@@ -55,7 +60,7 @@ test: install
 	$(DEV) with-services -- $(MAKE) --no-print-directory test-suites
 
 # Run inside `constellation-dev with-services` (it sets DATABASE_URL, NATS_URL and the admin URL).
-test-suites: test-python test-go
+test-suites: check-generated test-python test-go
 
 test-python:
 	$(PY) -m pytest
@@ -66,5 +71,14 @@ test-go:
 openapi: $(PY_STAMP)
 	$(PY) -m api.openapi > openapi/spec.yaml
 
+# Everything generated from the contract: the spec from the API, then the clients from the spec.
+generate: openapi $(WEB_STAMP)
+	cd web && npm run --silent gen:api
+	cd usage_go && go generate ./internal/api/
+
+# Fails when a committed spec or generated client is stale (run in `make test`).
+check-generated: $(PY_STAMP) $(WEB_STAMP)
+	$(PY) -m api.check_generated
+
 clean:
-	rm -rf $(VENV) usage_go/bin
+	rm -rf $(VENV) usage_go/bin web/node_modules

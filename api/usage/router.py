@@ -11,7 +11,7 @@ from uuid import UUID
 
 import httpx
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.deps import CurrentAccount
 from api.errors import NotFound, ServiceUnavailable
@@ -28,8 +28,8 @@ class Usage(BaseModel):
     window: Window
     jobs: int
     tiles: int
-    gpu_seconds: float
-    energy_joules: float
+    gpu_seconds: float = Field(json_schema_extra={"format": "double"})
+    energy_joules: float = Field(json_schema_extra={"format": "double"})
 
 
 class Leaderboard(BaseModel):

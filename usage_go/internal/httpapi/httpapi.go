@@ -16,6 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	openapi_types "github.com/oapi-codegen/runtime/types"
+
+	"constellation/usage_go/internal/api"
 	"constellation/usage_go/internal/store"
 )
 
@@ -44,8 +47,13 @@ func (s *Server) Router() http.Handler {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
 	r.Get("/readyz", s.ready)
 	r.Handle("/metrics", promhttp.Handler())
-	r.Get("/usage/accounts/{id}", s.account)
-	r.Get("/usage/leaderboard", s.leaderboard)
+	// The usage routes, their parameters and bodies come from openapi/spec.yaml (internal/api).
+	api.HandlerWithOptions(s, api.ChiServerOptions{
+		BaseRouter: r,
+		ErrorHandlerFunc: func(w http.ResponseWriter, r *http.Request, err error) {
+			writeError(w, r, http.StatusUnprocessableEntity, err.Error())
+		},
+	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusNotFound, "no such route")
 	})
@@ -71,43 +79,50 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "checks": map[string]string{"postgres": "ok"}})
 }
 
-func window(r *http.Request) store.Window {
-	if w := r.URL.Query().Get("window"); w != "" {
-		return store.Window(w)
+// UsageAccount serves GET /usage/accounts/{account_id} (api.ServerInterface, from the contract).
+func (s *Server) UsageAccount(w http.ResponseWriter, r *http.Request, accountID openapi_types.UUID, params api.UsageAccountParams) {
+	window := store.All
+	if params.Window != nil {
+		window = store.Window(*params.Window)
 	}
-	return store.All
+	u, err := s.Store.Account(r.Context(), accountID.String(), window, s.Now())
+	s.respond(w, r, toAPI(u), err)
 }
 
-func (s *Server) account(w http.ResponseWriter, r *http.Request) {
-	id := chi.URLParam(r, "id")
-	if _, err := uuid.Parse(id); err != nil {
-		writeError(w, r, http.StatusUnprocessableEntity, "account id must be a UUID")
-		return
+// UsageLeaderboard serves GET /usage/leaderboard.
+func (s *Server) UsageLeaderboard(w http.ResponseWriter, r *http.Request, params api.UsageLeaderboardParams) {
+	window, metricName, limit := store.All, "gpu_seconds", 10
+	if params.Window != nil {
+		window = store.Window(*params.Window)
 	}
-	u, err := s.Store.Account(r.Context(), id, window(r), s.Now())
-	s.respond(w, r, u, err)
-}
-
-func (s *Server) leaderboard(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	metricName := q.Get("metric")
-	if metricName == "" {
-		metricName = "gpu_seconds"
+	if params.Metric != nil {
+		metricName = string(*params.Metric)
 	}
 	metric, err := store.ParseMetric(metricName)
 	if err != nil {
 		writeError(w, r, http.StatusUnprocessableEntity, err.Error())
 		return
 	}
-	limit := 10
-	if l := q.Get("limit"); l != "" {
-		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > 100 {
+	if params.Limit != nil {
+		if limit = *params.Limit; limit < 1 || limit > 100 {
 			writeError(w, r, http.StatusUnprocessableEntity, "limit must be an integer from 1 to 100")
 			return
 		}
 	}
-	board, err := s.Store.Leaderboard(r.Context(), window(r), metric, limit, s.Now())
-	s.respond(w, r, map[string]any{"data": board, "metric": metric, "window": window(r)}, err)
+	board, err := s.Store.Leaderboard(r.Context(), window, metric, limit, s.Now())
+	data := make([]api.Usage, 0, len(board))
+	for _, u := range board {
+		data = append(data, toAPI(u))
+	}
+	s.respond(w, r, api.Leaderboard{Data: data, Metric: api.LeaderboardMetric(metric), Window: api.LeaderboardWindow(window)}, err)
+}
+
+func toAPI(u store.Usage) api.Usage {
+	id, _ := uuid.Parse(u.AccountID)
+	return api.Usage{
+		AccountId: id, AccountName: u.AccountName, Window: api.UsageWindow(u.Window),
+		Jobs: int(u.Jobs), Tiles: int(u.Tiles), GpuSeconds: u.GPUSeconds, EnergyJoules: u.EnergyJoules,
+	}
 }
 
 func (s *Server) respond(w http.ResponseWriter, r *http.Request, body any, err error) {
