@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from api.errors import install_problem_handlers
 from api.openapi_doc import install_openapi
 from api.health.router import router as health_router
+from api.analytics.router import router as analytics_router
 from api.areas.router import router as areas_router
 from api.events.router import router as events_router
 from api.gpus.router import router as gpus_router
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(coverage_router)
     app.include_router(events_router)
     app.include_router(usage_router)
+    app.include_router(analytics_router)
     app.include_router(stream_router)
     return app
 

@@ -27,7 +27,7 @@ def local_dir(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
-def test_exports_a_day_to_geoparquet_and_duckdb_answers_spatially(engine, database_url, local_dir):
+def test_exports_a_day_to_geoparquet_and_duckdb_answers_spatially(engine, database_url, nats_url, local_dir):
     area = box(6.10, 46.18, 6.13, 46.20)
     planned = plan_tiles(area, 15, cap=100)
     with engine.begin() as conn:
@@ -76,3 +76,37 @@ def test_exports_a_day_to_geoparquet_and_duckdb_answers_spatially(engine, databa
     assert mine[1] == pytest.approx(expected_km2, rel=1e-3)
     assert volume[0] == len(planned) and volume[1] == pytest.approx(expected_km2, rel=1e-3)
     assert run_row == (len(planned), 2.5)
+
+    # The same figures through the API's named queries (members: their own rows only).
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from constellation_core.accounts import issue_api_key
+    from constellation_core.settings import Settings
+
+    with engine.begin() as conn:
+        owner_key = issue_api_key(conn, account_id)
+        stranger_key = issue_api_key(conn, create_account(conn, "analytics-stranger"))
+    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_LOCAL_DIR=str(local_dir))
+    with TestClient(create_app(settings)) as client:
+        def get(path: str, key: str, **params) -> list[dict]:
+            response = client.get(f"/analytics/{path}", params=params, headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        volume_rows = get("daily-volume", owner_key, since=today, until=today)
+        assert [(r["account"], r["tiles"], r["jobs"]) for r in volume_rows] == [("analytics-owner", len(planned), 1)]
+        assert volume_rows[0]["km2"] == pytest.approx(expected_km2, rel=1e-3)
+        per_device = get("throughput-by-device", owner_key)
+        assert per_device == [{"device": "sim", "simulated": True, "tiles": len(planned), "avg_inference_ms": 1.0,
+                               "tiles_per_s": 1000.0}]
+        per_km2 = get("gpu-seconds-per-km2", owner_key)
+        assert per_km2[0]["gpu_seconds"] == 2.5 and per_km2[0]["km2"] == pytest.approx(area_km2(area), rel=1e-3)
+        assert get("daily-volume", stranger_key) == [] and get("throughput-by-device", stranger_key) == []
+        backwards = client.get("/analytics/daily-volume", params={"since": "2026-12-02", "until": "2026-12-01"},
+                               headers={"Authorization": f"Bearer {owner_key}"})
+        assert backwards.status_code == 422 and backwards.headers["content-type"] == "application/problem+json"
+
+
+def area_km2(geometry) -> float:
+    return abs(Geod(ellps="WGS84").geometry_area_perimeter(geometry)[0]) / 1e6

@@ -28,6 +28,7 @@ SELECT r.id::text AS run_id, r.job_id::text AS job_id, a.name AS account, r.stat
        extract(epoch FROM r.finished_at - r.started_at) AS seconds,
        (r.metrics->>'tiles')::int AS tiles, (r.metrics->>'gpu_seconds')::float8 AS gpu_seconds,
        (r.metrics->>'devices')::int AS devices, (r.metrics->>'peak_mem_mb')::float8 AS peak_mem_mb,
+       (r.metrics->>'energy_joules')::float8 AS energy_joules,
        ST_Area(j.aoi::geography) / 1e6 AS area_km2
 FROM runs r JOIN jobs j ON j.id = r.job_id JOIN accounts a ON a.id = j.account_id
 WHERE r.finished_at >= CAST(:day AS date) AND r.finished_at < CAST(:day AS date) + 1

@@ -309,6 +309,66 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/analytics/throughput-by-device": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Throughput By Device
+         * @description Tiles and inference rate per device (model and simulated flag), from the exported tile results.
+         */
+        get: operations["analytics-throughput_by_device"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/analytics/gpu-seconds-per-km2": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Gpu Seconds Per Km2
+         * @description Device time spent per square kilometre of area covered, per account, from the exported runs.
+         */
+        get: operations["analytics-gpu_seconds_per_km2"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/analytics/daily-volume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Daily Volume
+         * @description Tiles, jobs and square kilometres inferred per day and account (geodesic areas of the footprints).
+         */
+        get: operations["analytics-daily_volume"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -355,6 +415,22 @@ export interface components {
              * @description west, south, east, north
              */
             bbox: number[];
+        };
+        /** DailyVolumeRow */
+        DailyVolumeRow: {
+            /**
+             * Day
+             * Format: date
+             */
+            day: string;
+            /** Account */
+            account: string;
+            /** Tiles */
+            tiles: number;
+            /** Jobs */
+            jobs: number;
+            /** Km2 */
+            km2: number;
         };
         /** Event */
         Event: {
@@ -451,6 +527,19 @@ export interface components {
             fields: {
                 [key: string]: number | null;
             };
+        };
+        /** GpuSecondsPerKm2Row */
+        GpuSecondsPerKm2Row: {
+            /** Account */
+            account: string;
+            /** Runs */
+            runs: number;
+            /** Gpu Seconds */
+            gpu_seconds: number;
+            /** Km2 */
+            km2: number;
+            /** Gpu Seconds Per Km2 */
+            gpu_seconds_per_km2: number | null;
         };
         /** Health */
         Health: {
@@ -746,6 +835,25 @@ export interface components {
             };
             /** Dagit Url */
             dagit_url: string;
+        };
+        /** ThroughputRow */
+        ThroughputRow: {
+            /** Device */
+            device: string;
+            /** Simulated */
+            simulated: boolean | null;
+            /** Tiles */
+            tiles: number;
+            /**
+             * Avg Inference Ms
+             * @description Model time per tile
+             */
+            avg_inference_ms: number | null;
+            /**
+             * Tiles Per S
+             * @description 1000 / avg_inference_ms: the device's inference rate
+             */
+            tiles_per_s: number | null;
         };
         /** TileFeature */
         TileFeature: {
@@ -1714,6 +1822,144 @@ export interface operations {
             };
             /** @description A service behind the API is unreachable */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "analytics-throughput_by_device": {
+        parameters: {
+            query?: {
+                /** @description From this day (UTC), inclusive */
+                since?: string | null;
+                /** @description To this day (UTC), inclusive */
+                until?: string | null;
+            };
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ThroughputRow"][];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "analytics-gpu_seconds_per_km2": {
+        parameters: {
+            query?: {
+                /** @description From this day (UTC), inclusive */
+                since?: string | null;
+                /** @description To this day (UTC), inclusive */
+                until?: string | null;
+            };
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GpuSecondsPerKm2Row"][];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "analytics-daily_volume": {
+        parameters: {
+            query?: {
+                /** @description From this day (UTC), inclusive */
+                since?: string | null;
+                /** @description To this day (UTC), inclusive */
+                until?: string | null;
+            };
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DailyVolumeRow"][];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
