@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from geoalchemy2 import Geometry
 from sqlalchemy import (
+    Date,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -233,4 +234,18 @@ steps = Table(
     Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Index("steps_gpu_started_idx", "gpu_id", "started_at"),
     Index("steps_job_id_idx", "job_id"),
+)
+
+# Per-account daily totals, kept current by statement-level triggers (migration 0004); usage reads
+# (usage_go) sum a window's days instead of scanning runs and results.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("jobs", BigInteger, nullable=False, server_default="0"),
+    Column("tiles", BigInteger, nullable=False, server_default="0"),
+    Column("gpu_seconds", Float(precision=53), nullable=False, server_default="0"),
+    Column("energy_joules", Float(precision=53), nullable=False, server_default="0"),
+    Index("usage_daily_day_idx", "day"),
 )

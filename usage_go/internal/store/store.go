@@ -33,15 +33,18 @@ const (
 	All   Window = "all"
 )
 
-// Since returns the start of the window ending at now (zero time for All).
+// Since returns the first UTC day of the window ending today (zero time for All). Windows are whole
+// UTC days, the grain of the usage_daily totals: day = today, week = the last 7 days, month = the
+// last 30 days, today included.
 func (w Window) Since(now time.Time) (time.Time, error) {
+	today := now.UTC().Truncate(24 * time.Hour)
 	switch w {
 	case Day:
-		return now.Add(-24 * time.Hour), nil
+		return today, nil
 	case Week:
-		return now.Add(-7 * 24 * time.Hour), nil
+		return today.AddDate(0, 0, -6), nil
 	case Month:
-		return now.AddDate(0, -1, 0), nil
+		return today.AddDate(0, 0, -29), nil
 	case All:
 		return time.Time{}, nil
 	}
@@ -78,32 +81,18 @@ type Usage struct {
 	EnergyJoules float64 `json:"energy_joules"`
 }
 
-// usageSQL totals jobs created in the window, tiles inferred and device time of their runs.
-// GPU-seconds are the runs' own figure where recorded, else their wall time.
+// usageSQL sums each account's daily totals (usage_daily, kept by triggers) over the window's days:
+// a few rows per account, however many runs and results there are.
 const usageSQL = `
-WITH job_totals AS (
-    SELECT j.account_id, count(*) AS jobs
-    FROM jobs j WHERE j.created_at >= $1 GROUP BY j.account_id
-), run_totals AS (
-    SELECT j.account_id,
-           sum(coalesce((r.metrics->>'gpu_seconds')::float8,
-                        extract(epoch FROM r.finished_at - r.started_at))) AS gpu_seconds,
-           sum(coalesce((r.metrics->>'energy_joules')::float8, 0)) AS energy_joules
-    FROM runs r JOIN jobs j ON j.id = r.job_id
-    WHERE r.finished_at IS NOT NULL AND r.started_at >= $1 GROUP BY j.account_id
-), tile_totals AS (
-    SELECT j.account_id, count(*) AS tiles
-    FROM tile_results t JOIN jobs j ON j.id = t.job_id
-    WHERE t.created_at >= $1 GROUP BY j.account_id
-)
 SELECT a.id::text, a.name,
-       coalesce(jt.jobs, 0), coalesce(tt.tiles, 0),
-       coalesce(rt.gpu_seconds, 0), coalesce(rt.energy_joules, 0)
+       coalesce(sum(u.jobs), 0)::bigint, coalesce(sum(u.tiles), 0)::bigint,
+       coalesce(sum(u.gpu_seconds), 0)::float8, coalesce(sum(u.energy_joules), 0)::float8
 FROM accounts a
-LEFT JOIN job_totals jt ON jt.account_id = a.id
-LEFT JOIN run_totals rt ON rt.account_id = a.id
-LEFT JOIN tile_totals tt ON tt.account_id = a.id
+LEFT JOIN usage_daily u ON u.account_id = a.id AND u.day >= $1::date
 `
+
+// day is the window's first day as text, so the comparison never depends on the session time zone.
+func day(t time.Time) string { return t.UTC().Format("2006-01-02") }
 
 // Store reads usage.
 type Store struct{ db Querier }
@@ -118,7 +107,7 @@ func (s *Store) Account(ctx context.Context, accountID string, window Window, no
 		return Usage{}, err
 	}
 	u := Usage{Window: window}
-	err = s.db.QueryRow(ctx, usageSQL+" WHERE a.id = $2::uuid", since, accountID).Scan(
+	err = s.db.QueryRow(ctx, usageSQL+" WHERE a.id = $2::uuid GROUP BY a.id, a.name", day(since), accountID).Scan(
 		&u.AccountID, &u.AccountName, &u.Jobs, &u.Tiles, &u.GPUSeconds, &u.EnergyJoules)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Usage{}, ErrNotFound
@@ -133,8 +122,8 @@ func (s *Store) Leaderboard(ctx context.Context, window Window, metric Metric, l
 		return nil, err
 	}
 	// The ordinal comes from a fixed map, never from the client.
-	sql := usageSQL + fmt.Sprintf(" ORDER BY %d DESC, a.name LIMIT $2", metricOrdinals[metric])
-	rows, err := s.db.Query(ctx, sql, since, limit)
+	sql := usageSQL + fmt.Sprintf(" GROUP BY a.id, a.name ORDER BY %d DESC, a.name LIMIT $2", metricOrdinals[metric])
+	rows, err := s.db.Query(ctx, sql, day(since), limit)
 	if err != nil {
 		return nil, err
 	}

@@ -85,3 +85,44 @@ func TestBadWindowAndMetricAreInvalid(t *testing.T) {
 		t.Fatalf("window: err = %v", err)
 	}
 }
+
+func TestARunCountsOnceWhenItFinishes(t *testing.T) {
+	t.Parallel()
+	tx := testdb.Tx(t)
+	ctx := context.Background()
+	id := testdb.Account(t, tx, "carol")
+	var jobID, runID string
+	if err := tx.QueryRow(ctx, `
+		INSERT INTO jobs (name, submitted_by, account_id, aoi, zoom, state)
+		VALUES ('t', 'test', $1, ST_GeomFromText('POLYGON((0 0,1 0,1 1,0 1,0 0))', 4326), 10, 'running')
+		RETURNING id::text`, id).Scan(&jobID); err != nil {
+		t.Fatal(err)
+	}
+	// As Dagster runs go: the run starts, its metrics are recorded, then it is marked finished.
+	if err := tx.QueryRow(ctx, `INSERT INTO runs (job_id, dagster_run_id, state) VALUES ($1, 'r-carol', 'running')
+		RETURNING id::text`, jobID).Scan(&runID); err != nil {
+		t.Fatal(err)
+	}
+	steps := []string{
+		`UPDATE runs SET metrics = '{"gpu_seconds": 42, "energy_joules": 7}' WHERE id = $1`,
+		`UPDATE runs SET state = 'succeeded', finished_at = now() WHERE id = $1`,
+		`UPDATE runs SET metrics = metrics || '{"note": 1}' WHERE id = $1`, // after the end: not counted again
+	}
+	s := store.New(tx)
+	for i, step := range steps {
+		if _, err := tx.Exec(ctx, step, runID); err != nil {
+			t.Fatal(err)
+		}
+		u, err := s.Account(ctx, id, store.Day, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 0.0
+		if i >= 1 {
+			want = 42
+		}
+		if u.GPUSeconds != want || u.Jobs != 1 || (i >= 1 && u.EnergyJoules != 7) {
+			t.Fatalf("after step %d: %+v, want gpu_seconds %v, jobs 1", i, u, want)
+		}
+	}
+}

@@ -1,0 +1,135 @@
+"""P2: event published by an op → received by WebSocket clients, at a given rate and fan-out.
+
+    make install && .local/venv/bin/constellation-dev with-services -- \
+        .local/venv/bin/python bench/p2_stream_latency.py [--clients 50] [--rate 500] [--seconds 10]
+
+Runs against throwaway Postgres and NATS (`with-services`) and the API under uvicorn. N clients
+subscribe to `/stream` (all jobs, as admins). A publisher sends `job.progress` events to JetStream
+exactly as inference steps do (`constellation_core.bus.publish_events`, one event per message) at the
+given rate, each stamped with its send time; every client records arrival − send. Side by side, a
+plain NATS subscriber in the client process gives the floor (NATS alone, no API). Synthetic events:
+ids above any real one and a job id of their own, never written to `events`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import nats
+from sqlalchemy import create_engine
+from websockets.asyncio.client import connect
+
+from constellation_core.accounts import create_account, issue_api_key
+from constellation_core.bus import publish_events
+from constellation_core.events import SUBJECT_ROOT, Event
+from constellation_core.waiting import free_port, wait_for
+
+BIN = Path(sys.executable).parent
+FIRST_ID = 10**15
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def client(url: str, job_id: str, latencies: list[float], ready: asyncio.Event, expected: int) -> int:
+    received = 0
+    async with connect(url, max_queue=None) as ws:
+        ready.set()
+        while received < expected:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), timeout=10)
+            except TimeoutError:
+                break
+            now = time.time()
+            message = json.loads(raw)
+            if message.get("job_id") != job_id:
+                continue
+            latencies.append((now - message["payload"]["sent_at"]) * 1000)
+            received += 1
+    return received
+
+
+async def run(args, ws_url: str, nats_url: str) -> None:
+    job_id = str(uuid.uuid4())
+    total = args.rate * args.seconds
+    latencies: list[float] = []
+    floor: list[float] = []
+    readies = [asyncio.Event() for _ in range(args.clients)]
+    clients = [asyncio.create_task(client(ws_url, job_id, latencies, ready, total)) for ready in readies]
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), timeout=60)
+
+    nc = await nats.connect(nats_url)
+
+    async def on_floor(msg) -> None:
+        floor.append((time.time() - json.loads(msg.data)["payload"]["sent_at"]) * 1000)
+
+    await nc.subscribe(f"{SUBJECT_ROOT}.jobs.{job_id}.>", cb=on_floor)
+    js = nc.jetstream()
+    await asyncio.sleep(0.5)  # let the subscriptions settle before the clock starts
+    started = time.perf_counter()
+    for i in range(total):
+        # Pace to the rate: event i leaves at i / rate seconds.
+        delay = started + i / args.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        event = Event(id=FIRST_ID + i, type="job.progress", job_id=job_id, ts=datetime.now(UTC),
+                      payload={"tiles_done": i, "tiles_total": total, "sent_at": time.time()})
+        await publish_events(js, [event])
+    sent_in = time.perf_counter() - started
+    received = await asyncio.gather(*clients)
+    await nc.drain()
+
+    print(f"{args.clients} clients, {total} events at {args.rate}/s (sent in {sent_in:.1f} s), "
+          f"{os.cpu_count()} cores shared by API, NATS, Postgres, publisher and clients")
+    for name, values in (("NATS alone (floor)", floor), ("op event → WebSocket", latencies)):
+        if values:
+            print(f"{name:<22} p50 {statistics.median(values):7.1f} ms   p99 {percentile(values, 0.99):7.1f} ms   "
+                  f"max {max(values):7.1f} ms   (n={len(values)})")
+    delivered = sum(received)
+    print(f"delivered {delivered} of {total * args.clients} ({delivered / (total * args.clients):.1%}); "
+          f"goal: p99 ≤ 100 ms at 500 events/s with 50 clients")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    database_url, nats_url = os.environ.get("DATABASE_URL"), os.environ.get("NATS_URL")
+    if not database_url or not os.environ.get("CONSTELLATION_TEST_PG_ADMIN_URL"):
+        raise SystemExit("run under `constellation-dev with-services -- ...` (throwaway Postgres and NATS)")
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        key = issue_api_key(conn, create_account(conn, f"p2-{uuid.uuid4().hex[:6]}", "admin"))
+    engine.dispose()
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="constellation-p2-")) / "api.log"
+    api = subprocess.Popen([str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port),
+                            "--no-access-log", "--log-level", "warning"],
+                           env={**os.environ, "LOG_LEVEL": "WARNING"}, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, timeout=60,
+                 what="API ready")
+        asyncio.run(run(args, f"ws://127.0.0.1:{port}/stream?api_key={key}", nats_url))
+    finally:
+        api.terminate()
+        api.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""P3: POST /jobs throughput and latency under load from wrk, on loopback.
+
+    make install && .local/venv/bin/constellation-dev with-services -- \
+        .local/venv/bin/python bench/p3_submit_throughput.py [--workers 2] [--seconds 20] [--connections 64]
+
+Runs against throwaway Postgres+PostGIS and NATS (`with-services`), with the API under uvicorn (N
+worker processes) and wrk (Debian's `wrk`, installed if missing) as the load. Each request is a real
+submission: API-key check, GeoJSON validation, tile planning, job + event rows, a JetStream publish.
+No dispatcher runs, so no Dagster run is launched. Side by side, the same server's GET /healthz (no
+database) is the ceiling this machine allows for any endpoint. Prints requests/s and p50/p90/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, func, select, text
+
+from constellation_core.accounts import create_account, issue_api_key
+from constellation_core.tables import jobs
+from constellation_core.waiting import free_port, wait_for
+
+BIN = Path(sys.executable).parent
+BODY = ('{"name": "p3", "zoom": 14, "mode": "serial", "area": {"type": "Polygon", "coordinates": '
+        '[[[6.10, 46.18], [6.12, 46.18], [6.12, 46.20], [6.10, 46.20], [6.10, 46.18]]]}}')
+
+
+def ensure_wrk() -> str:
+    if shutil.which("wrk"):
+        return "wrk"
+    if os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+        return "wrk"
+    raise SystemExit("wrk is missing: apt-get install wrk")
+
+
+def run_wrk(url: str, script: Path | None, seconds: int, connections: int) -> dict[str, float]:
+    command = [ensure_wrk(), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    if script:
+        command += ["-s", str(script)]
+    out = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for pct in ("50", "90", "99"):
+        value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()
+        figures[f"p{pct}_ms"] = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    figures["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    figures["requests"] = float(re.search(r"(\d+) requests in", out).group(1))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url or not os.environ.get("CONSTELLATION_TEST_PG_ADMIN_URL"):
+        raise SystemExit("run under `constellation-dev with-services -- ...` (throwaway Postgres and NATS)")
+
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        key = issue_api_key(conn, create_account(conn, "p3-bench", "member"))
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="constellation-p3-"))
+    script = tmp / "post_job.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{BODY}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
+    api = subprocess.Popen(
+        [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port), "--workers", str(args.workers),
+         "--no-access-log", "--log-level", "warning"],
+        env={**os.environ, "LOG_LEVEL": "WARNING"}, stdout=subprocess.DEVNULL, stderr=(tmp / "api.log").open("w"),
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, timeout=60, what="API ready")
+        run_wrk(f"{base}/healthz", None, 3, args.connections)  # warm-up
+        health = run_wrk(f"{base}/healthz", None, args.seconds, args.connections)
+        with engine.connect() as conn:
+            before = conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+        submit = run_wrk(f"{base}/jobs", script, args.seconds, args.connections)
+        with engine.connect() as conn:
+            created = conn.execute(select(func.count()).select_from(jobs)).scalar_one() - before
+            conn.execute(text("SELECT 1"))
+    finally:
+        api.terminate()
+        api.wait(30)
+        engine.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"uvicorn workers {args.workers}, wrk 2 threads × {args.connections} connections, {args.seconds} s each, "
+          f"{os.cpu_count()} cores shared by everything")
+    for name, figures in (("GET /healthz (ceiling)", health), ("POST /jobs", submit)):
+        print(f"{name:<24} {figures['rps']:8.0f} req/s   p50 {figures['p50_ms']:6.1f} ms   p90 {figures['p90_ms']:6.1f} ms"
+              f"   p99 {figures['p99_ms']:6.1f} ms   non-2xx {figures['non_2xx']:.0f}")
+    print(f"jobs written {created} of {submit['requests']:.0f} requests (every 201 is a job)")
+    print(f"POST /jobs ÷ ceiling  {submit['rps'] / health['rps']:.2f}   (goal: ≥ 2000 req/s with p99 ≤ 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
