@@ -19,7 +19,7 @@ from api.jobs import repository
 from api.jobs.schemas import JobCreate, JobDetail, JobPublic, RunPublic
 from api.pagination import Page, decode_cursor, encode_cursor
 from constellation_core.catalog import MODELS
-from constellation_core.events import Event, record_event_async, transition_job_async
+from constellation_core.events import Event, transition_job_async
 from constellation_core.geometry import InvalidGeometry, parse_area
 from constellation_core.logs import correlation_id
 from constellation_core.tiles import TooManyTiles, plan_tiles
@@ -75,28 +75,33 @@ async def _insert_job(
             f"unknown model {body.model!r}; known models: {', '.join(sorted(MODELS))}",
             errors=[{"loc": ["body", "model"], "msg": "unknown model", "type": "value_error"}],
         )
-    async with engine.begin() as conn:
-        area_geojson = await _resolve_area(conn, account, body)
-        try:
-            aoi = parse_area(area_geojson)
-            tiles_total = len(plan_tiles(aoi, body.zoom, max_tiles))
-        except InvalidGeometry as exc:
-            raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "geometry"}])
-        except TooManyTiles as exc:
-            raise InvalidInput(
-                f"{exc}; choose a smaller area or a lower zoom",
-                errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_many_tiles"}],
-            )
-        if tiles_total == 0:
-            raise InvalidInput("the area covers no tile at this zoom")
-        job_id = await repository.insert_job(
+    if body.area is not None:
+        area_geojson = body.area.model_dump()
+    else:
+        async with engine.connect() as conn:
+            area_geojson = await _resolve_area(conn, account, body)
+    try:
+        aoi = parse_area(area_geojson)
+        tiles_total = len(plan_tiles(aoi, body.zoom, max_tiles))
+    except InvalidGeometry as exc:
+        raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "geometry"}])
+    except TooManyTiles as exc:
+        raise InvalidInput(
+            f"{exc}; choose a smaller area or a lower zoom",
+            errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_many_tiles"}],
+        )
+    if tiles_total == 0:
+        raise InvalidInput("the area covers no tile at this zoom")
+    # One statement writes the job and its event: atomic by itself, so no transaction round trips.
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = await repository.insert_queued_job(
             conn,
             aoi_wkt=aoi.wkt,
             name=body.name,
             params={k: getattr(body, k) for k in PARAM_KEYS},
             priority=body.priority,
             zoom=body.zoom,
-            state="queued",
             submitted_by=account.name,
             account_id=account.id,
             area_id=body.area_id,
@@ -105,11 +110,9 @@ async def _insert_job(
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
-        event = await record_event_async(
-            conn, "job.state", account_id=account.id, job_id=job_id, payload={"state": "queued"}
-        )
-        row = await repository.get_job(conn, job_id)
-    log.info("job submitted", extra={"job_id": str(job_id), "tiles": tiles_total, "account": account.name})
+    event = Event(id=row["event_id"], type="job.state", account_id=account.id, job_id=row["id"],
+                  payload={"state": "queued"}, ts=row["event_ts"])
+    log.info("job submitted", extra={"job_id": str(row["id"]), "tiles": tiles_total, "account": account.name})
     return to_public(row, dagit_url), event
 
 

@@ -81,14 +81,21 @@ type Usage struct {
 	EnergyJoules float64 `json:"energy_joules"`
 }
 
-// usageSQL sums each account's daily totals (usage_daily, kept by triggers) over the window's days:
-// a few rows per account, however many runs and results there are.
+// usageSQL sums each account's daily totals (usage_daily, kept by triggers) over the window's days
+// and counts its jobs from the (account_id, created_at) index: a few rows per account, however many
+// runs and results there are.
 const usageSQL = `
-SELECT a.id::text, a.name,
-       coalesce(sum(u.jobs), 0)::bigint, coalesce(sum(u.tiles), 0)::bigint,
-       coalesce(sum(u.gpu_seconds), 0)::float8, coalesce(sum(u.energy_joules), 0)::float8
+SELECT a.id::text, a.name, coalesce(j.jobs, 0)::bigint, coalesce(u.tiles, 0)::bigint,
+       coalesce(u.gpu_seconds, 0)::float8, coalesce(u.energy_joules, 0)::float8
 FROM accounts a
-LEFT JOIN usage_daily u ON u.account_id = a.id AND u.day >= $1::date
+LEFT JOIN (
+    SELECT account_id, sum(tiles) AS tiles, sum(gpu_seconds) AS gpu_seconds, sum(energy_joules) AS energy_joules
+    FROM usage_daily WHERE day >= $1::date GROUP BY account_id
+) u ON u.account_id = a.id
+LEFT JOIN (
+    SELECT account_id, count(*) AS jobs
+    FROM jobs WHERE created_at >= ($1::date)::timestamp AT TIME ZONE 'UTC' GROUP BY account_id
+) j ON j.account_id = a.id
 `
 
 // day is the window's first day as text, so the comparison never depends on the session time zone.
@@ -107,7 +114,7 @@ func (s *Store) Account(ctx context.Context, accountID string, window Window, no
 		return Usage{}, err
 	}
 	u := Usage{Window: window}
-	err = s.db.QueryRow(ctx, usageSQL+" WHERE a.id = $2::uuid GROUP BY a.id, a.name", day(since), accountID).Scan(
+	err = s.db.QueryRow(ctx, usageSQL+" WHERE a.id = $2::uuid", day(since), accountID).Scan(
 		&u.AccountID, &u.AccountName, &u.Jobs, &u.Tiles, &u.GPUSeconds, &u.EnergyJoules)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Usage{}, ErrNotFound
@@ -122,7 +129,7 @@ func (s *Store) Leaderboard(ctx context.Context, window Window, metric Metric, l
 		return nil, err
 	}
 	// The ordinal comes from a fixed map, never from the client.
-	sql := usageSQL + fmt.Sprintf(" GROUP BY a.id, a.name ORDER BY %d DESC, a.name LIMIT $2", metricOrdinals[metric])
+	sql := usageSQL + fmt.Sprintf(" ORDER BY %d DESC, a.name LIMIT $2", metricOrdinals[metric])
 	rows, err := s.db.Query(ctx, sql, day(since), limit)
 	if err != nil {
 		return nil, err
