@@ -43,7 +43,7 @@ def ensure_wrk() -> str:
 
 
 def run_wrk(url: str, script: Path | None, seconds: int, connections: int) -> dict[str, float]:
-    command = [ensure_wrk(), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    command = [ensure_wrk(), f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if script:
         command += ["-s", str(script)]
     out = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout

@@ -236,13 +236,14 @@ steps = Table(
     Index("steps_job_id_idx", "job_id"),
 )
 
-# Per-account daily totals of tiles, device-seconds and energy, kept current by statement-level
+# Per-account daily totals of jobs, tiles, device-seconds and energy, kept current by statement-level
 # triggers (migration 0004); usage_go sums a window's days instead of scanning runs and results.
 usage_daily = Table(
     "usage_daily",
     metadata,
     Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
     Column("day", Date, primary_key=True),
+    Column("jobs", BigInteger, nullable=False, server_default="0"),
     Column("tiles", BigInteger, nullable=False, server_default="0"),
     Column("gpu_seconds", Float(precision=53), nullable=False, server_default="0"),
     Column("energy_joules", Float(precision=53), nullable=False, server_default="0"),

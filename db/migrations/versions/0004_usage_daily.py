@@ -1,8 +1,7 @@
 """Per-account daily usage totals, kept by triggers, so usage reads never scan runs or results.
 
-Jobs are not counted here: every submission would then update the same (account, day) row and
-queue behind the previous submission's commit; usage_go counts jobs from the jobs table's
-(account_id, created_at) index instead.
+A submission is one autocommit statement, so the (account, day) row its trigger updates is locked
+only for that statement's commit.
 
 Revision ID: 0004
 Revises: 0003
@@ -20,18 +19,29 @@ depends_on = None
 def upgrade() -> None:
     op.execute(
         """
-        -- One row per account and UTC day: tiles inferred, device-seconds and energy
+        -- One row per account and UTC day: jobs submitted, tiles inferred, device-seconds and energy
         -- of the runs that started that day. Statement-level triggers add each statement's rows in
         -- one upsert per (account, day), so a batch of 32 results costs one small write.
         CREATE TABLE usage_daily (
             account_id uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
             day date NOT NULL,
+            jobs bigint NOT NULL DEFAULT 0,
             tiles bigint NOT NULL DEFAULT 0,
             gpu_seconds double precision NOT NULL DEFAULT 0,
             energy_joules double precision NOT NULL DEFAULT 0,
             PRIMARY KEY (account_id, day)
         );
         CREATE INDEX usage_daily_day_idx ON usage_daily (day);
+
+        CREATE FUNCTION usage_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO usage_daily AS u (account_id, day, jobs)
+            SELECT account_id, (created_at AT TIME ZONE 'UTC')::date, count(*) FROM new_rows GROUP BY 1, 2
+            ON CONFLICT (account_id, day) DO UPDATE SET jobs = u.jobs + excluded.jobs;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER jobs_usage AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION usage_count_jobs();
 
         CREATE FUNCTION usage_count_tiles() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
@@ -73,6 +83,8 @@ def upgrade() -> None:
             FOR EACH STATEMENT EXECUTE FUNCTION usage_runs_updated();
 
         -- What is already there.
+        INSERT INTO usage_daily AS u (account_id, day, jobs)
+        SELECT account_id, (created_at AT TIME ZONE 'UTC')::date, count(*) FROM jobs GROUP BY 1, 2;
         INSERT INTO usage_daily AS u (account_id, day, tiles)
         SELECT j.account_id, (t.created_at AT TIME ZONE 'UTC')::date, count(*)
         FROM tile_results t JOIN jobs j ON j.id = t.job_id GROUP BY 1, 2
@@ -88,10 +100,12 @@ def downgrade() -> None:
         DROP TRIGGER runs_usage_update ON runs;
         DROP TRIGGER runs_usage_insert ON runs;
         DROP TRIGGER tile_results_usage ON tile_results;
+        DROP TRIGGER jobs_usage ON jobs;
         DROP FUNCTION usage_runs_updated();
         DROP FUNCTION usage_runs_inserted();
         DROP FUNCTION usage_add_finished_runs(uuid[]);
         DROP FUNCTION usage_count_tiles();
+        DROP FUNCTION usage_count_jobs();
         DROP TABLE usage_daily;
         """
     )

@@ -81,21 +81,17 @@ type Usage struct {
 	EnergyJoules float64 `json:"energy_joules"`
 }
 
-// usageSQL sums each account's daily totals (usage_daily, kept by triggers) over the window's days
-// and counts its jobs from the (account_id, created_at) index: a few rows per account, however many
-// runs and results there are.
+// usageSQL sums each account's daily totals (usage_daily, kept by triggers) over the window's days:
+// a few rows per account, however many jobs, runs and results there are.
 const usageSQL = `
-SELECT a.id::text, a.name, coalesce(j.jobs, 0)::bigint, coalesce(u.tiles, 0)::bigint,
+SELECT a.id::text, a.name, coalesce(u.jobs, 0)::bigint, coalesce(u.tiles, 0)::bigint,
        coalesce(u.gpu_seconds, 0)::float8, coalesce(u.energy_joules, 0)::float8
 FROM accounts a
 LEFT JOIN (
-    SELECT account_id, sum(tiles) AS tiles, sum(gpu_seconds) AS gpu_seconds, sum(energy_joules) AS energy_joules
+    SELECT account_id, sum(jobs) AS jobs, sum(tiles) AS tiles, sum(gpu_seconds) AS gpu_seconds,
+           sum(energy_joules) AS energy_joules
     FROM usage_daily WHERE day >= $1::date GROUP BY account_id
 ) u ON u.account_id = a.id
-LEFT JOIN (
-    SELECT account_id, count(*) AS jobs
-    FROM jobs WHERE created_at >= ($1::date)::timestamp AT TIME ZONE 'UTC' GROUP BY account_id
-) j ON j.account_id = a.id
 `
 
 // day is the window's first day as text, so the comparison never depends on the session time zone.
