@@ -16,6 +16,7 @@ import (
 	"constellation/usage_go/internal/config"
 	"constellation/usage_go/internal/httpapi"
 	"constellation/usage_go/internal/store"
+	"constellation/usage_go/internal/telemetry"
 )
 
 func main() {
@@ -33,6 +34,12 @@ func run(logger *slog.Logger) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	shutdownTracing, err := telemetry.Setup(ctx, "usage_go")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = shutdownTracing(context.Background()) }()
 
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {

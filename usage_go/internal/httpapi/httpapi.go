@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -40,9 +41,15 @@ var requests = prometheus.NewCounterVec(
 
 func init() { prometheus.MustRegister(requests) }
 
-// Router wires the routes.
+// Router wires the routes; every request gets an OpenTelemetry server span named after its route,
+// continuing the caller's trace (traceparent) when there is one.
 func (s *Server) Router() http.Handler {
 	r := chi.NewRouter()
+	r.Use(func(next http.Handler) http.Handler {
+		return otelhttp.NewHandler(next, "usage", otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			return r.Method + " " + r.URL.Path
+		}))
+	})
 	r.Use(middleware.RequestID, middleware.Recoverer, s.count)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
 	r.Get("/readyz", s.ready)

@@ -9,6 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"constellation/usage_go/internal/httpapi"
 	"constellation/usage_go/internal/store"
 	"constellation/usage_go/internal/testdb"
@@ -88,5 +93,30 @@ func TestLeaderboardOverHTTP(t *testing.T) {
 	data := body["data"].([]any)
 	if len(data) == 0 || data[0].(map[string]any)["account_name"] != "carol" {
 		t.Fatalf("data = %v", data)
+	}
+}
+
+func TestRequestsAreTracedInTheCallersTrace(t *testing.T) {
+	recorder := tracetest.NewSpanRecorder()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(recorder)))
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+	srv, id := serve(t)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/usage/accounts/"+id, nil)
+	req.Header.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	spans := recorder.Ended()
+	if len(spans) == 0 {
+		t.Fatal("no span recorded for the request")
+	}
+	span := spans[len(spans)-1]
+	if got := span.SpanContext().TraceID().String(); got != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("span in trace %s, want the caller's", got)
+	}
+	if span.Name() != "GET /usage/accounts/"+id {
+		t.Fatalf("span name %q", span.Name())
 	}
 }
