@@ -3,7 +3,7 @@ operation can give (FastAPI only documents its own 422, as plain JSON)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -45,6 +45,42 @@ def _problem(status: str) -> dict[str, Any]:
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
+def _stream_schemas() -> dict[str, Any]:
+    """The WebSocket `/stream` messages (OpenAPI has no WebSocket operations; their schemas live here,
+    so generated clients get their types)."""
+    from pydantic import BaseModel
+
+    from api.stream.router import ControlMessage
+    from constellation_core.events import Event
+    from constellation_core.telemetry import GpuSample
+
+    class StreamHeartbeat(BaseModel):
+        type: Literal["heartbeat"]
+        last_event_id: int
+
+    class StreamControlReply(BaseModel):
+        type: Literal["subscribed", "unsubscribed", "error"]
+        topic: str | None = None
+        job_id: str | None = None
+        detail: str | None = None
+
+    models = {"StreamEvent": Event, "StreamGpuSample": GpuSample, "StreamHeartbeat": StreamHeartbeat,
+              "StreamControlMessage": ControlMessage, "StreamControlReply": StreamControlReply}
+    schemas: dict[str, Any] = {}
+    for name, model in models.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schema["title"] = name
+        schemas[name] = schema
+    schemas["StreamServerMessage"] = {
+        "title": "StreamServerMessage",
+        "description": "What WS /stream sends: events (with ids), GPU samples, heartbeats, control replies",
+        "oneOf": [{"$ref": f"#/components/schemas/{n}"} for n in
+                  ("StreamEvent", "StreamGpuSample", "StreamHeartbeat", "StreamControlReply")],
+    }
+    return schemas
+
+
 def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -52,6 +88,7 @@ def install_openapi(app: FastAPI) -> None:
         doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         schemas["Problem"] = PROBLEM_SCHEMA
+        schemas.update(_stream_schemas())
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         for path, operations in doc["paths"].items():

@@ -158,3 +158,36 @@ def test_cancel_a_queued_job_once(client, make_account, engine):
             select(events.c.payload["state"].astext).where(events.c.job_id == job_id).order_by(events.c.id)
         ).scalars().all()
     assert states == ["queued", "canceled"]
+
+
+def test_one_socket_carries_several_subscriptions(client, make_account):
+    owner, other = make_account(), make_account()
+    first = client.post("/jobs", json=job_body(name="first"), headers=owner.headers).json()["id"]
+    second = client.post("/jobs", json=job_body(name="second"), headers=owner.headers).json()["id"]
+    foreign = client.post("/jobs", json=job_body(), headers=other.headers).json()["id"]
+
+    def next_message(ws) -> dict:
+        while True:
+            message = ws.receive_json()
+            if message.get("type") != "heartbeat":
+                return message
+
+    with client.websocket_connect(f"/stream?job_id={first}&after=0&api_key={owner.key}") as ws:
+        assert next_message(ws)["job_id"] == first  # the replayed `queued` event
+        ws.send_json({"type": "subscribe", "topic": "job", "job_id": second, "after": 0})
+        assert next_message(ws) == {"type": "subscribed", "topic": "job", "job_id": second}
+        replay = next_message(ws)
+        assert (replay["job_id"], replay["payload"]["state"]) == (second, "queued")
+        client.post(f"/jobs/{second}/cancel", headers=owner.headers)
+        live = next_message(ws)
+        assert (live["job_id"], live["payload"]["state"]) == (second, "canceled")
+
+        ws.send_json({"type": "unsubscribe", "topic": "job", "job_id": second})
+        assert next_message(ws)["type"] == "unsubscribed"
+        ws.send_json({"type": "subscribe", "topic": "job", "job_id": foreign})
+        assert next_message(ws)["type"] == "error"  # another account's job: refused, like a 404
+        ws.send_json({"type": "subscribe", "topic": "weather"})
+        assert next_message(ws)["type"] == "error"
+        client.post(f"/jobs/{first}/cancel", headers=owner.headers)
+        ended = next_message(ws)
+        assert (ended["job_id"], ended["payload"]["state"]) == (first, "canceled")

@@ -40,7 +40,7 @@ def _ends(event: Event) -> bool:
 
 
 async def log_stream(engine, hub: StreamHub, job_id: UUID, after: int) -> AsyncIterator[str]:
-    subscriber = Subscriber(job_id=job_id)
+    subscriber = Subscriber(topics={("logs", job_id)})
     hub.add(subscriber)  # before reading history: nothing committed meanwhile is missed
     try:
         async with engine.connect() as conn:

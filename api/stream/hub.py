@@ -19,22 +19,37 @@ log = logging.getLogger(__name__)
 CLIENT_QUEUE_SIZE = 1000
 
 
+LOG_TYPES = ("job.log", "job.state")
+
+
 @dataclass(eq=False)
 class Subscriber:
-    job_id: UUID | None = None  # None: every job
+    """One client's subscriptions: ("jobs", None) every visible job; ("job", id) one job's events;
+    ("logs", id) one job's log lines and states; ("gpus", None) telemetry samples."""
+
+    job_id: UUID | None = None  # initial subscription: this job (else every job, unless `topics` is given)
     account_id: UUID | None = None  # None: every account's (admins)
     gpus: bool = False  # also GPU telemetry samples
+    topics: set[tuple[str, UUID | None]] | None = None
     queue: asyncio.Queue[Event | GpuSample | None] = field(
         default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_SIZE)
     )
     dropped: bool = False
 
+    def __post_init__(self) -> None:
+        if self.topics is None:
+            self.topics = {("job", self.job_id) if self.job_id else ("jobs", None)}
+        if self.gpus:
+            self.topics.add(("gpus", None))
+
     def wants(self, message: Event | GpuSample) -> bool:
+        topics = self.topics
         if isinstance(message, GpuSample):
-            return self.gpus
-        return (self.job_id is None or message.job_id == self.job_id) and (
-            self.account_id is None or message.account_id == self.account_id
-        )
+            return ("gpus", None) in topics
+        if self.account_id is not None and message.account_id != self.account_id:
+            return False
+        return (("jobs", None) in topics or ("job", message.job_id) in topics
+                or (message.type in LOG_TYPES and ("logs", message.job_id) in topics))
 
     def view(self, message: Event | GpuSample) -> Event | GpuSample:
         # Which job runs on a device is shown to admins; members see the device's figures only.

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from typing import Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.accounts.auth import Account, authenticate, key_from_headers
 from api.errors import Problem
-from api.stream.hub import Subscriber
+from api.stream.hub import LOG_TYPES, Subscriber
 from constellation_core.events import Event
 from constellation_core.tables import events, jobs
 from constellation_core.telemetry import GpuSample
@@ -34,6 +37,11 @@ async def stream(
     api_key: str | None = Query(default=None, description="For browsers, which cannot set headers"),
     gpus: bool = Query(default=False, description="Also send GPU telemetry samples (1 Hz per device)"),
 ) -> None:
+    """One socket, many subscriptions. The query string sets the first one (every job, or `job_id`;
+    `gpus=true` adds telemetry; `after` replays from that event id). Then the client may send
+    `{"type": "subscribe" | "unsubscribe", "topic": "jobs" | "job" | "logs" | "gpus", "job_id": …, "after": …}`;
+    each is answered with `subscribed` / `unsubscribed` or an `error`. Every event is sent once per
+    socket, each topic's events in id order; a replay (`after`) sends history first, then live."""
     engine = websocket.app.state.engine
     hub = websocket.app.state.hub
     try:
@@ -49,35 +57,104 @@ async def stream(
     subscriber = Subscriber(job_id=job_id, account_id=None if account.is_admin else account.id, gpus=gpus)
     # Subscribe before reading history, then skip live events already sent: no gap, no repeat.
     hub.add(subscriber)
+    sent = SentIds()
+    last_sent = after or 0
+    control: asyncio.Future | None = None
     try:
-        last_sent = after or 0
         if after is not None:
-            for event in await _history(engine, subscriber, after):
+            topic = ("job", job_id) if job_id else ("jobs", None)
+            for event in await _history(engine, subscriber, topic, after):
                 await websocket.send_text(event.model_dump_json())
-                last_sent = event.id
+                sent.add(event.id)
+                last_sent = max(last_sent, event.id)
+        control = asyncio.ensure_future(websocket.receive_text())
         while True:
             if subscriber.dropped and subscriber.queue.empty():
                 await websocket.close(code=TRY_AGAIN_LATER, reason=f"too slow; reconnect with after={last_sent}")
                 return
-            try:
-                event = await asyncio.wait_for(subscriber.queue.get(), timeout=HEARTBEAT_S)
-            except TimeoutError:
+            live = asyncio.ensure_future(subscriber.queue.get())
+            done, _ = await asyncio.wait({control, live}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
+            if control in done:
+                live.cancel()
+                for event in await _control(websocket, engine, account, subscriber, control.result()):
+                    if event.id not in sent:
+                        await websocket.send_text(event.model_dump_json())
+                        sent.add(event.id)
+                        last_sent = max(last_sent, event.id)
+                control = asyncio.ensure_future(websocket.receive_text())
+                continue
+            if not done:
+                live.cancel()
                 await websocket.send_json({"type": "heartbeat", "last_event_id": last_sent})
                 continue
+            event = live.result()
             if event is None:  # the server is shutting down
                 await websocket.close(code=1001)
                 return
             if isinstance(event, GpuSample):  # telemetry: live only, no id
                 await websocket.send_text(event.model_dump_json())
                 continue
-            if event.id <= last_sent:
+            if event.id in sent or (after is not None and event.id <= after):
                 continue
             await websocket.send_text(event.model_dump_json())
-            last_sent = event.id
+            sent.add(event.id)
+            last_sent = max(last_sent, event.id)
     except WebSocketDisconnect:
         pass
     finally:
+        if control is not None:
+            control.cancel()
         hub.remove(subscriber)
+
+
+class SentIds:
+    """The ids of the events this socket sent recently (a socket sends each event once)."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._ids: set[int] = set()
+        self._order: deque[int] = deque()
+        self._size = size
+
+    def __contains__(self, event_id: int) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: int) -> None:
+        self._ids.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self._size:
+            self._ids.discard(self._order.popleft())
+
+
+class ControlMessage(BaseModel):
+    type: Literal["subscribe", "unsubscribe"]
+    topic: Literal["jobs", "job", "logs", "gpus"]
+    job_id: UUID | None = None
+    after: int | None = Field(default=None, ge=0)
+
+
+async def _control(websocket: WebSocket, engine, account: Account, subscriber: Subscriber, raw: str) -> list[Event]:
+    """Apply one subscribe/unsubscribe message; the history to replay, if it asked for one."""
+    try:
+        message = ControlMessage.model_validate_json(raw)
+        if (message.topic in ("job", "logs")) != (message.job_id is not None):
+            raise ValueError("`job_id` goes with the topics `job` and `logs`, and only with them")
+        await _check_job_access(engine, account, message.job_id)
+    except (ValueError, Problem) as exc:
+        detail = exc.detail if isinstance(exc, Problem) else str(exc).splitlines()[0]
+        await websocket.send_json({"type": "error", "detail": detail[:300]})
+        return []
+    topic = (message.topic, message.job_id)
+    if message.type == "unsubscribe":
+        subscriber.topics.discard(topic)
+        await websocket.send_json({"type": "unsubscribed", "topic": message.topic,
+                                   "job_id": str(message.job_id) if message.job_id else None})
+        return []
+    subscriber.topics.add(topic)
+    await websocket.send_json({"type": "subscribed", "topic": message.topic,
+                               "job_id": str(message.job_id) if message.job_id else None})
+    if message.after is None or message.topic == "gpus":
+        return []
+    return await _history(engine, subscriber, topic, message.after)
 
 
 async def _check_job_access(engine, account: Account, job_id: UUID | None) -> None:
@@ -89,10 +166,15 @@ async def _check_job_access(engine, account: Account, job_id: UUID | None) -> No
         raise Problem(f"no job with id {job_id}")
 
 
-async def _history(engine, subscriber: Subscriber, after: int) -> list[Event]:
+async def _history(engine, subscriber: Subscriber, topic: tuple[str, UUID | None], after: int) -> list[Event]:
+    kind, job_id = topic
     query = select(events).where(events.c.id > after).order_by(events.c.id).limit(HISTORY_LIMIT)
-    if subscriber.job_id is not None:
-        query = query.where(events.c.job_id == subscriber.job_id)
+    if job_id is not None:
+        query = query.where(events.c.job_id == job_id)
+    else:
+        query = query.where(events.c.job_id.is_not(None))
+    if kind == "logs":
+        query = query.where(events.c.type.in_(LOG_TYPES))
     if subscriber.account_id is not None:
         query = query.where(events.c.account_id == subscriber.account_id)
     async with engine.connect() as conn:

@@ -966,6 +966,135 @@ export interface components {
                 type?: string;
             }[];
         };
+        /** StreamEvent */
+        StreamEvent: {
+            /** Id */
+            id: number;
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "job.state" | "job.progress" | "job.log" | "gpu.metrics";
+            /**
+             * Account Id
+             * @default null
+             */
+            account_id: string | null;
+            /**
+             * Job Id
+             * @default null
+             */
+            job_id: string | null;
+            /**
+             * Run Id
+             * @default null
+             */
+            run_id: string | null;
+            /** Payload */
+            payload: {
+                [key: string]: unknown;
+            };
+            /**
+             * Ts
+             * Format: date-time
+             */
+            ts: string;
+        };
+        /** StreamGpuSample */
+        StreamGpuSample: {
+            /**
+             * Type
+             * @default gpu.metrics
+             * @constant
+             */
+            type: "gpu.metrics";
+            /** Device Uuid */
+            device_uuid: string;
+            /** Name */
+            name: string;
+            /** Simulated */
+            simulated: boolean;
+            /**
+             * Ts
+             * Format: date-time
+             */
+            ts: string;
+            /**
+             * Job Id
+             * @default null
+             */
+            job_id: string | null;
+            /**
+             * Pids
+             * @default []
+             */
+            pids: number[];
+            /** Fields */
+            fields: {
+                [key: string]: number | null;
+            };
+        };
+        /** StreamHeartbeat */
+        StreamHeartbeat: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "heartbeat";
+            /** Last Event Id */
+            last_event_id: number;
+        };
+        /** StreamControlMessage */
+        StreamControlMessage: {
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "subscribe" | "unsubscribe";
+            /**
+             * Topic
+             * @enum {string}
+             */
+            topic: "jobs" | "job" | "logs" | "gpus";
+            /**
+             * Job Id
+             * @default null
+             */
+            job_id: string | null;
+            /**
+             * After
+             * @default null
+             */
+            after: number | null;
+        };
+        /** StreamControlReply */
+        StreamControlReply: {
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "subscribed" | "unsubscribed" | "error";
+            /**
+             * Topic
+             * @default null
+             */
+            topic: string | null;
+            /**
+             * Job Id
+             * @default null
+             */
+            job_id: string | null;
+            /**
+             * Detail
+             * @default null
+             */
+            detail: string | null;
+        };
+        /**
+         * StreamServerMessage
+         * @description What WS /stream sends: events (with ids), GPU samples, heartbeats, control replies
+         */
+        StreamServerMessage: components["schemas"]["StreamEvent"] | components["schemas"]["StreamGpuSample"] | components["schemas"]["StreamHeartbeat"] | components["schemas"]["StreamControlReply"];
     };
     responses: never;
     parameters: never;
