@@ -15,7 +15,7 @@ USAGE_BIN := usage_go/bin/usage
 GO_SRC    := $(shell find usage_go -name '*.go' -not -path '*/bin/*') usage_go/go.mod usage_go/go.sum
 WEB_STAMP := web/node_modules/.package-lock.json
 
-.PHONY: help install demo stop test test-suites test-python test-go openapi generate check-generated clean
+.PHONY: help install demo stop test test-suites test-python test-go test-web openapi generate check-generated clean
 
 help:
 	@echo "make demo    run the whole stack with a seeded demo (installs what is missing)"
@@ -60,13 +60,16 @@ test: install
 	$(DEV) with-services -- $(MAKE) --no-print-directory test-suites
 
 # Run inside `constellation-dev with-services` (it sets DATABASE_URL, NATS_URL and the admin URL).
-test-suites: check-generated test-python test-go
+test-suites: check-generated test-python test-go test-web
 
 test-python:
 	$(PY) -m pytest
 
 test-go:
 	cd usage_go && go test -race -count=1 ./...
+
+test-web: $(WEB_STAMP)
+	cd web && npm run --silent typecheck && npx vitest run
 
 openapi: $(PY_STAMP)
 	$(PY) -m api.openapi > openapi/spec.yaml

@@ -1,0 +1,108 @@
+import { QueryClient } from "@tanstack/query-core";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { applyMessage, openLiveEvents, type JobDetail, type SocketLike, type StreamEvent } from "./liveEvents";
+import { jobKeys } from "./queryKeys";
+
+const JOB = "7b0c1a52-7a47-4f7e-9a55-3f8f2b0f3c11";
+
+function job(overrides: Partial<JobDetail> = {}): JobDetail {
+  return {
+    id: JOB, name: "test", zoom: 14, model: "landcover-cnn", batch_size: 32, priority: 0, mode: "serial",
+    state: "queued", submitted_by: "alice", created_at: "2026-11-27T10:00:00Z", updated_at: "2026-11-27T10:00:00Z",
+    finished_at: null, tiles_total: 100, tiles_done: 0, progress: 0, area: {}, area_id: null,
+    dagster_run_id: null, dagit_url: null, error: null, runs: [], queue_position: 3, tiles_per_s: null,
+    eta_seconds: null, ...overrides,
+  } as JobDetail;
+}
+
+function state(id: number, value: string): StreamEvent {
+  return { id, type: "job.state", account_id: null, run_id: null, job_id: JOB, payload: { state: value }, ts: `2026-11-27T10:00:${String(id).padStart(2, "0")}Z` } as StreamEvent;
+}
+
+function progress(id: number, done: number): StreamEvent {
+  return { id, type: "job.progress", account_id: null, run_id: null, job_id: JOB, payload: { tiles_done: done, tiles_total: 100, tiles_per_s: 50 }, ts: "2026-11-27T10:00:30Z" } as StreamEvent;
+}
+
+function cachedJob(client: QueryClient): JobDetail {
+  return client.getQueryData<JobDetail>(jobKeys.detail(JOB))!;
+}
+
+function clientWithJob(): QueryClient {
+  const client = new QueryClient();
+  client.setQueryData(jobKeys.detail(JOB), job());
+  return client;
+}
+
+describe("applyMessage", () => {
+  it("moves a job forward with its events", () => {
+    const client = clientWithJob();
+    applyMessage(client, state(1, "running"));
+    applyMessage(client, progress(2, 40));
+    expect(cachedJob(client)).toMatchObject({ state: "running", tiles_done: 40, progress: 0.4, queue_position: null, eta_seconds: 1.2 });
+  });
+
+  it("ignores an event that arrives after a newer one (out of order)", () => {
+    const client = clientWithJob();
+    applyMessage(client, progress(5, 60));
+    applyMessage(client, progress(4, 30)); // from the other device, delivered late
+    expect(cachedJob(client).tiles_done).toBe(60);
+    applyMessage(client, state(6, "succeeded"));
+    applyMessage(client, state(2, "running")); // a late `running` never resurrects a finished job
+    expect(cachedJob(client)).toMatchObject({ state: "succeeded", finished_at: "2026-11-27T10:00:06Z" });
+  });
+
+  it("applies a duplicate once", () => {
+    const client = clientWithJob();
+    const invalidate = vi.spyOn(client, "invalidateQueries");
+    applyMessage(client, progress(3, 10));
+    applyMessage(client, progress(3, 10));
+    expect(cachedJob(client).tiles_done).toBe(10);
+    expect(invalidate).toHaveBeenCalledTimes(1);
+  });
+
+  it("marks job lists stale and leaves uncached jobs alone", () => {
+    const client = new QueryClient();
+    client.setQueryData(jobKeys.list({ state: ["running"] }), { data: [], next_cursor: null });
+    applyMessage(client, state(1, "running"));
+    expect(client.getQueryState(jobKeys.list({ state: ["running"] }))?.isInvalidated).toBe(true);
+    expect(client.getQueryData(jobKeys.detail(JOB))).toBeUndefined();
+  });
+});
+
+class FakeSocket implements SocketLike {
+  onmessage: ((message: { data: string }) => void) | null = null;
+  onclose: ((event: { code: number }) => void) | null = null;
+  closed = false;
+  constructor(readonly url: string) {}
+  send(event: StreamEvent) { this.onmessage?.({ data: JSON.stringify(event) }); }
+  drop() { this.onclose?.({ code: 1006 }); }
+  close() { this.closed = true; }
+}
+
+describe("openLiveEvents", () => {
+  afterEach(() => vi.useRealTimers());
+
+  it("resumes after a drop from the last event id, and replays change nothing", () => {
+    vi.useFakeTimers();
+    const client = clientWithJob();
+    const sockets: FakeSocket[] = [];
+    const stop = openLiveEvents({
+      url: "ws://api/stream?api_key=k", client, reconnectDelayMs: 500,
+      connect: (url) => { const socket = new FakeSocket(url); sockets.push(socket); return socket; },
+    });
+    sockets[0].send(state(1, "running"));
+    sockets[0].send(progress(2, 20));
+    sockets[0].drop();
+    vi.advanceTimersByTime(500);
+    expect(sockets[1].url).toBe("ws://api/stream?api_key=k&after=2");
+    sockets[1].send(progress(2, 20)); // a server replay overlapping what was seen
+    sockets[1].send(progress(3, 70));
+    sockets[1].send(state(4, "succeeded"));
+    expect(cachedJob(client)).toMatchObject({ state: "succeeded", tiles_done: 70 });
+    stop();
+    expect(sockets[1].closed).toBe(true);
+    sockets[1].drop();
+    vi.advanceTimersByTime(5000);
+    expect(sockets).toHaveLength(2); // closed for good: no reconnect
+  });
+});
