@@ -15,7 +15,7 @@ USAGE_BIN := usage_go/bin/usage
 GO_SRC    := $(shell find usage_go -name '*.go' -not -path '*/bin/*') usage_go/go.mod usage_go/go.sum
 WEB_STAMP := web/node_modules/.package-lock.json
 
-.PHONY: help install demo stop test test-suites test-python test-go test-web openapi generate check-generated clean
+.PHONY: help install web demo stop test test-suites test-python test-go test-web openapi generate check-generated clean
 
 help:
 	@echo "make demo    run the whole stack with a seeded demo (installs what is missing)"
@@ -50,7 +50,14 @@ postgres:
 $(USAGE_BIN): $(GO_SRC)
 	cd usage_go && go build -o bin/usage ./cmd/usage
 
-demo: $(PY_STAMP) $(USAGE_BIN) $(if $(DATABASE_URL),,postgres)
+# The dashboard: a static export the API serves under /app.
+WEB_SRC := $(shell find web/app web/src -type f 2>/dev/null) web/next.config.mjs web/package-lock.json
+web/out/index.html: $(WEB_STAMP) $(WEB_SRC)
+	cd web && NEXT_TELEMETRY_DISABLED=1 npx next build >/dev/null
+
+web: web/out/index.html
+
+demo: $(PY_STAMP) $(USAGE_BIN) web/out/index.html $(if $(DATABASE_URL),,postgres)
 	$(DEV) demo
 
 stop:
@@ -84,4 +91,4 @@ check-generated: $(PY_STAMP) $(WEB_STAMP)
 	$(PY) -m api.check_generated
 
 clean:
-	rm -rf $(VENV) usage_go/bin web/node_modules
+	rm -rf $(VENV) usage_go/bin web/node_modules web/out web/.next

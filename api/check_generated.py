@@ -21,8 +21,10 @@ GO_SERVER = REPO_ROOT / "usage_go" / "internal" / "api" / "api.gen.go"
 
 
 def generate_typescript(spec: Path, out: Path) -> str:
-    subprocess.run([str(REPO_ROOT / "web" / "node_modules" / ".bin" / "openapi-typescript"), str(spec), "--output",
-                    str(out)], check=True, capture_output=True, cwd=REPO_ROOT / "web")
+    # Same flags as `npm run gen:api` (web/package.json): request fields with defaults stay optional.
+    subprocess.run([str(REPO_ROOT / "web" / "node_modules" / ".bin" / "openapi-typescript"), str(spec),
+                    "--default-non-nullable", "false", "--output", str(out)], check=True, capture_output=True,
+                   cwd=REPO_ROOT / "web")
     return out.read_text()
 
 

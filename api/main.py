@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 
 from api.errors import install_problem_handlers
 from api.openapi_doc import install_openapi
@@ -25,9 +26,11 @@ from api.usage.router import router as usage_router
 from constellation_core.bus import connect, ensure_stream
 from constellation_core.db import async_engine
 from constellation_core.logs import configure_logging
-from constellation_core.settings import Settings, get_settings
+from constellation_core.settings import REPO_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+DASHBOARD = REPO_ROOT / "web" / "out"
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -76,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events_router)
     app.include_router(usage_router)
     app.include_router(analytics_router)
+    # The dashboard (Next.js static export, `make web`), on the API's origin so it shares the stream.
+    if DASHBOARD.is_dir():
+        app.mount("/app", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
     app.include_router(stream_router)
     return app
 

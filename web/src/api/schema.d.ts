@@ -504,7 +504,7 @@ export interface components {
              * @default gpu.metrics
              * @constant
              */
-            type: "gpu.metrics";
+            type?: "gpu.metrics";
             /** Device Uuid */
             device_uuid: string;
             /** Name */
@@ -522,7 +522,7 @@ export interface components {
              * Pids
              * @default []
              */
-            pids: number[];
+            pids?: number[];
             /** Fields */
             fields: {
                 [key: string]: number | null;
@@ -549,7 +549,7 @@ export interface components {
              * Checks
              * @default {}
              */
-            checks: {
+            checks?: {
                 [key: string]: string;
             };
         };
@@ -566,24 +566,24 @@ export interface components {
              * Model
              * @default landcover-cnn
              */
-            model: string;
+            model?: string;
             /**
              * Batch Size
              * @default 32
              */
-            batch_size: number;
+            batch_size?: number;
             /**
              * Priority
              * @description Higher runs first
              * @default 0
              */
-            priority: number;
+            priority?: number;
             /**
              * Mode
              * @default parallel
              * @enum {string}
              */
-            mode: "serial" | "parallel";
+            mode?: "serial" | "parallel";
             /** @description The area of interest */
             area?: components["schemas"]["GeoJSONGeometry"] | null;
             /**
@@ -605,24 +605,24 @@ export interface components {
              * Model
              * @default landcover-cnn
              */
-            model: string;
+            model?: string;
             /**
              * Batch Size
              * @default 32
              */
-            batch_size: number;
+            batch_size?: number;
             /**
              * Priority
              * @description Higher runs first
              * @default 0
              */
-            priority: number;
+            priority?: number;
             /**
              * Mode
              * @default parallel
              * @enum {string}
              */
-            mode: "serial" | "parallel";
+            mode?: "serial" | "parallel";
             /**
              * Id
              * Format: uuid
@@ -699,24 +699,24 @@ export interface components {
              * Model
              * @default landcover-cnn
              */
-            model: string;
+            model?: string;
             /**
              * Batch Size
              * @default 32
              */
-            batch_size: number;
+            batch_size?: number;
             /**
              * Priority
              * @description Higher runs first
              * @default 0
              */
-            priority: number;
+            priority?: number;
             /**
              * Mode
              * @default parallel
              * @enum {string}
              */
-            mode: "serial" | "parallel";
+            mode?: "serial" | "parallel";
             /**
              * Id
              * Format: uuid
@@ -890,7 +890,7 @@ export interface components {
              * @description More tiles matched than `limit`
              * @default false
              */
-            truncated: boolean;
+            truncated?: boolean;
         };
         /** TileProperties */
         TileProperties: {
@@ -979,17 +979,17 @@ export interface components {
              * Account Id
              * @default null
              */
-            account_id: string | null;
+            account_id?: string | null;
             /**
              * Job Id
              * @default null
              */
-            job_id: string | null;
+            job_id?: string | null;
             /**
              * Run Id
              * @default null
              */
-            run_id: string | null;
+            run_id?: string | null;
             /** Payload */
             payload: {
                 [key: string]: unknown;
@@ -1007,7 +1007,7 @@ export interface components {
              * @default gpu.metrics
              * @constant
              */
-            type: "gpu.metrics";
+            type?: "gpu.metrics";
             /** Device Uuid */
             device_uuid: string;
             /** Name */
@@ -1023,12 +1023,12 @@ export interface components {
              * Job Id
              * @default null
              */
-            job_id: string | null;
+            job_id?: string | null;
             /**
              * Pids
              * @default []
              */
-            pids: number[];
+            pids?: number[];
             /** Fields */
             fields: {
                 [key: string]: number | null;
@@ -1060,12 +1060,12 @@ export interface components {
              * Job Id
              * @default null
              */
-            job_id: string | null;
+            job_id?: string | null;
             /**
              * After
              * @default null
              */
-            after: number | null;
+            after?: number | null;
         };
         /** StreamControlReply */
         StreamControlReply: {
@@ -1078,17 +1078,17 @@ export interface components {
              * Topic
              * @default null
              */
-            topic: string | null;
+            topic?: string | null;
             /**
              * Job Id
              * @default null
              */
-            job_id: string | null;
+            job_id?: string | null;
             /**
              * Detail
              * @default null
              */
-            detail: string | null;
+            detail?: string | null;
         };
         /**
          * StreamServerMessage

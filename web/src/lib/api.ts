@@ -1,0 +1,40 @@
+// The typed API client (openapi-fetch over the generated contract types), same origin as the API.
+import createClient from "openapi-fetch";
+import type { paths } from "../api/schema";
+
+const KEY = "constellation.apiKey";
+
+export function apiKey(): string | null {
+  return typeof window === "undefined" ? null : window.localStorage.getItem(KEY);
+}
+
+export function setApiKey(key: string | null): void {
+  if (key) window.localStorage.setItem(KEY, key);
+  else window.localStorage.removeItem(KEY);
+}
+
+export const api = createClient<paths>({ baseUrl: "" });
+api.use({
+  onRequest({ request }) {
+    const key = apiKey();
+    if (key) request.headers.set("Authorization", `Bearer ${key}`);
+    return request;
+  },
+});
+
+export interface Problem {
+  title: string;
+  status: number;
+  detail: string;
+  errors?: { loc?: string[]; msg?: string }[];
+}
+
+/** The problem's message for one field (`body.area`, `body.zoom`, …), if the API named it. */
+export function fieldError(problem: Problem | undefined, field: string): string | undefined {
+  return problem?.errors?.find((e) => e.loc?.slice(1).join(".") === field || e.loc?.[1] === field)?.msg;
+}
+
+export function streamUrl(): string {
+  const scheme = window.location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${window.location.host}/stream?api_key=${encodeURIComponent(apiKey() ?? "")}&gpus=true`;
+}
