@@ -23,7 +23,7 @@ help:
 	@echo "make stop    stop what 'make demo' started"
 	@echo "make generate regenerate openapi/spec.yaml from the API, then the TS and Go clients from it"
 
-install: $(PY_STAMP) postgres $(USAGE_BIN) $(WEB_STAMP)
+install: $(PY_STAMP) postgres $(USAGE_BIN) $(WEB_STAMP) chromium
 
 # Node: the web workspace's exact tree from its lock file.
 $(WEB_STAMP): web/package.json web/package-lock.json
@@ -47,6 +47,14 @@ postgres:
 	  postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-postgis-3 >/dev/null
 .PHONY: postgres
 
+# Debian's chromium, for the dashboard's browser tests (playwright-core drives it; no browser download).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "chromium missing: run as root, or apt-get install chromium"; exit 1; fi; \
+	echo "installing chromium (Debian)"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+.PHONY: chromium
+
 $(USAGE_BIN): $(GO_SRC)
 	cd usage_go && go build -o bin/usage ./cmd/usage
 
@@ -63,7 +71,7 @@ demo: $(PY_STAMP) $(USAGE_BIN) web/out/index.html $(if $(DATABASE_URL),,postgres
 stop:
 	@$(DEV) stop
 
-test: install
+test: install web
 	$(DEV) with-services -- $(MAKE) --no-print-directory test-suites
 
 # Run inside `constellation-dev with-services` (it sets DATABASE_URL, NATS_URL and the admin URL).

@@ -441,3 +441,26 @@ def test_the_cli_submits_a_geojson_file_and_watches_it_finish(stack, tmp_path):
     refused = subprocess.run([str(BIN / "constellation"), "submit", str(bad)], env=env, capture_output=True,
                              text=True, timeout=60)
     assert refused.returncode == 1 and "Polygon" in refused.stderr
+
+
+def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(stack, tmp_path):
+    """In Debian's chromium via playwright-core (web/e2e/smoke.mjs): sign in, upload a GeoJSON area on
+    Submit, see the job reach `succeeded` on Jobs and its detail page, the GPU cards, and the API's
+    reason next to the field for a bad area. Screenshots of each page: web/e2e/screenshots/."""
+    import subprocess
+
+    from constellation_core.settings import REPO_ROOT
+
+    assert (REPO_ROOT / "web" / "out" / "index.html").exists(), "build the dashboard first: make web"
+    shutil.rmtree(REPO_ROOT / "web" / "e2e" / "screenshots", ignore_errors=True)  # only this run's
+    account = account_in(stack["database_url"], "e2e-browser")
+    area = tmp_path / "geneva.geojson"
+    area.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": GENEVA}))
+    done = subprocess.run(
+        ["node", "e2e/smoke.mjs", stack["api"], account.key, str(area), "e2e/screenshots"],
+        cwd=REPO_ROOT / "web", capture_output=True, text=True, timeout=JOB_DEADLINE_S + 60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + _dump_logs(stack)
+    assert "submitted from the browser and seen succeeded" in done.stdout
+    shots = {p.name for p in (REPO_ROOT / "web" / "e2e" / "screenshots").glob("*.png")}
+    assert {"signin.png", "submit.png", "jobs.png", "job.png", "gpus.png", "submit-error.png"} <= shots
