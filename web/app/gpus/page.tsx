@@ -6,6 +6,7 @@ import { gpuKeys } from "../../src/live/queryKeys";
 export default function Gpus() {
   const gpus = useQuery({
     queryKey: gpuKeys.all,
+    refetchInterval: 15_000, // telemetry samples arrive live; the inventory rarely changes
     queryFn: async () => {
       const { data, error } = await api.GET("/gpus");
       if (error) throw new Error((error as { detail?: string }).detail ?? "could not load devices");

@@ -10,6 +10,8 @@ export default function Jobs() {
   const filters = {};
   const jobs = useQuery({
     queryKey: jobKeys.list(filters),
+    // Live events keep it current; a slow poll covers a stream that is down.
+    refetchInterval: 15_000,
     queryFn: async () => {
       const { data, error } = await api.GET("/jobs", { params: { query: { limit: 100 } } });
       if (error) throw new Error((error as { detail?: string }).detail ?? "could not load jobs");
