@@ -456,11 +456,16 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     account = account_in(stack["database_url"], "e2e-browser")
     area = tmp_path / "geneva.geojson"
     area.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": GENEVA}))
+    # A long job (thousands of tiles on one device) for the browser to watch run and cancel.
+    long_job = _submit(stack, account, zoom=18, mode="serial", batch_size=16, priority=-1)
     done = subprocess.run(
-        ["node", "e2e/smoke.mjs", stack["api"], account.key, str(area), "e2e/screenshots"],
+        ["node", "e2e/smoke.mjs", stack["api"], account.key, str(area), "e2e/screenshots", long_job],
         cwd=REPO_ROOT / "web", capture_output=True, text=True, timeout=JOB_DEADLINE_S + 60,
     )
     assert done.returncode == 0, done.stdout + done.stderr + _dump_logs(stack)
     assert "submitted from the browser and seen succeeded" in done.stdout
+    assert "canceled from the Jobs page" in done.stdout
+    assert _job(stack, account, long_job)["state"] == "canceled"
     shots = {p.name for p in (REPO_ROOT / "web" / "e2e" / "screenshots").glob("*.png")}
-    assert {"signin.png", "submit.png", "jobs.png", "job.png", "gpus.png", "submit-error.png"} <= shots
+    assert {"signin.png", "submit.png", "jobs.png", "job.png", "gpus.png", "submit-error.png",
+            "jobs-running.png", "jobs-canceled.png"} <= shots

@@ -1,11 +1,12 @@
 // Drive the dashboard in Debian's chromium (playwright-core, no browser download):
-//   node e2e/smoke.mjs <api base url> <api key> <geojson file> [screenshot dir]
+//   node e2e/smoke.mjs <api base url> <api key> <geojson file> [screenshot dir] [id of a long job]
 // Signs in, uploads an area on Submit, follows the job to `succeeded` on Jobs, checks a bad area
-// shows the API's reason next to the field, and saves a screenshot of each page.
+// shows the API's reason next to the field, and saves a screenshot of each page. Given the id of a
+// long job, it also waits for it to run with a moving progress bar and cancels it from the Jobs page.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [base, key, areaFile, shots = "e2e/screenshots"] = process.argv.slice(2);
+const [base, key, areaFile, shots = "e2e/screenshots", longJob] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -55,6 +56,23 @@ try {
   await error.waitFor({ timeout: 15000 });
   if (!(await error.textContent()).includes("Polygon")) fail(`unexpected area error: ${await error.textContent()}`);
   await page.screenshot({ path: `${shots}/submit-error.png` });
+  if (longJob) {
+    // A long job: it runs, its progress bar moves, and Cancel on the Jobs page ends it `canceled`.
+    await page.goto(`${base}/app/jobs/`);
+    const running = page.locator(`tr[data-job-id="${longJob}"][data-state="running"]`);
+    await running.waitFor({ timeout: 120000 });
+    const bar = running.locator("progress");
+    const first = Number(await bar.getAttribute("value"));
+    await page.waitForFunction(
+      ([id, before]) => Number(document.querySelector(`tr[data-job-id="${id}"] progress`)?.getAttribute("value")) > before,
+      [longJob, first], { timeout: 60000 },
+    );
+    await page.screenshot({ path: `${shots}/jobs-running.png` });
+    await running.getByRole("button", { name: "Cancel" }).click();
+    await page.locator(`tr[data-job-id="${longJob}"][data-state="canceled"]`).waitFor({ timeout: 30000 });
+    await page.screenshot({ path: `${shots}/jobs-canceled.png` });
+    console.log(`ok: job ${longJob} ran with a moving progress bar and was canceled from the Jobs page`);
+  }
   console.log(`ok: job ${jobId} submitted from the browser and seen succeeded; screenshots in ${shots}`);
 } catch (error) {
   fail(error.stack ?? String(error));
