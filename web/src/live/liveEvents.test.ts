@@ -1,6 +1,6 @@
 import { QueryClient } from "@tanstack/query-core";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { applyMessage, openLiveEvents, type JobDetail, type SocketLike, type StreamEvent } from "./liveEvents";
+import { applyMessage, LIST_REFRESH_MS, openLiveEvents, type JobDetail, type SocketLike, type StreamEvent } from "./liveEvents";
 import { jobKeys } from "./queryKeys";
 
 const JOB = "7b0c1a52-7a47-4f7e-9a55-3f8f2b0f3c11";
@@ -53,19 +53,26 @@ describe("applyMessage", () => {
 
   it("applies a duplicate once", () => {
     const client = clientWithJob();
-    const invalidate = vi.spyOn(client, "invalidateQueries");
     applyMessage(client, progress(3, 10));
+    const before = cachedJob(client);
     applyMessage(client, progress(3, 10));
-    expect(cachedJob(client).tiles_done).toBe(10);
-    expect(invalidate).toHaveBeenCalledTimes(1);
+    expect(cachedJob(client)).toBe(before); // not even a new object: nothing re-renders
+    expect(before.tiles_done).toBe(10);
   });
 
-  it("marks job lists stale and leaves uncached jobs alone", () => {
+  it("marks job lists stale, coalescing a burst into one refresh, and leaves uncached jobs alone", () => {
+    vi.useFakeTimers();
     const client = new QueryClient();
+    const invalidate = vi.spyOn(client, "invalidateQueries");
     client.setQueryData(jobKeys.list({ state: ["running"] }), { data: [], next_cursor: null });
     applyMessage(client, state(1, "running"));
+    for (let id = 2; id < 200; id++) applyMessage(client, progress(id, id));
+    expect(invalidate).not.toHaveBeenCalled();
+    vi.advanceTimersByTime(LIST_REFRESH_MS);
+    expect(invalidate).toHaveBeenCalledTimes(1);
     expect(client.getQueryState(jobKeys.list({ state: ["running"] }))?.isInvalidated).toBe(true);
     expect(client.getQueryData(jobKeys.detail(JOB))).toBeUndefined();
+    vi.useRealTimers();
   });
 });
 

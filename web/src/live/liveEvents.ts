@@ -3,8 +3,9 @@
 // - A job's state/progress event patches its cached detail (setQueryData) — only when the event is
 //   newer than what that job's detail already reflects, so duplicates and out-of-order arrivals
 //   (events from different devices race on the wire) never move a job backwards.
-// - Any job event marks the job lists stale (invalidateQueries): their order and filters are the
-//   server's to compute.
+// - Job events mark the job lists stale (invalidateQueries), at most once per LIST_REFRESH_MS: their
+//   order and filters are the server's to compute, and hundreds of progress events a second must not
+//   turn into hundreds of list requests.
 // - GPU samples patch the cached GPU list.
 // - The channel remembers the last event id and, after a drop, reconnects with `after=<that id>`:
 //   the server replays what was missed, and replays of events already applied change nothing.
@@ -20,6 +21,17 @@ type ServerMessage = components["schemas"]["StreamServerMessage"];
 
 // The id of the newest event already reflected in each job's cached detail.
 const appliedIds = new WeakMap<QueryClient, Map<string, number>>();
+export const LIST_REFRESH_MS = 250;
+const pendingListRefresh = new WeakSet<QueryClient>();
+
+function refreshListsSoon(client: QueryClient): void {
+  if (pendingListRefresh.has(client)) return;
+  pendingListRefresh.add(client);
+  setTimeout(() => {
+    pendingListRefresh.delete(client);
+    void client.invalidateQueries({ queryKey: jobKeys.lists() });
+  }, LIST_REFRESH_MS);
+}
 
 function applied(client: QueryClient): Map<string, number> {
   let ids = appliedIds.get(client);
@@ -46,7 +58,7 @@ export function applyMessage(client: QueryClient, message: ServerMessage): numbe
   if ((ids.get(jobId) ?? 0) >= event.id) return event.id; // a duplicate or an older event: nothing to do
   ids.set(jobId, event.id);
   client.setQueryData<JobDetail>(jobKeys.detail(jobId), (job) => (job ? patchJob(job, event) : job));
-  void client.invalidateQueries({ queryKey: jobKeys.lists() });
+  refreshListsSoon(client);
   return event.id;
 }
 
