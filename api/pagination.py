@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
-from uuid import UUID
 
 from fastapi import Query
 from pydantic import BaseModel, Field
@@ -31,11 +29,6 @@ def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
 
 
-def _malformed() -> InvalidInput:
-    return InvalidInput("malformed cursor: pass back the `next_cursor` of a previous page",
-                        errors=[{"loc": ["query", "cursor"], "msg": "malformed cursor", "type": "cursor"}])
-
-
 def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
     """The cursor's values; a 422 problem for anything this API did not hand out."""
     if cursor is None:
@@ -45,21 +38,6 @@ def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
     except ValueError:
         values = None
     if not isinstance(values, list) or len(values) != arity:
-        raise _malformed()
+        raise InvalidInput("malformed cursor: pass back the `next_cursor` of a previous page",
+                           errors=[{"loc": ["query", "cursor"], "msg": "malformed cursor", "type": "cursor"}])
     return values
-
-
-def created_cursor(created_at: datetime, row_id: UUID) -> str:
-    """The cursor after a row in a newest-first (created_at, id) listing."""
-    return encode_cursor(created_at.isoformat(), row_id)
-
-
-def decode_created_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
-    """The (created_at, id) key a `created_cursor` points after."""
-    values = decode_cursor(cursor, 2)
-    if values is None:
-        return None
-    try:
-        return datetime.fromisoformat(values[0]), UUID(values[1])
-    except (TypeError, ValueError):
-        raise _malformed() from None

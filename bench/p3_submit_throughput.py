@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.tables import jobs
@@ -94,6 +94,7 @@ def main() -> None:
         submit = run_wrk(f"{base}/jobs", script, args.seconds, args.connections)
         with engine.connect() as conn:
             created = conn.execute(select(func.count()).select_from(jobs)).scalar_one() - before
+            conn.execute(text("SELECT 1"))
     finally:
         api.terminate()
         api.wait(30)

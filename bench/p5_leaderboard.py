@@ -16,7 +16,9 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 from p3_submit_throughput import run_wrk
@@ -112,4 +114,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
     main()

@@ -74,12 +74,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        check.invariant(run.job_code_origin is not None, "a run needs a code origin to be launched")
+        check.inst(run.job_code_origin, object, "a run needs a code origin to be launched")
         request = json.dumps({"run_id": run.run_id, "instance_ref": serialize_value(self._instance.get_ref())})
         with self._lock:
             pid = self._fork(request)
-        stat = _proc_stat(pid)
-        identity = f"{pid}:{stat[1] if stat else 0}"
+        identity = f"{pid}:{_start_ticks(pid) or 0}"
         self._instance.add_run_tags(run.run_id, {WORKER_TAG: identity})
         self._instance.report_engine_event(
             f"Run worker forked from the warm zygote (pid {pid}).", run, cls=self.__class__,
@@ -164,13 +163,11 @@ def _read_line(process: subprocess.Popen, timeout: float) -> str:
     return line.strip()
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """A process's state letter and start time (clock ticks since boot; with the pid, it identifies
-    the process across pid reuse), from /proc; None when there is no such process."""
+def _start_ticks(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot): with the pid, identifies it across pid reuse."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[19])
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -181,9 +178,12 @@ def _live_worker(run: DagsterRun) -> int | None:
         return None
     pid_text, _, ticks = identity.partition(":")
     pid = int(pid_text)
-    stat = _proc_stat(pid)
-    if stat is None or stat[0] == "Z" or (ticks not in ("", "0") and stat[1] != int(ticks)):
+    started = _start_ticks(pid)
+    if started is None or (ticks not in ("", "0") and started != int(ticks)):
         return None
+    with open(f"/proc/{pid}/stat") as stat:
+        if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
     return pid
 
 

@@ -85,16 +85,3 @@ def make_account(engine: Engine):
 
     return _make
 
-
-
-@pytest.fixture(scope="module")
-def client(database_url: str, nats_url: str):
-    """The API in-process (lifespan and all) on the session's Postgres and NATS, tile cap 500."""
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-    from constellation_core.settings import Settings
-
-    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
-    with TestClient(create_app(settings)) as client:
-        yield client

@@ -4,8 +4,3 @@ GENEVA = {
     "type": "Polygon",
     "coordinates": [[[6.10, 46.18], [6.19, 46.18], [6.19, 46.23], [6.10, 46.23], [6.10, 46.18]]],
 }
-
-
-def job_body(**overrides):
-    """A valid POST /jobs body (a few dozen tiles over Geneva at zoom 14)."""
-    return {"name": "test job", "zoom": 14, "area": GENEVA, **overrides}

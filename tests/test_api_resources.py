@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+from fastapi.testclient import TestClient
 from shapely.geometry import box, shape
 from sqlalchemy import func, insert, select
 
+from api.main import create_app
+from constellation_core.settings import Settings
 from constellation_core.tables import areas, gpus, jobs, steps, tile_results, tiles
 from constellation_core.tiles import plan_tiles
-from tests.samples import GENEVA, job_body
+from tests.samples import GENEVA
 
 PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def client(database_url, nats_url):
+    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def job_body(**overrides):
+    return {"name": "test job", "zoom": 14, "area": GENEVA, **overrides}
 
 
 def test_job_list_pages_newest_first_with_cursors_and_filters(client, make_account):
@@ -109,7 +124,7 @@ def test_areas_import_validate_and_list(client, make_account, engine):
         assert conn.execute(select(func.count()).select_from(areas)).scalar_one() == before
 
 
-def _fake_results(engine, job_id) -> int:
+def _fake_results(engine, job_id, account_id) -> int:
     """Write results for the job's tiles as an inference step would (tiles planned independently)."""
     planned = plan_tiles(shape(GENEVA), 14, 500)
     with engine.begin() as conn:
@@ -127,7 +142,7 @@ def _fake_results(engine, job_id) -> int:
 def test_tiles_and_coverage_are_geojson(client, make_account, engine):
     account, other = make_account(), make_account()
     job = client.post("/jobs", json=job_body(), headers=account.headers).json()
-    planned = _fake_results(engine, job["id"])
+    planned = _fake_results(engine, job["id"], account.id)
 
     tiles_geojson = client.get(f"/jobs/{job['id']}/tiles", headers=account.headers)
     assert tiles_geojson.status_code == 200
@@ -155,7 +170,7 @@ def test_tiles_and_coverage_are_geojson(client, make_account, engine):
 def test_gpus_list_marks_simulated_devices_and_who_is_on_them(client, make_account, engine):
     account, admin = make_account(), make_account("admin")
     job = client.post("/jobs", json=job_body(), headers=account.headers).json()
-    _fake_results(engine, job["id"])
+    _fake_results(engine, job["id"], account.id)
     listed = client.get("/gpus", headers=admin.headers)
     assert listed.status_code == 200
     mine = [g for g in listed.json() if g["name"] == "Test GPU" and job["id"] in g["job_ids"]]

@@ -51,8 +51,8 @@ class DailyVolumeRow(BaseModel):
 
 
 
-def _connection():
-    """This thread's DuckDB connection (in memory, spatial loaded once per thread)."""
+def _connection(root: str):
+    """This thread's DuckDB cursor (in memory, spatial loaded once per thread)."""
     conn = getattr(_local, "conn", None)
     if conn is None:
         from constellation_core.analytics import connect
@@ -65,8 +65,9 @@ def _query(root, dataset: str, sql: str, params: list[Any]) -> list[dict[str, An
     files = sorted((root / dataset).glob("day=*/*.parquet"))
     if not files:
         return []  # nothing exported yet
+    conn = _connection(str(root))
     source = f"read_parquet({[str(f) for f in files]!r}, hive_partitioning = true, union_by_name = true)"
-    cursor = _connection().cursor()
+    cursor = conn.cursor()
     try:
         result = cursor.execute(sql.replace("{source}", source), params)
         columns = [d[0] for d in result.description]
@@ -75,53 +76,56 @@ def _query(root, dataset: str, sql: str, params: list[Any]) -> list[dict[str, An
         cursor.close()
 
 
-async def _named_query(account, settings, since: date | None, until: date | None, dataset: str, select: str,
-                       rest: str, where: str = "") -> list[dict[str, Any]]:
-    """`SELECT … FROM <the dataset's Parquet> WHERE <where> <day in window> <the member's rows> <rest>`."""
+def _window(since: date | None, until: date | None) -> tuple[date, date]:
     since, until = since or date(1970, 1, 1), until or date(9999, 12, 31)
     if since > until:
         raise InvalidInput("`since` is after `until`",
                            errors=[{"loc": ["query", "since"], "msg": "after until", "type": "value_error"}])
-    sql = f"{select} FROM {{source}} WHERE {where}CAST(day AS DATE) BETWEEN ? AND ?"
-    params: list[Any] = [since, until]
-    if not account.is_admin:
-        sql += " AND account = ?"
-        params.append(account.name)
-    return await run_in_threadpool(_query, settings.local_dir / "analytics", dataset, f"{sql} {rest}", params)
+    return since, until
+
+
+def _account_filter(account) -> tuple[str, list[Any]]:
+    return ("", []) if account.is_admin else (" AND account = ?", [account.name])
 
 
 @router.get("/throughput-by-device", response_model=list[ThroughputRow], name="throughput_by_device")
 async def throughput_by_device(account: CurrentAccount, settings: SettingsDep, since: Since = None,
                                until: Until = None) -> list[dict[str, Any]]:
     """Tiles and inference rate per device (model and simulated flag), from the exported tile results."""
-    return await _named_query(
-        account, settings, since, until, "tile_results",
-        "SELECT device, any_value(simulated) AS simulated, count(*) AS tiles, "
-        "avg(inference_ms) AS avg_inference_ms, 1000 / nullif(avg(inference_ms), 0) AS tiles_per_s",
-        "GROUP BY device ORDER BY tiles DESC",
-    )
+    since, until = _window(since, until)
+    where, params = _account_filter(account)
+    sql = ("SELECT device, any_value(simulated) AS simulated, count(*) AS tiles, "
+           "avg(inference_ms) AS avg_inference_ms, 1000 / nullif(avg(inference_ms), 0) AS tiles_per_s "
+           "FROM {source} WHERE CAST(day AS DATE) BETWEEN ? AND ?" + where +
+           " GROUP BY device ORDER BY tiles DESC")
+    return await run_in_threadpool(_query, settings.local_dir / "analytics", "tile_results", sql,
+                                   [since, until, *params])
 
 
 @router.get("/gpu-seconds-per-km2", response_model=list[GpuSecondsPerKm2Row], name="gpu_seconds_per_km2")
 async def gpu_seconds_per_km2(account: CurrentAccount, settings: SettingsDep, since: Since = None,
                               until: Until = None) -> list[dict[str, Any]]:
     """Device time spent per square kilometre of area covered, per account, from the exported runs."""
-    return await _named_query(
-        account, settings, since, until, "run_metrics",
-        "SELECT account, count(*) AS runs, coalesce(sum(gpu_seconds), 0) AS gpu_seconds, "
-        "coalesce(sum(area_km2), 0) AS km2, sum(gpu_seconds) / nullif(sum(area_km2), 0) AS gpu_seconds_per_km2",
-        "GROUP BY account ORDER BY gpu_seconds DESC", where="state = 'succeeded' AND ",
-    )
+    since, until = _window(since, until)
+    where, params = _account_filter(account)
+    sql = ("SELECT account, count(*) AS runs, coalesce(sum(gpu_seconds), 0) AS gpu_seconds, "
+           "coalesce(sum(area_km2), 0) AS km2, sum(gpu_seconds) / nullif(sum(area_km2), 0) AS gpu_seconds_per_km2 "
+           "FROM {source} WHERE state = 'succeeded' AND CAST(day AS DATE) BETWEEN ? AND ?" + where +
+           " GROUP BY account ORDER BY gpu_seconds DESC")
+    return await run_in_threadpool(_query, settings.local_dir / "analytics", "run_metrics", sql,
+                                   [since, until, *params])
 
 
 @router.get("/daily-volume", response_model=list[DailyVolumeRow], name="daily_volume")
 async def daily_volume(account: CurrentAccount, settings: SettingsDep, since: Since = None,
                        until: Until = None) -> list[dict[str, Any]]:
     """Tiles, jobs and square kilometres inferred per day and account (geodesic areas of the footprints)."""
+    since, until = _window(since, until)
+    where, params = _account_filter(account)
     # ST_Area_Spheroid reads (lat, lon), the EPSG:4326 axis order: flip our (lon, lat) footprints.
-    return await _named_query(
-        account, settings, since, until, "tile_results",
-        "SELECT CAST(day AS DATE) AS day, account, count(*) AS tiles, count(DISTINCT job_id) AS jobs, "
-        "sum(ST_Area_Spheroid(ST_FlipCoordinates(footprint))) / 1e6 AS km2",
-        "GROUP BY ALL ORDER BY 1, 2",
-    )
+    sql = ("SELECT CAST(day AS DATE) AS day, account, count(*) AS tiles, count(DISTINCT job_id) AS jobs, "
+           "sum(ST_Area_Spheroid(ST_FlipCoordinates(footprint))) / 1e6 AS km2 "
+           "FROM {source} WHERE CAST(day AS DATE) BETWEEN ? AND ?" + where +
+           " GROUP BY ALL ORDER BY 1, 2")
+    return await run_in_threadpool(_query, settings.local_dir / "analytics", "tile_results", sql,
+                                   [since, until, *params])

@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, literal, select, tuple_
 
 from api.deps import CurrentAccount, EngineDep
 from api.errors import InvalidInput, NotFound
-from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, created_cursor, decode_created_cursor
+from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, decode_cursor, encode_cursor
 from constellation_core.geometry import InvalidGeometry, parse_area
 from constellation_core.tables import areas
 
@@ -121,16 +121,20 @@ async def create_area(body: AreaCreate, account: CurrentAccount, engine: EngineD
 async def list_areas(account: CurrentAccount, engine: EngineDep, cursor: Cursor = None,
                      limit: Limit = DEFAULT_LIMIT) -> Page[AreaPublic]:
     """Areas, newest first: members see their own, admins everyone's."""
-    after = decode_created_cursor(cursor)
+    after = decode_cursor(cursor, 2)
     query = select(*_COLUMNS).order_by(areas.c.created_at.desc(), areas.c.id.desc()).limit(limit + 1)
     if not account.is_admin:
         query = query.where(areas.c.account_id == account.id)
     if after is not None:
-        query = query.where(tuple_(areas.c.created_at, areas.c.id) < tuple_(literal(after[0]), literal(after[1])))
+        try:
+            key = (datetime.fromisoformat(after[0]), UUID(after[1]))
+        except (TypeError, ValueError):
+            decode_cursor("", 2)
+        query = query.where(tuple_(areas.c.created_at, areas.c.id) < tuple_(literal(key[0]), literal(key[1])))
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     page = rows[:limit]
-    next_cursor = created_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    next_cursor = encode_cursor(page[-1].created_at.isoformat(), page[-1].id) if len(rows) > limit else None
     return Page[AreaPublic](data=[_public(r) for r in page], next_cursor=next_cursor)
 
 

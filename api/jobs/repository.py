@@ -7,12 +7,17 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import RowMapping, func, literal, select, text, tuple_
+from sqlalchemy import RowMapping, func, insert, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from constellation_core.tables import areas, events, gpus, jobs, runs, steps
 
 _JOB_COLUMNS = [c for c in jobs.c if c.name != "aoi"] + [func.ST_AsGeoJSON(jobs.c.aoi).label("aoi_geojson")]
+
+
+async def insert_job(conn: AsyncConnection, *, aoi_wkt: str, **values: Any) -> UUID:
+    statement = insert(jobs).values(aoi=func.ST_GeomFromText(aoi_wkt, 4326), **values).returning(jobs.c.id)
+    return (await conn.execute(statement)).scalar_one()
 
 
 _INSERT_QUEUED = text("""

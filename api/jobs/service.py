@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import RowMapping, select
+from sqlalchemy import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,12 +17,11 @@ from api.accounts.auth import Account
 from api.errors import Conflict, InvalidInput, NotFound
 from api.jobs import repository
 from api.jobs.schemas import JobCreate, JobDetail, JobPublic, RunPublic
-from api.pagination import Page, created_cursor, decode_created_cursor
+from api.pagination import Page, decode_cursor, encode_cursor
 from constellation_core.catalog import MODELS
 from constellation_core.events import Event, transition_job_async
 from constellation_core.geometry import InvalidGeometry, parse_area
 from constellation_core.logs import correlation_id
-from constellation_core.tables import jobs
 from constellation_core.tiles import TooManyTiles, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -151,32 +150,20 @@ async def list_jobs(engine: AsyncEngine, account: Account, *, states: list[str] 
                     created_after: datetime | None, created_before: datetime | None, cursor: str | None,
                     limit: int, dagit_url: str) -> Page[JobPublic]:
     """Jobs newest first; members see their own, admins everyone's."""
-    after = decode_created_cursor(cursor)
+    after = decode_cursor(cursor, 2)
+    if after is not None:
+        try:
+            after = (datetime.fromisoformat(after[0]), UUID(after[1]))
+        except (TypeError, ValueError):
+            decode_cursor("", 2)  # the same problem as any other malformed cursor
     async with engine.connect() as conn:
         rows = await repository.list_jobs(
             conn, account_id=None if account.is_admin else account.id, states=states, submitted_by=submitted_by,
             created_after=created_after, created_before=created_before, after=after, limit=limit + 1,
         )
     page = rows[:limit]
-    next_cursor = created_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    next_cursor = encode_cursor(page[-1]["created_at"].isoformat(), page[-1]["id"]) if len(rows) > limit else None
     return Page[JobPublic](data=[to_public(r, dagit_url) for r in page], next_cursor=next_cursor)
-
-
-async def check_job_access(engine: AsyncEngine, account: Account, job_id: UUID | None) -> None:
-    """For filters by job (stream topics, event history): a member may name only their own jobs
-    (404 otherwise, so ids do not leak); admins any id; no job id, no check."""
-    if job_id is None or account.is_admin:
-        return
-    async with engine.connect() as conn:
-        owner = (await conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id))).scalar_one_or_none()
-    if owner != account.id:
-        raise NotFound(f"no job with id {job_id}")
-
-
-async def check_visible(engine: AsyncEngine, account: Account, job_id: UUID) -> None:
-    """404 unless the job exists and the account may see it."""
-    async with engine.connect() as conn:
-        _visible(await repository.get_job(conn, job_id), account, job_id)
 
 
 async def job_tiles(engine: AsyncEngine, account: Account, job_id: UUID) -> str:

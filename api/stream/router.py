@@ -14,10 +14,9 @@ from sqlalchemy import select
 
 from api.accounts.auth import Account, authenticate, key_from_headers
 from api.errors import Problem
-from api.jobs.service import check_job_access
 from api.stream.hub import LOG_TYPES, Subscriber
 from constellation_core.events import Event
-from constellation_core.tables import events
+from constellation_core.tables import events, jobs
 from constellation_core.telemetry import GpuSample
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ async def stream(
             engine,
             api_key or key_from_headers(websocket.headers.get("authorization"), websocket.headers.get("x-api-key")),
         )
-        await check_job_access(engine, account, job_id)
+        await _check_job_access(engine, account, job_id)
     except Problem as exc:
         await websocket.close(code=POLICY_VIOLATION, reason=exc.detail[:120])
         return
@@ -139,7 +138,7 @@ async def _control(websocket: WebSocket, engine, account: Account, subscriber: S
         message = ControlMessage.model_validate_json(raw)
         if (message.topic in ("job", "logs")) != (message.job_id is not None):
             raise ValueError("`job_id` goes with the topics `job` and `logs`, and only with them")
-        await check_job_access(engine, account, message.job_id)
+        await _check_job_access(engine, account, message.job_id)
     except (ValueError, Problem) as exc:
         detail = exc.detail if isinstance(exc, Problem) else str(exc).splitlines()[0]
         await websocket.send_json({"type": "error", "detail": detail[:300]})
@@ -156,6 +155,15 @@ async def _control(websocket: WebSocket, engine, account: Account, subscriber: S
     if message.after is None or message.topic == "gpus":
         return []
     return await _history(engine, subscriber, topic, message.after)
+
+
+async def _check_job_access(engine, account: Account, job_id: UUID | None) -> None:
+    if job_id is None or account.is_admin:
+        return
+    async with engine.connect() as conn:
+        owner = (await conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id))).scalar_one_or_none()
+    if owner != account.id:
+        raise Problem(f"no job with id {job_id}")
 
 
 async def _history(engine, subscriber: Subscriber, topic: tuple[str, UUID | None], after: int) -> list[Event]:

@@ -12,7 +12,6 @@ import dagster as dg
 
 from constellation_core.devices import Device, discover
 from constellation_dagster.inference.ops import make_infer_op, plan_tiles, summarise
-from constellation_dagster.zygote import DEFAULT_PRELOAD
 
 JOB_ID_TAG = "constellation/job_id"
 ACCOUNT_TAG = "constellation/account"
@@ -35,8 +34,10 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
         # milliseconds instead of paying a fresh interpreter's imports.
         executor_def=dg.multiprocess_executor.configured({
             "max_concurrent": len(devices) + 1,
-            # (Run workers forked by the zygote use its forkserver, which preloaded the same modules.)
-            "start_method": {"forkserver": {"preload_modules": list(DEFAULT_PRELOAD)}},
+            "start_method": {"forkserver": {"preload_modules": [
+                "constellation_dagster.definitions", "constellation_core.inference.model",
+                "constellation_core.inference.imagery",
+            ]}},
         }),
         tags={"constellation/mode": "parallel"},
     )

@@ -159,16 +159,11 @@ def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: 
             error = repr(exc)
             raise
         finally:
+            bus.flush()
             elapsed = time.perf_counter() - started
             energy_at_end = energy_counter_mj(device)
             energy_j = (round((energy_at_end - energy_at_start) / 1000, 3)
                         if energy_at_start is not None and energy_at_end is not None else None)
-            summary = (f"{device.label}: {batches.inferred} tiles in {elapsed:.1f} s "
-                       f"({batches.inferred / elapsed if elapsed else 0:.0f} tiles/s)")
-            if batches.stopped_because:
-                summary += f"; stopped, the job is {batches.stopped_because}"
-            # The step's figures and (when it did not fail) its summary line commit together; one flush
-            # then sends every event of the step before the step ends.
             with db.begin() as conn:
                 conn.execute(
                     update(steps).where(steps.c.id == step_id).values(
@@ -181,10 +176,13 @@ def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: 
                                  "first_batch_at": batches.first_batch_at, "last_batch_at": batches.last_batch_at},
                     )
                 )
-                if error is None:
-                    bus.publish([_log(conn, job, job_id, run_id, summary)])
-            bus.flush()
+    summary = (f"{device.label}: {batches.inferred} tiles in {elapsed:.1f} s "
+               f"({batches.inferred / elapsed if elapsed else 0:.0f} tiles/s)")
+    if batches.stopped_because:
+        summary += f"; stopped, the job is {batches.stopped_because}"
     context.log.info(summary)
+    with db.begin() as conn:
+        bus.publish([_log(conn, job, job_id, run_id, summary)], flush=True)
     context.add_output_metadata({"tiles": batches.inferred, "device": device.label, "seconds": round(elapsed, 2),
                                  "model_version": model_version})
     return batches.inferred

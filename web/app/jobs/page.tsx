@@ -3,6 +3,8 @@ import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { api } from "../../src/lib/api";
 import { jobKeys } from "../../src/live/queryKeys";
 
+
+
 export default function Jobs() {
   const client = useQueryClient();
   const filters = {};
