@@ -20,6 +20,24 @@ try {
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL("**/app/jobs/");
 
+  if (longJob) {
+    // First, while it still runs (a long job lasts seconds here): it runs, its progress bar moves, and Cancel on the Jobs page ends it `canceled`.
+    await page.goto(`${base}/app/jobs/`);
+    const running = page.locator(`tr[data-job-id="${longJob}"][data-state="running"]`);
+    await running.waitFor({ timeout: 120000 });
+    const bar = running.locator("progress");
+    const first = Number(await bar.getAttribute("value"));
+    await page.waitForFunction(
+      ([id, before]) => Number(document.querySelector(`tr[data-job-id="${id}"] progress`)?.getAttribute("value")) > before,
+      [longJob, first], { timeout: 60000 },
+    );
+    await page.screenshot({ path: `${shots}/jobs-running.png` });
+    await running.getByRole("button", { name: "Cancel" }).click();
+    await page.locator(`tr[data-job-id="${longJob}"][data-state="canceled"]`).waitFor({ timeout: 30000 });
+    await page.screenshot({ path: `${shots}/jobs-canceled.png` });
+    console.log(`ok: job ${longJob} ran with a moving progress bar and was canceled from the Jobs page`);
+  }
+
   await page.goto(`${base}/app/submit/`);
   await page.getByLabel("Name").fill("from the browser");
   await page.getByLabel("Area (GeoJSON file)").setInputFiles(areaFile);
@@ -56,23 +74,6 @@ try {
   await error.waitFor({ timeout: 15000 });
   if (!(await error.textContent()).includes("Polygon")) fail(`unexpected area error: ${await error.textContent()}`);
   await page.screenshot({ path: `${shots}/submit-error.png` });
-  if (longJob) {
-    // A long job: it runs, its progress bar moves, and Cancel on the Jobs page ends it `canceled`.
-    await page.goto(`${base}/app/jobs/`);
-    const running = page.locator(`tr[data-job-id="${longJob}"][data-state="running"]`);
-    await running.waitFor({ timeout: 120000 });
-    const bar = running.locator("progress");
-    const first = Number(await bar.getAttribute("value"));
-    await page.waitForFunction(
-      ([id, before]) => Number(document.querySelector(`tr[data-job-id="${id}"] progress`)?.getAttribute("value")) > before,
-      [longJob, first], { timeout: 60000 },
-    );
-    await page.screenshot({ path: `${shots}/jobs-running.png` });
-    await running.getByRole("button", { name: "Cancel" }).click();
-    await page.locator(`tr[data-job-id="${longJob}"][data-state="canceled"]`).waitFor({ timeout: 30000 });
-    await page.screenshot({ path: `${shots}/jobs-canceled.png` });
-    console.log(`ok: job ${longJob} ran with a moving progress bar and was canceled from the Jobs page`);
-  }
   console.log(`ok: job ${jobId} submitted from the browser and seen succeeded; screenshots in ${shots}`);
 } catch (error) {
   fail(error.stack ?? String(error));
