@@ -29,15 +29,16 @@ def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
-    """The cursor's values; a 422 problem for anything this API did not hand out."""
+def decode_cursor(cursor: str | None, arity: int | None) -> list[Any] | None:
+    """The cursor's values (`arity` of them, or any number when None); a 422 problem for anything
+    this API did not hand out."""
     if cursor is None:
         return None
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except ValueError:
         values = None
-    if not isinstance(values, list) or len(values) != arity:
+    if not isinstance(values, list) or not values or (arity is not None and len(values) != arity):
         raise InvalidInput("malformed cursor: pass back the `next_cursor` of a previous page",
                            errors=[{"loc": ["query", "cursor"], "msg": "malformed cursor", "type": "cursor"}])
     return values

@@ -125,6 +125,8 @@ jobs = Table(
     Index("jobs_idempotency_key_idx", "account_id", "idempotency_key", unique=True,
           postgresql_where=text("idempotency_key IS NOT NULL")),
     Index("jobs_created_id_idx", text("created_at DESC"), text("id DESC")),
+    Index("jobs_priority_created_id_idx", text("priority DESC"), text("created_at DESC"), text("id DESC")),
+    Index("jobs_name_id_idx", "name", "id"),
     Index("jobs_account_created_idx", "account_id", "created_at"),
     Index(
         "jobs_queued_idx",
@@ -194,6 +196,7 @@ tile_results = Table(
     Column("model_version", Text),
     Column("gpu_id", UUID(as_uuid=True), ForeignKey("gpus.id")),
     _created_at(),
+    Index("tile_results_created_at_idx", "created_at"),
     # One result per job and tile: a retried or resumed run upserts, never duplicates.
     UniqueConstraint("job_id", "z", "x", "y", name="tile_results_job_tile_key"),
     ForeignKeyConstraint(

@@ -191,3 +191,101 @@ def test_events_history_pages_by_id_and_respects_ownership(client, make_account)
     assert client.get("/events", params={"job_id": job["id"]}, headers=other.headers).status_code == 404
     assert all(e["account_id"] == str(other.id) for e in client.get("/events", headers=other.headers).json()["data"])
     assert client.get("/events", params={"after": -1}, headers=account.headers).status_code == 422
+
+
+def test_job_list_sorts_server_side_with_cursors_per_sort_and_searches_names(client, make_account):
+    account = make_account()
+    for name, priority in (("beta", 5), ("alpha", -1), ("gamma", 9), ("Alpha two", 0)):
+        assert client.post("/jobs", json=job_body(name=name, priority=priority), headers=account.headers).status_code == 201
+
+    def all_pages(**params):
+        names, cursor = [], None
+        while True:
+            page = client.get("/jobs", params={"limit": 1, **params, **({"cursor": cursor} if cursor else {})},
+                              headers=account.headers)
+            assert page.status_code == 200, page.text
+            names += [job["name"] for job in page.json()["data"]]
+            if (cursor := page.json()["next_cursor"]) is None:
+                return names
+
+    assert all_pages(sort="name") == ["Alpha two", "alpha", "beta", "gamma"]  # byte order, as Postgres sorts here
+    assert all_pages(sort="-priority") == ["gamma", "beta", "Alpha two", "alpha"]
+    assert all_pages(sort="created_at") == ["beta", "alpha", "gamma", "Alpha two"]
+    assert all_pages() == ["Alpha two", "gamma", "alpha", "beta"]
+    assert sorted(all_pages(q="ALPHA")) == ["Alpha two", "alpha"]
+    assert all_pages(q="100%") == []  # wildcards in the search are plain characters
+
+    cursor = client.get("/jobs", params={"limit": 1, "sort": "name"}, headers=account.headers).json()["next_cursor"]
+    wrong = client.get("/jobs", params={"cursor": cursor, "sort": "-priority"}, headers=account.headers)
+    assert wrong.status_code == 422 and "another sort" in wrong.json()["detail"]
+    assert client.get("/jobs", params={"sort": "state"}, headers=account.headers).status_code == 422
+
+
+def test_summary_counts_states_and_tiles_per_minute_of_the_callers_jobs(client, make_account, engine):
+    account, other = make_account(), make_account()
+    job = client.post("/jobs", json=job_body(), headers=account.headers).json()
+    client.post("/jobs", json=job_body(), headers=account.headers)
+    client.post(f"/jobs/{job['id']}/cancel", headers=account.headers)
+    planned = _fake_results(engine, job["id"], account.id)
+    summary = client.get("/jobs/summary", headers=account.headers)
+    assert summary.status_code == 200, summary.text
+    body = summary.json()
+    assert body["counts"] == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0, "canceled": 1}
+    assert sum(m["tiles"] for m in body["tiles_per_minute"]) == planned - 1
+    assert body["tiles_per_s"] > 0
+    theirs = client.get("/jobs/summary", headers=other.headers).json()
+    assert theirs["counts"]["queued"] == 0 and theirs["tiles_per_minute"] == []
+
+
+def test_estimate_counts_tiles_like_a_submission_and_writes_nothing(client, make_account, engine):
+    account = make_account()
+    estimate = client.post("/jobs/estimate", json={"zoom": 14, "area": GENEVA}, headers=account.headers)
+    assert estimate.status_code == 200, estimate.text
+    assert estimate.json()["tiles"] == len(plan_tiles(shape(GENEVA), 14, 500))
+    assert estimate.json()["max_tiles"] == 500 and estimate.json()["area_km2"] > 1
+    too_big = client.post("/jobs/estimate", json={"zoom": 19, "area": GENEVA}, headers=account.headers)
+    assert too_big.status_code == 422 and too_big.json()["errors"][0]["loc"] == ["body", "area"]
+    point = client.post("/jobs/estimate", json={"zoom": 14, "area": {"type": "Point", "coordinates": [6, 46]}},
+                        headers=account.headers)
+    assert point.status_code == 422 and point.headers["content-type"] == PROBLEM
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(jobs).where(jobs.c.account_id == account.id)).scalar_one() == 0
+
+
+def test_gpu_telemetry_returns_the_recent_samples_the_api_received(client, make_account, engine, nats_url):
+    import asyncio
+    import time
+    from datetime import UTC, datetime
+
+    import nats
+
+    from constellation_core.telemetry import GpuSample
+
+    account, admin = make_account(), make_account("admin")
+    device = f"TEST-{uuid.uuid4()}"
+    with engine.begin() as conn:
+        conn.execute(insert(gpus).values(uuid=device, name="Chart GPU", simulated=True))
+    job_id = uuid.uuid4()
+
+    async def publish() -> None:
+        nc = await nats.connect(nats_url)
+        for i in range(3):
+            sample = GpuSample(device_uuid=device, name="Chart GPU", simulated=True, ts=datetime.now(UTC),
+                               job_id=job_id, fields={"DCGM_FI_DEV_GPU_UTIL": 10.0 * i})
+            await nc.publish(sample.subject, sample.model_dump_json().encode())
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish())
+    deadline = time.monotonic() + 10
+    while True:
+        samples = client.get(f"/gpus/{device}/telemetry", headers=admin.headers).json()
+        if len(samples) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [s["fields"]["DCGM_FI_DEV_GPU_UTIL"] for s in samples] == [0.0, 10.0, 20.0]
+    assert samples[0]["job_id"] == str(job_id)
+    member_view = client.get(f"/gpus/{device}/telemetry", headers=account.headers).json()
+    assert len(member_view) == 3 and all(s["job_id"] is None for s in member_view)
+    assert client.get("/gpus/no-such-device/telemetry", headers=admin.headers).status_code == 404
+    assert client.get(f"/gpus/{device}/telemetry", params={"seconds": 0}, headers=admin.headers).status_code == 422

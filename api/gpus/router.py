@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from fastapi import APIRouter, Request
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.deps import CurrentAccount, EngineDep
+from api.errors import NotFound
 from constellation_core.tables import gpus, jobs, steps
 from constellation_core.telemetry import GpuSample
 
@@ -52,3 +56,21 @@ async def list_gpus(request: Request, account: CurrentAccount, engine: EngineDep
             busy=bool(on_device), job_ids=[j for j in on_device if own is None or j in own], latest=sample,
         ))
     return result
+
+
+@router.get("/{uuid}/telemetry", response_model=list[GpuSample], name="telemetry",
+            responses={404: {"description": "No such device"}})
+async def gpu_telemetry(
+    uuid: Annotated[str, Path(max_length=200)], request: Request, account: CurrentAccount, engine: EngineDep,
+    seconds: Annotated[int, Query(ge=1, le=600, description="How far back")] = 300,
+) -> list[GpuSample]:
+    """The device's telemetry samples (1 Hz) of the last `seconds`, oldest first: what the API saw
+    since it started, for charts that then follow the stream's live samples."""
+    async with engine.connect() as conn:
+        if (await conn.execute(select(gpus.c.id).where(gpus.c.uuid == uuid))).first() is None:
+            raise NotFound(f"no device with uuid {uuid}")
+    since = datetime.now(UTC) - timedelta(seconds=seconds)
+    samples = [s for s in request.app.state.hub.recent_gpu_samples.get(uuid, ()) if s.ts >= since]
+    if not account.is_admin:  # members see the device's figures, not whose job it ran
+        samples = [s.model_copy(update={"job_id": None}) if s.job_id is not None else s for s in samples]
+    return samples

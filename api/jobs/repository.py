@@ -7,17 +7,12 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import RowMapping, func, insert, literal, select, text, tuple_
+from sqlalchemy import RowMapping, func, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from constellation_core.tables import areas, events, gpus, jobs, runs, steps
 
 _JOB_COLUMNS = [c for c in jobs.c if c.name != "aoi"] + [func.ST_AsGeoJSON(jobs.c.aoi).label("aoi_geojson")]
-
-
-async def insert_job(conn: AsyncConnection, *, aoi_wkt: str, **values: Any) -> UUID:
-    statement = insert(jobs).values(aoi=func.ST_GeomFromText(aoi_wkt, 4326), **values).returning(jobs.c.id)
-    return (await conn.execute(statement)).scalar_one()
 
 
 _INSERT_QUEUED = text("""
@@ -65,12 +60,24 @@ async def get_area_geojson(conn: AsyncConnection, area_id: UUID) -> tuple[UUID |
     return None if row is None else (row.account_id, json.loads(row.geojson))
 
 
+# Sort orders of GET /jobs: each is a keyset on its columns (all in one direction), ending in id.
+SORTS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "-created_at": (("created_at", "id"), True),
+    "created_at": (("created_at", "id"), False),
+    "-priority": (("priority", "created_at", "id"), True),
+    "name": (("name", "id"), False),
+}
+
+
 async def list_jobs(
     conn: AsyncConnection, *, account_id: UUID | None, states: list[str] | None, submitted_by: str | None,
-    created_after: datetime | None, created_before: datetime | None, after: tuple[datetime, UUID] | None, limit: int,
+    created_after: datetime | None, created_before: datetime | None, name_contains: str | None = None,
+    sort: str = "-created_at", after: tuple[Any, ...] | None, limit: int,
 ) -> list[RowMapping]:
-    """Newest first, keyset-paginated on (created_at, id)."""
-    query = select(*_JOB_COLUMNS).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+    """One page in `sort` order, keyset-paginated on that order's columns."""
+    names, descending = SORTS[sort]
+    columns = [jobs.c[n] for n in names]
+    query = select(*_JOB_COLUMNS).order_by(*(c.desc() if descending else c.asc() for c in columns)).limit(limit)
     if account_id is not None:
         query = query.where(jobs.c.account_id == account_id)
     if states:
@@ -81,9 +88,37 @@ async def list_jobs(
         query = query.where(jobs.c.created_at >= created_after)
     if created_before:
         query = query.where(jobs.c.created_at < created_before)
+    if name_contains:
+        escaped = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(jobs.c.name.ilike(f"%{escaped}%", escape="\\"))
     if after:
-        query = query.where(tuple_(jobs.c.created_at, jobs.c.id) < tuple_(literal(after[0]), literal(after[1])))
+        key, bound = tuple_(*columns), tuple_(*(literal(v, type_=c.type) for v, c in zip(after, columns, strict=True)))
+        query = query.where(key < bound if descending else key > bound)
     return list((await conn.execute(query)).mappings())
+
+
+async def geodesic_area_km2(conn: AsyncConnection, wkt: str) -> float:
+    query = select(func.ST_Area(func.geography(func.ST_GeomFromText(wkt, 4326))) / 1e6)
+    return float((await conn.execute(query)).scalar_one())
+
+
+async def job_counts(conn: AsyncConnection, account_id: UUID | None) -> dict[str, int]:
+    query = select(jobs.c.state, func.count()).group_by(jobs.c.state)
+    if account_id is not None:
+        query = query.where(jobs.c.account_id == account_id)
+    return {state: n for state, n in (await conn.execute(query)).all()}
+
+
+async def tiles_per_minute(conn: AsyncConnection, account_id: UUID | None, minutes: int) -> list[RowMapping]:
+    """Tiles inferred per minute over the last `minutes` (oldest first; minutes without tiles omitted)."""
+    query = text("""
+        SELECT date_trunc('minute', r.created_at) AS minute, count(*) AS tiles
+        FROM tile_results r
+        WHERE r.created_at >= now() - make_interval(mins => :minutes)
+          AND (CAST(:account_id AS uuid) IS NULL
+               OR r.job_id IN (SELECT id FROM jobs WHERE account_id = CAST(:account_id AS uuid)))
+        GROUP BY 1 ORDER BY 1""")
+    return list((await conn.execute(query, {"minutes": minutes, "account_id": account_id})).mappings())
 
 
 async def job_runs(conn: AsyncConnection, job_id: UUID) -> list[RowMapping]:

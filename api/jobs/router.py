@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -11,11 +11,22 @@ from api.deps import CurrentAccount, EngineDep, PublisherDep, SettingsDep
 from api.errors import InvalidInput
 from api.jobs import service
 from api.jobs.logs import log_stream
-from api.jobs.schemas import JobCreate, JobDetail, JobPublic, JobState, TileFeatureCollection
+from api.jobs.schemas import (
+    JobCreate,
+    JobDetail,
+    JobEstimate,
+    JobPublic,
+    JobState,
+    JobSummary,
+    TileEstimate,
+    TileFeatureCollection,
+)
+from api.jobs.repository import SORTS
 from api.metrics import JOBS_SUBMITTED
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+JobSort = Literal[tuple(SORTS)]  # type: ignore[valid-type]
 coverage_router = APIRouter(tags=["coverage"])
 
 
@@ -59,13 +70,31 @@ async def list_jobs(
     submitted_by: Annotated[str | None, Query(max_length=200, description="Only this account's jobs")] = None,
     created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
     created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Only jobs whose name contains this (any case)")] = None,
+    sort: Annotated[JobSort, Query(description="`-created_at` newest first (default), `created_at` oldest first, "
+                                               "`-priority` highest priority first, `name` A to Z")] = "-created_at",
     cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT,
 ) -> Page[JobPublic]:
-    """Jobs, newest first: members see their own, admins everyone's."""
+    """Jobs in `sort` order (newest first by default): members see their own, admins everyone's.
+    A cursor is valid only with the sort it came from."""
     return await service.list_jobs(
         engine, account, states=state, submitted_by=submitted_by, created_after=created_after,
-        created_before=created_before, cursor=cursor, limit=limit, dagit_url=settings.dagit_base_url,
+        created_before=created_before, name_contains=q, sort=sort, cursor=cursor, limit=limit,
+        dagit_url=settings.dagit_base_url,
     )
+
+
+@router.get("/summary", response_model=JobSummary, name="summary")
+async def job_summary(account: CurrentAccount, engine: EngineDep) -> JobSummary:
+    """Jobs per state and tiles inferred per minute over the last hour (yours; admins: everyone's)."""
+    return await service.summary(engine, account)
+
+
+@router.post("/estimate", response_model=TileEstimate, name="estimate")
+async def estimate_job(body: JobEstimate, account: CurrentAccount, engine: EngineDep,
+                       settings: SettingsDep) -> TileEstimate:
+    """How many tiles an area covers at a zoom, checked as `POST /jobs` would check it; nothing is written."""
+    return await service.estimate(engine, account, body, max_tiles=settings.max_tiles_per_job)
 
 
 @router.get("/{job_id}", response_model=JobDetail, name="get")

@@ -44,6 +44,38 @@ class JobCreate(JobBase):
         return self
 
 
+class JobEstimate(BaseModel):
+    """What a submission would cost: the same area fields as `POST /jobs`, and the zoom."""
+
+    model_config = ConfigDict(extra="forbid")
+    zoom: int = Field(ge=MIN_ZOOM, le=MAX_ZOOM, description="Web-mercator zoom level of the tiles")
+    area: GeoJSONGeometry | None = Field(default=None, description="The area of interest")
+    area_id: UUID | None = Field(default=None, description="A stored area, instead of `area`")
+
+    @model_validator(mode="after")
+    def _one_area(self) -> JobEstimate:
+        if (self.area is None) == (self.area_id is None):
+            raise ValueError("give exactly one of `area` (GeoJSON geometry) or `area_id`")
+        return self
+
+
+class TileEstimate(BaseModel):
+    tiles: int = Field(description="Tiles the area covers at this zoom")
+    max_tiles: int = Field(description="The most tiles one job may have")
+    area_km2: float = Field(description="Geodesic area")
+
+
+class TilesPerMinute(BaseModel):
+    minute: datetime
+    tiles: int
+
+
+class JobSummary(BaseModel):
+    counts: dict[str, int] = Field(description="Jobs in each state (yours; admins: everyone's)")
+    tiles_per_s: float = Field(description="Tiles inferred per second over the last two minutes")
+    tiles_per_minute: list[TilesPerMinute] = Field(description="Tiles inferred per minute, last hour, oldest first")
+
+
 class JobPublic(JobBase):
     id: UUID
     state: JobState

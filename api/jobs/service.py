@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -16,12 +16,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.accounts.auth import Account
 from api.errors import Conflict, InvalidInput, NotFound
 from api.jobs import repository
-from api.jobs.schemas import JobCreate, JobDetail, JobPublic, RunPublic
+from api.jobs.schemas import (
+    JobCreate,
+    JobDetail,
+    JobEstimate,
+    JobPublic,
+    JobSummary,
+    RunPublic,
+    TileEstimate,
+    TilesPerMinute,
+)
 from api.pagination import Page, decode_cursor, encode_cursor
 from constellation_core.catalog import MODELS
 from constellation_core.events import Event, transition_job_async
 from constellation_core.geometry import InvalidGeometry, parse_area
 from constellation_core.logs import correlation_id
+from constellation_core.tables import JOB_STATES
 from constellation_core.tiles import TooManyTiles, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -80,16 +90,7 @@ async def _insert_job(
     else:
         async with engine.connect() as conn:
             area_geojson = await _resolve_area(conn, account, body)
-    try:
-        aoi = parse_area(area_geojson)
-        tiles_total = len(plan_tiles(aoi, body.zoom, max_tiles))
-    except InvalidGeometry as exc:
-        raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "geometry"}])
-    except TooManyTiles as exc:
-        raise InvalidInput(
-            f"{exc}; choose a smaller area or a lower zoom",
-            errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_many_tiles"}],
-        )
+    aoi, tiles_total = plan_area(area_geojson, body.zoom, max_tiles)
     if tiles_total == 0:
         raise InvalidInput("the area covers no tile at this zoom")
     # One statement writes the job and its event: atomic by itself, so no transaction round trips.
@@ -116,7 +117,7 @@ async def _insert_job(
     return to_public(row, dagit_url), event
 
 
-async def _resolve_area(conn, account: Account, body: JobCreate) -> dict[str, Any]:
+async def _resolve_area(conn, account: Account, body: JobCreate | JobEstimate) -> dict[str, Any]:
     if body.area is not None:
         return body.area.model_dump()
     found = await repository.get_area_geojson(conn, body.area_id)
@@ -147,23 +148,80 @@ async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_
 
 
 async def list_jobs(engine: AsyncEngine, account: Account, *, states: list[str] | None, submitted_by: str | None,
-                    created_after: datetime | None, created_before: datetime | None, cursor: str | None,
-                    limit: int, dagit_url: str) -> Page[JobPublic]:
-    """Jobs newest first; members see their own, admins everyone's."""
-    after = decode_cursor(cursor, 2)
-    if after is not None:
-        try:
-            after = (datetime.fromisoformat(after[0]), UUID(after[1]))
-        except (TypeError, ValueError):
-            decode_cursor("", 2)  # the same problem as any other malformed cursor
+                    created_after: datetime | None, created_before: datetime | None, name_contains: str | None = None,
+                    sort: str = "-created_at", cursor: str | None, limit: int, dagit_url: str) -> Page[JobPublic]:
+    """One page of jobs in `sort` order; members see their own, admins everyone's."""
+    names, _ = repository.SORTS[sort]
+    after = _decode_job_cursor(cursor, sort, names)
     async with engine.connect() as conn:
         rows = await repository.list_jobs(
             conn, account_id=None if account.is_admin else account.id, states=states, submitted_by=submitted_by,
-            created_after=created_after, created_before=created_before, after=after, limit=limit + 1,
+            created_after=created_after, created_before=created_before, name_contains=name_contains, sort=sort,
+            after=after, limit=limit + 1,
         )
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["created_at"].isoformat(), page[-1]["id"]) if len(rows) > limit else None
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = encode_cursor(sort, *(last[n].isoformat() if n == "created_at" else last[n] for n in names))
     return Page[JobPublic](data=[to_public(r, dagit_url) for r in page], next_cursor=next_cursor)
+
+
+_PARSE = {"created_at": datetime.fromisoformat, "id": UUID, "priority": int, "name": str}
+
+
+def _decode_job_cursor(cursor: str | None, sort: str, names: tuple[str, ...]) -> tuple[Any, ...] | None:
+    values = decode_cursor(cursor, None)
+    if values is None:
+        return None
+    if values[0] != sort and values[0] in repository.SORTS:
+        raise InvalidInput("this cursor belongs to another sort order: start again without `cursor`",
+                           errors=[{"loc": ["query", "cursor"], "msg": "cursor from another sort", "type": "cursor"}])
+    try:
+        return tuple(_PARSE[n](v) for n, v in zip(names, values[1:], strict=True))
+    except (TypeError, ValueError):
+        raise InvalidInput("malformed cursor: pass back the `next_cursor` of a previous page",
+                           errors=[{"loc": ["query", "cursor"], "msg": "malformed cursor", "type": "cursor"}]) from None
+
+
+async def summary(engine: AsyncEngine, account: Account) -> JobSummary:
+    owner = None if account.is_admin else account.id
+    async with engine.connect() as conn:
+        counts = await repository.job_counts(conn, owner)
+        minutes = await repository.tiles_per_minute(conn, owner, 60)
+    last_minute = sum(m["tiles"] for m in minutes if (datetime.now(UTC) - m["minute"]).total_seconds() <= 120)
+    return JobSummary(
+        counts={state: counts.get(state, 0) for state in JOB_STATES},
+        tiles_per_minute=[TilesPerMinute(minute=m["minute"], tiles=m["tiles"]) for m in minutes],
+        tiles_per_s=round(last_minute / 120, 2),
+    )
+
+
+def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
+    """The area parsed and its tile count at this zoom; a 422 problem naming `area` otherwise."""
+    try:
+        aoi = parse_area(area_geojson)
+        tiles_total = len(plan_tiles(aoi, zoom, max_tiles))
+    except InvalidGeometry as exc:
+        raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "geometry"}])
+    except TooManyTiles as exc:
+        raise InvalidInput(
+            f"{exc}; choose a smaller area or a lower zoom",
+            errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_many_tiles"}],
+        )
+    return aoi, tiles_total
+
+
+async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, max_tiles: int) -> TileEstimate:
+    if body.area is not None:
+        area_geojson = body.area.model_dump()
+    else:
+        async with engine.connect() as conn:
+            area_geojson = await _resolve_area(conn, account, body)
+    aoi, tiles = plan_area(area_geojson, body.zoom, max_tiles)
+    async with engine.connect() as conn:
+        km2 = await repository.geodesic_area_km2(conn, aoi.wkt)
+    return TileEstimate(tiles=tiles, max_tiles=max_tiles, area_km2=round(km2, 3))
 
 
 async def job_tiles(engine: AsyncEngine, account: Account, job_id: UUID) -> str:

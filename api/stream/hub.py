@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -20,6 +21,9 @@ CLIENT_QUEUE_SIZE = 1000
 
 
 LOG_TYPES = ("job.log", "job.state")
+
+
+RECENT_SAMPLES = 600  # 1 Hz per device: the last 10 minutes
 
 
 @dataclass(eq=False)
@@ -63,6 +67,8 @@ class StreamHub:
         self._subscribers: set[Subscriber] = set()
         self._subscription = None
         self.latest_gpu_samples: dict[str, GpuSample] = {}  # device uuid → its latest sample (GET /gpus)
+        # device uuid → its samples of the last few minutes, oldest first (GET /gpus/{uuid}/telemetry)
+        self.recent_gpu_samples: dict[str, deque[GpuSample]] = {}
 
     async def start(self, nc: NATS) -> None:
         self._subscription = await nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._on_message)
@@ -87,6 +93,8 @@ class StreamHub:
             if msg.subject.startswith(f"{SUBJECT_ROOT}.gpus."):
                 message: Event | GpuSample = GpuSample.model_validate_json(msg.data)
                 self.latest_gpu_samples[message.device_uuid] = message
+                recent = self.recent_gpu_samples.setdefault(message.device_uuid, deque(maxlen=RECENT_SAMPLES))
+                recent.append(message)
             else:
                 message = Event.from_bytes(msg.data)
         except ValueError:

@@ -73,7 +73,8 @@ export interface paths {
         };
         /**
          * List
-         * @description Jobs, newest first: members see their own, admins everyone's.
+         * @description Jobs in `sort` order (newest first by default): members see their own, admins everyone's.
+         *     A cursor is valid only with the sort it came from.
          */
         get: operations["jobs-list"];
         put?: never;
@@ -82,6 +83,46 @@ export interface paths {
          * @description Submit a tile-inference job. Answers at once; a Dagster run is launched for it shortly after.
          */
         post: operations["jobs-create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/jobs/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Summary
+         * @description Jobs per state and tiles inferred per minute over the last hour (yours; admins: everyone's).
+         */
+        get: operations["jobs-summary"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/jobs/estimate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Estimate
+         * @description How many tiles an area covers at a zoom, checked as `POST /jobs` would check it; nothing is written.
+         */
+        post: operations["jobs-estimate"];
         delete?: never;
         options?: never;
         head?: never;
@@ -221,6 +262,27 @@ export interface paths {
          * @description Every device Constellation schedules on, simulated ones marked.
          */
         get: operations["gpus-list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/gpus/{uuid}/telemetry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Telemetry
+         * @description The device's telemetry samples (1 Hz) of the last `seconds`, oldest first: what the API saw
+         *     since it started, for charts that then follow the stream's live samples.
+         */
+        get: operations["gpus-telemetry"];
         put?: never;
         post?: never;
         delete?: never;
@@ -686,6 +748,24 @@ export interface components {
              */
             eta_seconds: number | null;
         };
+        /**
+         * JobEstimate
+         * @description What a submission would cost: the same area fields as `POST /jobs`, and the zoom.
+         */
+        JobEstimate: {
+            /**
+             * Zoom
+             * @description Web-mercator zoom level of the tiles
+             */
+            zoom: number;
+            /** @description The area of interest */
+            area?: components["schemas"]["GeoJSONGeometry"] | null;
+            /**
+             * Area Id
+             * @description A stored area, instead of `area`
+             */
+            area_id?: string | null;
+        };
         /** JobPublic */
         JobPublic: {
             /** Name */
@@ -762,6 +842,26 @@ export interface components {
             dagit_url: string | null;
             /** Error */
             error: string | null;
+        };
+        /** JobSummary */
+        JobSummary: {
+            /**
+             * Counts
+             * @description Jobs in each state (yours; admins: everyone's)
+             */
+            counts: {
+                [key: string]: number;
+            };
+            /**
+             * Tiles Per S
+             * @description Tiles inferred per second over the last two minutes
+             */
+            tiles_per_s: number;
+            /**
+             * Tiles Per Minute
+             * @description Tiles inferred per minute, last hour, oldest first
+             */
+            tiles_per_minute: components["schemas"]["TilesPerMinute"][];
         };
         /** Leaderboard */
         Leaderboard: {
@@ -855,6 +955,24 @@ export interface components {
              */
             tiles_per_s: number | null;
         };
+        /** TileEstimate */
+        TileEstimate: {
+            /**
+             * Tiles
+             * @description Tiles the area covers at this zoom
+             */
+            tiles: number;
+            /**
+             * Max Tiles
+             * @description The most tiles one job may have
+             */
+            max_tiles: number;
+            /**
+             * Area Km2
+             * @description Geodesic area
+             */
+            area_km2: number;
+        };
         /** TileFeature */
         TileFeature: {
             /**
@@ -920,6 +1038,16 @@ export interface components {
              * @description Set in coverage results
              */
             job_id?: string | null;
+        };
+        /** TilesPerMinute */
+        TilesPerMinute: {
+            /**
+             * Minute
+             * Format: date-time
+             */
+            minute: string;
+            /** Tiles */
+            tiles: number;
         };
         /** Usage */
         Usage: {
@@ -1209,6 +1337,10 @@ export interface operations {
                 created_after?: string | null;
                 /** @description Created before (ISO 8601) */
                 created_before?: string | null;
+                /** @description Only jobs whose name contains this (any case) */
+                q?: string | null;
+                /** @description `-created_at` newest first (default), `created_at` oldest first, `-priority` highest priority first, `name` A to Z */
+                sort?: "-created_at" | "created_at" | "-priority" | "name";
                 /** @description `next_cursor` of the previous page */
                 cursor?: string | null;
                 /** @description Items per page */
@@ -1286,6 +1418,101 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["JobPublic"];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "jobs-summary": {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobSummary"];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "jobs-estimate": {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["JobEstimate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TileEstimate"];
                 };
             };
             /** @description Missing, unknown or revoked API key */
@@ -1723,6 +1950,61 @@ export interface operations {
             };
             /** @description Missing, unknown or revoked API key */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "gpus-telemetry": {
+        parameters: {
+            query?: {
+                /** @description How far back */
+                seconds?: number;
+            };
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                uuid: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GpuSample"][];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource (or another account's) */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
