@@ -19,7 +19,7 @@ from dagster import DagsterInstance
 
 from constellation_core.db import migrate
 from constellation_core.devices import SIMULATED_ENV, simulated_devices
-from constellation_core.settings import get_settings
+from constellation_core.settings import REPO_ROOT, get_settings
 from constellation_dagster.bootstrap import ensure_model
 from constellation_dagster.models.assets import ModelTrainingConfig
 from constellation_core.devstack.setup import init_dagster_storage, prepare_dagster_home
@@ -51,7 +51,7 @@ def stack(pg_admin_url, nats_url):
     init_dagster_storage(home, dagster_url, train_model=False)
     with DagsterInstance.from_config(str(home)) as instance:
         ensure_model(instance, ModelTrainingConfig(epochs=3, train_patches=2000))
-    api_port, dagit_port = free_port(), free_port()
+    api_port, dagit_port, usage_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -59,12 +59,15 @@ def stack(pg_admin_url, nats_url):
         "DAGSTER_PG_URL": dagster_url,
         "DAGSTER_HOME": str(home),
         "DAGIT_PORT": str(dagit_port),
+        "USAGE_PORT": str(usage_port),
         "PYTHONUNBUFFERED": "1",
     }
     processes = [
+        ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp),
         ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)], env, tmp),
         ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp),
         ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], env, tmp),
+        ManagedProcess("gpu-agent", [str(BIN / "constellation-dev"), "gpu-agent"], env, tmp),
         ManagedProcess(
             "dagster-webserver",
             [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(dagit_port)],
@@ -444,12 +447,14 @@ def test_the_cli_submits_a_geojson_file_and_watches_it_finish(stack, tmp_path):
 
 
 def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(stack, tmp_path):
-    """In Debian's chromium via playwright-core (web/e2e/smoke.mjs): sign in, upload a GeoJSON area on
-    Submit, see the job reach `succeeded` on Jobs and its detail page, the GPU cards, and the API's
-    reason next to the field for a bad area. Screenshots of each page: web/e2e/screenshots/."""
+    """In Debian's chromium via playwright-core (web/e2e/smoke.mjs): sign in; watch a long job run
+    with a moving progress bar and cancel it from Jobs; upload a GeoJSON area on Submit (tile count
+    estimated), see the job reach `succeeded` on Jobs and its page, its footprints drawn on the tile
+    map and a clicked tile's result; the GPU charts receive points; Overview, Coverage (map), Usage
+    (usage_go) and Analytics render; a bad area's reason shows next to the field. Screenshots of
+    every page: web/e2e/screenshots/."""
     import subprocess
 
-    from constellation_core.settings import REPO_ROOT
 
     assert (REPO_ROOT / "web" / "out" / "index.html").exists(), "build the dashboard first: make web"
     shutil.rmtree(REPO_ROOT / "web" / "e2e" / "screenshots", ignore_errors=True)  # only this run's
@@ -468,4 +473,6 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     assert _job(stack, account, long_job)["state"] == "canceled"
     shots = {p.name for p in (REPO_ROOT / "web" / "e2e" / "screenshots").glob("*.png")}
     assert {"signin.png", "submit.png", "jobs.png", "job.png", "gpus.png", "submit-error.png",
-            "jobs-running.png", "jobs-canceled.png"} <= shots
+            "jobs-running.png", "jobs-canceled.png", "overview.png", "coverage.png", "usage.png",
+            "analytics.png", "overview-dark.png"} <= shots
+    assert "the tile map draws" in done.stdout and "the GPU chart went from" in done.stdout

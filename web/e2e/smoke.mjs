@@ -1,8 +1,10 @@
 // Drive the dashboard in Debian's chromium (playwright-core, no browser download):
 //   node e2e/smoke.mjs <api base url> <api key> <geojson file> [screenshot dir] [id of a long job]
-// Signs in, uploads an area on Submit, follows the job to `succeeded` on Jobs, checks a bad area
-// shows the API's reason next to the field, and saves a screenshot of each page. Given the id of a
-// long job, it also waits for it to run with a moving progress bar and cancels it from the Jobs page.
+// Signs in, uploads an area on Submit (its tile count is estimated first), follows the job to
+// `succeeded` on Jobs, sees its footprints drawn on the job's tile map and a click on a tile show its
+// result, sees the GPU page's charts receive points, checks a bad area shows the API's reason next
+// to the field, and saves a screenshot of every page. Given the id of a long job, it first waits for
+// it to run with a moving progress bar and cancels it from the Jobs page.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
@@ -32,17 +34,19 @@ try {
       [longJob, first], { timeout: 60000 },
     );
     await page.screenshot({ path: `${shots}/jobs-running.png` });
-    await running.getByRole("button", { name: "Cancel" }).click();
+    await running.getByRole("button", { name: /^Cancel/ }).click();
     await page.locator(`tr[data-job-id="${longJob}"][data-state="canceled"]`).waitFor({ timeout: 30000 });
     await page.screenshot({ path: `${shots}/jobs-canceled.png` });
     console.log(`ok: job ${longJob} ran with a moving progress bar and was canceled from the Jobs page`);
   }
 
   await page.goto(`${base}/app/submit/`);
-  await page.getByLabel("Name").fill("from the browser");
+  await page.getByLabel("Name", { exact: true }).fill("from the browser");
   await page.getByLabel("Area (GeoJSON file)").setInputFiles(areaFile);
-  await page.getByLabel("Zoom").fill("14");
-  await page.getByLabel("Mode").selectOption("serial");
+  await page.getByLabel("Zoom", { exact: true }).fill("14");
+  await page.getByLabel("Mode", { exact: true }).selectOption("serial");
+  await page.getByTestId("estimate").filter({ hasText: /Estimated \d+ tiles/ }).waitFor({ timeout: 15000 });
+  console.log(`ok: ${await page.getByTestId("estimate").textContent()}`);
   await page.getByRole("button", { name: "Submit" }).click();
   const link = page.getByRole("status").getByRole("link");
   await link.waitFor({ timeout: 15000 });
@@ -57,14 +61,56 @@ try {
 
   await page.goto(`${base}/app/jobs/detail/?id=${jobId}`);
   await page.getByTestId("state").filter({ hasText: "succeeded" }).waitFor({ timeout: 15000 });
+  // The tile map draws the job's footprints (counted by MapLibre's rendered features) …
+  const map = page.getByRole("region", { name: "Tile map" });
+  await page.waitForFunction(() => Number(document.querySelector('[aria-label="Tile map"]')?.dataset.renderedTiles) > 0, null, { timeout: 30000 });
+  const drawn = Number(await map.getAttribute("data-rendered-tiles"));
+  // … and a click on one shows its result, run and device.
+  const box = await map.boundingBox();
+  await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
+  const info = page.getByTestId("tile-info");
+  await info.waitFor({ timeout: 10000 });
+  const infoText = await info.textContent();
+  if (!/Class(water|vegetation|urban|bare|cloud)/.test(infoText)) fail(`the clicked tile shows no class: ${infoText}`);
   await page.screenshot({ path: `${shots}/job.png` });
+  console.log(`ok: the tile map draws ${drawn} footprints; clicked tile: ${infoText}`);
 
+  // The GPU page's charts receive points from the stream (1 Hz per device).
   await page.goto(`${base}/app/gpus/`);
-  await page.getByRole("region", { name: "Devices" }).waitFor({ timeout: 15000 });
+  const chart = page.getByRole("figure", { name: "Utilization chart" }).first();
+  await chart.waitFor({ timeout: 15000 });
+  const before = Number(await chart.getAttribute("data-points"));
+  await page.waitForFunction((n) => Number(document.querySelector('figure[aria-label="Utilization chart"]')?.dataset.points) >= n + 2, before, { timeout: 15000 });
   await page.screenshot({ path: `${shots}/gpus.png` });
+  console.log(`ok: the GPU chart went from ${before} to ${await chart.getAttribute("data-points")} points`);
+
+  // Every other page renders its content (screenshots for people to look at).
+  for (const [path, ready] of [["", "Throughput"], ["coverage/", "Coverage map"], ["usage/", "Leaderboard"], ["analytics/", "Throughput by device"]]) {
+    await page.goto(`${base}/app/${path}`);
+    await page.getByRole("region", { name: ready }).first().waitFor({ timeout: 15000 });
+    if (path === "usage/") {
+      // usage_go's leaderboard, through the API: this account's row, then its totals per window.
+      await page.getByRole("button", { name: /^Show .*'s usage$/ }).first().click();
+      await page.getByRole("table", { name: "Account usage by window" }).waitFor({ timeout: 15000 });
+    }
+    if (path === "analytics/") {
+      await page.waitForFunction(() => !document.querySelector("main [role=status]"), null, { timeout: 30000 });
+    }
+    if (path === "coverage/") {
+      await page.waitForFunction(() => Number(document.querySelector('[aria-label="Coverage map"]')?.dataset.renderedTiles) > 0, null, { timeout: 30000 });
+    }
+    await page.screenshot({ path: `${shots}/${path.replace("/", "") || "overview"}.png`, fullPage: true });
+  }
+  // Dark theme, for the record.
+  await page.goto(`${base}/app/`);
+  await page.getByRole("region", { name: "Throughput" }).waitFor({ timeout: 15000 });
+  await page.getByRole("button", { name: "Switch to dark theme" }).click();
+  await page.screenshot({ path: `${shots}/overview-dark.png`, fullPage: true });
+  await page.getByRole("button", { name: "Switch to light theme" }).click();
 
   // A bad area: the API's reason appears next to the field.
   await page.goto(`${base}/app/submit/`);
+  await page.getByLabel("Name", { exact: true }).fill("a point is not an area");
   await page.getByLabel("Area (GeoJSON file)").setInputFiles({
     name: "point.geojson", mimeType: "application/geo+json",
     buffer: Buffer.from(JSON.stringify({ type: "Point", coordinates: [6.1, 46.2] })),

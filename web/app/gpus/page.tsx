@@ -1,36 +1,61 @@
 "use client";
+// GPUs: a card per device with live charts of the last five minutes (utilization, memory, temperature,
+// power) — history from the API, then every 1 Hz sample from the stream — and the job on it.
 import { useQuery } from "@tanstack/react-query";
-import { api } from "../../src/lib/api";
-import { gpuKeys } from "../../src/live/queryKeys";
+import { useMemo } from "react";
+import { gpuQueries, type Gpu } from "../../src/lib/queries";
+import { TimeChart } from "../../src/components/TimeChart";
+import { Card, Empty, ErrorState, Grid, Loading, Muted, Page, Title } from "../../src/ui/components";
+
+const CHARTS = [
+  ["DCGM_FI_DEV_GPU_UTIL", "Utilization", "%", 100],
+  ["DCGM_FI_DEV_FB_USED", "Memory used", " MiB", undefined],
+  ["DCGM_FI_DEV_GPU_TEMP", "Temperature", " °C", undefined],
+  ["DCGM_FI_DEV_POWER_USAGE", "Power", " W", undefined],
+] as const;
+
+function DeviceCard({ gpu, index }: { gpu: Gpu; index: number }) {
+  const telemetry = useQuery(gpuQueries.telemetry(gpu.uuid));
+  const series = useMemo(() => {
+    const samples = telemetry.data ?? [];
+    const xs = samples.map((s) => Date.parse(s.ts) / 1000);
+    return { xs, fields: Object.fromEntries(CHARTS.map(([field]) => [field, samples.map((s) => s.fields[field] ?? null)])) };
+  }, [telemetry.data]);
+  return (
+    <Card aria-label={gpu.name} data-device={gpu.uuid}>
+      <h2>{gpu.name}</h2>
+      <p style={{ margin: "0 0 0.5rem" }}>
+        {gpu.simulated ? <><strong>Simulated</strong> <Muted>— scheduled like a GPU, computes on the CPU; only utilization and memory are measured</Muted></> : <Muted>{gpu.total_mem_mb ? `${gpu.total_mem_mb} MiB` : ""} {gpu.compute_capability ? `· sm ${gpu.compute_capability}` : ""}</Muted>}
+      </p>
+      <p style={{ margin: "0 0 0.5rem" }}>
+        {gpu.busy ? <>Busy: {gpu.job_ids.length ? gpu.job_ids.map((id) => <a key={id} href={`/app/jobs/detail/?id=${id}`} style={{ marginRight: 6 }}>job {id.slice(0, 8)}</a>) : "another account's job"}</> : "Idle"}
+      </p>
+      {telemetry.isPending ? <Loading what="telemetry" /> : telemetry.isError ? <ErrorState error={telemetry.error} /> : (
+        CHARTS.map(([field, label, unit, max]) => {
+          const ys = series.fields[field];
+          if (gpu.simulated && ys.every((v) => v === null) && field !== "DCGM_FI_DEV_GPU_UTIL") {
+            return <p key={field} style={{ fontSize: "0.85rem" }}><Muted>{label}: no sensor on a simulated device</Muted></p>;
+          }
+          return <TimeChart key={field} label={label} unit={unit} xs={series.xs} ys={ys} max={max} height={90} color={undefined} />;
+        })
+      )}
+      <p style={{ fontSize: "0.8rem", margin: 0 }}><Muted>Device {index + 1} · {gpu.uuid}{gpu.latest ? ` · last sample ${gpu.latest.ts.slice(11, 19)}` : ""}</Muted></p>
+    </Card>
+  );
+}
 
 export default function Gpus() {
-  const gpus = useQuery({
-    queryKey: gpuKeys.all,
-    refetchInterval: 15_000, // telemetry samples arrive live; the inventory rarely changes
-    queryFn: async () => {
-      const { data, error } = await api.GET("/gpus");
-      if (error) throw new Error((error as { detail?: string }).detail ?? "could not load devices");
-      return data;
-    },
-  });
-  if (gpus.isPending) return <p role="status">Loading devices…</p>;
-  if (gpus.isError) return <p role="alert">{gpus.error.message}</p>;
-  if (gpus.data.length === 0) return <p>No device has registered yet.</p>;
+  const gpus = useQuery(gpuQueries.list());
   return (
-    <section aria-label="Devices" style={{ display: "flex", gap: "1rem", flexWrap: "wrap" }}>
-      {gpus.data.map((gpu) => (
-        <article key={gpu.uuid} aria-label={gpu.name} style={{ border: "1px solid #ccd", padding: "0.75rem", minWidth: "16rem" }}>
-          <h2 style={{ fontSize: "1rem" }}>{gpu.name}</h2>
-          {gpu.simulated && <p><strong>Simulated</strong>: scheduled like a GPU, computes on the CPU.</p>}
-          <p>{gpu.busy ? `Busy: ${gpu.job_ids.length} job(s)` : "Idle"}</p>
-          {gpu.latest ? (
-            <ul>
-              {Object.entries(gpu.latest.fields).filter(([, v]) => v !== null).map(([k, v]) => <li key={k}>{k}: {v}</li>)}
-              <li>sampled {gpu.latest.ts.slice(11, 19)}</li>
-            </ul>
-          ) : <p>No telemetry yet.</p>}
-        </article>
-      ))}
-    </section>
+    <Page>
+      <Title>GPUs</Title>
+      {gpus.isPending ? <Loading what="devices" /> : gpus.isError ? <ErrorState error={gpus.error} /> : gpus.data.length === 0 ? (
+        <Empty>No device has registered yet: devices register when the Dagster code location loads.</Empty>
+      ) : (
+        <Grid min="22rem" aria-label="Devices">
+          {gpus.data.map((gpu, i) => <DeviceCard key={gpu.uuid} gpu={gpu} index={i} />)}
+        </Grid>
+      )}
+    </Page>
   );
 }

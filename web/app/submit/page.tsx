@@ -1,50 +1,148 @@
 "use client";
-import { useState } from "react";
+// Submit: draw an area on the map or upload GeoJSON; set model, zoom, priority and mode; the tile
+// count is estimated by the API (same checks as a submission) before anything is submitted; the
+// API's validation errors are shown next to the fields they name.
+import { useEffect, useState } from "react";
 import { api, fieldError, type Problem } from "../../src/lib/api";
+import { MapView, type Geometry } from "../../src/components/MapView";
+import { Button, Card, ErrorText, Field, Muted, Page, Title } from "../../src/ui/components";
+
+function geometryOf(geojson: { type?: string; geometry?: Geometry; features?: { geometry: Geometry }[] } | null): Geometry | null {
+  if (!geojson) return null;
+  if (geojson.type === "Feature") return geojson.geometry ?? null;
+  if (geojson.type === "FeatureCollection") {
+    const polygons = (geojson.features ?? []).map((f) => f.geometry).filter(Boolean);
+    if (polygons.length === 1) return polygons[0];
+    // Several features: one MultiPolygon of all their polygons (the API rejects anything else by name).
+    return { type: "MultiPolygon", coordinates: polygons.flatMap((g) => (g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? (g.coordinates as unknown[]) : [g.coordinates])) };
+  }
+  return geojson as Geometry;
+}
+
+const NOT_GEOJSON: Problem = { title: "Invalid input", status: 422, detail: "the file is not GeoJSON", errors: [{ loc: ["body", "area"], msg: "the file is not GeoJSON" }] };
 
 export default function Submit() {
   const [problem, setProblem] = useState<Problem>();
   const [created, setCreated] = useState<string>();
+  const [area, setArea] = useState<Geometry | null>(null);
+  const [drawing, setDrawing] = useState(false);
+  const [draft, setDraft] = useState<[number, number][]>([]);
+  const [zoom, setZoom] = useState(15);
+  const [estimate, setEstimate] = useState<{ tiles: number; max_tiles: number; area_km2: number } | { error: string } | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  // The tile count for the current area and zoom, from the API, as the user edits.
+  useEffect(() => {
+    if (!area) { setEstimate(null); return; }
+    const controller = new AbortController();
+    const t = setTimeout(async () => {
+      const { data, error } = await api.POST("/jobs/estimate", { body: { zoom, area: area as never }, signal: controller.signal });
+      if (controller.signal.aborted) return;
+      setEstimate(data ?? { error: (error as { detail?: string } | undefined)?.detail ?? "could not estimate" });
+    }, 250);
+    return () => { clearTimeout(t); controller.abort(); };
+  }, [area, zoom]);
+
+  async function onFile(file: File | undefined) {
+    setProblem(undefined);
+    if (!file) { setArea(null); return; }
+    try {
+      setArea(geometryOf(JSON.parse(await file.text())));
+    } catch {
+      setArea(null);
+      setProblem(NOT_GEOJSON);
+    }
+  }
+
   async function submit(form: HTMLFormElement) {
     const fields = new FormData(form);
-    const file = fields.get("area") as File | null;
-    let area: Record<string, unknown> | undefined;
-    try {
-      const geojson = JSON.parse((await file?.text()) || "null");
-      area = geojson?.type === "Feature" ? geojson.geometry : geojson?.type === "FeatureCollection" && geojson.features?.length === 1 ? geojson.features[0].geometry : geojson;
-    } catch {
-      setProblem({ title: "Invalid input", status: 422, detail: "the file is not GeoJSON", errors: [{ loc: ["body", "area"], msg: "the file is not GeoJSON" }] });
+    if (!area) {
+      setProblem(problem ?? { title: "Invalid input", status: 422, detail: "draw an area or upload a GeoJSON file", errors: [{ loc: ["body", "area"], msg: "draw an area or upload a GeoJSON file" }] });
       return;
     }
+    setBusy(true);
     const { data, error } = await api.POST("/jobs", {
       body: {
-        name: String(fields.get("name") || file?.name || "job"), zoom: Number(fields.get("zoom")),
+        name: String(fields.get("name") || "job"), zoom, model: String(fields.get("model")),
         mode: fields.get("mode") as "serial" | "parallel", priority: Number(fields.get("priority") || 0),
         area: area as never,
       },
     });
+    setBusy(false);
     if (error) { setProblem(error as unknown as Problem); return; }
     setProblem(undefined);
     setCreated(data.id);
   }
+
   const areaError = fieldError(problem, "area");
-  const zoomError = fieldError(problem, "zoom");
+  const errorFor = (name: string) => fieldError(problem, name);
+  const shown = new Set(["area", "zoom", "name", "priority", "mode", "model"].filter((n) => errorFor(n)));
   return (
-    <form onSubmit={(e) => { e.preventDefault(); void submit(e.currentTarget); }} aria-label="Submit a job">
-      <p><label htmlFor="name">Name</label> <input id="name" name="name" /></p>
-      <p>
-        <label htmlFor="area">Area (GeoJSON file)</label> <input id="area" name="area" type="file" accept=".json,.geojson" required />
-        {areaError && <span role="alert" id="area-error"> {areaError}</span>}
-      </p>
-      <p>
-        <label htmlFor="zoom">Zoom</label> <input id="zoom" name="zoom" type="number" defaultValue={15} min={1} max={22} />
-        {zoomError && <span role="alert"> {zoomError}</span>}
-      </p>
-      <p><label htmlFor="mode">Mode</label> <select id="mode" name="mode" defaultValue="parallel"><option>parallel</option><option>serial</option></select></p>
-      <p><label htmlFor="priority">Priority</label> <input id="priority" name="priority" type="number" defaultValue={0} /></p>
-      <button type="submit">Submit</button>
-      {problem && !areaError && !zoomError && <p role="alert">{problem.detail}</p>}
-      {created && <p role="status">Submitted: <a href={`/app/jobs/detail/?id=${created}`}>{created}</a></p>}
-    </form>
+    <Page>
+      <Title>Submit a job</Title>
+      <form onSubmit={(e) => { e.preventDefault(); void submit(e.currentTarget); }} aria-label="Submit a job"
+        style={{ display: "grid", gridTemplateColumns: "minmax(16rem, 1fr) minmax(0, 2fr)", gap: "1rem" }}>
+        <Card>
+          <Field>
+            <label htmlFor="name">Name</label>
+            <input id="name" name="name" required maxLength={200} aria-describedby={errorFor("name") ? "name-error" : undefined} />
+            {errorFor("name") && <ErrorText role="alert" id="name-error">{errorFor("name")}</ErrorText>}
+          </Field>
+          <Field>
+            <label htmlFor="area">Area (GeoJSON file)</label>
+            <input id="area" name="area" type="file" accept=".json,.geojson,application/geo+json" onChange={(e) => void onFile(e.target.files?.[0])}
+              aria-describedby={areaError ? "area-error" : undefined} />
+            <Muted>…or draw it on the map.</Muted>
+            {areaError && <ErrorText role="alert" id="area-error">{areaError}</ErrorText>}
+          </Field>
+          <Field>
+            <label htmlFor="zoom">Zoom</label>
+            <input id="zoom" name="zoom" type="number" value={zoom} min={1} max={20} onChange={(e) => setZoom(Number(e.target.value))} />
+            {errorFor("zoom") && <ErrorText role="alert">{errorFor("zoom")}</ErrorText>}
+          </Field>
+          <Field>
+            <label htmlFor="model">Model</label>
+            <select id="model" name="model" defaultValue="landcover-cnn"><option value="landcover-cnn">landcover-cnn (water, vegetation, urban, bare, cloud)</option></select>
+          </Field>
+          <Field>
+            <label htmlFor="priority">Priority</label>
+            <input id="priority" name="priority" type="number" defaultValue={0} min={-100} max={100} />
+            {errorFor("priority") && <ErrorText role="alert">{errorFor("priority")}</ErrorText>}
+          </Field>
+          <Field>
+            <label htmlFor="mode">Mode</label>
+            <select id="mode" name="mode" defaultValue="parallel"><option value="parallel">parallel (every device)</option><option value="serial">serial (one device)</option></select>
+          </Field>
+          <p aria-live="polite" data-testid="estimate">
+            {estimate === null ? <Muted>Choose an area to see its tile count.</Muted>
+              : "error" in estimate ? <ErrorText>{estimate.error}</ErrorText>
+              : <>Estimated <strong>{estimate.tiles.toLocaleString()}</strong> tiles ({estimate.area_km2.toLocaleString()} km², at most {estimate.max_tiles.toLocaleString()} per job)</>}
+          </p>
+          <Button type="submit" variant="primary" disabled={busy}>Submit</Button>
+          {problem && shown.size === 0 && <p role="alert"><ErrorText>{problem.detail}</ErrorText></p>}
+          {created && <p role="status">Submitted: <a href={`/app/jobs/detail/?id=${created}`}>{created}</a></p>}
+        </Card>
+        <Card aria-label="Area">
+          <p style={{ margin: "0 0 0.5rem", display: "flex", gap: "0.5rem", flexWrap: "wrap", alignItems: "center" }}>
+            {!drawing ? (
+              <Button type="button" onClick={() => { setDrawing(true); setDraft([]); }}>Draw an area</Button>
+            ) : (
+              <>
+                <Muted>Click the map to add corners ({draft.length}).</Muted>
+                <Button type="button" disabled={draft.length < 3} onClick={() => {
+                  setArea({ type: "Polygon", coordinates: [[...draft, draft[0]]] });
+                  setProblem(undefined);
+                  setDrawing(false);
+                  setDraft([]);
+                }}>Use this area</Button>
+                <Button type="button" onClick={() => { setDrawing(false); setDraft([]); }}>Stop drawing</Button>
+              </>
+            )}
+            {area && !drawing && <Button type="button" onClick={() => setArea(null)}>Clear area</Button>}
+          </p>
+          <MapView label="Area map" area={area} draft={draft} onMapClick={drawing ? (p) => setDraft((d) => [...d, p]) : undefined} height="30rem" />
+        </Card>
+      </form>
+    </Page>
   );
 }

@@ -1,7 +1,7 @@
 import { QueryClient } from "@tanstack/query-core";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { applyMessage, LIST_REFRESH_MS, openLiveEvents, type JobDetail, type SocketLike, type StreamEvent } from "./liveEvents";
-import { jobKeys } from "./queryKeys";
+import { gpuKeys, jobKeys } from "./queryKeys";
 
 const JOB = "7b0c1a52-7a47-4f7e-9a55-3f8f2b0f3c11";
 
@@ -60,19 +60,62 @@ describe("applyMessage", () => {
     expect(before.tiles_done).toBe(10);
   });
 
-  it("marks job lists stale, coalescing a burst into one refresh, and leaves uncached jobs alone", () => {
+  it("patches loaded list rows once per window and marks lists stale once for a burst with a state change", () => {
     vi.useFakeTimers();
     const client = new QueryClient();
     const invalidate = vi.spyOn(client, "invalidateQueries");
-    client.setQueryData(jobKeys.list({ state: ["running"] }), { data: [], next_cursor: null });
+    const key = jobKeys.list({ state: ["running"] });
+    client.setQueryData(key, { pages: [{ data: [job({ state: "queued" })], next_cursor: null }], pageParams: [undefined] });
+    const writes = vi.fn();
+    const unsubscribe = client.getQueryCache().subscribe((e) => { if (e.type === "updated" && e.action.type === "success") writes(); });
     applyMessage(client, state(1, "running"));
-    for (let id = 2; id < 200; id++) applyMessage(client, progress(id, id));
+    for (let id = 2; id < 200; id++) applyMessage(client, progress(id, Math.min(id, 100)));
     expect(invalidate).not.toHaveBeenCalled();
+    expect(writes).not.toHaveBeenCalled();
     vi.advanceTimersByTime(LIST_REFRESH_MS);
-    expect(invalidate).toHaveBeenCalledTimes(1);
-    expect(client.getQueryState(jobKeys.list({ state: ["running"] }))?.isInvalidated).toBe(true);
-    expect(client.getQueryData(jobKeys.detail(JOB))).toBeUndefined();
+    expect(writes).toHaveBeenCalledTimes(1); // 199 events, one write
+    expect(invalidate).toHaveBeenCalledTimes(2); // the lists and the summary, once each
+    expect(client.getQueryState(key)?.isInvalidated).toBe(true);
+    const row = (client.getQueryData(key) as { pages: { data: JobDetail[] }[] }).pages[0].data[0];
+    expect(row).toMatchObject({ state: "running", tiles_done: 100, progress: 1 });
+    expect(client.getQueryData(jobKeys.detail(JOB))).toBeUndefined(); // an uncached detail stays uncached
+    unsubscribe();
     vi.useRealTimers();
+  });
+
+  it("patches progress into list rows without refetching the lists", () => {
+    vi.useFakeTimers();
+    const client = new QueryClient();
+    const invalidate = vi.spyOn(client, "invalidateQueries");
+    const key = jobKeys.list({});
+    client.setQueryData(key, { pages: [{ data: [job({ state: "running" })], next_cursor: null }], pageParams: [undefined] });
+    applyMessage(client, progress(8, 30));
+    applyMessage(client, progress(7, 20)); // late, older
+    vi.advanceTimersByTime(LIST_REFRESH_MS);
+    expect(invalidate).not.toHaveBeenCalled();
+    const row = (client.getQueryData(key) as { pages: { data: JobDetail[] }[] }).pages[0].data[0];
+    expect(row).toMatchObject({ tiles_done: 30, tiles_per_s: 50, eta_seconds: 1.4 });
+    vi.useRealTimers();
+  });
+
+  it("appends each event once, in id order, to a job's cached event list", () => {
+    const client = new QueryClient();
+    client.setQueryData(jobKeys.events(JOB), [state(1, "queued")]);
+    applyMessage(client, progress(3, 10));
+    applyMessage(client, state(2, "running")); // late
+    applyMessage(client, progress(3, 10)); // duplicate
+    expect((client.getQueryData(jobKeys.events(JOB)) as StreamEvent[]).map((e) => e.id)).toEqual([1, 2, 3]);
+  });
+
+  it("appends GPU samples to a device's cached series and keeps five minutes", () => {
+    const client = new QueryClient();
+    const sample = (ts: string, util: number) => ({ type: "gpu.metrics", device_uuid: "GPU-1", name: "sim", simulated: true, ts, job_id: null, pids: [], fields: { DCGM_FI_DEV_GPU_UTIL: util } });
+    client.setQueryData(gpuKeys.telemetry("GPU-1"), [sample("2026-11-27T10:00:00Z", 1)]);
+    applyMessage(client, sample("2026-11-27T10:04:00Z", 2) as never);
+    applyMessage(client, sample("2026-11-27T10:04:00Z", 2) as never); // a repeat
+    applyMessage(client, sample("2026-11-27T10:05:30Z", 3) as never);
+    const series = client.getQueryData(gpuKeys.telemetry("GPU-1")) as { fields: Record<string, number> }[];
+    expect(series.map((s) => s.fields.DCGM_FI_DEV_GPU_UTIL)).toEqual([2, 3]);
   });
 });
 

@@ -1,15 +1,17 @@
 // The dashboard's one live-events channel: WS /stream messages update the TanStack Query cache.
 //
-// - A job's state/progress event patches its cached detail (setQueryData) — only when the event is
-//   newer than what that job's detail already reflects, so duplicates and out-of-order arrivals
-//   (events from different devices race on the wire) never move a job backwards.
-// - Job events mark the job lists stale (invalidateQueries), at most once per LIST_REFRESH_MS: their
-//   order and filters are the server's to compute, and hundreds of progress events a second must not
-//   turn into hundreds of list requests.
-// - GPU samples patch the cached GPU list.
+// - A job's event patches its cached detail (setQueryData) — only when the event is newer than what
+//   that job's detail already reflects, so duplicates and out-of-order arrivals (events from different
+//   devices race on the wire) never move a job backwards. It is appended to the job's cached event
+//   list (logs and state timeline) once.
+// - Job lists: progress and state are patched into the rows already loaded, in one pass per
+//   LIST_REFRESH_MS for all events of that window (hundreds of events a second cost a few renders,
+//   not hundreds). Events that can change which jobs a list holds or their order (a new job, a state
+//   change) also mark the lists and the summary stale (invalidateQueries), at most once per window.
+// - GPU samples patch the cached GPU list and append to each device's cached telemetry series.
 // - The channel remembers the last event id and, after a drop, reconnects with `after=<that id>`:
 //   the server replays what was missed, and replays of events already applied change nothing.
-import type { QueryClient } from "@tanstack/query-core";
+import type { InfiniteData, QueryClient } from "@tanstack/query-core";
 import type { components } from "../api/schema";
 import { gpuKeys, jobKeys } from "./queryKeys";
 
@@ -18,60 +20,126 @@ export type GpuSample = components["schemas"]["StreamGpuSample"];
 export type JobDetail = components["schemas"]["JobDetail"];
 export type Gpu = components["schemas"]["GpuPublic"];
 type ServerMessage = components["schemas"]["StreamServerMessage"];
+type ListRow = components["schemas"]["JobPublic"] & { tiles_per_s?: number | null; eta_seconds?: number | null };
+type ListPage = { data: ListRow[]; next_cursor: string | null };
+type EventRow = components["schemas"]["Event"];
 
-// The id of the newest event already reflected in each job's cached detail.
-const appliedIds = new WeakMap<QueryClient, Map<string, number>>();
 export const LIST_REFRESH_MS = 250;
-const pendingListRefresh = new WeakSet<QueryClient>();
-
-function refreshListsSoon(client: QueryClient): void {
-  if (pendingListRefresh.has(client)) return;
-  pendingListRefresh.add(client);
-  setTimeout(() => {
-    pendingListRefresh.delete(client);
-    void client.invalidateQueries({ queryKey: jobKeys.lists() });
-  }, LIST_REFRESH_MS);
-}
-
-function applied(client: QueryClient): Map<string, number> {
-  let ids = appliedIds.get(client);
-  if (!ids) appliedIds.set(client, (ids = new Map()));
-  return ids;
-}
-
+export const TELEMETRY_WINDOW_MS = 5 * 60 * 1000;
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+
+interface ClientState {
+  applied: Map<string, number>; // job id → the newest event id reflected in the cache
+  pending: Map<string, StreamEvent[]>; // job id → events not yet patched into the lists
+  invalidate: boolean; // the lists' membership or order may have changed
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+const states = new WeakMap<QueryClient, ClientState>();
+
+function stateOf(client: QueryClient): ClientState {
+  let s = states.get(client);
+  if (!s) states.set(client, (s = { applied: new Map(), pending: new Map(), invalidate: false, timer: undefined }));
+  return s;
+}
+
+function flushLists(client: QueryClient): void {
+  const s = stateOf(client);
+  s.timer = undefined;
+  const pending = s.pending;
+  s.pending = new Map();
+  if (pending.size) {
+    // One pass over each cached list: a row changes only when one of its events arrived.
+    for (const [key, data] of client.getQueriesData<InfiniteData<ListPage> | ListPage>({ queryKey: jobKeys.lists() })) {
+      if (!data) continue;
+      const patchPage = (page: ListPage): ListPage => {
+        let changed = false;
+        const rows = page.data.map((row) => {
+          const events = pending.get(row.id);
+          if (!events) return row;
+          changed = true;
+          return events.reduce(patchJob, row);
+        });
+        return changed ? { ...page, data: rows } : page;
+      };
+      const next = "pages" in data ? { ...data, pages: data.pages.map(patchPage) } : patchPage(data);
+      const changed = "pages" in data
+        ? (next as InfiniteData<ListPage>).pages.some((p, i) => p !== data.pages[i])
+        : next !== data;
+      if (changed) client.setQueryData(key, next);
+    }
+  }
+  if (s.invalidate) {
+    s.invalidate = false;
+    void client.invalidateQueries({ queryKey: jobKeys.lists() });
+    void client.invalidateQueries({ queryKey: jobKeys.summary() });
+  }
+}
+
+function scheduleLists(client: QueryClient): void {
+  const s = stateOf(client);
+  if (s.timer === undefined) s.timer = setTimeout(() => flushLists(client), LIST_REFRESH_MS);
+}
 
 /** Apply one stream message to the cache. Returns the event id it carried, if any. */
 export function applyMessage(client: QueryClient, message: ServerMessage): number | undefined {
   if (message.type === "gpu.metrics") {
-    const sample = message as GpuSample;
-    client.setQueryData<Gpu[]>(gpuKeys.all, (gpus) =>
-      gpus?.map((gpu) => (gpu.uuid === sample.device_uuid ? { ...gpu, latest: sample } : gpu)),
-    );
+    applySample(client, message as GpuSample);
     return undefined;
   }
   if (!("id" in message) || typeof message.id !== "number" || !("job_id" in message)) return undefined;
   const event = message as StreamEvent;
   const jobId = event.job_id;
   if (!jobId) return event.id;
-  const ids = applied(client);
-  if ((ids.get(jobId) ?? 0) >= event.id) return event.id; // a duplicate or an older event: nothing to do
-  ids.set(jobId, event.id);
+  const s = stateOf(client);
+  // The job's cached event list (logs, timeline) takes every event once, in id order.
+  client.setQueryData<EventRow[]>(jobKeys.events(jobId), (events) => insertEvent(events, event));
+  if ((s.applied.get(jobId) ?? 0) >= event.id) return event.id; // a duplicate or an older event: nothing to do
+  s.applied.set(jobId, event.id);
   client.setQueryData<JobDetail>(jobKeys.detail(jobId), (job) => (job ? patchJob(job, event) : job));
-  refreshListsSoon(client);
+  if (event.type === "job.state" || event.type === "job.progress") {
+    const queued = s.pending.get(jobId);
+    if (queued) queued.push(event);
+    else s.pending.set(jobId, [event]);
+  }
+  if (event.type === "job.state") s.invalidate = true;
+  scheduleLists(client);
   return event.id;
 }
 
-function patchJob(job: JobDetail, event: StreamEvent): JobDetail {
+function insertEvent(events: EventRow[] | undefined, event: StreamEvent): EventRow[] | undefined {
+  if (!events) return events;
+  if (events.some((e) => e.id === event.id)) return events;
+  const row = event as unknown as EventRow;
+  if (!events.length || events[events.length - 1].id < event.id) return [...events, row];
+  return [...events, row].sort((a, b) => a.id - b.id);
+}
+
+function applySample(client: QueryClient, sample: GpuSample): void {
+  client.setQueryData<Gpu[]>(gpuKeys.all, (gpus) =>
+    gpus?.map((gpu) => (gpu.uuid === sample.device_uuid ? { ...gpu, latest: sample } : gpu)),
+  );
+  client.setQueryData<GpuSample[]>(gpuKeys.telemetry(sample.device_uuid), (series) => {
+    if (!series) return series;
+    if (series.length && series[series.length - 1].ts >= sample.ts) return series; // a repeat
+    const cutoff = Date.parse(sample.ts) - TELEMETRY_WINDOW_MS;
+    const kept = series.length && Date.parse(series[0].ts) < cutoff ? series.filter((s) => Date.parse(s.ts) >= cutoff) : series;
+    return [...kept, sample];
+  });
+}
+
+function patchJob<J extends ListRow | JobDetail>(job: J, event: StreamEvent): J {
   const payload = event.payload as Record<string, unknown>;
   if (event.type === "job.state" && typeof payload.state === "string") {
     const state = payload.state as JobDetail["state"];
+    if (TERMINAL.has(job.state) && !TERMINAL.has(state)) return job; // a finished job stays finished
     return {
       ...job,
       state,
       updated_at: event.ts,
       finished_at: TERMINAL.has(state) ? event.ts : job.finished_at,
-      queue_position: state === "queued" ? job.queue_position : null,
+      ...("queue_position" in job ? { queue_position: state === "queued" ? job.queue_position : null } : {}),
+      ...(TERMINAL.has(state) ? { eta_seconds: null } : {}),
       error: typeof payload.error === "string" ? payload.error : job.error,
     };
   }
@@ -79,6 +147,7 @@ function patchJob(job: JobDetail, event: StreamEvent): JobDetail {
     const total = typeof payload.tiles_total === "number" ? payload.tiles_total : job.tiles_total;
     const rate = typeof payload.tiles_per_s === "number" ? payload.tiles_per_s : job.tiles_per_s;
     const done = Math.max(job.tiles_done, payload.tiles_done);
+    if (done === job.tiles_done && rate === job.tiles_per_s) return job;
     return {
       ...job,
       tiles_done: done,
@@ -102,11 +171,16 @@ export interface LiveEventsOptions {
   client: QueryClient;
   connect?: (url: string) => SocketLike; // a real WebSocket by default
   reconnectDelayMs?: number;
+  onStatus?: (status: "open" | "reconnecting") => void;
 }
 
 /** Open the live channel; returns a function that closes it for good. */
-export function openLiveEvents({ url, client, connect, reconnectDelayMs = 1000 }: LiveEventsOptions): () => void {
-  const open = connect ?? ((u: string) => new WebSocket(u) as unknown as SocketLike);
+export function openLiveEvents({ url, client, connect, reconnectDelayMs = 1000, onStatus }: LiveEventsOptions): () => void {
+  const open = connect ?? ((u: string) => {
+    const ws = new WebSocket(u);
+    ws.onopen = () => onStatus?.("open");
+    return ws as unknown as SocketLike;
+  });
   let lastEventId = 0;
   let closed = false;
   let socket: SocketLike | null = null;
@@ -120,7 +194,9 @@ export function openLiveEvents({ url, client, connect, reconnectDelayMs = 1000 }
       if (id !== undefined && id > lastEventId) lastEventId = id;
     };
     socket.onclose = () => {
-      if (!closed) timer = setTimeout(start, reconnectDelayMs);
+      if (closed) return;
+      onStatus?.("reconnecting");
+      timer = setTimeout(start, reconnectDelayMs);
     };
   };
   start();

@@ -1,34 +1,120 @@
 "use client";
-import { useQuery } from "@tanstack/react-query";
+// One job: state timeline, progress with ETA (queue position while queued), live logs, the tile map
+// (footprints coloured by class or confidence; click a tile for its result, run and device), runs.
+import { useQuery, useQueryClient } from "@tanstack/react-query";
+import { useEffect, useMemo, useState } from "react";
 import { api } from "../../../src/lib/api";
+import { jobQueries } from "../../../src/lib/queries";
 import { jobKeys } from "../../../src/live/queryKeys";
+import { MapView, classColors, type TileFeature } from "../../../src/components/MapView";
+import { Button, Card, ErrorState, ErrorText, Loading, Muted, Page, Progress, StateBadge, Title, formatSeconds } from "../../../src/ui/components";
+
+const LOG_TYPES = new Set(["job.log", "job.state"]);
 
 export default function JobDetail() {
-  const id = typeof window === "undefined" ? "" : new URLSearchParams(window.location.search).get("id") ?? "";
-  const job = useQuery({
-    queryKey: jobKeys.detail(id),
-    enabled: Boolean(id),
-    queryFn: async () => {
-      const { data, error } = await api.GET("/jobs/{job_id}", { params: { path: { job_id: id } } });
-      if (error) throw new Error((error as { detail?: string }).detail ?? "could not load the job");
-      return data;
-    },
-  });
-  if (!id) return <p role="alert">No job id in the address.</p>;
-  if (job.isPending) return <p role="status">Loading…</p>;
-  if (job.isError) return <p role="alert">{job.error.message}</p>;
+  const [id, setId] = useState("");
+  useEffect(() => setId(new URLSearchParams(window.location.search).get("id") ?? "-"), []);
+  const client = useQueryClient();
+  const job = useQuery(jobQueries.detail(id === "-" ? "" : id));
+  const events = useQuery(jobQueries.events(id === "-" ? "" : id));
+  const running = job.data?.state === "running" || job.data?.state === "queued";
+  const tiles = useQuery({ ...jobQueries.tiles(id === "-" ? "" : id), refetchInterval: running ? 5000 : false });
+  const [colorBy, setColorBy] = useState<"class" | "confidence">("class");
+  const [selected, setSelected] = useState<Record<string, unknown> | null>(null);
+  const state = job.data?.state;
+  useEffect(() => {
+    if (id && id !== "-" && state) void client.invalidateQueries({ queryKey: jobKeys.tiles(id) });
+  }, [state, id, client]);
+
+  const timeline = useMemo(() => (events.data ?? []).filter((e) => e.type === "job.state"), [events.data]);
+  const logs = useMemo(() => (events.data ?? []).filter((e) => LOG_TYPES.has(e.type)).slice(-200), [events.data]);
+  const legend = useMemo(() => classColors((tiles.data?.features ?? []) as TileFeature[]), [tiles.data]);
+
+  if (id === "-") return <p role="alert">No job id in the address.</p>;
+  if (!id || job.isPending) return <Loading what="the job" />;
+  if (job.isError) return <ErrorState error={job.error} />;
   const j = job.data;
+  const inferred = (tiles.data?.features ?? []).filter((f) => f.properties.class !== null).length;
   return (
-    <article aria-label={`Job ${j.name}`}>
-      <h1>{j.name}</h1>
-      <p>State: <strong data-testid="state">{j.state}</strong>{j.queue_position ? ` (queue position ${j.queue_position})` : ""}</p>
-      <p>
-        <progress max={1} value={j.progress} aria-label="progress" /> {j.tiles_done}/{j.tiles_total} tiles
-        {j.tiles_per_s ? ` · ${Math.round(j.tiles_per_s)} tiles/s` : ""}{j.eta_seconds ? ` · ETA ${Math.round(j.eta_seconds)} s` : ""}
-      </p>
-      {j.error && <p role="alert">{j.error}</p>}
-      <h2>Runs</h2>
-      <ul>{j.runs.map((r) => <li key={r.dagster_run_id}><a href={r.dagit_url}>{r.dagster_run_id}</a> {r.state} on {r.devices.join(", ") || "-"}</li>)}</ul>
-    </article>
+    <Page>
+      <Title>{j.name}</Title>
+      <Card aria-label="Status">
+        <p style={{ margin: 0 }}>
+          State: <StateBadge state={j.state} testId="state" />
+          {j.queue_position ? <> · queue position <strong>{j.queue_position}</strong></> : null}
+          {" "}· zoom {j.zoom} · {j.mode} · priority {j.priority} · by {j.submitted_by}
+        </p>
+        <p>
+          <Progress value={j.progress} label="progress" /> {j.tiles_done}/{j.tiles_total ?? "?"} tiles
+          {j.tiles_per_s ? ` · ${Math.round(j.tiles_per_s)} tiles/s` : ""}
+          {j.state === "running" && j.eta_seconds != null ? ` · ETA ${formatSeconds(j.eta_seconds)}` : ""}
+        </p>
+        {j.error && <p role="alert"><ErrorText>{j.error}</ErrorText></p>}
+        {(j.state === "queued" || j.state === "running") && (
+          <Button variant="danger" onClick={async () => {
+            await api.POST("/jobs/{job_id}/cancel", { params: { path: { job_id: j.id } } });
+            void client.invalidateQueries({ queryKey: jobKeys.detail(j.id) });
+          }}>Cancel job</Button>
+        )}
+        <ol aria-label="State timeline" style={{ display: "flex", gap: "1.5rem", listStyle: "none", padding: 0, flexWrap: "wrap" }}>
+          {timeline.map((e) => (
+            <li key={e.id}><StateBadge state={String(e.payload.state)} /> <Muted>{e.ts.slice(11, 19)}</Muted></li>
+          ))}
+        </ol>
+      </Card>
+      <div style={{ display: "grid", gridTemplateColumns: "minmax(0, 2fr) minmax(16rem, 1fr)", gap: "1rem" }}>
+        <Card aria-label="Tiles">
+          <h2>Tiles {tiles.data ? <Muted>({inferred} of {tiles.data.features.length} inferred)</Muted> : null}</h2>
+          <p style={{ margin: "0 0 0.5rem" }}>
+            <label>Colour by{" "}
+              <select value={colorBy} onChange={(e) => setColorBy(e.target.value as typeof colorBy)}>
+                <option value="class">class</option><option value="confidence">confidence</option>
+              </select>
+            </label>{" "}
+            {colorBy === "class" && legend.map(([c, color]) => (
+              <span key={c} style={{ marginLeft: "0.6rem" }}><span aria-hidden style={{ display: "inline-block", width: 10, height: 10, background: color, marginRight: 4 }} />{c}</span>
+            ))}
+            {colorBy === "confidence" && <Muted> light = low, dark = high</Muted>}
+          </p>
+          {tiles.isError ? <ErrorState error={tiles.error} /> : (
+            <MapView label="Tile map" tiles={tiles.data as never} area={j.area as never} colorBy={colorBy} onSelect={setSelected} />
+          )}
+        </Card>
+        <Card aria-label="Selected tile">
+          <h2>Selected tile</h2>
+          {selected ? (
+            <dl data-testid="tile-info" style={{ display: "grid", gridTemplateColumns: "auto 1fr", gap: "0.2rem 0.8rem", margin: 0 }}>
+              <dt>Tile</dt><dd>{`${selected.z}/${selected.x}/${selected.y}`}</dd>
+              <dt>Class</dt><dd>{String(selected.class ?? "not inferred yet")}</dd>
+              <dt>Confidence</dt><dd>{selected.confidence == null ? "–" : Number(selected.confidence).toFixed(3)}</dd>
+              <dt>Device</dt><dd>{String(selected.device ?? "–")}</dd>
+              <dt>Inference</dt><dd>{selected.inference_ms == null ? "–" : `${Number(selected.inference_ms).toFixed(1)} ms`}</dd>
+              <dt>Model</dt><dd>{String(selected.model_version ?? "–")}</dd>
+              <dt>Run</dt><dd>{String(selected.run_id ?? "–")}</dd>
+            </dl>
+          ) : <Muted>Click a tile on the map.</Muted>}
+          <h2 style={{ marginTop: "1rem" }}>Runs</h2>
+          {j.runs.length === 0 ? <Muted>No run yet.</Muted> : (
+            <ul style={{ paddingLeft: "1rem" }}>
+              {j.runs.map((r) => (
+                <li key={r.dagster_run_id}>
+                  <a href={r.dagit_url}>{r.dagster_run_id.slice(0, 8)}</a> {r.state} on {r.devices.join(", ") || "–"}
+                  {typeof r.metrics.tiles_per_gpu_second === "number" ? <Muted> · {Math.round(r.metrics.tiles_per_gpu_second)} tiles/GPU-s</Muted> : null}
+                </li>
+              ))}
+            </ul>
+          )}
+          {j.dagit_url && <p><a href={j.dagit_url}>Open in Dagit</a></p>}
+        </Card>
+      </div>
+      <Card aria-label="Logs">
+        <h2>Logs</h2>
+        {events.isPending ? <Loading what="logs" /> : events.isError ? <ErrorState error={events.error} /> : logs.length === 0 ? <Muted>No log lines yet.</Muted> : (
+          <pre role="log" aria-live="polite" style={{ maxHeight: "16rem", overflow: "auto", margin: 0, fontSize: "0.85rem" }}>
+            {logs.map((e) => `${e.ts.slice(11, 19)} ${e.type === "job.state" ? `state → ${e.payload.state}` : String(e.payload.message ?? JSON.stringify(e.payload))}`).join("\n")}
+          </pre>
+        )}
+      </Card>
+    </Page>
   );
 }

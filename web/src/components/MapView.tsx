@@ -1,0 +1,141 @@
+"use client";
+// MapLibre GL map with our own GeoJSON layers on a blank style: no external tile server or glyphs.
+// Tiles are filled by class (categorical) or confidence (ramp); a click selects a tile. In drawing
+// mode clicks add the vertices of a polygon. The container reports how many tile footprints are
+// drawn (data-rendered-tiles), which is what the browser tests check.
+import { useTheme } from "@emotion/react";
+import maplibregl, { type GeoJSONSource, type LngLatBoundsLike, type Map as MlMap } from "maplibre-gl";
+import { useEffect, useRef, useState } from "react";
+
+export type Geometry = { type: string; coordinates: unknown };
+export interface TileFeature { type?: string; id?: string | number; geometry: Record<string, unknown>; properties: Record<string, unknown> }
+export interface MapViewProps {
+  tiles?: { features: TileFeature[] };
+  colorBy?: "class" | "confidence";
+  area?: Geometry | null;
+  draft?: [number, number][]; // vertices being drawn
+  onSelect?: (properties: Record<string, unknown> | null) => void;
+  onMapClick?: (lngLat: [number, number]) => void;
+  label: string;
+  height?: string;
+}
+
+const CLASS_COLORS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#ff7f0e", "#7f7f7f"];
+
+export function classColors(features: TileFeature[]): [string, string][] {
+  const classes = [...new Set(features.map((f) => f.properties.class).filter((c): c is string => typeof c === "string"))].sort();
+  return classes.map((c, i) => [c, CLASS_COLORS[i % CLASS_COLORS.length]]);
+}
+
+function bounds(geometries: Geometry[]): LngLatBoundsLike | null {
+  let w = 180, s = 90, e = -180, n = -90;
+  const visit = (c: unknown): void => {
+    if (Array.isArray(c) && typeof c[0] === "number") {
+      w = Math.min(w, c[0]); e = Math.max(e, c[0]); s = Math.min(s, c[1] as number); n = Math.max(n, c[1] as number);
+    } else if (Array.isArray(c)) c.forEach(visit);
+  };
+  geometries.forEach((g) => visit(g.coordinates));
+  return w <= e ? [[w, s], [e, n]] : null;
+}
+
+export function MapView({ tiles, colorBy = "class", area, draft, onSelect, onMapClick, label, height = "26rem" }: MapViewProps) {
+  const theme = useTheme();
+  const container = useRef<HTMLDivElement>(null);
+  const map = useRef<MlMap | null>(null);
+  const [ready, setReady] = useState(false);
+  const handlers = useRef({ onSelect, onMapClick });
+  handlers.current = { onSelect, onMapClick };
+  const fittedFor = useRef<unknown>(null);
+
+  useEffect(() => {
+    const m = new maplibregl.Map({
+      container: container.current!,
+      style: { version: 8, sources: {}, layers: [{ id: "background", type: "background", paint: { "background-color": theme.map.background } }] },
+      center: [0, 20],
+      zoom: 1,
+      attributionControl: false,
+    });
+    m.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
+    m.on("load", () => {
+      const empty = { type: "FeatureCollection" as const, features: [] };
+      m.addSource("area", { type: "geojson", data: empty });
+      m.addSource("tiles", { type: "geojson", data: empty });
+      m.addSource("draft", { type: "geojson", data: empty });
+      m.addLayer({ id: "area-line", type: "line", source: "area", paint: { "line-color": theme.map.area, "line-width": 2 } });
+      m.addLayer({ id: "tiles-fill", type: "fill", source: "tiles", paint: { "fill-color": theme.map.fill, "fill-opacity": 0.6 } });
+      m.addLayer({ id: "tiles-line", type: "line", source: "tiles", paint: { "line-color": theme.map.outline, "line-width": 0.4, "line-opacity": 0.5 } });
+      m.addLayer({ id: "draft-fill", type: "fill", source: "draft", paint: { "fill-color": theme.map.area, "fill-opacity": 0.2 } });
+      m.addLayer({ id: "draft-line", type: "line", source: "draft", paint: { "line-color": theme.map.area, "line-width": 2 } });
+      m.addLayer({ id: "draft-points", type: "circle", source: "draft", filter: ["==", ["geometry-type"], "Point"], paint: { "circle-radius": 4, "circle-color": theme.map.area } });
+      setReady(true);
+    });
+    m.on("idle", () => {
+      if (!container.current) return;
+      // Distinct tiles drawn (a footprint split across MapLibre's own tiles is one tile here).
+      const drawn = m.getLayer("tiles-fill") ? m.queryRenderedFeatures({ layers: ["tiles-fill"] }) : [];
+      container.current.dataset.renderedTiles = String(new Set(drawn.map((f) => `${f.properties.z}/${f.properties.x}/${f.properties.y}`)).size);
+    });
+    m.on("click", (e) => {
+      if (handlers.current.onMapClick) {
+        handlers.current.onMapClick([e.lngLat.lng, e.lngLat.lat]);
+        return;
+      }
+      const hit = m.getLayer("tiles-fill") ? m.queryRenderedFeatures(e.point, { layers: ["tiles-fill"] })[0] : undefined;
+      handlers.current.onSelect?.(hit ? (hit.properties as Record<string, unknown>) : null);
+    });
+    m.on("mousemove", "tiles-fill", () => (m.getCanvas().style.cursor = "pointer"));
+    m.on("mouseleave", "tiles-fill", () => (m.getCanvas().style.cursor = ""));
+    map.current = m;
+    return () => { m.remove(); map.current = null; };
+    // The map is created once; theme changes restyle it below.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, []);
+
+  useEffect(() => {
+    const m = map.current;
+    if (!m || !ready) return;
+    m.setPaintProperty("background", "background-color", theme.map.background);
+    m.setPaintProperty("tiles-line", "line-color", theme.map.outline);
+    m.setPaintProperty("area-line", "line-color", theme.map.area);
+  }, [theme, ready]);
+
+  useEffect(() => {
+    const m = map.current;
+    if (!m || !ready) return;
+    const features = tiles?.features ?? [];
+    (m.getSource("tiles") as GeoJSONSource).setData({ type: "FeatureCollection", features: features as never });
+    (m.getSource("area") as GeoJSONSource).setData(area ? { type: "Feature", properties: {}, geometry: area as never } : { type: "FeatureCollection", features: [] });
+    if (colorBy === "confidence") {
+      m.setPaintProperty("tiles-fill", "fill-color", [
+        "case", ["==", ["get", "confidence"], null], theme.muted,
+        ["interpolate", ["linear"], ["get", "confidence"], 0, "#fde0c5", 0.5, "#f59e0b", 1, "#7c2d12"],
+      ]);
+    } else {
+      const pairs = classColors(features);
+      m.setPaintProperty("tiles-fill", "fill-color", pairs.length
+        ? ["match", ["coalesce", ["get", "class"], ""], ...pairs.flat(), theme.muted]
+        : theme.muted);
+    }
+    // Fit the view once per area (or once to the tiles when there is no area).
+    const fitKey = area ?? (features.length ? "tiles" : null);
+    if (fitKey !== null && fitKey !== fittedFor.current) {
+      const box = bounds([...(area ? [area] : []), ...features.slice(0, 5000).map((f) => f.geometry as unknown as Geometry)]);
+      if (box) { m.fitBounds(box, { padding: 30, duration: 0, maxZoom: 16 }); fittedFor.current = fitKey; }
+    }
+  }, [tiles, area, colorBy, ready, theme]);
+
+  useEffect(() => {
+    const m = map.current;
+    if (!m || !ready) return;
+    const points = draft ?? [];
+    const features: unknown[] = points.map((p) => ({ type: "Feature", properties: {}, geometry: { type: "Point", coordinates: p } }));
+    if (points.length >= 3) features.push({ type: "Feature", properties: {}, geometry: { type: "Polygon", coordinates: [[...points, points[0]]] } });
+    else if (points.length === 2) features.push({ type: "Feature", properties: {}, geometry: { type: "LineString", coordinates: points } });
+    (m.getSource("draft") as GeoJSONSource).setData({ type: "FeatureCollection", features: features as never });
+  }, [draft, ready]);
+
+  return (
+    <div ref={container} role="region" aria-label={label} data-testid="map" data-ready={ready ? "true" : "false"}
+      style={{ height, width: "100%", borderRadius: 8, overflow: "hidden", border: `1px solid ${theme.border}`, cursor: onMapClick ? "crosshair" : undefined }} />
+  );
+}

@@ -1,0 +1,67 @@
+"use client";
+// A uPlot time series: created once, fed with setData on every update (cheap at 1 Hz), resized with
+// its container. The wrapper reports how many points it holds (data-points) for tests and for people
+// reading the DOM with assistive tech, plus a text summary of the latest value.
+import { useTheme } from "@emotion/react";
+import { useEffect, useRef } from "react";
+import uPlot from "uplot";
+
+export interface TimeChartProps {
+  label: string;
+  unit: string;
+  xs: number[]; // unix seconds
+  ys: (number | null)[];
+  color?: string;
+  height?: number;
+  max?: number;
+  kind?: "line" | "bars";
+}
+
+export function TimeChart({ label, unit, xs, ys, color, height = 120, max, kind = "line" }: TimeChartProps) {
+  const theme = useTheme();
+  const box = useRef<HTMLDivElement>(null);
+  const plot = useRef<uPlot | null>(null);
+  const stroke = color ?? theme.chart[0];
+
+  useEffect(() => {
+    const el = box.current!;
+    const axis = { stroke: theme.muted, grid: { stroke: theme.border, width: 1 }, ticks: { stroke: theme.border, width: 1 } };
+    const u = new uPlot({
+      width: Math.max(200, el.clientWidth),
+      height,
+      legend: { show: false },
+      cursor: { drag: { x: false, y: false } },
+      scales: {
+        x: {
+          time: true,
+          // Bars: half a step of room on each side, so the first and last bars are whole.
+          range: kind === "bars" ? (u, lo, hi) => {
+            const xs0 = u.data[0];
+            const step = xs0.length > 1 ? (xs0[xs0.length - 1] - xs0[0]) / (xs0.length - 1) : 60;
+            return [lo - step / 2, hi + step / 2];
+          } : undefined,
+        },
+        y: max !== undefined ? { range: [0, max] } : { range: (_u, lo, hi) => [Math.min(0, lo), Math.max(1, hi)] } },
+      axes: [axis, { ...axis, size: 50, values: (_u, vals) => vals.map((v) => `${v}${unit}`) }],
+      series: [{}, { label, stroke, width: 2, fill: `${stroke}22`, spanGaps: false, paths: kind === "bars" ? uPlot.paths.bars!({ size: [0.8, 40] }) : undefined, points: kind === "bars" ? { show: false } : {} }],
+    }, [[], []], el);
+    plot.current = u;
+    const resize = new ResizeObserver(() => u.setSize({ width: Math.max(200, el.clientWidth), height }));
+    resize.observe(el);
+    return () => { resize.disconnect(); u.destroy(); plot.current = null; };
+  }, [theme, stroke, height, max, unit, label, kind]);
+
+  useEffect(() => {
+    plot.current?.setData([xs, ys]);
+  }, [xs, ys, theme]);
+
+  const last = ys.length ? ys[ys.length - 1] : null;
+  return (
+    <figure style={{ margin: 0 }} aria-label={`${label} chart`} data-points={xs.length}>
+      <figcaption style={{ fontSize: "0.85rem", color: theme.muted }}>
+        {label}: {last == null ? "–" : `${Math.round(last * 10) / 10}${unit}`}
+      </figcaption>
+      <div ref={box} />
+    </figure>
+  );
+}

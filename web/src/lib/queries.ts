@@ -1,0 +1,140 @@
+// One queryOptions factory per resource: pages and the live-events core share keys and fetchers.
+import { infiniteQueryOptions, queryOptions } from "@tanstack/react-query";
+import type { components } from "../api/schema";
+import { analyticsKeys, coverageKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
+import { api } from "./api";
+
+type S = components["schemas"];
+export type JobPublic = S["JobPublic"] & { tiles_per_s?: number | null; eta_seconds?: number | null };
+export type JobDetail = S["JobDetail"];
+export type JobEvent = S["Event"];
+export type Gpu = S["GpuPublic"];
+export type GpuSample = S["GpuSample"];
+export type TileCollection = S["TileFeatureCollection"];
+export type Window = "day" | "week" | "month" | "all";
+export type Metric = "gpu_seconds" | "tiles" | "jobs" | "energy";
+
+/** The API's problem detail as an Error (openapi-fetch returns problems as `error`). */
+function unwrap<T>(result: { data?: T; error?: unknown }, what: string): T {
+  if (result.error !== undefined || result.data === undefined) {
+    const detail = (result.error as { detail?: string } | undefined)?.detail;
+    throw new Error(detail ?? `could not load ${what}`);
+  }
+  return result.data;
+}
+
+export const JOB_PAGE = 200;
+
+export const jobQueries = {
+  list: (filters: JobFilters) =>
+    infiniteQueryOptions({
+      queryKey: jobKeys.list(filters),
+      initialPageParam: undefined as string | undefined,
+      getNextPageParam: (last: S["Page_JobPublic_"]) => last.next_cursor ?? undefined,
+      queryFn: async ({ pageParam, signal }) =>
+        unwrap(await api.GET("/jobs", {
+          signal,
+          params: { query: { limit: JOB_PAGE, cursor: pageParam, sort: filters.sort, q: filters.q || undefined, state: filters.state?.length ? (filters.state as never) : undefined } },
+        }), "jobs") as { data: JobPublic[]; next_cursor: string | null },
+      refetchInterval: 30_000, // live events keep it current; a slow poll covers a stream that is down
+    }),
+  summary: () =>
+    queryOptions({
+      queryKey: jobKeys.summary(),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/jobs/summary", { signal }), "the summary"),
+      refetchInterval: 10_000,
+    }),
+  detail: (id: string) =>
+    queryOptions({
+      queryKey: jobKeys.detail(id),
+      enabled: Boolean(id),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/jobs/{job_id}", { signal, params: { path: { job_id: id } } }), "the job"),
+    }),
+  events: (id: string) =>
+    queryOptions({
+      queryKey: jobKeys.events(id),
+      enabled: Boolean(id),
+      queryFn: async ({ signal }) => {
+        const all: JobEvent[] = [];
+        let after = 0;
+        for (;;) {
+          const page = unwrap(await api.GET("/events", { signal, params: { query: { job_id: id, after, limit: 500 } } }), "the job's events");
+          all.push(...page.data);
+          if (!page.next_cursor) return all;
+          after = Number(page.next_cursor);
+        }
+      },
+    }),
+  tiles: (id: string) =>
+    queryOptions({
+      queryKey: jobKeys.tiles(id),
+      enabled: Boolean(id),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/jobs/{job_id}/tiles", { signal, params: { path: { job_id: id } } }), "the job's tiles") as TileCollection,
+    }),
+};
+
+export const gpuQueries = {
+  list: () =>
+    queryOptions({
+      queryKey: gpuKeys.all,
+      refetchInterval: 15_000, // samples arrive live; the inventory rarely changes
+      queryFn: async ({ signal }) => unwrap(await api.GET("/gpus", { signal }), "devices"),
+    }),
+  telemetry: (uuid: string) =>
+    queryOptions({
+      queryKey: gpuKeys.telemetry(uuid),
+      staleTime: Infinity, // the stream appends every new sample
+      queryFn: async ({ signal }) =>
+        unwrap(await api.GET("/gpus/{uuid}/telemetry", { signal, params: { path: { uuid }, query: { seconds: 300 } } }), "telemetry"),
+    }),
+};
+
+export const usageQueries = {
+  leaderboard: (window: Window, metric: Metric) =>
+    queryOptions({
+      queryKey: usageKeys.leaderboard(window, metric),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/usage/leaderboard", { signal, params: { query: { window, metric, limit: 20 } } }), "the leaderboard"),
+    }),
+  account: (id: string) =>
+    queryOptions({
+      queryKey: usageKeys.account(id),
+      enabled: Boolean(id),
+      queryFn: async ({ signal }) => {
+        const windows: Window[] = ["day", "week", "month", "all"];
+        return Promise.all(windows.map(async (window) =>
+          unwrap(await api.GET("/usage/accounts/{account_id}", { signal, params: { path: { account_id: id }, query: { window } } }), "usage")));
+      },
+    }),
+};
+
+const ANALYTICS = {
+  "throughput-by-device": "/analytics/throughput-by-device",
+  "gpu-seconds-per-km2": "/analytics/gpu-seconds-per-km2",
+  "daily-volume": "/analytics/daily-volume",
+} as const;
+
+export const analyticsQueries = {
+  throughput: (since: string) =>
+    queryOptions({
+      queryKey: analyticsKeys.panel("throughput-by-device", since),
+      queryFn: async ({ signal }) => unwrap(await api.GET(ANALYTICS["throughput-by-device"], { signal, params: { query: { since } } }), "throughput"),
+    }),
+  gpuSecondsPerKm2: (since: string) =>
+    queryOptions({
+      queryKey: analyticsKeys.panel("gpu-seconds-per-km2", since),
+      queryFn: async ({ signal }) => unwrap(await api.GET(ANALYTICS["gpu-seconds-per-km2"], { signal, params: { query: { since } } }), "GPU-seconds per km²"),
+    }),
+  dailyVolume: (since: string) =>
+    queryOptions({
+      queryKey: analyticsKeys.panel("daily-volume", since),
+      queryFn: async ({ signal }) => unwrap(await api.GET(ANALYTICS["daily-volume"], { signal, params: { query: { since } } }), "daily volume"),
+    }),
+};
+
+export const coverageQueries = {
+  bbox: (bbox: string) =>
+    queryOptions({
+      queryKey: coverageKeys.bbox(bbox),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/coverage", { signal, params: { query: { bbox, limit: 20000 } } }), "coverage") as TileCollection,
+    }),
+};
