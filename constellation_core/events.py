@@ -12,7 +12,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from constellation_core.tables import TERMINAL_JOB_STATES, events, jobs
@@ -32,7 +32,7 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
 }
 
 _RETURNING = (events.c.id, events.c.type, events.c.account_id, events.c.job_id, events.c.run_id, events.c.payload,
-              events.c.ts)
+              events.c.ts, events.c.seq)
 
 
 class Event(BaseModel):
@@ -43,6 +43,7 @@ class Event(BaseModel):
     run_id: UUID | None = None
     payload: dict[str, Any]
     ts: datetime
+    seq: int | None = None  # the job's events are numbered 1, 2, 3 … in commit order
 
     @property
     def subject(self) -> str:
@@ -59,9 +60,19 @@ class Event(BaseModel):
 
 
 def _insert(type_: str, account_id: UUID | None, job_id: UUID | None, run_id: UUID | None, payload: dict | None):
+    values = {"type": type_, "account_id": account_id, "job_id": job_id, "run_id": run_id, "payload": payload or {}}
+    if job_id is None:
+        return insert(events).values(**values).returning(*_RETURNING)
+    # Bump the job's sequence first: it holds the job's row lock until this transaction commits, so
+    # the job's events get consecutive `seq` and increasing ids in commit order.
+    seq = (
+        update(jobs).where(jobs.c.id == job_id).values(event_seq=jobs.c.event_seq + 1)
+        .returning(jobs.c.event_seq).cte("next_seq")
+    )
     return (
         insert(events)
-        .values(type=type_, account_id=account_id, job_id=job_id, run_id=run_id, payload=payload or {})
+        .from_select([*values, "seq"], select(*(literal(v, type_=events.c[k].type) for k, v in values.items()),
+                                              seq.c.event_seq))
         .returning(*_RETURNING)
     )
 

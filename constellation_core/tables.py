@@ -110,6 +110,8 @@ jobs = Table(
     Column("zoom", Integer, nullable=False),
     Column("tiles_total", Integer),
     Column("tiles_done", Integer, nullable=False, server_default="0"),
+    # The `seq` of the job's latest event (migration 0006): bumping it orders the job's events.
+    Column("event_seq", BigInteger, nullable=False, server_default="0"),
     # When the dispatch sensor last asked Dagster for a run; the run key makes repeats harmless.
     Column("dispatched_at", DateTime(timezone=True)),
     Column("dagster_run_id", Text),
@@ -163,6 +165,8 @@ events = Table(
     Column("run_id", UUID(as_uuid=True)),
     Column("payload", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("ts", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # 1, 2, 3 … per job, in commit order (null for events of no job).
+    Column("seq", BigInteger),
     Index("events_job_id_idx", "job_id", "id"),
     Index("events_account_id_idx", "account_id", "id"),
 )

@@ -185,9 +185,11 @@ def test_events_history_pages_by_id_and_respects_ownership(client, make_account)
     client.post(f"/jobs/{job['id']}/cancel", headers=account.headers)
     first = client.get("/events", params={"job_id": job["id"], "limit": 1}, headers=account.headers).json()
     assert [e["payload"]["state"] for e in first["data"]] == ["queued"]
+    assert first["data"][0]["seq"] == 1  # a job's events are numbered in commit order
     rest = client.get("/events", params={"job_id": job["id"], "after": first["next_cursor"]},
                       headers=account.headers).json()
     assert [e["payload"]["state"] for e in rest["data"]] == ["canceled"] and rest["next_cursor"] is None
+    assert rest["data"][0]["seq"] == 2
     assert client.get("/events", params={"job_id": job["id"]}, headers=other.headers).status_code == 404
     assert all(e["account_id"] == str(other.id) for e in client.get("/events", headers=other.headers).json()["data"])
     assert client.get("/events", params={"after": -1}, headers=account.headers).status_code == 422

@@ -463,14 +463,17 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     area.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": GENEVA}))
     # A long job (thousands of tiles on one device) for the browser to watch run and cancel.
     long_job = _submit(stack, account, zoom=18, mode="serial", batch_size=16, priority=-1)
+    other_long_job = _submit(stack, account, zoom=18, mode="serial", batch_size=16, priority=-2)  # bulk cancel
     done = subprocess.run(
-        ["node", "e2e/smoke.mjs", stack["api"], account.key, str(area), "e2e/screenshots", long_job],
+        ["node", "e2e/smoke.mjs", stack["api"], account.key, str(area), "e2e/screenshots",
+         f"{long_job},{other_long_job}"],
         cwd=REPO_ROOT / "web", capture_output=True, text=True, timeout=JOB_DEADLINE_S + 60,
     )
     assert done.returncode == 0, done.stdout + done.stderr + _dump_logs(stack)
     assert "submitted from the browser and seen succeeded" in done.stdout
     assert "canceled from the Jobs page" in done.stdout
     assert _job(stack, account, long_job)["state"] == "canceled"
+    assert _job(stack, account, other_long_job)["state"] == "canceled"
     shots = {p.name for p in (REPO_ROOT / "web" / "e2e" / "screenshots").glob("*.png")}
     assert {"signin.png", "submit.png", "jobs.png", "job.png", "gpus.png", "submit-error.png",
             "jobs-running.png", "jobs-canceled.png", "overview.png", "coverage.png", "usage.png",

@@ -18,13 +18,13 @@ _JOB_COLUMNS = [c for c in jobs.c if c.name != "aoi"] + [func.ST_AsGeoJSON(jobs.
 _INSERT_QUEUED = text("""
 WITH new_job AS (
     INSERT INTO jobs (name, params, priority, state, submitted_by, account_id, area_id, aoi, zoom, tiles_total,
-                      correlation_id, idempotency_key, request_hash)
+                      correlation_id, idempotency_key, request_hash, event_seq)
     VALUES (:name, CAST(:params AS jsonb), :priority, 'queued', :submitted_by, :account_id, :area_id,
-            ST_GeomFromText(:aoi, 4326), :zoom, :tiles_total, :correlation_id, :idempotency_key, :request_hash)
+            ST_GeomFromText(:aoi, 4326), :zoom, :tiles_total, :correlation_id, :idempotency_key, :request_hash, 1)
     RETURNING *
 ), new_event AS (
-    INSERT INTO events (type, account_id, job_id, payload)
-    SELECT 'job.state', account_id, id, '{"state": "queued"}'::jsonb FROM new_job
+    INSERT INTO events (type, account_id, job_id, payload, seq)
+    SELECT 'job.state', account_id, id, '{"state": "queued"}'::jsonb, 1 FROM new_job
     RETURNING id AS event_id, ts AS event_ts
 )
 SELECT new_job.*, ST_AsGeoJSON(new_job.aoi) AS aoi_geojson, new_event.event_id, new_event.event_ts

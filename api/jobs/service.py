@@ -112,7 +112,7 @@ async def _insert_job(
             request_hash=request_hash,
         )
     event = Event(id=row["event_id"], type="job.state", account_id=account.id, job_id=row["id"],
-                  payload={"state": "queued"}, ts=row["event_ts"])
+                  payload={"state": "queued"}, ts=row["event_ts"], seq=1)
     log.info("job submitted", extra={"job_id": str(row["id"]), "tiles": tiles_total, "account": account.name})
     return to_public(row, dagit_url), event
 

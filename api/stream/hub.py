@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -62,6 +63,80 @@ class Subscriber:
         return message
 
 
+class JobSequencer:
+    """Puts each job's events back in `seq` order before they are fanned out.
+
+    A job's events are numbered in commit order but published by several processes, so NATS may
+    deliver seq 6 before seq 5. The next expected seq is released at once (the common case: no added
+    latency); a later one waits until the gap fills, or at most `max_wait_s`, then everything held is
+    released in order (a gap that never fills: an event lost or not yet committed when this API
+    started). Events without a seq (older rows, synthetic ones) pass straight through.
+    """
+
+    def __init__(self, release: Callable[[Event], None], max_wait_s: float = 0.25, max_jobs: int = 10_000) -> None:
+        self._release = release
+        self._max_wait_s = max_wait_s
+        self._max_jobs = max_jobs
+        self._next: OrderedDict[UUID, int] = OrderedDict()  # job → the seq it expects next
+        self._held: dict[UUID, dict[int, Event]] = {}
+        self._timers: dict[UUID, asyncio.TimerHandle] = {}
+
+    def accept(self, event: Event) -> list[Event]:
+        """The events to fan out now, in order (maybe none: this one waits for an earlier one)."""
+        job_id, seq = event.job_id, event.seq
+        if job_id is None or seq is None:
+            return [event]
+        expected = self._next.get(job_id)
+        if expected is None or seq <= expected:  # first seen, the expected one, or a late straggler
+            ready = [event]
+            if expected is None or seq == expected:
+                self._advance(job_id, seq + 1)
+                ready += self._drain(job_id)
+            return ready
+        self._held.setdefault(job_id, {})[seq] = event
+        if job_id not in self._timers:
+            self._timers[job_id] = asyncio.get_running_loop().call_later(self._max_wait_s, self._give_up, job_id)
+        return []
+
+    def _advance(self, job_id: UUID, next_seq: int) -> None:
+        self._next[job_id] = next_seq
+        self._next.move_to_end(job_id)
+        while len(self._next) > self._max_jobs:  # forget the least recently active jobs
+            old, _ = self._next.popitem(last=False)
+            for event in self._flush(old):
+                self._release(event)
+
+    def _drain(self, job_id: UUID) -> list[Event]:
+        held = self._held.get(job_id)
+        ready = []
+        while held and (event := held.pop(self._next[job_id], None)) is not None:
+            ready.append(event)
+            self._next[job_id] += 1
+        if not held:
+            self._held.pop(job_id, None)
+            timer = self._timers.pop(job_id, None)
+            if timer is not None:
+                timer.cancel()
+        return ready
+
+    def _flush(self, job_id: UUID) -> list[Event]:
+        held = self._held.pop(job_id, {})
+        timer = self._timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+        return [held[seq] for seq in sorted(held)]
+
+    def _give_up(self, job_id: UUID) -> None:
+        self._timers.pop(job_id, None)
+        ready = self._flush(job_id)
+        if ready:
+            log.warning("releasing a job's events past a gap in their sequence",
+                        extra={"job_id": str(job_id), "expected": self._next.get(job_id), "released": [e.seq for e in ready]})
+            self._next[job_id] = ready[-1].seq + 1
+        for event in ready:
+            self._release(event)
+
+
 class StreamHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
@@ -69,6 +144,7 @@ class StreamHub:
         self.latest_gpu_samples: dict[str, GpuSample] = {}  # device uuid → its latest sample (GET /gpus)
         # device uuid → its samples of the last few minutes, oldest first (GET /gpus/{uuid}/telemetry)
         self.recent_gpu_samples: dict[str, deque[GpuSample]] = {}
+        self._sequencer = JobSequencer(self._fan_out)
 
     async def start(self, nc: NATS) -> None:
         self._subscription = await nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._on_message)
@@ -100,6 +176,13 @@ class StreamHub:
         except ValueError:
             log.warning("ignoring a malformed message", extra={"subject": msg.subject})
             return
+        if isinstance(message, Event):
+            for event in self._sequencer.accept(message):
+                self._fan_out(event)
+        else:
+            self._fan_out(message)
+
+    def _fan_out(self, message: Event | GpuSample) -> None:
         for subscriber in list(self._subscribers):
             if not subscriber.wants(message):
                 continue

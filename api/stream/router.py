@@ -41,7 +41,8 @@ async def stream(
     `gpus=true` adds telemetry; `after` replays from that event id). Then the client may send
     `{"type": "subscribe" | "unsubscribe", "topic": "jobs" | "job" | "logs" | "gpus", "job_id": …, "after": …}`;
     each is answered with `subscribed` / `unsubscribed` or an `error`. Every event is sent once per
-    socket, each topic's events in id order; a replay (`after`) sends history first, then live."""
+    socket; each job's events in commit order (`seq`; the hub waits up to 0.25 s for a gap when two
+    processes publish out of order); a replay (`after`) sends history first, then live."""
     engine = websocket.app.state.engine
     hub = websocket.app.state.hub
     try:

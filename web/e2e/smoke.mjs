@@ -8,13 +8,23 @@
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [base, key, areaFile, shots = "e2e/screenshots", longJob] = process.argv.slice(2);
+const [base, key, areaFile, shots = "e2e/screenshots", longJobs = ""] = process.argv.slice(2);
+const [longJob, ...otherLongJobs] = longJobs.split(",").filter(Boolean);
+
+// Every control on the page has an accessible name (label, aria-label or text).
+async function checkNames(page, where) {
+  const unnamed = await page.evaluate(() => [...document.querySelectorAll("button, input:not([type=hidden]), select, a[href], [tabindex]")]
+    .filter((el) => !(el.getAttribute("aria-label") || el.getAttribute("aria-labelledby") || el.labels?.length || el.textContent.trim() || el.getAttribute("title")))
+    .map((el) => el.outerHTML.slice(0, 120)));
+  if (unnamed.length) fail(`${where}: controls without an accessible name: ${unnamed.join(" | ")}`);
+}
 mkdirSync(shots, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
 });
-const fail = (message) => { console.error(`FAIL ${message}`); process.exitCode = 1; };
+let step = "start";
+const fail = (message) => { console.error(`FAIL (${step}) ${message}`); process.exitCode = 1; };
 try {
   const page = await browser.newPage();
   await page.goto(`${base}/app/signin/?key=${key}`);
@@ -34,10 +44,18 @@ try {
       [longJob, first], { timeout: 60000 },
     );
     await page.screenshot({ path: `${shots}/jobs-running.png` });
-    await running.getByRole("button", { name: /^Cancel/ }).click();
-    await page.locator(`tr[data-job-id="${longJob}"][data-state="canceled"]`).waitFor({ timeout: 30000 });
+    await checkNames(page, "Jobs");
+    // Bulk cancel: select this job and the others, then "Cancel selected".
+    for (const id of [longJob, ...otherLongJobs]) {
+      await page.locator(`tr[data-job-id="${id}"]`).getByRole("checkbox").check();
+    }
+    await page.getByRole("button", { name: `Cancel selected (${1 + otherLongJobs.length})` }).click();
+    for (const id of [longJob, ...otherLongJobs]) {
+      await page.locator(`tr[data-job-id="${id}"][data-state="canceled"]`).waitFor({ timeout: 30000 });
+    }
     await page.screenshot({ path: `${shots}/jobs-canceled.png` });
-    console.log(`ok: job ${longJob} ran with a moving progress bar and was canceled from the Jobs page`);
+    console.log(`ok: job ${longJob} ran with a moving progress bar and was canceled from the Jobs page` +
+      (otherLongJobs.length ? ` (with ${otherLongJobs.length} more, selected together)` : ""));
   }
 
   await page.goto(`${base}/app/submit/`);
@@ -52,6 +70,7 @@ try {
   await link.waitFor({ timeout: 15000 });
   const jobId = (await link.textContent()).trim();
   await page.screenshot({ path: `${shots}/submit.png` });
+  await checkNames(page, "Submit");
 
   await page.goto(`${base}/app/jobs/`);
   const row = page.locator(`tr[data-job-id="${jobId}"]`);
@@ -73,6 +92,7 @@ try {
   const infoText = await info.textContent();
   if (!/Class(water|vegetation|urban|bare|cloud)/.test(infoText)) fail(`the clicked tile shows no class: ${infoText}`);
   await page.screenshot({ path: `${shots}/job.png` });
+  await checkNames(page, "Job detail");
   console.log(`ok: the tile map draws ${drawn} footprints; clicked tile: ${infoText}`);
 
   // The GPU page's charts receive points from the stream (1 Hz per device).
@@ -82,12 +102,14 @@ try {
   const before = Number(await chart.getAttribute("data-points"));
   await page.waitForFunction((n) => Number(document.querySelector('figure[aria-label="Utilization chart"]')?.dataset.points) >= n + 2, before, { timeout: 15000 });
   await page.screenshot({ path: `${shots}/gpus.png` });
+  await checkNames(page, "GPUs");
   console.log(`ok: the GPU chart went from ${before} to ${await chart.getAttribute("data-points")} points`);
 
   // Every other page renders its content (screenshots for people to look at).
   for (const [path, ready] of [["", "Throughput"], ["coverage/", "Coverage map"], ["usage/", "Leaderboard"], ["analytics/", "Throughput by device"]]) {
+    step = `page /app/${path}`;
     await page.goto(`${base}/app/${path}`);
-    await page.getByRole("region", { name: ready }).first().waitFor({ timeout: 15000 });
+    await page.getByRole("region", { name: ready }).first().waitFor({ timeout: 30000 });
     if (path === "usage/") {
       // usage_go's leaderboard, through the API: this account's row, then its totals per window.
       await page.getByRole("button", { name: /^Show .*'s usage$/ }).first().click();
@@ -100,6 +122,7 @@ try {
       await page.waitForFunction(() => Number(document.querySelector('[aria-label="Coverage map"]')?.dataset.renderedTiles) > 0, null, { timeout: 30000 });
     }
     await page.screenshot({ path: `${shots}/${path.replace("/", "") || "overview"}.png`, fullPage: true });
+    await checkNames(page, path || "Overview");
   }
   // Dark theme, for the record.
   await page.goto(`${base}/app/`);
@@ -120,6 +143,13 @@ try {
   await error.waitFor({ timeout: 15000 });
   if (!(await error.textContent()).includes("Polygon")) fail(`unexpected area error: ${await error.textContent()}`);
   await page.screenshot({ path: `${shots}/submit-error.png` });
+  // Keyboard: on a fresh page the first Tab lands on the skip link.
+  step = "keyboard";
+  await page.goto(`${base}/app/gpus/`);
+  await page.getByRole("heading", { name: "GPUs" }).waitFor({ timeout: 15000 });
+  await page.keyboard.press("Tab");
+  const first = await page.evaluate(() => document.activeElement?.textContent);
+  if (first !== "Skip to content") fail(`the first Tab stop is ${JSON.stringify(first)}, not the skip link`);
   console.log(`ok: job ${jobId} submitted from the browser and seen succeeded; screenshots in ${shots}`);
 } catch (error) {
   fail(error.stack ?? String(error));

@@ -102,7 +102,8 @@ export default function Submit() {
           </Field>
           <Field>
             <label htmlFor="model">Model</label>
-            <select id="model" name="model" defaultValue="landcover-cnn"><option value="landcover-cnn">landcover-cnn (water, vegetation, urban, bare, cloud)</option></select>
+            <select id="model" name="model" defaultValue="landcover-cnn" aria-describedby="model-help"><option value="landcover-cnn">landcover-cnn</option></select>
+            <Muted id="model-help">Classes: water, vegetation, urban, bare, cloud.</Muted>
           </Field>
           <Field>
             <label htmlFor="priority">Priority</label>

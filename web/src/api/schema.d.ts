@@ -518,6 +518,8 @@ export interface components {
              * Format: date-time
              */
             ts: string;
+            /** Seq */
+            seq?: number | null;
         };
         /**
          * GeoJSONGeometry
@@ -1127,6 +1129,11 @@ export interface components {
              * Format: date-time
              */
             ts: string;
+            /**
+             * Seq
+             * @default null
+             */
+            seq?: number | null;
         };
         /** StreamGpuSample */
         StreamGpuSample: {

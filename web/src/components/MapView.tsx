@@ -1,5 +1,6 @@
 "use client";
-// MapLibre GL map with our own GeoJSON layers on a blank style: no external tile server or glyphs.
+// MapLibre GL map with our own GeoJSON layers on a bundled style: Natural Earth land and borders
+// (world-atlas, 1:50m, loaded with the map) for orientation, no external tile server or glyphs.
 // Tiles are filled by class (categorical) or confidence (ramp); a click selects a tile. In drawing
 // mode clicks add the vertices of a polygon. The container reports how many tile footprints are
 // drawn (data-rendered-tiles), which is what the browser tests check.
@@ -25,6 +26,21 @@ const CLASS_COLORS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 export function classColors(features: TileFeature[]): [string, string][] {
   const classes = [...new Set(features.map((f) => f.properties.class).filter((c): c is string => typeof c === "string"))].sort();
   return classes.map((c, i) => [c, CLASS_COLORS[i % CLASS_COLORS.length]]);
+}
+
+let world: Promise<{ land: GeoJSON.GeoJSON; borders: GeoJSON.GeoJSON }> | undefined;
+
+/** Natural Earth land and country borders at 1:50m, bundled (world-atlas), converted once per page. */
+function loadWorld() {
+  world ??= Promise.all([import("world-atlas/countries-50m.json"), import("topojson-client")]).then(([atlas, topojson]) => {
+    const topology = (atlas.default ?? atlas) as unknown as import("topojson-specification").Topology;
+    const objects = topology.objects as Record<string, import("topojson-specification").GeometryCollection>;
+    return {
+      land: topojson.feature(topology, objects.land) as GeoJSON.GeoJSON,
+      borders: topojson.mesh(topology, objects.countries, (a, b) => a !== b) as GeoJSON.GeoJSON,
+    };
+  });
+  return world;
 }
 
 function bounds(geometries: Geometry[]): LngLatBoundsLike | null {
@@ -58,6 +74,15 @@ export function MapView({ tiles, colorBy = "class", area, draft, onSelect, onMap
     m.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
     m.on("load", () => {
       const empty = { type: "FeatureCollection" as const, features: [] };
+      m.addSource("land", { type: "geojson", data: empty });
+      m.addSource("borders", { type: "geojson", data: empty });
+      m.addLayer({ id: "land", type: "fill", source: "land", paint: { "fill-color": theme.map.land } });
+      m.addLayer({ id: "borders", type: "line", source: "borders", paint: { "line-color": theme.map.border, "line-width": 0.6 } });
+      void loadWorld().then(({ land, borders }) => {
+        if (!map.current) return;
+        (m.getSource("land") as GeoJSONSource).setData(land);
+        (m.getSource("borders") as GeoJSONSource).setData(borders);
+      });
       m.addSource("area", { type: "geojson", data: empty });
       m.addSource("tiles", { type: "geojson", data: empty });
       m.addSource("draft", { type: "geojson", data: empty });
@@ -95,6 +120,8 @@ export function MapView({ tiles, colorBy = "class", area, draft, onSelect, onMap
     const m = map.current;
     if (!m || !ready) return;
     m.setPaintProperty("background", "background-color", theme.map.background);
+    m.setPaintProperty("land", "fill-color", theme.map.land);
+    m.setPaintProperty("borders", "line-color", theme.map.border);
     m.setPaintProperty("tiles-line", "line-color", theme.map.outline);
     m.setPaintProperty("area-line", "line-color", theme.map.area);
   }, [theme, ready]);

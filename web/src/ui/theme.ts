@@ -15,7 +15,7 @@ export interface Palette {
   danger: string;
   states: Record<"queued" | "running" | "succeeded" | "failed" | "canceled", string>;
   chart: string[];
-  map: { background: string; fill: string; outline: string; area: string };
+  map: { background: string; land: string; border: string; fill: string; outline: string; area: string };
 }
 
 const light: Palette = {
@@ -30,7 +30,7 @@ const light: Palette = {
   danger: "#b3261e",
   states: { queued: "#6b7280", running: "#2457c5", succeeded: "#18794e", failed: "#b3261e", canceled: "#8a5a00" },
   chart: ["#2457c5", "#c2410c", "#18794e", "#7c3aed"],
-  map: { background: "#e8edf3", fill: "#2457c5", outline: "#17202c", area: "#c2410c" },
+  map: { background: "#dbe6f0", land: "#f4f1ea", border: "#b9b3a6", fill: "#2457c5", outline: "#17202c", area: "#c2410c" },
 };
 
 const dark: Palette = {
@@ -45,7 +45,7 @@ const dark: Palette = {
   danger: "#ff8a80",
   states: { queued: "#9aa4b2", running: "#7aa7ff", succeeded: "#4cc38a", failed: "#ff8a80", canceled: "#f0b54a" },
   chart: ["#7aa7ff", "#ff9d5c", "#4cc38a", "#c4a5ff"],
-  map: { background: "#1d2633", fill: "#7aa7ff", outline: "#e6eaf0", area: "#ff9d5c" },
+  map: { background: "#121a24", land: "#263242", border: "#3d4b5e", fill: "#7aa7ff", outline: "#e6eaf0", area: "#ff9d5c" },
 };
 
 export const palettes: Record<Mode, Palette> = { light, dark };

@@ -1,0 +1,72 @@
+"""The stream hub puts each job's events back in commit order (`seq`) when NATS delivers them out of
+order (two processes publishing), without delaying events that arrive in order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+from api.stream.hub import JobSequencer
+from constellation_core.events import Event
+
+JOB, OTHER = uuid.uuid4(), uuid.uuid4()
+
+
+def event(seq: int | None, job_id=JOB, id_: int | None = None) -> Event:
+    return Event(id=id_ or 100 + (seq or 0), type="job.progress", job_id=job_id, payload={}, ts=datetime.now(UTC), seq=seq)
+
+
+def run(scenario):
+    async def main():
+        released: list[tuple[uuid.UUID | None, int | None]] = []
+        sequencer = JobSequencer(lambda e: released.append((e.job_id, e.seq)), max_wait_s=0.2)
+
+        def accept(e: Event) -> None:
+            released.extend((r.job_id, r.seq) for r in sequencer.accept(e))
+
+        await scenario(accept, released)
+        return released
+
+    return asyncio.run(main())
+
+
+def test_in_order_events_pass_at_once_and_a_swapped_pair_comes_out_in_order():
+    async def scenario(accept, released):
+        accept(event(1))
+        accept(event(2))
+        assert released == [(JOB, 1), (JOB, 2)]  # nothing waits in the common case
+        accept(event(4))  # 3 is still on its way from the other device's process
+        accept(event(1, OTHER))  # other jobs are not held up
+        assert released[-1] == (OTHER, 1)
+        accept(event(3))
+        assert [s for j, s in released if j == JOB] == [1, 2, 3, 4]
+
+    run(scenario)
+
+
+def test_a_gap_that_never_fills_is_given_up_on_after_the_wait_and_a_straggler_still_arrives_once():
+    async def scenario(accept, released):
+        accept(event(1))
+        accept(event(3))
+        accept(event(5))
+        started = time.monotonic()
+        while len(released) < 3 and time.monotonic() - started < 2:
+            await asyncio.sleep(0.01)
+        assert [s for _, s in released] == [1, 3, 5]
+        assert 0.15 < time.monotonic() - started < 1
+        accept(event(2))  # very late: sent once, out of order (clients order by id)
+        accept(event(6))
+        assert [s for _, s in released] == [1, 3, 5, 2, 6]
+
+    run(scenario)
+
+
+def test_events_without_a_sequence_pass_straight_through():
+    async def scenario(accept, released):
+        accept(event(None))
+        accept(event(None, job_id=None))
+        assert len(released) == 2
+
+    run(scenario)
