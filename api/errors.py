@@ -103,6 +103,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body that is not JSON at all (bytes that are not UTF-8, say):
+            # invalid input like any other, with the field it concerns.
+            return problem_response(422, "Invalid input", "the body is not valid JSON", instance=request.url.path,
+                                    errors=[{"loc": ["body"], "msg": "not valid JSON", "type": "json_invalid"}])
         return problem_response(
             exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail),
             instance=request.url.path, headers=getattr(exc, "headers", None),

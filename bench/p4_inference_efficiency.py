@@ -22,7 +22,6 @@ from sqlalchemy import create_engine, text
 from constellation_core.inference.imagery import TileReader, ensure_demo_scene
 from constellation_core.inference.model import TileClassifier
 from constellation_core.settings import Settings, get_settings
-from constellation_core.waiting import wait_for
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from dagster import Field, Float, _check as check
+from dagster import Field, Float
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.storage.config import pg_config
@@ -74,7 +74,6 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        check.inst(run.job_code_origin, object, "a run needs a code origin to be launched")
         request = json.dumps({"run_id": run.run_id, "instance_ref": serialize_value(self._instance.get_ref())})
         with self._lock:
             pid = self._fork(request)

@@ -191,3 +191,12 @@ def test_one_socket_carries_several_subscriptions(client, make_account):
         client.post(f"/jobs/{first}/cancel", headers=owner.headers)
         ended = next_message(ws)
         assert (ended["job_id"], ended["payload"]["state"]) == (first, "canceled")
+
+
+def test_a_body_that_is_not_json_at_all_is_a_422_problem(client, make_account):
+    account = make_account()
+    for path in ("/jobs", "/jobs/estimate", "/areas"):
+        response = client.post(path, content=b"\xff\r\x8a&\x9cq", headers={**account.headers, "Content-Type": "application/json"})
+        assert response.status_code == 422, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["errors"][0]["loc"] == ["body"]

@@ -477,5 +477,6 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     shots = {p.name for p in (REPO_ROOT / "web" / "e2e" / "screenshots").glob("*.png")}
     assert {"signin.png", "submit.png", "jobs.png", "job.png", "gpus.png", "submit-error.png",
             "jobs-running.png", "jobs-canceled.png", "overview.png", "coverage.png", "usage.png",
-            "analytics.png", "overview-dark.png"} <= shots
+            "analytics.png", "overview-dark.png", "submit-drawn.png"} <= shots
     assert "the tile map draws" in done.stdout and "the GPU chart went from" in done.stdout
+    assert "ok: a drawn area: Estimated" in done.stdout

@@ -51,7 +51,7 @@ class DailyVolumeRow(BaseModel):
 
 
 
-def _connection(root: str):
+def _connection():
     """This thread's DuckDB cursor (in memory, spatial loaded once per thread)."""
     conn = getattr(_local, "conn", None)
     if conn is None:
@@ -65,7 +65,7 @@ def _query(root, dataset: str, sql: str, params: list[Any]) -> list[dict[str, An
     files = sorted((root / dataset).glob("day=*/*.parquet"))
     if not files:
         return []  # nothing exported yet
-    conn = _connection(str(root))
+    conn = _connection()
     source = f"read_parquet({[str(f) for f in files]!r}, hive_partitioning = true, union_by_name = true)"
     cursor = conn.cursor()
     try:

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from api.deps import CurrentAccount, EngineDep
-from api.errors import NotFound
+from api.jobs.service import check_job_access
 from api.pagination import DEFAULT_LIMIT, Limit, Page
 from constellation_core.events import Event
-from constellation_core.tables import events, jobs
+from constellation_core.tables import events
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -31,10 +31,8 @@ async def list_events(
     if job_id is not None:
         query = query.where(events.c.job_id == job_id)
     async with engine.connect() as conn:
-        if job_id is not None and not account.is_admin:
-            owner = (await conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id))).scalar_one_or_none()
-            if owner != account.id:
-                raise NotFound(f"no job with id {job_id}")
+        if job_id is not None:
+            await check_job_access(conn, account, job_id)
         rows = (await conn.execute(query)).mappings().all()
     page = [Event.model_validate(dict(r)) for r in rows[:limit]]
     return Page[Event](data=page, next_cursor=str(page[-1].id) if len(rows) > limit else None)

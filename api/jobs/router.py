@@ -120,7 +120,7 @@ async def job_logs(
     after: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Resume after this event id")] = None,
 ) -> StreamingResponse:
     """The job's log lines and state changes, live (SSE); ends after the job's final state."""
-    await service.get_job(engine, account, job_id, dagit_url="")  # 404 for another account's job
+    await service.ensure_job_visible(engine, account, job_id)  # 404 for another account's job
     resume = max(last_event_id or 0, after or 0)
     return StreamingResponse(log_stream(engine, request.app.state.hub, job_id, resume), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

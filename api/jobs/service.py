@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import RowMapping
+from sqlalchemy import RowMapping, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,7 +31,7 @@ from constellation_core.catalog import MODELS
 from constellation_core.events import Event, transition_job_async
 from constellation_core.geometry import InvalidGeometry, parse_area
 from constellation_core.logs import correlation_id
-from constellation_core.tables import JOB_STATES
+from constellation_core.tables import JOB_STATES, jobs
 from constellation_core.tiles import TooManyTiles, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,22 @@ async def cancel_job(
         row = await repository.get_job(conn, job_id)
     log.info("job canceled", extra={"job_id": str(job_id), "account": account.name})
     return to_public(row, dagit_url), event
+
+
+async def check_job_access(conn, account: Account, job_id: UUID) -> None:
+    """404 (as if absent) when a member names another account's job. Admins pass unchecked: for
+    them a filter on an unknown job is simply empty."""
+    if account.is_admin:
+        return
+    owner = (await conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id))).scalar_one_or_none()
+    if owner != account.id:
+        raise NotFound(f"no job with id {job_id}")
+
+
+async def ensure_job_visible(engine: AsyncEngine, account: Account, job_id: UUID) -> None:
+    """404 unless the job exists and the caller may see it (one query)."""
+    async with engine.connect() as conn:
+        _visible(await repository.get_job(conn, job_id), account, job_id)
 
 
 def _visible(row: RowMapping | None, account: Account, job_id: UUID) -> RowMapping:

@@ -14,9 +14,10 @@ from sqlalchemy import select
 
 from api.accounts.auth import Account, authenticate, key_from_headers
 from api.errors import Problem
+from api.jobs.service import check_job_access
 from api.stream.hub import LOG_TYPES, Subscriber
 from constellation_core.events import Event
-from constellation_core.tables import events, jobs
+from constellation_core.tables import events
 from constellation_core.telemetry import GpuSample
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,7 @@ async def _check_job_access(engine, account: Account, job_id: UUID | None) -> No
     if job_id is None or account.is_admin:
         return
     async with engine.connect() as conn:
-        owner = (await conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id))).scalar_one_or_none()
-    if owner != account.id:
-        raise Problem(f"no job with id {job_id}")
+        await check_job_access(conn, account, job_id)
 
 
 async def _history(engine, subscriber: Subscriber, topic: tuple[str, UUID | None], after: int) -> list[Event]:

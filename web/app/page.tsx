@@ -1,15 +1,14 @@
 "use client";
 // Overview: queue depth, running jobs, GPUs busy, tiles/s now and per minute over the last hour.
-import { useQuery } from "@tanstack/react-query";
 import { useMemo } from "react";
 import { apiKey } from "../src/lib/api";
-import { gpuQueries, jobQueries } from "../src/lib/queries";
+import { useGpus, useJobSummary } from "../src/lib/hooks";
 import { TimeChart } from "../src/components/TimeChart";
 import { Card, ErrorState, Grid, Loading, Muted, Page, Stat, Title } from "../src/ui/components";
 
 export default function Overview() {
-  const summary = useQuery(jobQueries.summary());
-  const gpus = useQuery(gpuQueries.list());
+  const summary = useJobSummary();
+  const gpus = useGpus();
   const perMinute = useMemo(() => {
     // Every minute of the last hour, zeros included, so the chart's time axis is honest.
     const counts = new Map((summary.data?.tiles_per_minute ?? []).map((m) => [Math.floor(Date.parse(m.minute) / 60000), m.tiles]));

@@ -112,7 +112,8 @@ try {
     await page.getByRole("region", { name: ready }).first().waitFor({ timeout: 30000 });
     if (path === "usage/") {
       // usage_go's leaderboard, through the API: this account's row, then its totals per window.
-      await page.getByRole("button", { name: /^Show .*'s usage$/ }).first().click();
+      // The test's account (e2e-browser): members may open only their own account's usage.
+      await page.getByRole("button", { name: "Show e2e-browser's usage" }).click();
       await page.getByRole("table", { name: "Account usage by window" }).waitFor({ timeout: 15000 });
     }
     if (path === "analytics/") {
@@ -143,6 +144,22 @@ try {
   await error.waitFor({ timeout: 15000 });
   if (!(await error.textContent()).includes("Polygon")) fail(`unexpected area error: ${await error.textContent()}`);
   await page.screenshot({ path: `${shots}/submit-error.png` });
+
+  // Drawing an area instead: three clicks on the map, then its tile count at zoom 3.
+  step = "draw an area";
+  await page.goto(`${base}/app/submit/`);
+  await page.getByLabel("Zoom", { exact: true }).fill("3");
+  await page.getByRole("button", { name: "Draw an area" }).click();
+  const areaMap = page.getByRole("region", { name: "Area map" });
+  await page.waitForFunction(() => document.querySelector('[aria-label="Area map"]')?.dataset.ready === "true", null, { timeout: 15000 });
+  const mapBox = await areaMap.boundingBox();
+  for (const [dx, dy] of [[-80, -40], [80, -40], [0, 60]]) {
+    await page.mouse.click(mapBox.x + mapBox.width / 2 + dx, mapBox.y + mapBox.height / 2 + dy);
+  }
+  await page.getByRole("button", { name: "Use this area" }).click();
+  await page.getByTestId("estimate").filter({ hasText: /Estimated \d+ tiles/ }).waitFor({ timeout: 15000 });
+  await page.screenshot({ path: `${shots}/submit-drawn.png` });
+  console.log(`ok: a drawn area: ${await page.getByTestId("estimate").textContent()}`);
   // Keyboard: on a fresh page the first Tab lands on the skip link.
   step = "keyboard";
   await page.goto(`${base}/app/gpus/`);

@@ -1,8 +1,7 @@
 "use client";
 // Analytics: panels from /analytics (DuckDB over the Parquet exports; refreshed after jobs finish).
-import { useQuery } from "@tanstack/react-query";
 import { useMemo, useState } from "react";
-import { analyticsQueries } from "../../src/lib/queries";
+import { useDailyVolume, useGpuSecondsPerKm2, useThroughputByDevice } from "../../src/lib/hooks";
 import { TimeChart } from "../../src/components/TimeChart";
 import { Card, Empty, ErrorState, Grid, Loading, Muted, Page, Title } from "../../src/ui/components";
 
@@ -12,9 +11,9 @@ const fmt = (n: number | null | undefined, digits = 1) => (n == null ? "–" : n
 export default function Analytics() {
   const [days, setDays] = useState<(typeof DAYS)[number]>(30);
   const since = useMemo(() => new Date(Date.now() - days * 86400_000).toISOString().slice(0, 10), [days]);
-  const throughput = useQuery(analyticsQueries.throughput(since));
-  const perKm2 = useQuery(analyticsQueries.gpuSecondsPerKm2(since));
-  const daily = useQuery(analyticsQueries.dailyVolume(since));
+  const throughput = useThroughputByDevice(since);
+  const perKm2 = useGpuSecondsPerKm2(since);
+  const daily = useDailyVolume(since);
   const dailySeries = useMemo(() => {
     const byDay = new Map<string, number>();
     for (const row of daily.data ?? []) byDay.set(row.day, (byDay.get(row.day) ?? 0) + row.tiles);

@@ -1,15 +1,14 @@
 "use client";
 // Coverage: every processed tile on one map (yours; admins: everyone's); click a tile → its job and run.
-import { useQuery } from "@tanstack/react-query";
 import { useState } from "react";
-import { coverageQueries } from "../../src/lib/queries";
+import { useCoverage } from "../../src/lib/hooks";
 import { MapView } from "../../src/components/MapView";
 import { Card, Empty, ErrorState, Loading, Muted, Page, Title } from "../../src/ui/components";
 
 const WORLD = "-180,-85,180,85";
 
 export default function Coverage() {
-  const coverage = useQuery(coverageQueries.bbox(WORLD));
+  const coverage = useCoverage(WORLD);
   const [colorBy, setColorBy] = useState<"class" | "confidence">("class");
   const [selected, setSelected] = useState<Record<string, unknown> | null>(null);
   return (

@@ -1,9 +1,9 @@
 "use client";
 // GPUs: a card per device with live charts of the last five minutes (utilization, memory, temperature,
 // power) — history from the API, then every 1 Hz sample from the stream — and the job on it.
-import { useQuery } from "@tanstack/react-query";
 import { useMemo } from "react";
-import { gpuQueries, type Gpu } from "../../src/lib/queries";
+import { useGpuTelemetry, useGpus } from "../../src/lib/hooks";
+import type { Gpu } from "../../src/lib/queries";
 import { TimeChart } from "../../src/components/TimeChart";
 import { Card, Empty, ErrorState, Grid, Loading, Muted, Page, Title } from "../../src/ui/components";
 
@@ -15,7 +15,7 @@ const CHARTS = [
 ] as const;
 
 function DeviceCard({ gpu, index }: { gpu: Gpu; index: number }) {
-  const telemetry = useQuery(gpuQueries.telemetry(gpu.uuid));
+  const telemetry = useGpuTelemetry(gpu.uuid);
   const series = useMemo(() => {
     const samples = telemetry.data ?? [];
     const xs = samples.map((s) => Date.parse(s.ts) / 1000);
@@ -45,7 +45,7 @@ function DeviceCard({ gpu, index }: { gpu: Gpu; index: number }) {
 }
 
 export default function Gpus() {
-  const gpus = useQuery(gpuQueries.list());
+  const gpus = useGpus();
   return (
     <Page>
       <Title>GPUs</Title>

@@ -1,14 +1,13 @@
 "use client";
 // Jobs: a virtualized TanStack Table over server-side pages (filter, sort and search are the API's),
 // live state, progress and ETA from the stream, and bulk cancel of the selected jobs.
-import { useInfiniteQuery, useQuery, useQueryClient } from "@tanstack/react-query";
 import { createColumnHelper, flexRender, getCoreRowModel, useReactTable, type RowSelectionState } from "@tanstack/react-table";
 import { useVirtualizer } from "@tanstack/react-virtual";
 import { useTheme } from "@emotion/react";
 import { useEffect, useMemo, useRef, useState } from "react";
-import { api } from "../../src/lib/api";
-import { jobQueries, type JobPublic } from "../../src/lib/queries";
-import { jobKeys, type JobFilters } from "../../src/live/queryKeys";
+import { useCancelJobs, useJobSummary, useJobs } from "../../src/lib/hooks";
+import type { JobPublic } from "../../src/lib/queries";
+import type { JobFilters } from "../../src/live/queryKeys";
 import { Button, Card, Empty, ErrorState, Loading, Muted, Page, Progress, StateBadge, Title, formatSeconds } from "../../src/ui/components";
 
 const STATES = ["queued", "running", "succeeded", "failed", "canceled"] as const;
@@ -25,15 +24,15 @@ function useDebounced<T>(value: T, ms: number): T {
 }
 
 export default function Jobs() {
-  const client = useQueryClient();
   const theme = useTheme();
   const [states, setStates] = useState<string[]>([]);
   const [sort, setSort] = useState<NonNullable<JobFilters["sort"]>>("-created_at");
   const [search, setSearch] = useState("");
   const q = useDebounced(search.trim(), 300);
   const filters: JobFilters = useMemo(() => ({ state: states, sort, q }), [states, sort, q]);
-  const jobs = useInfiniteQuery(jobQueries.list(filters));
-  const summary = useQuery(jobQueries.summary());
+  const jobs = useJobs(filters);
+  const summary = useJobSummary();
+  const cancelJobs = useCancelJobs();
   const [selection, setSelection] = useState<RowSelectionState>({});
   const [notice, setNotice] = useState<string>();
 
@@ -92,11 +91,9 @@ export default function Jobs() {
   });
 
   async function cancel(targets: JobPublic[]) {
-    const results = await Promise.all(targets.map((job) => api.POST("/jobs/{job_id}/cancel", { params: { path: { job_id: job.id } } })));
-    const failed = results.filter((r) => r.error).length;
+    const failed = await cancelJobs.mutateAsync(targets.map((job) => job.id));
     setNotice(failed ? `${targets.length - failed} canceled, ${failed} could not be (already finished?)` : `${targets.length} canceled`);
     setSelection({});
-    void client.invalidateQueries({ queryKey: jobKeys.all });
   }
 
   const scroller = useRef<HTMLDivElement>(null);

@@ -1,8 +1,8 @@
 "use client";
 // Usage (from usage_go): the leaderboard by a metric over a window, and one account's totals per window.
-import { useQuery } from "@tanstack/react-query";
 import { useState } from "react";
-import { usageQueries, type Metric, type Window } from "../../src/lib/queries";
+import { useAccountUsage, useLeaderboard } from "../../src/lib/hooks";
+import type { Metric, Window } from "../../src/lib/queries";
 import { Button, Card, Empty, ErrorState, Loading, Muted, Page, Title } from "../../src/ui/components";
 
 const METRICS: [Metric, string][] = [["gpu_seconds", "GPU-seconds"], ["tiles", "Tiles"], ["jobs", "Jobs"], ["energy", "Energy (J)"]];
@@ -13,8 +13,8 @@ export default function Usage() {
   const [window, setWindow] = useState<Window>("week");
   const [metric, setMetric] = useState<Metric>("gpu_seconds");
   const [account, setAccount] = useState<string>("");
-  const board = useQuery(usageQueries.leaderboard(window, metric));
-  const detail = useQuery(usageQueries.account(account));
+  const board = useLeaderboard(window, metric);
+  const detail = useAccountUsage(account);
   return (
     <Page>
       <Title>Usage</Title>

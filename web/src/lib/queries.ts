@@ -14,13 +14,25 @@ export type TileCollection = S["TileFeatureCollection"];
 export type Window = "day" | "week" | "month" | "all";
 export type Metric = "gpu_seconds" | "tiles" | "jobs" | "energy";
 
-/** The API's problem detail as an Error (openapi-fetch returns problems as `error`). */
-function unwrap<T>(result: { data?: T; error?: unknown }, what: string): T {
+/** An API problem (RFC 9457) as an Error, with its HTTP status. */
+export class ApiError extends Error {
+  constructor(message: string, readonly status: number) {
+    super(message);
+  }
+}
+
+/** The data, or the API's problem detail as an ApiError (openapi-fetch returns problems as `error`). */
+function unwrap<T>(result: { data?: T; error?: unknown; response: Response }, what: string): T {
   if (result.error !== undefined || result.data === undefined) {
     const detail = (result.error as { detail?: string } | undefined)?.detail;
-    throw new Error(detail ?? `could not load ${what}`);
+    throw new ApiError(detail ?? `could not load ${what}`, result.response.status);
   }
   return result.data;
+}
+
+/** Retry network and server errors a few times; a 4xx answer will not change by asking again. */
+export function shouldRetry(failures: number, error: unknown): boolean {
+  return !(error instanceof ApiError && error.status < 500) && failures < 3;
 }
 
 export const JOB_PAGE = 200;

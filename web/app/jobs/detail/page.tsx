@@ -1,10 +1,9 @@
 "use client";
 // One job: state timeline, progress with ETA (queue position while queued), live logs, the tile map
 // (footprints coloured by class or confidence; click a tile for its result, run and device), runs.
-import { useQuery, useQueryClient } from "@tanstack/react-query";
+import { useQueryClient } from "@tanstack/react-query";
 import { useEffect, useMemo, useState } from "react";
-import { api } from "../../../src/lib/api";
-import { jobQueries } from "../../../src/lib/queries";
+import { useCancelJobs, useJob, useJobEvents, useJobTiles } from "../../../src/lib/hooks";
 import { jobKeys } from "../../../src/live/queryKeys";
 import { MapView, classColors, type TileFeature } from "../../../src/components/MapView";
 import { Button, Card, ErrorState, ErrorText, Loading, Muted, Page, Progress, StateBadge, Title, formatSeconds } from "../../../src/ui/components";
@@ -15,10 +14,11 @@ export default function JobDetail() {
   const [id, setId] = useState("");
   useEffect(() => setId(new URLSearchParams(window.location.search).get("id") ?? "-"), []);
   const client = useQueryClient();
-  const job = useQuery(jobQueries.detail(id === "-" ? "" : id));
-  const events = useQuery(jobQueries.events(id === "-" ? "" : id));
+  const job = useJob(id === "-" ? "" : id);
+  const events = useJobEvents(id === "-" ? "" : id);
   const running = job.data?.state === "running" || job.data?.state === "queued";
-  const tiles = useQuery({ ...jobQueries.tiles(id === "-" ? "" : id), refetchInterval: running ? 5000 : false });
+  const tiles = useJobTiles(id === "-" ? "" : id, running);
+  const cancel = useCancelJobs();
   const [colorBy, setColorBy] = useState<"class" | "confidence">("class");
   const [selected, setSelected] = useState<Record<string, unknown> | null>(null);
   const state = job.data?.state;
@@ -51,10 +51,7 @@ export default function JobDetail() {
         </p>
         {j.error && <p role="alert"><ErrorText>{j.error}</ErrorText></p>}
         {(j.state === "queued" || j.state === "running") && (
-          <Button variant="danger" onClick={async () => {
-            await api.POST("/jobs/{job_id}/cancel", { params: { path: { job_id: j.id } } });
-            void client.invalidateQueries({ queryKey: jobKeys.detail(j.id) });
-          }}>Cancel job</Button>
+          <Button variant="danger" disabled={cancel.isPending} onClick={() => cancel.mutate([j.id])}>Cancel job</Button>
         )}
         <ol aria-label="State timeline" style={{ display: "flex", gap: "1.5rem", listStyle: "none", padding: 0, flexWrap: "wrap" }}>
           {timeline.map((e) => (

@@ -1,0 +1,38 @@
+"use client";
+// One hook per resource, over the queryOptions factories in ./queries (pages use these; the live
+// channel writes to the same keys).
+import { useInfiniteQuery, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import type { JobFilters } from "../live/queryKeys";
+import { jobKeys } from "../live/queryKeys";
+import { api } from "./api";
+import {
+  analyticsQueries, coverageQueries, gpuQueries, jobQueries, usageQueries, type Metric, type Window,
+} from "./queries";
+
+export const useJobs = (filters: JobFilters) => useInfiniteQuery(jobQueries.list(filters));
+export const useJobSummary = () => useQuery(jobQueries.summary());
+export const useJob = (id: string) => useQuery(jobQueries.detail(id));
+export const useJobEvents = (id: string) => useQuery(jobQueries.events(id));
+/** The job's tiles; refetched every 5 s while `live` (results land in batches). */
+export const useJobTiles = (id: string, live: boolean) =>
+  useQuery({ ...jobQueries.tiles(id), refetchInterval: live ? 5000 : false });
+export const useGpus = () => useQuery(gpuQueries.list());
+export const useGpuTelemetry = (uuid: string) => useQuery(gpuQueries.telemetry(uuid));
+export const useLeaderboard = (window: Window, metric: Metric) => useQuery(usageQueries.leaderboard(window, metric));
+export const useAccountUsage = (id: string) => useQuery(usageQueries.account(id));
+export const useCoverage = (bbox: string) => useQuery(coverageQueries.bbox(bbox));
+export const useThroughputByDevice = (since: string) => useQuery(analyticsQueries.throughput(since));
+export const useGpuSecondsPerKm2 = (since: string) => useQuery(analyticsQueries.gpuSecondsPerKm2(since));
+export const useDailyVolume = (since: string) => useQuery(analyticsQueries.dailyVolume(since));
+
+/** Cancel jobs; resolves to how many could not be canceled (already finished, or gone). */
+export function useCancelJobs() {
+  const client = useQueryClient();
+  return useMutation({
+    mutationFn: async (ids: string[]) => {
+      const results = await Promise.all(ids.map((job_id) => api.POST("/jobs/{job_id}/cancel", { params: { path: { job_id } } })));
+      return results.filter((r) => r.error).length;
+    },
+    onSettled: () => client.invalidateQueries({ queryKey: jobKeys.all }),
+  });
+}
