@@ -5,6 +5,9 @@ import styled from "@emotion/styled";
 import { useEffect, useState, type ReactNode } from "react";
 import { apiKey } from "../src/lib/api";
 import { palettes, type Mode } from "../src/ui/theme";
+import { useLiveStatus } from "./providers";
+
+const LIVE_TEXT = { "signed-out": "", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…" } as const;
 
 const MODE_KEY = "constellation.theme";
 
@@ -52,6 +55,7 @@ export function Shell({ children }: { children: ReactNode }) {
     setSignedIn(Boolean(apiKey()));
   }, []);
   const theme = palettes[mode];
+  const live = useLiveStatus();
   const toggle = () => {
     const next = mode === "dark" ? "light" : "dark";
     window.localStorage.setItem(MODE_KEY, next);
@@ -78,6 +82,12 @@ export function Shell({ children }: { children: ReactNode }) {
           <a key={href} href={href} aria-current={path === href ? "page" : undefined}>{label}</a>
         ))}
         <span className="spacer" />
+        {live !== "signed-out" && (
+          <span role="status" aria-label={`Live updates: ${LIVE_TEXT[live]}`} data-live={live}
+            style={{ fontSize: "0.85rem", color: live === "open" ? theme.states.succeeded : theme.muted }}>
+            <span aria-hidden>●</span> {LIVE_TEXT[live]}
+          </span>
+        )}
         <button type="button" onClick={toggle} aria-label={`Switch to ${mode === "dark" ? "light" : "dark"} theme`}
           style={{ font: "inherit", background: "none", border: `1px solid ${theme.border}`, color: theme.text, borderRadius: 6, padding: "0.2rem 0.6rem", cursor: "pointer" }}>
           {mode === "dark" ? "Light" : "Dark"} theme

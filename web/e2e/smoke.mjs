@@ -29,8 +29,14 @@ try {
   const page = await browser.newPage();
   await page.goto(`${base}/app/signin/?key=${key}`);
   await page.screenshot({ path: `${shots}/signin.png` });
+  step = "sign in";
+  await page.getByLabel("API key").fill("cst_not-a-key");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").filter({ hasText: "not valid" }).waitFor({ timeout: 15000 });
+  await page.getByLabel("API key").fill(key);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL("**/app/jobs/");
+  await page.locator("[data-live=open]").waitFor({ timeout: 15000 }); // the live channel is up
 
   if (longJob) {
     // First, while it still runs (a long job lasts seconds here): it runs, its progress bar moves, and Cancel on the Jobs page ends it `canceled`.

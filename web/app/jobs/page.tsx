@@ -52,7 +52,7 @@ export default function Jobs() {
       ),
       size: 36,
     }),
-    column.accessor("name", { header: "Name", cell: (c) => <a href={`/app/jobs/detail/?id=${c.row.original.id}`}>{c.getValue()}</a>, size: 220 }),
+    column.accessor("name", { header: "Name", cell: (c) => <a href={`/app/jobs/detail/?id=${c.row.original.id}`}>{c.getValue()}</a>, size: 200 }),
     column.accessor("state", { header: "State", cell: (c) => <StateBadge state={c.getValue()} />, size: 100 }),
     column.accessor("progress", {
       header: "Progress",
@@ -67,7 +67,7 @@ export default function Jobs() {
     column.accessor("priority", { header: "Priority", size: 70 }),
     column.accessor("mode", { header: "Mode", size: 70 }),
     column.accessor("submitted_by", { header: "By", size: 100 }),
-    column.accessor("created_at", { header: "Created", cell: (c) => c.getValue().slice(0, 19).replace("T", " "), size: 160 }),
+    column.accessor("created_at", { header: "Created (UTC)", cell: (c) => c.getValue().slice(5, 19).replace("T", " "), size: 150 }),
     column.display({
       id: "actions", header: () => <span className="sr-only">Actions</span>, size: 90,
       cell: ({ row }) => (row.original.state === "queued" || row.original.state === "running") && (

@@ -1,16 +1,51 @@
 "use client";
-import { useState } from "react";
-import { apiKey, setApiKey } from "../../src/lib/api";
+// Sign in with an API key, kept in this browser's localStorage. `make demo` prints a link that fills
+// in the demo's dev key (`?key=`); nothing is pre-filled otherwise.
+import { useEffect, useState } from "react";
+import { api, apiKey, setApiKey } from "../../src/lib/api";
+import { Button, Card, ErrorText, Field, Muted, Page, Title } from "../../src/ui/components";
 
 export default function SignIn() {
-  const [key, setKey] = useState(() => apiKey() ?? new URLSearchParams(globalThis.location?.search).get("key") ?? "");
-  const [saved, setSaved] = useState(false);
+  const [key, setKey] = useState("");
+  const [current, setCurrent] = useState<string | null>(null);
+  const [error, setError] = useState<string>();
+  const [busy, setBusy] = useState(false);
+  useEffect(() => {
+    setCurrent(apiKey());
+    setKey(apiKey() ?? new URLSearchParams(window.location.search).get("key") ?? "");
+  }, []);
+
+  async function signIn() {
+    setBusy(true);
+    setError(undefined);
+    setApiKey(key.trim());
+    // Check the key before leaving this page: a wrong key is said here, not on every page after.
+    const { error: problem, response } = await api.GET("/jobs/summary");
+    setBusy(false);
+    if (problem) {
+      setApiKey(current);
+      setError(response.status === 401 ? "This key is not valid (unknown or revoked)." : (problem as { detail?: string }).detail ?? "Could not check the key.");
+      return;
+    }
+    window.location.href = "/app/jobs/";
+  }
+
   return (
-    <form onSubmit={(e) => { e.preventDefault(); setApiKey(key.trim()); setSaved(true); window.location.href = "/app/jobs/"; }}>
-      <label htmlFor="key">API key</label>{" "}
-      <input id="key" value={key} onChange={(e) => setKey(e.target.value)} size={60} autoComplete="off" />{" "}
-      <button type="submit">Sign in</button>
-      {saved && <p role="status">Saved in this browser.</p>}
-    </form>
+    <Page style={{ maxWidth: "36rem" }}>
+      <Title>Sign in</Title>
+      <Card as="form" aria-label="Sign in" onSubmit={(e) => { e.preventDefault(); void signIn(); }}>
+        <Field>
+          <label htmlFor="key">API key</label>
+          <input id="key" value={key} onChange={(e) => setKey(e.target.value)} autoComplete="off" required
+            aria-describedby={error ? "key-error" : "key-help"} />
+          <Muted id="key-help">Kept in this browser only. An admin issues keys (<code>constellation-dev</code> prints the demo&apos;s).</Muted>
+          {error && <ErrorText role="alert" id="key-error">{error}</ErrorText>}
+        </Field>
+        <p style={{ display: "flex", gap: "0.5rem", margin: 0 }}>
+          <Button type="submit" variant="primary" disabled={busy || !key.trim()}>Sign in</Button>
+          {current && <Button type="button" onClick={() => { setApiKey(null); setCurrent(null); setKey(""); }}>Sign out</Button>}
+        </p>
+      </Card>
+    </Page>
   );
 }

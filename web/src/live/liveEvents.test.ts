@@ -120,12 +120,14 @@ describe("applyMessage", () => {
 });
 
 class FakeSocket implements SocketLike {
+  onopen: (() => void) | null = null;
   onmessage: ((message: { data: string }) => void) | null = null;
   onclose: ((event: { code: number }) => void) | null = null;
   closed = false;
   constructor(readonly url: string) {}
   send(event: StreamEvent) { this.onmessage?.({ data: JSON.stringify(event) }); }
   drop() { this.onclose?.({ code: 1006 }); }
+  open() { this.onopen?.(); }
   close() { this.closed = true; }
 }
 
@@ -154,5 +156,21 @@ describe("openLiveEvents", () => {
     sockets[1].drop();
     vi.advanceTimersByTime(5000);
     expect(sockets).toHaveLength(2); // closed for good: no reconnect
+  });
+
+  it("reports open, then reconnecting after a drop, then open again", () => {
+    vi.useFakeTimers();
+    const statuses: string[] = [];
+    const sockets: FakeSocket[] = [];
+    const stop = openLiveEvents({
+      url: "ws://api/stream", client: new QueryClient(), reconnectDelayMs: 100, onStatus: (s) => statuses.push(s),
+      connect: (url) => { const socket = new FakeSocket(url); sockets.push(socket); return socket; },
+    });
+    sockets[0].open();
+    sockets[0].drop();
+    vi.advanceTimersByTime(100);
+    sockets[1].open();
+    expect(statuses).toEqual(["open", "reconnecting", "open"]);
+    stop();
   });
 });

@@ -161,6 +161,7 @@ function patchJob<J extends ListRow | JobDetail>(job: J, event: StreamEvent): J 
 }
 
 export interface SocketLike {
+  onopen: (() => void) | null;
   onmessage: ((message: { data: string }) => void) | null;
   onclose: ((event: { code: number }) => void) | null;
   close(): void;
@@ -176,11 +177,7 @@ export interface LiveEventsOptions {
 
 /** Open the live channel; returns a function that closes it for good. */
 export function openLiveEvents({ url, client, connect, reconnectDelayMs = 1000, onStatus }: LiveEventsOptions): () => void {
-  const open = connect ?? ((u: string) => {
-    const ws = new WebSocket(u);
-    ws.onopen = () => onStatus?.("open");
-    return ws as unknown as SocketLike;
-  });
+  const open = connect ?? ((u: string) => new WebSocket(u) as unknown as SocketLike);
   let lastEventId = 0;
   let closed = false;
   let socket: SocketLike | null = null;
@@ -189,6 +186,7 @@ export function openLiveEvents({ url, client, connect, reconnectDelayMs = 1000, 
   const start = () => {
     const separator = url.includes("?") ? "&" : "?";
     socket = open(lastEventId ? `${url}${separator}after=${lastEventId}` : url);
+    socket.onopen = () => onStatus?.("open");
     socket.onmessage = ({ data }) => {
       const id = applyMessage(client, JSON.parse(data) as ServerMessage);
       if (id !== undefined && id > lastEventId) lastEventId = id;
