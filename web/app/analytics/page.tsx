@@ -34,7 +34,7 @@ export default function Analytics() {
             <table style={{ width: "100%" }} aria-label="Throughput by device">
               <thead><tr><th scope="col" align="left">Device</th><th scope="col" align="right">Tiles</th><th scope="col" align="right">ms/tile</th><th scope="col" align="right">tiles/s</th></tr></thead>
               <tbody>{throughput.data.map((r) => (
-                <tr key={r.device}><td>{r.device}{r.simulated ? <Muted> (simulated)</Muted> : null}</td><td align="right">{fmt(r.tiles, 0)}</td><td align="right">{fmt(r.avg_inference_ms, 2)}</td><td align="right">{fmt(r.tiles_per_s)}</td></tr>
+                <tr key={r.device}><td>{r.device}{r.simulated && !/simulated/i.test(r.device) ? <Muted> (simulated)</Muted> : null}</td><td align="right">{fmt(r.tiles, 0)}</td><td align="right">{fmt(r.avg_inference_ms, 2)}</td><td align="right">{fmt(r.tiles_per_s)}</td></tr>
               ))}</tbody>
             </table>
           )}
@@ -53,7 +53,7 @@ export default function Analytics() {
         <Card aria-label="Daily volume">
           <h2>Tiles per day</h2>
           {daily.isPending ? <Loading what="daily volume" /> : daily.isError ? <ErrorState error={daily.error} /> : daily.data.length === 0 ? <Empty>No exported jobs yet.</Empty> : (
-            <TimeChart label="Tiles per day" unit="" xs={dailySeries.xs} ys={dailySeries.ys} height={160} kind="bars" />
+            <TimeChart label="Tiles per day" unit="" xs={dailySeries.xs} ys={dailySeries.ys} height={160} kind="bars" step={86400} />
           )}
         </Card>
       </Grid>

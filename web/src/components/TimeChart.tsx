@@ -15,9 +15,10 @@ export interface TimeChartProps {
   height?: number;
   max?: number;
   kind?: "line" | "bars";
+  step?: number; // seconds between bars (60 for per-minute, 86400 for per-day)
 }
 
-export function TimeChart({ label, unit, xs, ys, color, height = 120, max, kind = "line" }: TimeChartProps) {
+export function TimeChart({ label, unit, xs, ys, color, height = 120, max, kind = "line", step = 60 }: TimeChartProps) {
   const theme = useTheme();
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
@@ -35,21 +36,17 @@ export function TimeChart({ label, unit, xs, ys, color, height = 120, max, kind 
         x: {
           time: true,
           // Bars: half a step of room on each side, so the first and last bars are whole.
-          range: kind === "bars" ? (u, lo, hi) => {
-            const xs0 = u.data[0];
-            const step = xs0.length > 1 ? (xs0[xs0.length - 1] - xs0[0]) / (xs0.length - 1) : 60;
-            return [lo - step / 2, hi + step / 2];
-          } : undefined,
+          range: kind === "bars" ? (_u, lo, hi) => [lo - step * 0.6, hi + step * 0.6] : undefined,
         },
         y: max !== undefined ? { range: [0, max] } : { range: (_u, lo, hi) => [Math.min(0, lo), Math.max(1, hi)] } },
-      axes: [axis, { ...axis, size: 50, values: (_u, vals) => vals.map((v) => `${v}${unit}`) }],
+      axes: [axis, { ...axis, size: 64, values: (_u, vals) => vals.map((v) => `${v.toLocaleString()}${unit}`) }],
       series: [{}, { label, stroke, width: 2, fill: `${stroke}22`, spanGaps: false, paths: kind === "bars" ? uPlot.paths.bars!({ size: [0.8, 40] }) : undefined, points: kind === "bars" ? { show: false } : {} }],
     }, [[], []], el);
     plot.current = u;
     const resize = new ResizeObserver(() => u.setSize({ width: Math.max(200, el.clientWidth), height }));
     resize.observe(el);
     return () => { resize.disconnect(); u.destroy(); plot.current = null; };
-  }, [theme, stroke, height, max, unit, label, kind]);
+  }, [theme, stroke, height, max, unit, label, kind, step]);
 
   useEffect(() => {
     plot.current?.setData([xs, ys]);
@@ -59,7 +56,7 @@ export function TimeChart({ label, unit, xs, ys, color, height = 120, max, kind 
   return (
     <figure style={{ margin: 0 }} aria-label={`${label} chart`} data-points={xs.length}>
       <figcaption style={{ fontSize: "0.85rem", color: theme.muted }}>
-        {label}: {last == null ? "–" : `${Math.round(last * 10) / 10}${unit}`}
+        {label}: {last == null ? "–" : `${(Math.round(last * 10) / 10).toLocaleString()}${unit}`}
       </figcaption>
       <div ref={box} />
     </figure>
