@@ -85,3 +85,16 @@ def make_account(engine: Engine):
 
     return _make
 
+
+
+@pytest.fixture(scope="module")
+def client(database_url, nats_url):
+    """The API in-process (TestClient) on the test database and NATS, at most 500 tiles per job."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from constellation_core.settings import Settings
+
+    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
+    with TestClient(create_app(settings)) as client:
+        yield client

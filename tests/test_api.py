@@ -5,26 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.main import create_app
-from constellation_core.settings import Settings
 from constellation_core.tables import events, jobs
-from tests.samples import GENEVA
+from tests.samples import job_body
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture(scope="module")
-def client(database_url, nats_url):
-    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
-    with TestClient(create_app(settings)) as client:
-        yield client
-
-
-def job_body(**overrides):
-    return {"name": "test job", "zoom": 14, "area": GENEVA, **overrides}
 
 
 def _counts(engine):

@@ -5,29 +5,14 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-from fastapi.testclient import TestClient
 from shapely.geometry import box, shape
 from sqlalchemy import func, insert, select
 
-from api.main import create_app
-from constellation_core.settings import Settings
 from constellation_core.tables import areas, gpus, jobs, steps, tile_results, tiles
 from constellation_core.tiles import plan_tiles
-from tests.samples import GENEVA
+from tests.samples import GENEVA, job_body
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture(scope="module")
-def client(database_url, nats_url):
-    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
-    with TestClient(create_app(settings)) as client:
-        yield client
-
-
-def job_body(**overrides):
-    return {"name": "test job", "zoom": 14, "area": GENEVA, **overrides}
 
 
 def test_job_list_pages_newest_first_with_cursors_and_filters(client, make_account):
@@ -124,7 +109,7 @@ def test_areas_import_validate_and_list(client, make_account, engine):
         assert conn.execute(select(func.count()).select_from(areas)).scalar_one() == before
 
 
-def _fake_results(engine, job_id, account_id) -> int:
+def _fake_results(engine, job_id) -> int:
     """Write results for the job's tiles as an inference step would (tiles planned independently)."""
     planned = plan_tiles(shape(GENEVA), 14, 500)
     with engine.begin() as conn:
@@ -142,7 +127,7 @@ def _fake_results(engine, job_id, account_id) -> int:
 def test_tiles_and_coverage_are_geojson(client, make_account, engine):
     account, other = make_account(), make_account()
     job = client.post("/jobs", json=job_body(), headers=account.headers).json()
-    planned = _fake_results(engine, job["id"], account.id)
+    planned = _fake_results(engine, job["id"])
 
     tiles_geojson = client.get(f"/jobs/{job['id']}/tiles", headers=account.headers)
     assert tiles_geojson.status_code == 200
@@ -170,7 +155,7 @@ def test_tiles_and_coverage_are_geojson(client, make_account, engine):
 def test_gpus_list_marks_simulated_devices_and_who_is_on_them(client, make_account, engine):
     account, admin = make_account(), make_account("admin")
     job = client.post("/jobs", json=job_body(), headers=account.headers).json()
-    _fake_results(engine, job["id"], account.id)
+    _fake_results(engine, job["id"])
     listed = client.get("/gpus", headers=admin.headers)
     assert listed.status_code == 200
     mine = [g for g in listed.json() if g["name"] == "Test GPU" and job["id"] in g["job_ids"]]
@@ -228,7 +213,7 @@ def test_summary_counts_states_and_tiles_per_minute_of_the_callers_jobs(client, 
     job = client.post("/jobs", json=job_body(), headers=account.headers).json()
     client.post("/jobs", json=job_body(), headers=account.headers)
     client.post(f"/jobs/{job['id']}/cancel", headers=account.headers)
-    planned = _fake_results(engine, job["id"], account.id)
+    planned = _fake_results(engine, job["id"])
     summary = client.get("/jobs/summary", headers=account.headers)
     assert summary.status_code == 200, summary.text
     body = summary.json()

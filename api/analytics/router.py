@@ -84,48 +84,53 @@ def _window(since: date | None, until: date | None) -> tuple[date, date]:
     return since, until
 
 
-def _account_filter(account) -> tuple[str, list[Any]]:
-    return ("", []) if account.is_admin else (" AND account = ?", [account.name])
+async def _named_query(account, settings, dataset: str, select: str, rest: str, since: date | None,
+                       until: date | None, where: str = "") -> list[dict[str, Any]]:
+    """`SELECT {select} FROM {dataset} WHERE <day window> [AND where] [AND <caller's rows>] {rest}`,
+    read-only over the Parquet exports; members see their own account's rows."""
+    since, until = _window(since, until)
+    conditions, params = ["CAST(day AS DATE) BETWEEN ? AND ?"], [since, until]
+    if where:
+        conditions.append(where)
+    if not account.is_admin:
+        conditions.append("account = ?")
+        params.append(account.name)
+    sql = f"SELECT {select} FROM {{source}} WHERE {' AND '.join(conditions)} {rest}"
+    return await run_in_threadpool(_query, settings.local_dir / "analytics", dataset, sql, params)
 
 
 @router.get("/throughput-by-device", response_model=list[ThroughputRow], name="throughput_by_device")
 async def throughput_by_device(account: CurrentAccount, settings: SettingsDep, since: Since = None,
                                until: Until = None) -> list[dict[str, Any]]:
     """Tiles and inference rate per device (model and simulated flag), from the exported tile results."""
-    since, until = _window(since, until)
-    where, params = _account_filter(account)
-    sql = ("SELECT device, any_value(simulated) AS simulated, count(*) AS tiles, "
-           "avg(inference_ms) AS avg_inference_ms, 1000 / nullif(avg(inference_ms), 0) AS tiles_per_s "
-           "FROM {source} WHERE CAST(day AS DATE) BETWEEN ? AND ?" + where +
-           " GROUP BY device ORDER BY tiles DESC")
-    return await run_in_threadpool(_query, settings.local_dir / "analytics", "tile_results", sql,
-                                   [since, until, *params])
+    return await _named_query(
+        account, settings, "tile_results",
+        "device, any_value(simulated) AS simulated, count(*) AS tiles, avg(inference_ms) AS avg_inference_ms, "
+        "1000 / nullif(avg(inference_ms), 0) AS tiles_per_s",
+        "GROUP BY device ORDER BY tiles DESC", since, until,
+    )
 
 
 @router.get("/gpu-seconds-per-km2", response_model=list[GpuSecondsPerKm2Row], name="gpu_seconds_per_km2")
 async def gpu_seconds_per_km2(account: CurrentAccount, settings: SettingsDep, since: Since = None,
                               until: Until = None) -> list[dict[str, Any]]:
     """Device time spent per square kilometre of area covered, per account, from the exported runs."""
-    since, until = _window(since, until)
-    where, params = _account_filter(account)
-    sql = ("SELECT account, count(*) AS runs, coalesce(sum(gpu_seconds), 0) AS gpu_seconds, "
-           "coalesce(sum(area_km2), 0) AS km2, sum(gpu_seconds) / nullif(sum(area_km2), 0) AS gpu_seconds_per_km2 "
-           "FROM {source} WHERE state = 'succeeded' AND CAST(day AS DATE) BETWEEN ? AND ?" + where +
-           " GROUP BY account ORDER BY gpu_seconds DESC")
-    return await run_in_threadpool(_query, settings.local_dir / "analytics", "run_metrics", sql,
-                                   [since, until, *params])
+    return await _named_query(
+        account, settings, "run_metrics",
+        "account, count(*) AS runs, coalesce(sum(gpu_seconds), 0) AS gpu_seconds, coalesce(sum(area_km2), 0) AS km2, "
+        "sum(gpu_seconds) / nullif(sum(area_km2), 0) AS gpu_seconds_per_km2",
+        "GROUP BY account ORDER BY gpu_seconds DESC", since, until, where="state = 'succeeded'",
+    )
 
 
 @router.get("/daily-volume", response_model=list[DailyVolumeRow], name="daily_volume")
 async def daily_volume(account: CurrentAccount, settings: SettingsDep, since: Since = None,
                        until: Until = None) -> list[dict[str, Any]]:
     """Tiles, jobs and square kilometres inferred per day and account (geodesic areas of the footprints)."""
-    since, until = _window(since, until)
-    where, params = _account_filter(account)
     # ST_Area_Spheroid reads (lat, lon), the EPSG:4326 axis order: flip our (lon, lat) footprints.
-    sql = ("SELECT CAST(day AS DATE) AS day, account, count(*) AS tiles, count(DISTINCT job_id) AS jobs, "
-           "sum(ST_Area_Spheroid(ST_FlipCoordinates(footprint))) / 1e6 AS km2 "
-           "FROM {source} WHERE CAST(day AS DATE) BETWEEN ? AND ?" + where +
-           " GROUP BY ALL ORDER BY 1, 2")
-    return await run_in_threadpool(_query, settings.local_dir / "analytics", "tile_results", sql,
-                                   [since, until, *params])
+    return await _named_query(
+        account, settings, "tile_results",
+        "CAST(day AS DATE) AS day, account, count(*) AS tiles, count(DISTINCT job_id) AS jobs, "
+        "sum(ST_Area_Spheroid(ST_FlipCoordinates(footprint))) / 1e6 AS km2",
+        "GROUP BY ALL ORDER BY 1, 2", since, until,
+    )
