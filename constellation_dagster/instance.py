@@ -162,13 +162,20 @@ def _read_line(process: subprocess.Popen, timeout: float) -> str:
     return line.strip()
 
 
-def _start_ticks(pid: int) -> int | None:
-    """A process's start time (clock ticks since boot): with the pid, identifies it across pid reuse."""
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and start time (clock ticks since boot; with the pid, it identifies
+    the process across pid reuse), from one read of /proc; None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[19])
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
 
 
 def _live_worker(run: DagsterRun) -> int | None:
@@ -176,14 +183,10 @@ def _live_worker(run: DagsterRun) -> int | None:
     if not identity:
         return None
     pid_text, _, ticks = identity.partition(":")
-    pid = int(pid_text)
-    started = _start_ticks(pid)
-    if started is None or (ticks not in ("", "0") and started != int(ticks)):
+    stat = _proc_stat(int(pid_text))
+    if stat is None or stat[0] == "Z" or (ticks not in ("", "0") and stat[1] != int(ticks)):
         return None
-    with open(f"/proc/{pid}/stat") as stat:
-        if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-            return None
-    return pid
+    return int(pid_text)
 
 
 class PromptClaimEventLogStorage(PostgresEventLogStorage):

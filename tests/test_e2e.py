@@ -239,7 +239,8 @@ def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):
     assert set(by_device) == {d.uuid for d in SIMULATED}
     for device, intervals in by_device.items():
         for earlier, later in zip(intervals, intervals[1:]):
-            assert later.started_at >= earlier.finished_at, f"{device} ran two steps at once: {earlier} / {later}"
+            assert later.started_at >= earlier.finished_at, (
+                f"{device} ran two steps at once: {earlier} / {later}\n{_dump_logs(stack)}")
 
     devices_per_job = {job_id: {r.device for r in step_rows if r.job_id == job_id} for job_id in submitted}
     for job_id, mode in submitted.items():

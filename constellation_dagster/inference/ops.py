@@ -159,11 +159,18 @@ def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: 
             error = repr(exc)
             raise
         finally:
-            bus.flush()
             elapsed = time.perf_counter() - started
             energy_at_end = energy_counter_mj(device)
             energy_j = (round((energy_at_end - energy_at_start) / 1000, 3)
                         if energy_at_start is not None and energy_at_end is not None else None)
+            summary = (f"{device.label}: {batches.inferred} tiles in {elapsed:.1f} s "
+                       f"({batches.inferred / elapsed if elapsed else 0:.0f} tiles/s)")
+            if batches.stopped_because:
+                summary += f"; stopped, the job is {batches.stopped_because}"
+            if error:
+                summary += f"; failed: {error}"
+            # The step's figures and its summary line in one transaction; one flush publishes the
+            # batches' events and the summary (the publisher keeps their order).
             with db.begin() as conn:
                 conn.execute(
                     update(steps).where(steps.c.id == step_id).values(
@@ -176,13 +183,9 @@ def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: 
                                  "first_batch_at": batches.first_batch_at, "last_batch_at": batches.last_batch_at},
                     )
                 )
-    summary = (f"{device.label}: {batches.inferred} tiles in {elapsed:.1f} s "
-               f"({batches.inferred / elapsed if elapsed else 0:.0f} tiles/s)")
-    if batches.stopped_because:
-        summary += f"; stopped, the job is {batches.stopped_because}"
+                summary_event = _log(conn, job, job_id, run_id, summary, level="error" if error else "info")
+            bus.publish([summary_event], flush=True)
     context.log.info(summary)
-    with db.begin() as conn:
-        bus.publish([_log(conn, job, job_id, run_id, summary)], flush=True)
     context.add_output_metadata({"tiles": batches.inferred, "device": device.label, "seconds": round(elapsed, 2),
                                  "model_version": model_version})
     return batches.inferred
