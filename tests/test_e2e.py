@@ -90,6 +90,25 @@ def stack(pg_admin_url, nats_url):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _step_timeline(stack, job_ids: list[str]) -> str:
+    """These jobs' Dagster runs (retries included): run-level events and the inference steps' events,
+    by time (to explain a failure)."""
+    from dagster import RunsFilter
+
+    lines = []
+    with DagsterInstance.from_config(stack["dagster_home"]) as instance:
+        for job_id in job_ids:
+            for run in instance.get_runs(filters=RunsFilter(tags={"constellation/job_id": job_id})):
+                lines.append(f"job {job_id[:8]}: run {run.run_id[:8]} {run.job_name} {run.status.value} "
+                             f"tags={ {k: v for k, v in run.tags.items() if 'retry' in k or 'worker' in k} }")
+                for record in instance.all_logs(run.run_id):
+                    event = record.dagster_event.event_type_value if record.dagster_event else ""
+                    if (record.step_key or "").startswith("infer") or not record.step_key:
+                        lines.append(f"{record.timestamp:.3f} job {job_id[:8]} run {run.run_id[:8]} "
+                                     f"{record.step_key} {event} {record.user_message[:160]}")
+    return "\n".join(sorted(lines))
+
+
 def account_in(database_url: str, name: str = "e2e-member") -> AccountKey:
     engine = create_engine(database_url)
     with engine.begin() as conn:
@@ -240,7 +259,8 @@ def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):
     for device, intervals in by_device.items():
         for earlier, later in zip(intervals, intervals[1:]):
             assert later.started_at >= earlier.finished_at, (
-                f"{device} ran two steps at once: {earlier} / {later}\n{_dump_logs(stack)}")
+                f"{device} ran two steps at once: {earlier} / {later}\n"
+                f"{_step_timeline(stack, [earlier.job_id, later.job_id])}\n{_dump_logs(stack)}")
 
     devices_per_job = {job_id: {r.device for r in step_rows if r.job_id == job_id} for job_id in submitted}
     for job_id, mode in submitted.items():
