@@ -18,15 +18,10 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
-import httpx
 import nats
 from sqlalchemy import create_engine
 from websockets.asyncio.client import connect
@@ -34,9 +29,8 @@ from websockets.asyncio.client import connect
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.bus import publish_events
 from constellation_core.events import SUBJECT_ROOT, Event
-from constellation_core.waiting import free_port, wait_for
+from served_api import served_api
 
-BIN = Path(sys.executable).parent
 FIRST_ID = 10**15
 
 
@@ -117,19 +111,8 @@ def main() -> None:
     with engine.begin() as conn:
         key = issue_api_key(conn, create_account(conn, f"p2-{uuid.uuid4().hex[:6]}", "admin"))
     engine.dispose()
-    port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="constellation-p2-")) / "api.log"
-    api = subprocess.Popen([str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port),
-                            "--no-access-log", "--log-level", "warning"],
-                           env={**os.environ, "LOG_LEVEL": "WARNING"}, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, timeout=60,
-                 what="API ready")
-        asyncio.run(run(args, f"ws://127.0.0.1:{port}/stream?api_key={key}", nats_url))
-    finally:
-        api.terminate()
-        api.wait(30)
-
+    with served_api() as base:
+        asyncio.run(run(args, f"{base.replace('http', 'ws', 1)}/stream?api_key={key}", nats_url))
 
 if __name__ == "__main__":
     main()

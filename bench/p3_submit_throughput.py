@@ -17,18 +17,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.tables import jobs
-from constellation_core.waiting import free_port, wait_for
+from served_api import served_api
 
-BIN = Path(sys.executable).parent
 BODY = ('{"name": "p3", "zoom": 14, "mode": "serial", "area": {"type": "Polygon", "coordinates": '
         '[[[6.10, 46.18], [6.12, 46.18], [6.12, 46.20], [6.10, 46.20], [6.10, 46.18]]]}}')
 
@@ -70,7 +67,6 @@ def main() -> None:
     engine = create_engine(database_url)
     with engine.begin() as conn:
         key = issue_api_key(conn, create_account(conn, "p3-bench", "member"))
-    port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="constellation-p3-"))
     script = tmp / "post_job.lua"
     script.write_text(
@@ -79,25 +75,16 @@ def main() -> None:
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     )
-    api = subprocess.Popen(
-        [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port), "--workers", str(args.workers),
-         "--no-access-log", "--log-level", "warning"],
-        env={**os.environ, "LOG_LEVEL": "WARNING"}, stdout=subprocess.DEVNULL, stderr=(tmp / "api.log").open("w"),
-    )
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, timeout=60, what="API ready")
-        run_wrk(f"{base}/healthz", None, 3, args.connections)  # warm-up
-        health = run_wrk(f"{base}/healthz", None, args.seconds, args.connections)
-        with engine.connect() as conn:
-            before = conn.execute(select(func.count()).select_from(jobs)).scalar_one()
-        submit = run_wrk(f"{base}/jobs", script, args.seconds, args.connections)
-        with engine.connect() as conn:
-            created = conn.execute(select(func.count()).select_from(jobs)).scalar_one() - before
-            conn.execute(text("SELECT 1"))
+        with served_api(workers=args.workers) as base:
+            run_wrk(f"{base}/healthz", None, 3, args.connections)  # warm-up
+            health = run_wrk(f"{base}/healthz", None, args.seconds, args.connections)
+            with engine.connect() as conn:
+                before = conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+            submit = run_wrk(f"{base}/jobs", script, args.seconds, args.connections)
+            with engine.connect() as conn:
+                created = conn.execute(select(func.count()).select_from(jobs)).scalar_one() - before
     finally:
-        api.terminate()
-        api.wait(30)
         engine.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
 

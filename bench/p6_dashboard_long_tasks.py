@@ -18,21 +18,18 @@ Synthetic events (ids above any real one) are not written to `events`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import json
 import os
 import random
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from queue import Queue
 
-import httpx
 import nats
 from sqlalchemy import create_engine, func, insert, text
 
@@ -40,9 +37,8 @@ from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.events import Event
 from constellation_core.settings import REPO_ROOT
 from constellation_core.tables import jobs
-from constellation_core.waiting import free_port, wait_for
+from served_api import served_api
 
-BIN = Path(sys.executable).parent
 PHASES = ("idle", "load", "load+scroll")  # the browser script's windows, in order
 FIRST_ID = 10**15
 TILES = 2000
@@ -140,15 +136,10 @@ def main() -> None:
     running = seed(engine, account_id, name, args.jobs, args.running)
     print(f"seeded {args.jobs} jobs ({len(running)} running) in {time.perf_counter() - t0:.1f} s")
 
-    port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="constellation-p6-")) / "api.log"
-    api = subprocess.Popen([str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port),
-                            "--no-access-log", "--log-level", "warning"],
-                           env={**os.environ, "LOG_LEVEL": "WARNING"}, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    browser = None
+    browser, stack = None, contextlib.ExitStack()
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, timeout=60, what="API ready")
-        browser = subprocess.Popen(["node", "e2e/longtasks.mjs", f"http://127.0.0.1:{port}", key, str(args.seconds)],
+        api = stack.enter_context(served_api())
+        browser = subprocess.Popen(["node", "e2e/longtasks.mjs", api, key, str(args.seconds)],
                                    cwd=REPO_ROOT / "web", stdout=subprocess.PIPE, text=True)
         lines: Queue[str] = Queue()
         threading.Thread(target=lambda: [lines.put(line.strip()) for line in browser.stdout], daemon=True).start()
@@ -168,8 +159,7 @@ def main() -> None:
         engine.dispose()
         if browser is not None and browser.poll() is None:
             browser.kill()
-        api.terminate()
-        api.wait(30)
+        stack.close()
 
     print(f"Jobs page: {results['idle']['loaded'][0]} rows loaded of {results['idle']['loaded'][1]} jobs; "
           f"{results['load']['rowsRendered']} rows in the DOM (virtualized)")

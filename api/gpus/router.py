@@ -43,11 +43,11 @@ async def list_gpus(request: Request, account: CurrentAccount, engine: EngineDep
             own = set((await conn.execute(
                 select(jobs.c.id).where(jobs.c.id.in_([h.job_id for h in held]), jobs.c.account_id == account.id)
             )).scalars())
-    latest = request.app.state.hub.latest_gpu_samples
+    hub = request.app.state.hub
     result = []
     for device in devices:
         on_device = [h.job_id for h in held if h.gpu_id == device["id"]]
-        sample = latest.get(device["uuid"])
+        sample = hub.latest_gpu_sample(device["uuid"])
         if sample is not None and own is not None and sample.job_id not in own:
             sample = sample.model_copy(update={"job_id": None})
         result.append(GpuPublic(

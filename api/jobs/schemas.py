@@ -32,31 +32,28 @@ class JobBase(BaseModel):
     mode: Literal["serial", "parallel"] = "parallel"
 
 
-class JobCreate(JobBase):
-    model_config = ConfigDict(extra="forbid")
+class AreaChoice(BaseModel):
+    """Where: exactly one of a GeoJSON geometry or a stored area."""
+
     area: GeoJSONGeometry | None = Field(default=None, description="The area of interest")
     area_id: UUID | None = Field(default=None, description="A stored area, instead of `area`")
 
     @model_validator(mode="after")
-    def _one_area(self) -> JobCreate:
+    def _one_area(self) -> AreaChoice:
         if (self.area is None) == (self.area_id is None):
             raise ValueError("give exactly one of `area` (GeoJSON geometry) or `area_id`")
         return self
 
 
-class JobEstimate(BaseModel):
+class JobCreate(AreaChoice, JobBase):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobEstimate(AreaChoice):
     """What a submission would cost: the same area fields as `POST /jobs`, and the zoom."""
 
     model_config = ConfigDict(extra="forbid")
-    zoom: int = Field(ge=MIN_ZOOM, le=MAX_ZOOM, description="Web-mercator zoom level of the tiles")
-    area: GeoJSONGeometry | None = Field(default=None, description="The area of interest")
-    area_id: UUID | None = Field(default=None, description="A stored area, instead of `area`")
-
-    @model_validator(mode="after")
-    def _one_area(self) -> JobEstimate:
-        if (self.area is None) == (self.area_id is None):
-            raise ValueError("give exactly one of `area` (GeoJSON geometry) or `area_id`")
-        return self
+    zoom: int = JobBase.model_fields["zoom"]
 
 
 class TileEstimate(BaseModel):

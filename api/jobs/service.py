@@ -17,6 +17,7 @@ from api.accounts.auth import Account
 from api.errors import Conflict, InvalidInput, NotFound
 from api.jobs import repository
 from api.jobs.schemas import (
+    AreaChoice,
     JobCreate,
     JobDetail,
     JobEstimate,
@@ -85,12 +86,7 @@ async def _insert_job(
             f"unknown model {body.model!r}; known models: {', '.join(sorted(MODELS))}",
             errors=[{"loc": ["body", "model"], "msg": "unknown model", "type": "value_error"}],
         )
-    if body.area is not None:
-        area_geojson = body.area.model_dump()
-    else:
-        async with engine.connect() as conn:
-            area_geojson = await _resolve_area(conn, account, body)
-    aoi, tiles_total = plan_area(area_geojson, body.zoom, max_tiles)
+    aoi, tiles_total = plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     if tiles_total == 0:
         raise InvalidInput("the area covers no tile at this zoom")
     # One statement writes the job and its event: atomic by itself, so no transaction round trips.
@@ -117,10 +113,12 @@ async def _insert_job(
     return to_public(row, dagit_url), event
 
 
-async def _resolve_area(conn, account: Account, body: JobCreate | JobEstimate) -> dict[str, Any]:
+async def _area_geojson(engine: AsyncEngine, account: Account, body: AreaChoice) -> dict[str, Any]:
+    """The request's area: its GeoJSON, or the stored area it names (if the account may use it)."""
     if body.area is not None:
         return body.area.model_dump()
-    found = await repository.get_area_geojson(conn, body.area_id)
+    async with engine.connect() as conn:
+        found = await repository.get_area_geojson(conn, body.area_id)
     if found is None or not _may_use(account, found[0]):
         raise InvalidInput(f"no area with id {body.area_id}")
     return found[1]
@@ -189,11 +187,11 @@ async def summary(engine: AsyncEngine, account: Account) -> JobSummary:
     async with engine.connect() as conn:
         counts = await repository.job_counts(conn, owner)
         minutes = await repository.tiles_per_minute(conn, owner, 60)
-    last_minute = sum(m["tiles"] for m in minutes if (datetime.now(UTC) - m["minute"]).total_seconds() <= 120)
+    recent = sum(m["tiles"] for m in minutes if (datetime.now(UTC) - m["minute"]).total_seconds() <= 120)
     return JobSummary(
         counts={state: counts.get(state, 0) for state in JOB_STATES},
         tiles_per_minute=[TilesPerMinute(minute=m["minute"], tiles=m["tiles"]) for m in minutes],
-        tiles_per_s=round(last_minute / 120, 2),
+        tiles_per_s=round(recent / 120, 2),
     )
 
 
@@ -213,12 +211,7 @@ def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
 
 
 async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, max_tiles: int) -> TileEstimate:
-    if body.area is not None:
-        area_geojson = body.area.model_dump()
-    else:
-        async with engine.connect() as conn:
-            area_geojson = await _resolve_area(conn, account, body)
-    aoi, tiles = plan_area(area_geojson, body.zoom, max_tiles)
+    aoi, tiles = plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     async with engine.connect() as conn:
         km2 = await repository.geodesic_area_km2(conn, aoi.wkt)
     return TileEstimate(tiles=tiles, max_tiles=max_tiles, area_km2=round(km2, 3))

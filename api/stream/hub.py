@@ -141,8 +141,7 @@ class StreamHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
         self._subscription = None
-        self.latest_gpu_samples: dict[str, GpuSample] = {}  # device uuid → its latest sample (GET /gpus)
-        # device uuid → its samples of the last few minutes, oldest first (GET /gpus/{uuid}/telemetry)
+        # device uuid → its samples of the last few minutes, oldest first (GET /gpus and its telemetry)
         self.recent_gpu_samples: dict[str, deque[GpuSample]] = {}
         self._sequencer = JobSequencer(self._fan_out)
 
@@ -156,6 +155,10 @@ class StreamHub:
             if not subscriber.queue.full():
                 subscriber.queue.put_nowait(None)
 
+    def latest_gpu_sample(self, device_uuid: str) -> GpuSample | None:
+        recent = self.recent_gpu_samples.get(device_uuid)
+        return recent[-1] if recent else None
+
     def add(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
         STREAM_CLIENTS.set(len(self._subscribers))
@@ -168,7 +171,6 @@ class StreamHub:
         try:
             if msg.subject.startswith(f"{SUBJECT_ROOT}.gpus."):
                 message: Event | GpuSample = GpuSample.model_validate_json(msg.data)
-                self.latest_gpu_samples[message.device_uuid] = message
                 recent = self.recent_gpu_samples.setdefault(message.device_uuid, deque(maxlen=RECENT_SAMPLES))
                 recent.append(message)
             else:

@@ -4,14 +4,11 @@
 //   node e2e/longtasks.mjs <api base url> <api key> <seconds>
 // Protocol with bench/p6_dashboard_long_tasks.py: prints `ready idle` / `ready load` /
 // `ready load+scroll` (the table scrolled down meanwhile) on stdout when a window starts and a JSON line with that window's figures when it ends.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 
 const [base, key, seconds = "10"] = process.argv.slice(2);
 const windowMs = Number(seconds) * 1000;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
   await page.addInitScript(() => {

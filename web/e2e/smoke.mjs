@@ -5,7 +5,7 @@
 // result, sees the GPU page's charts receive points, checks a bad area shows the API's reason next
 // to the field, and saves a screenshot of every page. Given the id of a long job, it first waits for
 // it to run with a moving progress bar and cancels it from the Jobs page.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 import { mkdirSync } from "node:fs";
 
 const [base, key, areaFile, shots = "e2e/screenshots", longJobs = ""] = process.argv.slice(2);
@@ -19,10 +19,7 @@ async function checkNames(page, where) {
   if (unnamed.length) fail(`${where}: controls without an accessible name: ${unnamed.join(" | ")}`);
 }
 mkdirSync(shots, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-});
+const browser = await launchChromium();
 let step = "start";
 const fail = (message) => { console.error(`FAIL (${step}) ${message}`); process.exitCode = 1; };
 try {

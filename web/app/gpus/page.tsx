@@ -36,7 +36,7 @@ function DeviceCard({ gpu, index }: { gpu: Gpu; index: number }) {
           if (gpu.simulated && ys.every((v) => v === null) && field !== "DCGM_FI_DEV_GPU_UTIL") {
             return <p key={field} style={{ fontSize: "0.85rem" }}><Muted>{label}: no sensor on a simulated device</Muted></p>;
           }
-          return <TimeChart key={field} label={label} unit={unit} xs={series.xs} ys={ys} max={max} height={90} color={undefined} />;
+          return <TimeChart key={field} label={label} unit={unit} xs={series.xs} ys={ys} max={max} height={90} />;
         })
       )}
       <p style={{ fontSize: "0.8rem", margin: 0 }}><Muted>Device {index + 1} · {gpu.uuid}{gpu.latest ? ` · last sample ${gpu.latest.ts.slice(11, 19)}` : ""}</Muted></p>

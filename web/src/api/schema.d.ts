@@ -755,11 +755,6 @@ export interface components {
          * @description What a submission would cost: the same area fields as `POST /jobs`, and the zoom.
          */
         JobEstimate: {
-            /**
-             * Zoom
-             * @description Web-mercator zoom level of the tiles
-             */
-            zoom: number;
             /** @description The area of interest */
             area?: components["schemas"]["GeoJSONGeometry"] | null;
             /**
@@ -767,6 +762,11 @@ export interface components {
              * @description A stored area, instead of `area`
              */
             area_id?: string | null;
+            /**
+             * Zoom
+             * @description Web-mercator zoom level of the tiles
+             */
+            zoom: number;
         };
         /** JobPublic */
         JobPublic: {

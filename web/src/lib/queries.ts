@@ -119,27 +119,21 @@ export const usageQueries = {
     }),
 };
 
-const ANALYTICS = {
-  "throughput-by-device": "/analytics/throughput-by-device",
-  "gpu-seconds-per-km2": "/analytics/gpu-seconds-per-km2",
-  "daily-volume": "/analytics/daily-volume",
-} as const;
-
 export const analyticsQueries = {
   throughput: (since: string) =>
     queryOptions({
       queryKey: analyticsKeys.panel("throughput-by-device", since),
-      queryFn: async ({ signal }) => unwrap(await api.GET(ANALYTICS["throughput-by-device"], { signal, params: { query: { since } } }), "throughput"),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/analytics/throughput-by-device", { signal, params: { query: { since } } }), "throughput"),
     }),
   gpuSecondsPerKm2: (since: string) =>
     queryOptions({
       queryKey: analyticsKeys.panel("gpu-seconds-per-km2", since),
-      queryFn: async ({ signal }) => unwrap(await api.GET(ANALYTICS["gpu-seconds-per-km2"], { signal, params: { query: { since } } }), "GPU-seconds per km²"),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/analytics/gpu-seconds-per-km2", { signal, params: { query: { since } } }), "GPU-seconds per km²"),
     }),
   dailyVolume: (since: string) =>
     queryOptions({
       queryKey: analyticsKeys.panel("daily-volume", since),
-      queryFn: async ({ signal }) => unwrap(await api.GET(ANALYTICS["daily-volume"], { signal, params: { query: { since } } }), "daily volume"),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/analytics/daily-volume", { signal, params: { query: { since } } }), "daily volume"),
     }),
 };
 

@@ -6,6 +6,7 @@ import { useEffect, useMemo, useState } from "react";
 import { useCancelJobs, useJob, useJobEvents, useJobTiles } from "../../../src/lib/hooks";
 import { jobKeys } from "../../../src/live/queryKeys";
 import { MapView, classColors, type TileFeature } from "../../../src/components/MapView";
+import { ColorBySelect, TileInfo, type ColorBy } from "../../../src/components/TileInfo";
 import { Button, Card, ErrorState, ErrorText, Loading, Muted, Page, Progress, StateBadge, Title, formatSeconds } from "../../../src/ui/components";
 
 const LOG_TYPES = new Set(["job.log", "job.state"]);
@@ -19,7 +20,7 @@ export default function JobDetail() {
   const running = job.data?.state === "running" || job.data?.state === "queued";
   const tiles = useJobTiles(id === "-" ? "" : id, running);
   const cancel = useCancelJobs();
-  const [colorBy, setColorBy] = useState<"class" | "confidence">("class");
+  const [colorBy, setColorBy] = useState<ColorBy>("class");
   const [selected, setSelected] = useState<Record<string, unknown> | null>(null);
   const state = job.data?.state;
   useEffect(() => {
@@ -63,11 +64,7 @@ export default function JobDetail() {
         <Card aria-label="Tiles">
           <h2>Tiles {tiles.data ? <Muted>({inferred} of {tiles.data.features.length} inferred)</Muted> : null}</h2>
           <p style={{ margin: "0 0 0.5rem" }}>
-            <label>Colour by{" "}
-              <select value={colorBy} onChange={(e) => setColorBy(e.target.value as typeof colorBy)}>
-                <option value="class">class</option><option value="confidence">confidence</option>
-              </select>
-            </label>{" "}
+            <ColorBySelect value={colorBy} onChange={setColorBy} />{" "}
             {colorBy === "class" && legend.map(([c, color]) => (
               <span key={c} style={{ marginLeft: "0.6rem" }}><span aria-hidden style={{ display: "inline-block", width: 10, height: 10, background: color, marginRight: 4 }} />{c}</span>
             ))}
@@ -79,17 +76,7 @@ export default function JobDetail() {
         </Card>
         <Card aria-label="Selected tile">
           <h2>Selected tile</h2>
-          {selected ? (
-            <dl data-testid="tile-info" style={{ display: "grid", gridTemplateColumns: "auto 1fr", gap: "0.2rem 0.8rem", margin: 0 }}>
-              <dt>Tile</dt><dd>{`${selected.z}/${selected.x}/${selected.y}`}</dd>
-              <dt>Class</dt><dd>{String(selected.class ?? "not inferred yet")}</dd>
-              <dt>Confidence</dt><dd>{selected.confidence == null ? "–" : Number(selected.confidence).toFixed(3)}</dd>
-              <dt>Device</dt><dd>{String(selected.device ?? "–")}</dd>
-              <dt>Inference</dt><dd>{selected.inference_ms == null ? "–" : `${Number(selected.inference_ms).toFixed(1)} ms`}</dd>
-              <dt>Model</dt><dd>{String(selected.model_version ?? "–")}</dd>
-              <dt>Run</dt><dd>{String(selected.run_id ?? "–")}</dd>
-            </dl>
-          ) : <Muted>Click a tile on the map.</Muted>}
+          <TileInfo tile={selected} />
           <h2 style={{ marginTop: "1rem" }}>Runs</h2>
           {j.runs.length === 0 ? <Muted>No run yet.</Muted> : (
             <ul style={{ paddingLeft: "1rem" }}>
