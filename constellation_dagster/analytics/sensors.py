@@ -2,7 +2,8 @@
 
 Under a backlog, exporting after every run would rewrite the same day's Parquet once per job and
 take CPU from inference; the sensor waits until no inference run is active, or until the last
-export is EXPORT_MAX_AGE_S old, and then exports every day since the last export.
+export is EXPORT_MAX_AGE_S old, and then exports every day since the last export. A backlog may end
+with a failed or canceled run: its end exports the successes skipped meanwhile.
 """
 
 from datetime import UTC, date, datetime, timedelta
@@ -31,20 +32,20 @@ def days_to_export(run_start: float | None, run_end: float | None, last_export_d
     return sorted(d.isoformat() for d in days)
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=ALL_JOBS,
-    request_jobs=[analytics_export, analytics_refresh],
-    minimum_interval_seconds=1,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After inference runs succeed, export their day(s) to Parquet and refresh DuckDB "
-                f"(once the backlog drains, or at least every {EXPORT_MAX_AGE_S} s under load).",
-)
-def export_after_inference(context: dg.RunStatusSensorContext):
+def _export_requests(context: dg.RunStatusSensorContext, *, after_success: bool):
+    """Export every day since the last export, and refresh DuckDB — unless inference runs are still
+    active and the last export is recent (the run that ends the backlog will do it)."""
     instance = context.instance
     run_id = context.dagster_run.run_id
     last_export = instance.get_run_records(dg.RunsFilter(job_name=analytics_export.name), limit=1)
     last = last_export[0] if last_export else None
+    if not after_success:
+        # A failed or canceled run may end a backlog whose successes were skipped while it ran:
+        # export only if some inference run succeeded since the last export.
+        since = last.create_timestamp if last else None
+        if not any(instance.get_run_records(dg.RunsFilter(job_name=job.name, statuses=[dg.DagsterRunStatus.SUCCESS],
+                                                           updated_after=since), limit=1) for job in ALL_JOBS):
+            return dg.SkipReason("no inference run succeeded since the last export")
     busy = any(
         instance.get_runs_count(dg.RunsFilter(job_name=job.name, statuses=ACTIVE)) for job in ALL_JOBS
     )
@@ -58,3 +59,40 @@ def export_after_inference(context: dg.RunStatusSensorContext):
           for day in days),
         dg.RunRequest(run_key=f"refresh-{run_id}", job_name=analytics_refresh.name),
     ]
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=ALL_JOBS,
+    request_jobs=[analytics_export, analytics_refresh],
+    minimum_interval_seconds=1,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After inference runs succeed, export their day(s) to Parquet and refresh DuckDB "
+                f"(once the backlog drains, or at least every {EXPORT_MAX_AGE_S} s under load).",
+)
+def export_after_inference(context: dg.RunStatusSensorContext):
+    return _export_requests(context, after_success=True)
+
+
+def _export_after_ended(status: dg.DagsterRunStatus) -> dg.RunStatusSensorDefinition:
+    @dg.run_status_sensor(
+        name=f"export_after_inference_{status.value.lower()}",
+        run_status=status,
+        monitored_jobs=ALL_JOBS,
+        request_jobs=[analytics_export, analytics_refresh],
+        minimum_interval_seconds=1,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"When an inference run ends {status.value} and so ends a backlog, export the successes "
+                    "that were skipped while it ran.",
+    )
+    def _sensor(context: dg.RunStatusSensorContext):
+        return _export_requests(context, after_success=False)
+
+    return _sensor
+
+
+export_sensors = [
+    export_after_inference,
+    _export_after_ended(dg.DagsterRunStatus.FAILURE),
+    _export_after_ended(dg.DagsterRunStatus.CANCELED),
+]
