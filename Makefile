@@ -87,7 +87,7 @@ test-web: $(WEB_STAMP)
 	cd web && npm run --silent typecheck && npx vitest run
 
 openapi: $(PY_STAMP)
-	$(PY) -m api.openapi > openapi/spec.yaml
+	$(PY) -m contract.spec > openapi/spec.yaml
 
 # Everything generated from the contract: the spec from the API, then the clients from the spec.
 generate: openapi $(WEB_STAMP)
@@ -96,7 +96,7 @@ generate: openapi $(WEB_STAMP)
 
 # Fails when a committed spec or generated client is stale (run in `make test`).
 check-generated: $(PY_STAMP) $(WEB_STAMP)
-	$(PY) -m api.check_generated
+	$(PY) -m contract.drift
 
 clean:
 	rm -rf $(VENV) usage_go/bin web/node_modules web/out web/.next

@@ -11,15 +11,16 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from api.errors import install_problem_handlers
-from api.openapi_doc import install_openapi
+from api.openapi import install_openapi
 from api.health.router import router as health_router
 from api.analytics.router import router as analytics_router
 from api.areas.router import router as areas_router
 from api.events.router import router as events_router
 from api.gpus.router import router as gpus_router
-from api.jobs.router import coverage_router
+from api.catalog.router import router as catalog_router
+from api.coverage.router import router as coverage_router
 from api.jobs.router import router as jobs_router
-from api.metrics import BodyLimitMiddleware, RequestContextMiddleware
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.stream.hub import StreamHub
 from api.stream.router import router as stream_router
 from api.usage.router import router as usage_router
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(areas_router)
     app.include_router(gpus_router)
     app.include_router(coverage_router)
+    app.include_router(catalog_router)
     app.include_router(events_router)
     app.include_router(usage_router)
     app.include_router(analytics_router)

@@ -12,10 +12,11 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, insert, literal, select, update
+from sqlalchemy import Connection, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from constellation_core.tables import TERMINAL_JOB_STATES, events, jobs
+from constellation_core.tables import events, jobs
+from constellation_core.vocabulary import TERMINAL_JOB_STATES
 
 STREAM_NAME = "CONSTELLATION"
 SUBJECT_ROOT = "constellation"
@@ -75,6 +76,36 @@ def _insert(type_: str, account_id: UUID | None, job_id: UUID | None, run_id: UU
                                               seq.c.event_seq))
         .returning(*_RETURNING)
     )
+
+
+def submit_job(**job_values: Any):
+    """One statement that writes a new job and its first event (`job.state` `queued`, seq 1) and
+    selects the job's row (with `aoi_geojson`) and the event's `event_id` and `event_ts`: atomic on
+    its own, one round trip. `job_values` are the `jobs` columns; `aoi` is WKT in EPSG:4326."""
+    aoi = job_values.pop("aoi")
+    new_job = (
+        insert(jobs).values(**job_values, aoi=func.ST_GeomFromText(aoi, 4326), state="queued", event_seq=1)
+        .returning(*jobs.c).cte("new_job")
+    )
+    first = {"type": "job.state", "payload": {"state": "queued"}, "seq": 1}
+    new_event = (
+        insert(events)
+        .from_select([*first, "account_id", "job_id"],
+                     select(*(literal(v, type_=events.c[k].type) for k, v in first.items()),
+                            new_job.c.account_id, new_job.c.id))
+        .returning(events.c.id, events.c.ts, events.c.job_id).cte("new_event")
+    )
+    return (
+        select(new_job, func.ST_AsGeoJSON(new_job.c.aoi).label("aoi_geojson"),
+               new_event.c.id.label("event_id"), new_event.c.ts.label("event_ts"))
+        .join_from(new_job, new_event, new_event.c.job_id == new_job.c.id)
+    )
+
+
+def queued_event(row: Any) -> Event:
+    """The `queued` event written by `submit_job`, from its row."""
+    return Event(id=row["event_id"], type="job.state", account_id=row["account_id"], job_id=row["id"],
+                 payload={"state": "queued"}, ts=row["event_ts"], seq=1)
 
 
 def record_event(

@@ -1,15 +1,26 @@
-"""GeoJSON geometry validation for areas of interest (lon/lat, EPSG:4326)."""
+"""Areas of interest from GeoJSON (lon/lat, EPSG:4326): the one place that reads what a user gives.
+
+`area_from_geojson` takes what a GeoJSON file holds — a Polygon or MultiPolygon geometry, a Feature
+of one, or a FeatureCollection of them — and returns one valid Polygon or MultiPolygon. The rule for
+several features: the area is the union of all their polygons (overlaps merged, each polygon kept;
+every feature must be a Polygon or MultiPolygon). `POST /jobs`, `POST /jobs/estimate` and
+`POST /areas` apply it; the CLI and the dashboard send a file's content as it is and show what the
+API made of it (`POST /jobs/estimate` answers the area it will plan)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from shapely import MultiPolygon, Polygon
+from shapely import MultiPolygon, Polygon, count_coordinates, unary_union
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 AREA_TYPES = ("Polygon", "MultiPolygon")
+WGS84_NAMES = ("EPSG:4326", "urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:OGC::CRS84",
+               "urn:ogc:def:crs:EPSG::4326", "CRS84")
+# An area is a few countries at most: bigger ones are refused before any tile is planned.
+MAX_AREA_VERTICES = 100_000
 
 
 class InvalidGeometry(ValueError):
@@ -38,6 +49,40 @@ def parse_area(geojson: dict[str, Any]) -> Polygon | MultiPolygon:
     if geom.area == 0:
         raise InvalidGeometry("geometry has no area")
     return geom
+
+
+def area_from_geojson(geojson: Any, *, max_deg2: float | None = None) -> Polygon | MultiPolygon:
+    """The one Polygon/MultiPolygon of a GeoJSON object (see the module's rule), checked for CRS,
+    type, validity and size (vertices; square degrees when `max_deg2` is given), or InvalidGeometry."""
+    if not isinstance(geojson, dict):
+        raise InvalidGeometry("the area must be a GeoJSON object")
+    crs = geojson.get("crs")
+    if crs is not None:
+        properties = crs.get("properties") if isinstance(crs, dict) else None
+        name = properties.get("name") if isinstance(properties, dict) else None
+        if name not in WGS84_NAMES:
+            raise InvalidGeometry(f"unsupported CRS {name!r}: coordinates must be lon/lat (EPSG:4326 / CRS84)")
+    kind = geojson.get("type")
+    if kind == "Feature":
+        geometries = [geojson.get("geometry")]
+    elif kind == "FeatureCollection":
+        features = geojson.get("features")
+        if not isinstance(features, list) or not features:
+            raise InvalidGeometry("a FeatureCollection needs at least one feature")
+        geometries = [f.get("geometry") if isinstance(f, dict) else None for f in features]
+    else:
+        geometries = [geojson]
+    parts = []
+    for geometry in geometries:
+        if not isinstance(geometry, dict):
+            raise InvalidGeometry("every feature needs a geometry")
+        parts.append(parse_area(geometry))
+    merged = parts[0] if len(parts) == 1 else unary_union(parts)
+    if count_coordinates(merged) > MAX_AREA_VERTICES:
+        raise InvalidGeometry(f"the area has more than {MAX_AREA_VERTICES} vertices; simplify it")
+    if max_deg2 is not None and merged.area > max_deg2:
+        raise InvalidGeometry(f"the area is larger than {max_deg2:.0f} square degrees; split it into smaller areas")
+    return merged
 
 
 def to_geojson(geom: BaseGeometry) -> dict[str, Any]:

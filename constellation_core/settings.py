@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     local_dir: Path = Field(default=REPO_ROOT / ".local", alias="CONSTELLATION_LOCAL_DIR")
     max_tiles_per_job: int = Field(default=5000, alias="CONSTELLATION_MAX_TILES_PER_JOB")
+    # A claimed job that is still not running is looked at again after this long (its Dagster run is
+    # checked first: a run that merely waits in Dagster's queue is never launched twice).
+    redispatch_after_s: float = Field(default=60.0, gt=0, alias="CONSTELLATION_REDISPATCH_AFTER_S")
     log_level: str = "INFO"
 
     @property

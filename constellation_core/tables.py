@@ -32,8 +32,6 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 metadata = MetaData()
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "canceled"})
 ROLES = ("admin", "member")
 
 

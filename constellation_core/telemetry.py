@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 
 from constellation_core.devices import Device
 from constellation_core.events import SUBJECT_ROOT
-from constellation_core.tables import gpus, steps
+from constellation_core.tables import gpus, jobs, steps
 
 FIELDS = (
     "DCGM_FI_DEV_GPU_UTIL",  # %
@@ -40,6 +40,7 @@ class GpuSample(BaseModel):
     simulated: bool
     ts: datetime
     job_id: UUID | None = None
+    account_id: UUID | None = None  # the account of `job_id` (who may see which job a device runs)
     pids: list[int] = []
     fields: dict[str, float | None]
 
@@ -48,17 +49,26 @@ class GpuSample(BaseModel):
         return f"{SUBJECT_ROOT}.gpus.{self.device_uuid}.metrics"
 
 
-def open_steps(engine: Engine) -> dict[str, list[tuple[UUID, int]]]:
-    """Device uuid → (job id, pid) of the inference steps holding it now."""
+class Holder(NamedTuple):
+    """An inference step holding a device now."""
+
+    job_id: UUID
+    account_id: UUID
+    pid: int
+
+
+def open_steps(engine: Engine) -> dict[str, list[Holder]]:
+    """Device uuid → the inference steps holding it now."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(gpus.c.uuid, steps.c.job_id, steps.c.pid)
+            select(gpus.c.uuid, steps.c.job_id, jobs.c.account_id, steps.c.pid)
             .join(steps, steps.c.gpu_id == gpus.c.id)
+            .join(jobs, jobs.c.id == steps.c.job_id)
             .where(steps.c.finished_at.is_(None))
         ).all()
-    held: dict[str, list[tuple[UUID, int]]] = {}
-    for uuid, job_id, pid in rows:
-        held.setdefault(uuid, []).append((job_id, pid))
+    held: dict[str, list[Holder]] = {}
+    for uuid, job_id, account_id, pid in rows:
+        held.setdefault(uuid, []).append(Holder(job_id, account_id, pid))
     return held
 
 
@@ -72,18 +82,19 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
-def sample_without_sensors(device: Device, holders: list[tuple[UUID, int]]) -> GpuSample:
+def sample_without_sensors(device: Device, holders: list[Holder]) -> GpuSample:
     fields = dict.fromkeys(FIELDS)
     fields["DCGM_FI_DEV_GPU_UTIL"] = 100.0 if holders else 0.0
-    memory = [m for m in (_rss_mib(pid) for _, pid in holders) if m is not None]
+    memory = [m for m in (_rss_mib(h.pid) for h in holders) if m is not None]
     fields["DCGM_FI_DEV_FB_USED"] = sum(memory) if memory else 0.0
     return GpuSample(
         device_uuid=device.uuid, name=device.label, simulated=device.kind != "cuda", ts=datetime.now(UTC),
-        job_id=holders[0][0] if holders else None, pids=[pid for _, pid in holders], fields=fields,
+        job_id=holders[0].job_id if holders else None, account_id=holders[0].account_id if holders else None,
+        pids=[h.pid for h in holders], fields=fields,
     )
 
 
-def sample_nvml(device: Device, holders: list[tuple[UUID, int]]) -> GpuSample:
+def sample_nvml(device: Device, holders: list[Holder]) -> GpuSample:
     import pynvml
 
     handle = pynvml.nvmlDeviceGetHandleByUUID(device.uuid)
@@ -98,10 +109,11 @@ def sample_nvml(device: Device, holders: list[tuple[UUID, int]]) -> GpuSample:
         "DCGM_FI_DEV_MEM_CLOCK": float(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM)),
     }
     on_device = {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
-    attributed = [(job, pid) for job, pid in holders if pid in on_device]
+    attributed = [h for h in holders if h.pid in on_device]
     return GpuSample(
         device_uuid=device.uuid, name=device.label, simulated=False, ts=datetime.now(UTC),
-        job_id=attributed[0][0] if attributed else None, pids=sorted(on_device), fields=fields,
+        job_id=attributed[0].job_id if attributed else None,
+        account_id=attributed[0].account_id if attributed else None, pids=sorted(on_device), fields=fields,
     )
 
 

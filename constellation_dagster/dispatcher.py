@@ -3,19 +3,22 @@
 The dispatch sensor only ticks every ~5 s (the sensor daemon's loop); this process listens for
 `queued` events on NATS and launches runs through Dagit's GraphQL API (dagster-graphql's client) at
 once. The sensor stays as the reconciler: a job this process could not launch (Dagit down, a crash)
-is released to it, or picked up by it after REDISPATCH_AFTER_S.
+is released to it, or picked up by it after the re-dispatch window. Both go through the one launch
+guard (`claim_launches`); here each job's row stays locked until its launch is through, so no other
+launcher can find the job without its run.
 """
 
 import asyncio
 import logging
 from urllib.parse import urlparse
 
+from dagster import DagsterInstance
 from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy import Engine
 
 from constellation_core.bus import connect
 from constellation_core.events import SUBJECT_ROOT, Event
-from constellation_dagster.inference.dispatch import claim_due_jobs, plan_launches, release
+from constellation_dagster.inference.dispatch import claim_launches, release
 
 log = logging.getLogger(__name__)
 LOCATION = "constellation_dagster"
@@ -27,31 +30,45 @@ def graphql_client(dagit_url: str) -> DagsterGraphQLClient:
     return DagsterGraphQLClient(url.hostname, port_number=url.port, use_https=url.scheme == "https", timeout=10)
 
 
-def dispatch_once(engine: Engine, client: DagsterGraphQLClient) -> int:
-    """Launch every due job; returns how many runs were launched."""
-    with engine.begin() as conn:
-        launches = plan_launches(conn, claim_due_jobs(conn))
-    launched = 0
-    for launch in launches:
-        try:
-            run_id = client.submit_job_execution(
-                launch.job_name, repository_location_name=LOCATION, repository_name=REPOSITORY,
-                run_config=launch.run_config, tags=launch.tags,
-            )
-        except Exception:  # noqa: BLE001 - the reconciler sensor takes the job instead
-            log.warning("launch failed; leaving the job to the dispatch sensor", exc_info=True,
-                        extra={"job_id": str(launch.job_id)})
-            with engine.begin() as conn:
-                release(conn, [launch.job_id])
-            continue
-        launched += 1
-        log.info("run launched", extra={"job_id": str(launch.job_id), "dagster_run_id": run_id,
-                                        "dagster_job": launch.job_name})
+def dispatch_once(engine: Engine, instance: DagsterInstance, client: DagsterGraphQLClient) -> int:
+    """Launch every due job, one at a time (each in its own transaction, so a job's row lock is held
+    only through its own launch); returns how many runs were launched. Jobs whose launch failed are
+    handed to the reconciler sensor at the end."""
+    launched, failed = 0, []
+    while True:
+        with engine.begin() as conn:
+            claimed, launches = claim_launches(conn, instance, limit=1)
+            if not claimed:
+                break
+            for launch in launches:
+                if _launch(client, launch):
+                    launched += 1
+                else:
+                    failed.append(launch.job_id)
+    if failed:
+        with engine.begin() as conn:
+            release(conn, failed)
     return launched
+
+
+def _launch(client: DagsterGraphQLClient, launch) -> bool:
+    try:
+        run_id = client.submit_job_execution(
+            launch.job_name, repository_location_name=LOCATION, repository_name=REPOSITORY,
+            run_config=launch.run_config, tags=launch.tags,
+        )
+    except Exception:  # noqa: BLE001 - the reconciler sensor takes the job instead
+        log.warning("launch failed; leaving the job to the dispatch sensor", exc_info=True,
+                    extra={"job_id": str(launch.job_id)})
+        return False
+    log.info("run launched", extra={"job_id": str(launch.job_id), "dagster_run_id": run_id,
+                                    "dagster_job": launch.job_name})
+    return True
 
 
 async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
     client = graphql_client(dagit_url)
+    instance = DagsterInstance.get()  # $DAGSTER_HOME: the launch guard reads Dagster's runs
     wake = asyncio.Event()
     wake.set()  # launch whatever is already due
 
@@ -69,6 +86,6 @@ async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
         while True:
             await wake.wait()
             wake.clear()
-            await asyncio.to_thread(dispatch_once, engine, client)
+            await asyncio.to_thread(dispatch_once, engine, instance, client)
     finally:
         await nc.drain()

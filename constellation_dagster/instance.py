@@ -46,10 +46,10 @@ ZYGOTE_START_TIMEOUT_S = 120.0
 class WarmRunLauncher(RunLauncher, ConfigurableClass):
     def __init__(self, preload_modules: list[str] | None = None, start_in: list[str] | None = None,
                  inst_data: ConfigurableClassData | None = None) -> None:
-        from constellation_dagster.zygote import DEFAULT_PRELOAD
+        from constellation_dagster.zygote import WARM_MODULES
 
         self._inst_data = inst_data
-        self._preload = list(preload_modules or DEFAULT_PRELOAD)
+        self._preload = list(preload_modules or WARM_MODULES)
         self._lock = threading.Lock()
         self._zygote: subprocess.Popen | None = None
         super().__init__()

@@ -28,7 +28,8 @@ import signal
 import sys
 from typing import Any
 
-DEFAULT_PRELOAD = (
+# What run workers and their step processes find imported (the zygote and its forkserver preload them).
+WARM_MODULES = (
     "torch",
     "rasterio",
     "constellation_dagster.definitions",
@@ -137,4 +138,4 @@ def _adopt_parent_forkserver() -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(DEFAULT_PRELOAD))
+    main(sys.argv[1:] or list(WARM_MODULES))

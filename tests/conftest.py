@@ -7,12 +7,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.db import migrate
-from constellation_core.devstack.setup import create_database
+from constellation_devstack.setup import libpq_url
 
 ADMIN_URL_VAR = "CONSTELLATION_TEST_PG_ADMIN_URL"
 
@@ -38,23 +41,39 @@ def nats_url() -> str:
     return _require_env("NATS_URL")
 
 
-def fresh_database_url(admin_url: str, prefix: str) -> str:
-    """A new, empty database on the test server."""
+def fresh_database_url(admin_url: str, prefix: str, template: str | None = None) -> str:
+    """A new database on the test server: empty, or a copy of `template`."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-    create_database(url)
-    return url
+    with psycopg.connect(libpq_url(admin_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template or "template1")))
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    with psycopg.connect(libpq_url(url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(make_url(url).database)))
 
 
 @pytest.fixture(scope="session")
-def database_url(pg_admin_url: str) -> str:
-    """This test session's `constellation` database, built by the real migrations."""
-    url = fresh_database_url(pg_admin_url, "constellation_test")
+def migrated_template(pg_admin_url: str) -> Iterator[str]:
+    """A database built by the real migrations, the template every test's database is copied from."""
+    url = fresh_database_url(pg_admin_url, "constellation_template")
     migrate(url)
-    return url
+    yield make_url(url).database
+    drop_database(url)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def database_url(pg_admin_url: str, migrated_template: str) -> Iterator[str]:
+    """This test's own `constellation` database: a copy of the migrated template, dropped after it.
+    Tests never see, or trip over, each other's rows."""
+    url = fresh_database_url(pg_admin_url, "constellation_test", migrated_template)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = create_engine(database_url)
     yield engine
@@ -87,9 +106,9 @@ def make_account(engine: Engine):
 
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client(database_url, nats_url):
-    """The API in-process (TestClient) on the test database and NATS, at most 500 tiles per job."""
+    """The API in-process (TestClient) on this test's database and NATS, at most 500 tiles per job."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app

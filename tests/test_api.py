@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from constellation_core.tables import events, jobs
 from tests.samples import job_body
+from tests.streams import next_message
 
 PROBLEM = "application/problem+json"
 
@@ -123,10 +125,17 @@ def test_members_see_only_their_jobs_and_admins_see_all(client, make_account):
 
 def test_metrics_count_submissions(client, make_account):
     account = make_account()
-    client.post("/jobs", json=job_body(), headers=account.headers)
-    body = client.get("/metrics").text
-    assert "constellation_jobs_submitted_total" in body
-    assert 'constellation_http_requests_total{method="POST",route="/jobs",status="201"}' in body
+
+    def series() -> dict[tuple, float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples}
+
+    created = ("constellation_http_requests_total", (("method", "POST"), ("route", "/jobs"), ("status", "201")))
+    before = series()
+    assert client.post("/jobs", json=job_body(), headers=account.headers).status_code == 201
+    after = series()
+    assert after[("constellation_jobs_submitted_total", ())] == before[("constellation_jobs_submitted_total", ())] + 1
+    assert after[created] == before.get(created, 0) + 1
 
 
 def test_cancel_a_queued_job_once(client, make_account, engine):
@@ -151,12 +160,6 @@ def test_one_socket_carries_several_subscriptions(client, make_account):
     first = client.post("/jobs", json=job_body(name="first"), headers=owner.headers).json()["id"]
     second = client.post("/jobs", json=job_body(name="second"), headers=owner.headers).json()["id"]
     foreign = client.post("/jobs", json=job_body(), headers=other.headers).json()["id"]
-
-    def next_message(ws) -> dict:
-        while True:
-            message = ws.receive_json()
-            if message.get("type") != "heartbeat":
-                return message
 
     with client.websocket_connect(f"/stream?job_id={first}&after=0&api_key={owner.key}") as ws:
         assert next_message(ws)["job_id"] == first  # the replayed `queued` event

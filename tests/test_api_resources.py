@@ -10,6 +10,7 @@ from sqlalchemy import func, insert, select
 
 from constellation_core.tables import areas, gpus, jobs, steps, tile_results, tiles
 from constellation_core.tiles import plan_tiles
+from constellation_core.waiting import wait_for
 from tests.samples import GENEVA, job_body
 
 PROBLEM = "application/problem+json"
@@ -66,10 +67,20 @@ def test_an_idempotency_key_returns_the_same_job_and_writes_nothing_more(client,
 
 
 def test_job_detail_shows_queue_position_runs_and_eta(client, make_account):
-    account = make_account()
-    job = client.post("/jobs", json=job_body(priority=100), headers=account.headers).json()
-    detail = client.get(f"/jobs/{job['id']}", headers=account.headers).json()
-    assert detail["queue_position"] >= 1
+    account, other = make_account(), make_account()
+    first = client.post("/jobs", json=job_body(priority=5), headers=account.headers).json()
+    urgent = client.post("/jobs", json=job_body(priority=50), headers=other.headers).json()
+    later = client.post("/jobs", json=job_body(priority=5), headers=account.headers).json()
+    low = client.post("/jobs", json=job_body(priority=-5), headers=account.headers).json()
+
+    def position(job) -> int:
+        return client.get(f"/jobs/{job['id']}", headers=account.headers).json()["queue_position"]
+
+    # Every queued job counts (whoever's): higher priority first, then the older.
+    assert [position(first), position(later), position(low)] == [2, 3, 4]
+    client.post(f"/jobs/{urgent['id']}/cancel", headers=other.headers)
+    assert [position(first), position(later), position(low)] == [1, 2, 3]
+    detail = client.get(f"/jobs/{first['id']}", headers=account.headers).json()
     assert detail["runs"] == [] and detail["eta_seconds"] is None
 
 
@@ -160,8 +171,12 @@ def test_gpus_list_marks_simulated_devices_and_who_is_on_them(client, make_accou
     assert listed.status_code == 200
     mine = [g for g in listed.json() if g["name"] == "Test GPU" and job["id"] in g["job_ids"]]
     assert len(mine) == 1 and mine[0]["simulated"] is True and mine[0]["busy"] is True
+    # The job's owner sees it on the device too; another member sees the device busy, not whose job.
+    own_view = [g for g in client.get("/gpus", headers=account.headers).json() if g["name"] == "Test GPU"]
+    assert own_view[0]["job_ids"] == [job["id"]]
     stranger = make_account()
-    assert all(job["id"] not in g["job_ids"] for g in client.get("/gpus", headers=stranger.headers).json())
+    theirs = [g for g in client.get("/gpus", headers=stranger.headers).json() if g["name"] == "Test GPU"]
+    assert theirs[0]["busy"] is True and theirs[0]["job_ids"] == []
 
 
 def test_events_history_pages_by_id_and_respects_ownership(client, make_account):
@@ -241,38 +256,35 @@ def test_estimate_counts_tiles_like_a_submission_and_writes_nothing(client, make
 
 def test_gpu_telemetry_returns_the_recent_samples_the_api_received(client, make_account, engine, nats_url):
     import asyncio
-    import time
     from datetime import UTC, datetime
 
     import nats
 
     from constellation_core.telemetry import GpuSample
 
-    account, admin = make_account(), make_account("admin")
+    account, stranger, admin = make_account(), make_account(), make_account("admin")
     device = f"TEST-{uuid.uuid4()}"
     with engine.begin() as conn:
         conn.execute(insert(gpus).values(uuid=device, name="Chart GPU", simulated=True))
-    job_id = uuid.uuid4()
+    job_id = uuid.uuid4()  # the account's job on the device
 
     async def publish() -> None:
         nc = await nats.connect(nats_url)
         for i in range(3):
             sample = GpuSample(device_uuid=device, name="Chart GPU", simulated=True, ts=datetime.now(UTC),
-                               job_id=job_id, fields={"DCGM_FI_DEV_GPU_UTIL": 10.0 * i})
+                               job_id=job_id, account_id=account.id, fields={"DCGM_FI_DEV_GPU_UTIL": 10.0 * i})
             await nc.publish(sample.subject, sample.model_dump_json().encode())
         await nc.flush()
         await nc.close()
 
     asyncio.run(publish())
-    deadline = time.monotonic() + 10
-    while True:
-        samples = client.get(f"/gpus/{device}/telemetry", headers=admin.headers).json()
-        if len(samples) == 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    samples = wait_for(lambda: (found := client.get(f"/gpus/{device}/telemetry", headers=admin.headers).json())
+                       and len(found) == 3 and found, timeout=10, what="the API to receive the three samples")
     assert [s["fields"]["DCGM_FI_DEV_GPU_UTIL"] for s in samples] == [0.0, 10.0, 20.0]
     assert samples[0]["job_id"] == str(job_id)
-    member_view = client.get(f"/gpus/{device}/telemetry", headers=account.headers).json()
-    assert len(member_view) == 3 and all(s["job_id"] is None for s in member_view)
+    own_view = client.get(f"/gpus/{device}/telemetry", headers=account.headers).json()
+    assert [s["job_id"] for s in own_view] == [str(job_id)] * 3, "a member sees their own job on a device"
+    stranger_view = client.get(f"/gpus/{device}/telemetry", headers=stranger.headers).json()
+    assert len(stranger_view) == 3 and all(s["job_id"] is None and s["account_id"] is None for s in stranger_view)
     assert client.get("/gpus/no-such-device/telemetry", headers=admin.headers).status_code == 404
     assert client.get(f"/gpus/{device}/telemetry", params={"seconds": 0}, headers=admin.headers).status_code == 422

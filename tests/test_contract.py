@@ -19,10 +19,12 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy import create_engine
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.settings import REPO_ROOT
 from constellation_core.waiting import free_port, wait_for
+from tests.conftest import drop_database, fresh_database_url
 from tests.processes import BIN, ManagedProcess
 
 CASES_PER_OPERATION = 40
@@ -30,7 +32,15 @@ schema = schemathesis.openapi.from_path(REPO_ROOT / "openapi" / "spec.yaml")
 
 
 @pytest.fixture(scope="module")
-def served_api(database_url, nats_url, engine):
+def database_url(pg_admin_url, migrated_template):
+    """One database for this module: the served API and the tests' rows (make_account) share it."""
+    url = fresh_database_url(pg_admin_url, "constellation_contract", migrated_template)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def served_api(database_url, nats_url):
     port, usage_port = free_port(), free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1",
            "USAGE_PORT": str(usage_port)}
@@ -44,8 +54,10 @@ def served_api(database_url, nats_url, engine):
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=60, what="API ready")
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{usage_port}/readyz").status_code == 200, timeout=60,
                  what="usage service ready")
+        engine = create_engine(database_url)
         with engine.begin() as conn:
             key = issue_api_key(conn, create_account(conn, f"contract-{uuid.uuid4().hex[:8]}", role="admin"))
+        engine.dispose()
         yield url, {"Authorization": f"Bearer {key}"}
     finally:
         api.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy import text as sql_text
 
 from constellation_core.tables import jobs
@@ -34,8 +34,6 @@ def test_definitions_load_with_one_pool_per_device():
 def queued_job(engine, make_account):
     account = make_account()
     with engine.begin() as conn:
-        # Leave earlier tests' queued jobs out of this sensor's way.
-        conn.execute(update(jobs).where(jobs.c.state == "queued").values(state="canceled"))
         job_id = conn.execute(
             insert(jobs)
             .values(name="sensor test", priority=7, state="queued", submitted_by=account.name,
@@ -75,7 +73,8 @@ def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, qu
     from constellation_dagster.dispatcher import dispatch_once, graphql_client
 
     unreachable = graphql_client(f"http://127.0.0.1:{free_port()}")
-    assert dispatch_once(engine, unreachable) == 0
+    with dg.instance_for_test() as instance:
+        assert dispatch_once(engine, instance, unreachable) == 0
     with engine.connect() as conn:
         state, dispatched_at = conn.execute(
             select(jobs.c.state, jobs.c.dispatched_at).where(jobs.c.id == queued_job)).one()

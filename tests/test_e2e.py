@@ -17,12 +17,11 @@ from websockets.sync.client import connect as ws_connect
 
 from dagster import DagsterInstance
 
-from constellation_core.db import migrate
 from constellation_core.devices import SIMULATED_ENV, simulated_devices
 from constellation_core.settings import REPO_ROOT, get_settings
 from constellation_dagster.bootstrap import ensure_model
 from constellation_dagster.models.assets import ModelTrainingConfig
-from constellation_core.devstack.setup import init_dagster_storage, prepare_dagster_home
+from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
 from constellation_core.waiting import free_port, wait_for
 from constellation_core.accounts import create_account, issue_api_key
 from tests.conftest import AccountKey, fresh_database_url
@@ -32,14 +31,15 @@ from tests.samples import GENEVA
 pytestmark = pytest.mark.e2e
 JOB_DEADLINE_S = 180
 SIMULATED = simulated_devices(2)
+# A short re-dispatch window, so the launch guard is exercised within a test's time (default 60 s).
+REDISPATCH_AFTER_S = 2
 
 
 @pytest.fixture(scope="module")
-def stack(pg_admin_url, nats_url):
+def stack(pg_admin_url, nats_url, migrated_template):
     tmp = Path(tempfile.mkdtemp(prefix="constellation-e2e-"))
     # Its own system-of-record database, so the daemon only sees this module's jobs.
-    database_url = fresh_database_url(pg_admin_url, "constellation_e2e")
-    migrate(database_url)
+    database_url = fresh_database_url(pg_admin_url, "constellation_e2e", migrated_template)
     dagster_url = fresh_database_url(pg_admin_url, "dagster_test").replace("+psycopg", "+psycopg2")
     home = prepare_dagster_home(tmp / "dagster_home")
     local_dir = tmp / "local"
@@ -61,6 +61,7 @@ def stack(pg_admin_url, nats_url):
         "DAGIT_PORT": str(dagit_port),
         "USAGE_PORT": str(usage_port),
         "PYTHONUNBUFFERED": "1",
+        "CONSTELLATION_REDISPATCH_AFTER_S": str(REDISPATCH_AFTER_S),
     }
     processes = [
         ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp),
@@ -87,6 +88,8 @@ def stack(pg_admin_url, nats_url):
             if not process.alive():
                 print(f"--- {process.name} exited early; its log:\n{process.log_tail()}")
             process.stop()
+        patch.undo()  # later modules must not inherit this module's environment
+        get_settings.cache_clear()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -354,10 +357,12 @@ def test_killing_the_run_worker_ends_the_job_and_frees_the_device(stack):
 def test_cancel_a_running_job_frees_its_devices(stack):
     account = account_in(stack["database_url"], "e2e-cancel")
     engine = create_engine(stack["database_url"])
-    job_id = _submit(stack, account, mode="parallel")
+    # Hundreds of small batches: even a fast GPU is still busy when the cancel comes.
+    job_id = _submit(stack, account, mode="parallel", zoom=18, batch_size=8)
     wait_for(lambda: _busy_step(engine, job_id), timeout=JOB_DEADLINE_S, what="a busy step", interval=0.05)
     canceled = httpx.post(f"{stack['api']}/jobs/{job_id}/cancel", headers=account.headers)
     assert canceled.status_code == 200 and canceled.json()["state"] == "canceled"
+    done_at_cancel = canceled.json()["tiles_done"]
 
     def steps_done():
         with engine.connect() as conn:
@@ -368,7 +373,8 @@ def test_cancel_a_running_job_frees_its_devices(stack):
     wait_for(steps_done, timeout=30, what="the canceled job's steps to stop", interval=0.2)
     counts = _result_counts(engine, job_id)
     engine.dispose()
-    assert counts.results < counts.planned, "the job stopped before finishing"
+    # Each step stops after the batch it holds: at most one more batch per device lands.
+    assert counts.results <= done_at_cancel + 8 * len(SIMULATED), (done_at_cancel, counts)
     assert _job(stack, account, job_id)["state"] == "canceled"
 
     next_job = _submit(stack, account, mode="serial", zoom=14)
@@ -380,7 +386,7 @@ def test_inference_runs_are_exported_to_parquet_and_duckdb_automatically(stack):
 
     import dagster as dg
 
-    from constellation_core.analytics import connect
+    from constellation_core.analytics_db import connect
 
     account = account_in(stack["database_url"], "e2e-export")
     job_id = _submit(stack, account, mode="serial", zoom=14)
@@ -501,3 +507,57 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
             "analytics.png", "overview-dark.png", "submit-drawn.png"} <= shots
     assert "the tile map draws" in done.stdout and "the GPU chart went from" in done.stdout
     assert "ok: a drawn area: Estimated" in done.stdout
+
+
+def test_a_run_parked_in_dagsters_queue_past_the_redispatch_window_is_never_launched_twice(stack):
+    """Dagster starts at most `max_concurrent_runs` (8) runs; the next waits in its queue. Once it has
+    waited past the re-dispatch window, new submissions wake the dispatcher, which claims it again: it
+    must find the queued run and launch no second one (both launch paths share one guard)."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    account = account_in(stack["database_url"], "e2e-parked")
+    engine = create_engine(stack["database_url"])
+    blockers = [_submit(stack, account, zoom=17, mode="serial", batch_size=16, priority=-5) for _ in range(8)]
+    submitted = list(blockers)
+
+    def runs_of(instance, job_id, statuses=None):
+        return instance.get_run_records(RunsFilter(tags={"constellation/job_id": job_id}, statuses=statuses))
+
+    try:
+        with DagsterInstance.from_config(stack["dagster_home"]) as instance:
+            # Lower priority than the eight: it waits in Dagster's queue while they hold the run limit.
+            parked = _submit(stack, account, zoom=14, mode="serial", priority=-10)
+            submitted.append(parked)
+            wait_for(lambda: runs_of(instance, parked, [DagsterRunStatus.QUEUED]), timeout=60,
+                     what="the parked job's run to wait in Dagster's queue", interval=0.2)
+
+            def dispatched_at():
+                with engine.connect() as conn:
+                    return conn.execute(text("SELECT dispatched_at, now() - dispatched_at > make_interval(secs => :w) "
+                                             "FROM jobs WHERE id = :id"),
+                                        {"id": parked, "w": REDISPATCH_AFTER_S}).one()
+
+            # Each new job wakes the dispatcher; it claims it and, once the parked job has outlived
+            # the window, the parked job again (three times, in case the sensor claimed it first).
+            wakers = []
+            for _ in range(3):
+                wait_for(lambda: dispatched_at()[1], timeout=30,
+                         what="the parked job to outlive the re-dispatch window", interval=0.1)
+                claimed_before = dispatched_at()[0]
+                wakers.append(_submit(stack, account, zoom=14, mode="serial"))
+                submitted.append(wakers[-1])
+                wait_for(lambda: dispatched_at()[0] > claimed_before, timeout=30,
+                         what="the parked job to be claimed again", interval=0.1)
+            wait_for(lambda: all(runs_of(instance, j) for j in wakers), timeout=60,
+                     what="the waking jobs' runs", interval=0.2)
+            assert runs_of(instance, parked, [DagsterRunStatus.QUEUED]), "the parked run still waits"
+            runs = runs_of(instance, parked)
+            assert len(runs) == 1, (
+                f"the parked job got {len(runs)} Dagster runs: "
+                f"{[(r.dagster_run.run_id[:8], r.dagster_run.status.value) for r in runs]}")
+    finally:
+        for job_id in submitted:
+            httpx.post(f"{stack['api']}/jobs/{job_id}/cancel", headers=account.headers)
+        for job_id in submitted:
+            _wait_terminal(stack, account, job_id)
+        engine.dispose()

@@ -1,5 +1,5 @@
 """The clients generated from openapi/spec.yaml (TypeScript for web, Go for usage_go) are committed;
-`make test` runs `python -m api.check_generated`, which fails when any of them is stale. Here: it is
+`make test` runs `python -m contract.drift`, which fails when any of them is stale. Here: it is
 current now, and a change to the contract makes both generated clients stale."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import sys
 
 import yaml
 
-from api.check_generated import GO_SERVER, SPEC, TS_CLIENT, stale
+from contract.drift import GO_SERVER, SPEC, TS_CLIENT, stale
 from constellation_core.settings import REPO_ROOT
 
 
 def test_the_committed_clients_are_current():
-    done = subprocess.run([sys.executable, "-m", "api.check_generated"], cwd=REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "contract.drift"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 

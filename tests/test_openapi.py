@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from api.openapi import spec
+from contract.spec import spec
 from constellation_core.settings import REPO_ROOT
 
 SPEC = REPO_ROOT / "openapi" / "spec.yaml"

@@ -15,6 +15,7 @@ from constellation_core.settings import Settings
 from constellation_core.tables import jobs, steps
 from constellation_core.telemetry import FIELDS, run_agent, sample_all
 from constellation_dagster.resources import GpuFleet
+from tests.streams import next_message
 
 
 def _busy_step(engine, device_index: int):
@@ -59,7 +60,7 @@ def test_stream_clients_that_ask_for_gpus_receive_samples(database_url, nats_url
                 try:
                     seen = {}
                     while len(seen) < 2:
-                        message = ws.receive_json()
+                        message = next_message(ws, what="a sample of each simulated device")
                         if message["type"] == "gpu.metrics":
                             seen[message["device_uuid"]] = message
                 finally:

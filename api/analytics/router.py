@@ -1,20 +1,23 @@
-"""/analytics: named, parameterized, read-only DuckDB queries over the Parquet exports.
+"""/analytics: named, parameterized, read-only queries over the analytics views.
 
-Clients pick a query by name and give typed parameters; they never send SQL. DuckDB reads the
-exported Parquet (GeoParquet for tiles) in memory, with the spatial extension, so the API never
-contends with Dagster for the analytics database file. Members see their own account's rows.
+Clients pick a query by name and give typed parameters; they never send SQL. Each query reads the
+views `constellation_core.analytics_db` defines (the same the `analytics_duckdb` asset creates),
+built here in an in-memory DuckDB per thread over the exported Parquet, so the API never contends
+with Dagster for the database file. Members see their own account's rows.
 """
 
 from __future__ import annotations
 
 import threading
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from api import access
 from api.deps import CurrentAccount, SettingsDep
 from api.errors import InvalidInput
 
@@ -50,26 +53,21 @@ class DailyVolumeRow(BaseModel):
     km2: float
 
 
+def _query(root: Path, view: str, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    """Run `sql` against this thread's DuckDB once `view` exists (its dataset exported); else no rows."""
+    from constellation_core.analytics_db import connect, create_views
 
-def _connection():
-    """This thread's DuckDB cursor (in memory, spatial loaded once per thread)."""
-    conn = getattr(_local, "conn", None)
-    if conn is None:
-        from constellation_core.analytics import connect
-
-        conn = _local.conn = connect()
-    return conn
-
-
-def _query(root, dataset: str, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    files = sorted((root / dataset).glob("day=*/*.parquet"))
-    if not files:
-        return []  # nothing exported yet
-    conn = _connection()
-    source = f"read_parquet({[str(f) for f in files]!r}, hive_partitioning = true, union_by_name = true)"
+    databases: dict[Path, tuple[Any, set[str]]] = _local.__dict__.setdefault("databases", {})
+    if root not in databases:
+        databases[root] = (connect(), set())
+    conn, views = databases[root]
+    if view not in views:  # datasets appear as Dagster exports them
+        views |= set(create_views(conn, root))
+        if view not in views:
+            return []  # nothing exported yet
     cursor = conn.cursor()
     try:
-        result = cursor.execute(sql.replace("{source}", source), params)
+        result = cursor.execute(sql, params)
         columns = [d[0] for d in result.description]
         return [dict(zip(columns, row)) for row in result.fetchall()]
     finally:
@@ -84,19 +82,17 @@ def _window(since: date | None, until: date | None) -> tuple[date, date]:
     return since, until
 
 
-async def _named_query(account, settings, dataset: str, select: str, rest: str, since: date | None,
-                       until: date | None, where: str = "") -> list[dict[str, Any]]:
-    """`SELECT {select} FROM {dataset} WHERE <day window> [AND where] [AND <caller's rows>] {rest}`,
-    read-only over the Parquet exports; members see their own account's rows."""
+async def _named_query(account, settings, view: str, select: str, rest: str, since: date | None,
+                       until: date | None) -> list[dict[str, Any]]:
+    """`SELECT {select} FROM {view} WHERE <day window> [AND <caller's rows>] {rest}`; members see
+    their own account's rows."""
     since, until = _window(since, until)
-    conditions, params = ["CAST(day AS DATE) BETWEEN ? AND ?"], [since, until]
-    if where:
-        conditions.append(where)
-    if not account.is_admin:
+    conditions, params = ["day BETWEEN ? AND ?"], [since, until]
+    if access.owner_scope(account) is not None:  # the exports name accounts, not their ids
         conditions.append("account = ?")
         params.append(account.name)
-    sql = f"SELECT {select} FROM {{source}} WHERE {' AND '.join(conditions)} {rest}"
-    return await run_in_threadpool(_query, settings.local_dir / "analytics", dataset, sql, params)
+    sql = f"SELECT {select} FROM {view} WHERE {' AND '.join(conditions)} {rest}"
+    return await run_in_threadpool(_query, settings.local_dir / "analytics", view, sql, params)
 
 
 @router.get("/throughput-by-device", response_model=list[ThroughputRow], name="throughput_by_device")
@@ -104,9 +100,9 @@ async def throughput_by_device(account: CurrentAccount, settings: SettingsDep, s
                                until: Until = None) -> list[dict[str, Any]]:
     """Tiles and inference rate per device (model and simulated flag), from the exported tile results."""
     return await _named_query(
-        account, settings, "tile_results",
-        "device, any_value(simulated) AS simulated, count(*) AS tiles, avg(inference_ms) AS avg_inference_ms, "
-        "1000 / nullif(avg(inference_ms), 0) AS tiles_per_s",
+        account, settings, "device_throughput_daily",
+        "device, any_value(simulated) AS simulated, sum(tiles) AS tiles, "
+        "sum(inference_ms) / sum(tiles) AS avg_inference_ms, 1000 * sum(tiles) / nullif(sum(inference_ms), 0) AS tiles_per_s",
         "GROUP BY device ORDER BY tiles DESC", since, until,
     )
 
@@ -116,10 +112,10 @@ async def gpu_seconds_per_km2(account: CurrentAccount, settings: SettingsDep, si
                               until: Until = None) -> list[dict[str, Any]]:
     """Device time spent per square kilometre of area covered, per account, from the exported runs."""
     return await _named_query(
-        account, settings, "run_metrics",
-        "account, count(*) AS runs, coalesce(sum(gpu_seconds), 0) AS gpu_seconds, coalesce(sum(area_km2), 0) AS km2, "
-        "sum(gpu_seconds) / nullif(sum(area_km2), 0) AS gpu_seconds_per_km2",
-        "GROUP BY account ORDER BY gpu_seconds DESC", since, until, where="state = 'succeeded'",
+        account, settings, "gpu_seconds_daily",
+        "account, sum(runs) AS runs, sum(gpu_seconds) AS gpu_seconds, sum(km2) AS km2, "
+        "sum(gpu_seconds) / nullif(sum(km2), 0) AS gpu_seconds_per_km2",
+        "GROUP BY account ORDER BY gpu_seconds DESC", since, until,
     )
 
 
@@ -127,10 +123,5 @@ async def gpu_seconds_per_km2(account: CurrentAccount, settings: SettingsDep, si
 async def daily_volume(account: CurrentAccount, settings: SettingsDep, since: Since = None,
                        until: Until = None) -> list[dict[str, Any]]:
     """Tiles, jobs and square kilometres inferred per day and account (geodesic areas of the footprints)."""
-    # ST_Area_Spheroid reads (lat, lon), the EPSG:4326 axis order: flip our (lon, lat) footprints.
-    return await _named_query(
-        account, settings, "tile_results",
-        "CAST(day AS DATE) AS day, account, count(*) AS tiles, count(DISTINCT job_id) AS jobs, "
-        "sum(ST_Area_Spheroid(ST_FlipCoordinates(footprint))) / 1e6 AS km2",
-        "GROUP BY ALL ORDER BY 1, 2", since, until,
-    )
+    return await _named_query(account, settings, "daily_volume", "day, account, tiles, jobs, km2", "ORDER BY 1, 2",
+                              since, until)

@@ -9,21 +9,20 @@ from uuid import UUID
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
+from shapely.geometry import mapping
 from sqlalchemy import func, insert, literal, select, tuple_
 
+from api import access
 from api.deps import CurrentAccount, EngineDep
-from api.errors import InvalidInput, NotFound
+from api.errors import InvalidInput
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, decode_cursor, encode_cursor
-from constellation_core.geometry import InvalidGeometry, parse_area
+from constellation_core.geometry import InvalidGeometry, area_from_geojson
 from constellation_core.tables import areas
 
 router = APIRouter(prefix="/areas", tags=["areas"])
 
-# An area is a few countries at most; bigger imports are refused before any tile is planned.
-MAX_AREA_VERTICES = 100_000
+# A stored area is a few countries at most.
 MAX_AREA_DEG2 = 2_000.0
-WGS84_NAMES = ("EPSG:4326", "urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:OGC::CRS84",
-               "urn:ogc:def:crs:EPSG::4326", "CRS84")
 
 
 class AreaCreate(BaseModel):
@@ -31,7 +30,7 @@ class AreaCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     geojson: dict[str, Any] = Field(
         description="A GeoJSON Polygon/MultiPolygon geometry, or a Feature or FeatureCollection of them "
-                    "(merged), in lon/lat (EPSG:4326 / CRS84)")
+                    "(their union), in lon/lat (EPSG:4326 / CRS84)")
 
 
 class AreaPublic(BaseModel):
@@ -60,47 +59,10 @@ def _public(row) -> AreaPublic:
 
 
 def area_geometry(geojson: dict[str, Any]) -> dict[str, Any]:
-    """The one Polygon/MultiPolygon of an uploaded GeoJSON object, checked for CRS, type, validity and size."""
-    crs = geojson.get("crs")
-    if crs is not None:
-        name = (crs.get("properties") or {}).get("name") if isinstance(crs, dict) else None
-        if name not in WGS84_NAMES:
-            raise _invalid(f"unsupported CRS {name!r}: coordinates must be lon/lat (EPSG:4326 / CRS84)")
-    kind = geojson.get("type")
-    if kind == "Feature":
-        geometries = [geojson.get("geometry")]
-    elif kind == "FeatureCollection":
-        features = geojson.get("features")
-        if not isinstance(features, list) or not features:
-            raise _invalid("a FeatureCollection needs at least one feature")
-        geometries = [f.get("geometry") if isinstance(f, dict) else None for f in features]
-    else:
-        geometries = [geojson]
-    polygons: list = []
-    for geometry in geometries:
-        if not isinstance(geometry, dict):
-            raise _invalid("every feature needs a geometry")
-        try:
-            shape = parse_area(geometry)
-        except InvalidGeometry as exc:
-            raise _invalid(str(exc)) from exc
-        polygons.extend(getattr(shape, "geoms", [shape]))
-    from shapely import MultiPolygon, count_coordinates, unary_union
-
-    merged = unary_union(polygons) if len(polygons) > 1 else polygons[0]
-    if count_coordinates(merged) > MAX_AREA_VERTICES:
-        raise _invalid(f"the area has more than {MAX_AREA_VERTICES} vertices; simplify it")
-    if merged.area > MAX_AREA_DEG2:
-        raise _invalid(f"the area is larger than {MAX_AREA_DEG2:.0f} square degrees; split it into smaller areas")
-    if merged.geom_type == "Polygon" and len(polygons) > 1:
-        merged = MultiPolygon([merged])
-    from shapely.geometry import mapping
-
-    return mapping(merged)
-
-
-def _invalid(message: str) -> InvalidInput:
-    return InvalidInput(message, errors=[{"loc": ["body", "geojson"], "msg": message, "type": "geometry"}])
+    try:
+        return mapping(area_from_geojson(geojson, max_deg2=MAX_AREA_DEG2))
+    except InvalidGeometry as exc:
+        raise InvalidInput(str(exc), errors=[{"loc": ["body", "geojson"], "msg": str(exc), "type": "geometry"}]) from exc
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AreaPublic, name="create")
@@ -123,8 +85,8 @@ async def list_areas(account: CurrentAccount, engine: EngineDep, cursor: Cursor 
     """Areas, newest first: members see their own, admins everyone's."""
     after = decode_cursor(cursor, 2)
     query = select(*_COLUMNS).order_by(areas.c.created_at.desc(), areas.c.id.desc()).limit(limit + 1)
-    if not account.is_admin:
-        query = query.where(areas.c.account_id == account.id)
+    if (owner := access.owner_scope(account)) is not None:
+        query = query.where(areas.c.account_id == owner)
     if after is not None:
         try:
             key = (datetime.fromisoformat(after[0]), UUID(after[1]))
@@ -142,6 +104,5 @@ async def list_areas(account: CurrentAccount, engine: EngineDep, cursor: Cursor 
 async def get_area(area_id: UUID, account: CurrentAccount, engine: EngineDep) -> AreaPublic:
     async with engine.connect() as conn:
         row = (await conn.execute(select(*_COLUMNS).where(areas.c.id == area_id))).first()
-    if row is None or not (account.is_admin or row.account_id == account.id):
-        raise NotFound(f"no area with id {area_id}")
+    access.require(account, row.account_id if row else None, row is not None, "area", area_id)
     return _public(row)

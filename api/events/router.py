@@ -6,13 +6,12 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
+from api import access
 from api.deps import CurrentAccount, EngineDep
-from api.jobs.service import check_job_access
+from api.events.service import history
 from api.pagination import DEFAULT_LIMIT, Limit, Page
 from constellation_core.events import Event
-from constellation_core.tables import events
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -25,14 +24,9 @@ async def list_events(
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[Event]:
     """Events in id order (yours; admins: everyone's). `next_cursor` is the last id: pass it as `after`."""
-    query = select(events).where(events.c.id > after).order_by(events.c.id).limit(limit + 1)
-    if not account.is_admin:
-        query = query.where(events.c.account_id == account.id)
-    if job_id is not None:
-        query = query.where(events.c.job_id == job_id)
     async with engine.connect() as conn:
         if job_id is not None:
-            await check_job_access(conn, account, job_id)
-        rows = (await conn.execute(query)).mappings().all()
-    page = [Event.model_validate(dict(r)) for r in rows[:limit]]
-    return Page[Event](data=page, next_cursor=str(page[-1].id) if len(rows) > limit else None)
+            await access.require_job(conn, account, job_id)
+        found = await history(conn, account, after=after, job_id=job_id, limit=limit + 1)
+    page = found[:limit]
+    return Page[Event](data=page, next_cursor=str(page[-1].id) if len(found) > limit else None)

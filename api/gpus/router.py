@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from api import access
 from api.deps import CurrentAccount, EngineDep
 from api.errors import NotFound
 from constellation_core.tables import gpus, jobs, steps
@@ -26,7 +27,7 @@ class GpuPublic(BaseModel):
     total_mem_mb: int | None
     compute_capability: str | None
     busy: bool = Field(description="An inference step holds the device now")
-    job_ids: list[UUID] = Field(description="Jobs on the device now (admins; members see their own)")
+    job_ids: list[UUID] = Field(description="Jobs on the device now that the caller may see (admins: all; members: their own)")
     latest: GpuSample | None = Field(description="The latest telemetry sample (1 Hz), if one arrived")
 
 
@@ -36,24 +37,19 @@ async def list_gpus(request: Request, account: CurrentAccount, engine: EngineDep
     async with engine.connect() as conn:
         devices = (await conn.execute(select(gpus).order_by(gpus.c.name))).mappings().all()
         held = (await conn.execute(
-            select(steps.c.gpu_id, steps.c.job_id).where(steps.c.finished_at.is_(None))
+            select(steps.c.gpu_id, steps.c.job_id, jobs.c.account_id)
+            .join(jobs, jobs.c.id == steps.c.job_id).where(steps.c.finished_at.is_(None))
         )).all()
-        own = None  # admins: every job is shown
-        if not account.is_admin:
-            own = set((await conn.execute(
-                select(jobs.c.id).where(jobs.c.id.in_([h.job_id for h in held]), jobs.c.account_id == account.id)
-            )).scalars())
     hub = request.app.state.hub
     result = []
     for device in devices:
-        on_device = [h.job_id for h in held if h.gpu_id == device["id"]]
+        on_device = [h for h in held if h.gpu_id == device["id"]]
         sample = hub.latest_gpu_sample(device["uuid"])
-        if sample is not None and own is not None and sample.job_id not in own:
-            sample = sample.model_copy(update={"job_id": None})
         result.append(GpuPublic(
             uuid=device["uuid"], name=device["name"], simulated=device["simulated"],
             total_mem_mb=device["total_mem_mb"], compute_capability=device["compute_capability"],
-            busy=bool(on_device), job_ids=[j for j in on_device if own is None or j in own], latest=sample,
+            busy=bool(on_device), job_ids=[h.job_id for h in on_device if access.may_see(account, h.account_id)],
+            latest=access.device_sample(account, sample) if sample is not None else None,
         ))
     return result
 
@@ -70,7 +66,5 @@ async def gpu_telemetry(
         if (await conn.execute(select(gpus.c.id).where(gpus.c.uuid == uuid))).first() is None:
             raise NotFound(f"no device with uuid {uuid}")
     since = datetime.now(UTC) - timedelta(seconds=seconds)
-    samples = [s for s in request.app.state.hub.recent_gpu_samples.get(uuid, ()) if s.ts >= since]
-    if not account.is_admin:  # members see the device's figures, not whose job it ran
-        samples = [s.model_copy(update={"job_id": None}) if s.job_id is not None else s for s in samples]
-    return samples
+    return [access.device_sample(account, s) for s in request.app.state.hub.recent_gpu_samples.get(uuid, ())
+            if s.ts >= since]

@@ -14,13 +14,15 @@ from uuid import UUID
 
 from sqlalchemy import select
 
+from api.accounts.auth import Account
+from api.events.service import Delivered, history
 from api.stream.hub import StreamHub, Subscriber
 from constellation_core.events import Event
-from constellation_core.tables import events, jobs
+from constellation_core.tables import jobs
+from constellation_core.vocabulary import LOG_EVENT_TYPES, TERMINAL_JOB_STATES
 
-LOG_TYPES = ("job.log", "job.state")
-TERMINAL = ("succeeded", "failed", "canceled")
 KEEPALIVE_S = 15.0
+HISTORY_LIMIT = 10_000
 
 
 def sse(event: Event) -> str:
@@ -36,28 +38,26 @@ def sse(event: Event) -> str:
 
 
 def _ends(event: Event) -> bool:
-    return event.type == "job.state" and event.payload.get("state") in TERMINAL
+    return event.type == "job.state" and event.payload.get("state") in TERMINAL_JOB_STATES
 
 
-async def log_stream(engine, hub: StreamHub, job_id: UUID, after: int) -> AsyncIterator[str]:
-    subscriber = Subscriber(topics={("logs", job_id)})
+async def log_stream(engine, hub: StreamHub, account: Account, job_id: UUID, after: int) -> AsyncIterator[str]:
+    """The caller has been checked for access to the job."""
+    subscriber = Subscriber(account=account, topics={("logs", job_id)})
     hub.add(subscriber)  # before reading history: nothing committed meanwhile is missed
+    delivered = Delivered(after)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(
-                select(events).where(events.c.job_id == job_id, events.c.id > after, events.c.type.in_(LOG_TYPES))
-                .order_by(events.c.id)
-            )).mappings().all()
+            past = await history(conn, account, after=after, job_id=job_id, types=LOG_EVENT_TYPES,
+                                 limit=HISTORY_LIMIT)
             state = (await conn.execute(select(jobs.c.state).where(jobs.c.id == job_id))).scalar_one()
-        last = after
         yield "retry: 2000\n\n"
-        for row in rows:
-            event = Event.model_validate(dict(row))
+        for event in past:
             yield sse(event)
-            last = event.id
+            delivered.mark(event)
             if _ends(event):
                 return
-        if state in TERMINAL:  # ended before `after`: nothing more will come
+        if state in TERMINAL_JOB_STATES:  # ended before `after`: nothing more will come
             return
         while True:
             try:
@@ -67,10 +67,10 @@ async def log_stream(engine, hub: StreamHub, job_id: UUID, after: int) -> AsyncI
                 continue
             if event is None or subscriber.dropped:
                 return  # server shutting down or client too slow: it reconnects with Last-Event-ID
-            if not isinstance(event, Event) or event.type not in LOG_TYPES or event.id <= last:
+            if not isinstance(event, Event) or not delivered.fresh(event):
                 continue
             yield sse(event)
-            last = event.id
+            delivered.mark(event)
             if _ends(event):
                 return
     finally:

@@ -10,33 +10,16 @@ from uuid import UUID
 from sqlalchemy import RowMapping, func, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from constellation_core.events import submit_job
 from constellation_core.tables import areas, events, gpus, jobs, runs, steps
 
 _JOB_COLUMNS = [c for c in jobs.c if c.name != "aoi"] + [func.ST_AsGeoJSON(jobs.c.aoi).label("aoi_geojson")]
 
 
-_INSERT_QUEUED = text("""
-WITH new_job AS (
-    INSERT INTO jobs (name, params, priority, state, submitted_by, account_id, area_id, aoi, zoom, tiles_total,
-                      correlation_id, idempotency_key, request_hash, event_seq)
-    VALUES (:name, CAST(:params AS jsonb), :priority, 'queued', :submitted_by, :account_id, :area_id,
-            ST_GeomFromText(:aoi, 4326), :zoom, :tiles_total, :correlation_id, :idempotency_key, :request_hash, 1)
-    RETURNING *
-), new_event AS (
-    INSERT INTO events (type, account_id, job_id, payload, seq)
-    SELECT 'job.state', account_id, id, '{"state": "queued"}'::jsonb, 1 FROM new_job
-    RETURNING id AS event_id, ts AS event_ts
-)
-SELECT new_job.*, ST_AsGeoJSON(new_job.aoi) AS aoi_geojson, new_event.event_id, new_event.event_ts
-FROM new_job, new_event
-""")
-
-
-async def insert_queued_job(conn: AsyncConnection, *, aoi_wkt: str, params: dict[str, Any], **values: Any) -> RowMapping:
+async def insert_queued_job(conn: AsyncConnection, **values: Any) -> RowMapping:
     """The job and its `queued` event in one statement (one round trip, atomic on its own): the
     submission path's only write."""
-    result = await conn.execute(_INSERT_QUEUED, {**values, "aoi": aoi_wkt, "params": json.dumps(params)})
-    return result.mappings().one()
+    return (await conn.execute(submit_job(**values))).mappings().one()
 
 
 async def get_job(conn: AsyncConnection, job_id: UUID, *, for_update: bool = False) -> RowMapping | None:

@@ -7,8 +7,8 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from api import access
 from api.deps import CurrentAccount, EngineDep, PublisherDep, SettingsDep
-from api.errors import InvalidInput
 from api.jobs import service
 from api.jobs.logs import log_stream
 from api.jobs.schemas import (
@@ -27,7 +27,6 @@ from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobSort = Literal[tuple(SORTS)]  # type: ignore[valid-type]
-coverage_router = APIRouter(tags=["coverage"])
 
 
 class GeoJSONResponse(JSONResponse):
@@ -120,9 +119,10 @@ async def job_logs(
     after: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Resume after this event id")] = None,
 ) -> StreamingResponse:
     """The job's log lines and state changes, live (SSE); ends after the job's final state."""
-    await service.ensure_job_visible(engine, account, job_id)  # 404 for another account's job
+    async with engine.connect() as conn:
+        await access.require_job(conn, account, job_id)  # 404 for another account's job
     resume = max(last_event_id or 0, after or 0)
-    return StreamingResponse(log_stream(engine, request.app.state.hub, job_id, resume), media_type="text/event-stream",
+    return StreamingResponse(log_stream(engine, request.app.state.hub, account, job_id, resume), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -137,31 +137,3 @@ async def cancel_job(
     job, event = await service.cancel_job(engine, account, job_id, dagit_url=settings.dagit_base_url)
     await publish(event)
     return job
-
-
-MAX_COVERAGE = 20_000
-
-
-@coverage_router.get("/coverage", response_model=TileFeatureCollection, response_class=GeoJSONResponse, name="get")
-async def coverage(
-    account: CurrentAccount, engine: EngineDep,
-    bbox: Annotated[str, Query(max_length=200, description="west,south,east,north in lon/lat",
-                               examples=["6.0,46.1,6.3,46.3"])],
-    limit: Annotated[int, Query(ge=1, le=MAX_COVERAGE)] = 5000,
-) -> Response:
-    """Every processed tile whose footprint meets the box (yours; admins: everyone's), newest first."""
-    return Response(await service.coverage(engine, account, parse_bbox(bbox), limit),
-                    media_type=GeoJSONResponse.media_type)
-
-
-def parse_bbox(raw: str) -> tuple[float, float, float, float]:
-    try:
-        west, south, east, north = (float(part) for part in raw.split(","))
-    except ValueError:
-        west = None
-    if west is None or not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-        raise InvalidInput(
-            "bbox must be west,south,east,north in lon/lat with west < east and south < north",
-            errors=[{"loc": ["query", "bbox"], "msg": "invalid bbox", "type": "bbox"}],
-        )
-    return west, south, east, north

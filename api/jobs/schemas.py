@@ -8,40 +8,40 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from constellation_core.catalog import DEFAULT_MODEL
-from constellation_core.tables import JOB_STATES
+from constellation_core.vocabulary import DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_MODEL, JOB_MODES, JOB_STATES
 from constellation_core.tiles import MAX_ZOOM, MIN_ZOOM
 
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
+JobMode = Literal[JOB_MODES]  # type: ignore[valid-type]
 
 
-class GeoJSONGeometry(BaseModel):
-    """A GeoJSON Polygon or MultiPolygon in lon/lat (EPSG:4326)."""
+class GeoJSONArea(BaseModel):
+    """What a GeoJSON file holds, in lon/lat (EPSG:4326 / CRS84): a Polygon or MultiPolygon geometry, a
+    Feature of one, or a FeatureCollection of them; several features make one area, their union."""
 
     model_config = ConfigDict(extra="allow")
-    type: str
-    coordinates: list[Any]
+    type: str = Field(description="Polygon, MultiPolygon, Feature or FeatureCollection")
 
 
 class JobBase(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     zoom: int = Field(ge=MIN_ZOOM, le=MAX_ZOOM, description="Web-mercator zoom level of the tiles")
     model: str = Field(default=DEFAULT_MODEL, max_length=100)
-    batch_size: int = Field(default=32, ge=1, le=1024)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=1024)
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first")
-    mode: Literal["serial", "parallel"] = "parallel"
+    mode: JobMode = DEFAULT_MODE
 
 
 class AreaChoice(BaseModel):
     """Where: exactly one of a GeoJSON geometry or a stored area."""
 
-    area: GeoJSONGeometry | None = Field(default=None, description="The area of interest")
+    area: GeoJSONArea | None = Field(default=None, description="The area of interest")
     area_id: UUID | None = Field(default=None, description="A stored area, instead of `area`")
 
     @model_validator(mode="after")
     def _one_area(self) -> AreaChoice:
         if (self.area is None) == (self.area_id is None):
-            raise ValueError("give exactly one of `area` (GeoJSON geometry) or `area_id`")
+            raise ValueError("give exactly one of `area` (GeoJSON) or `area_id`")
         return self
 
 
@@ -60,6 +60,7 @@ class TileEstimate(BaseModel):
     tiles: int = Field(description="Tiles the area covers at this zoom")
     max_tiles: int = Field(description="The most tiles one job may have")
     area_km2: float = Field(description="Geodesic area")
+    area: dict[str, Any] = Field(description="The area as the job would cover it: one GeoJSON Polygon or MultiPolygon")
 
 
 class TilesPerMinute(BaseModel):

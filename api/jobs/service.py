@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import RowMapping, select
+from shapely.geometry import mapping
+from sqlalchemy import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api import access
 from api.accounts.auth import Account
 from api.errors import Conflict, InvalidInput, NotFound
 from api.jobs import repository
@@ -28,11 +30,10 @@ from api.jobs.schemas import (
     TilesPerMinute,
 )
 from api.pagination import Page, decode_cursor, encode_cursor
-from constellation_core.catalog import MODELS
-from constellation_core.events import Event, transition_job_async
-from constellation_core.geometry import InvalidGeometry, parse_area
+from constellation_core.events import Event, queued_event, transition_job_async
+from constellation_core.geometry import InvalidGeometry, area_from_geojson
 from constellation_core.logs import correlation_id
-from constellation_core.tables import JOB_STATES, jobs
+from constellation_core.vocabulary import JOB_STATES, MODELS
 from constellation_core.tiles import TooManyTiles, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ async def _insert_job(
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = await repository.insert_queued_job(
             conn,
-            aoi_wkt=aoi.wkt,
+            aoi=aoi.wkt,
             name=body.name,
             params={k: getattr(body, k) for k in PARAM_KEYS},
             priority=body.priority,
@@ -107,8 +108,7 @@ async def _insert_job(
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
-    event = Event(id=row["event_id"], type="job.state", account_id=account.id, job_id=row["id"],
-                  payload={"state": "queued"}, ts=row["event_ts"], seq=1)
+    event = queued_event(row)
     log.info("job submitted", extra={"job_id": str(row["id"]), "tiles": tiles_total, "account": account.name})
     return to_public(row, dagit_url), event
 
@@ -119,13 +119,9 @@ async def _area_geojson(engine: AsyncEngine, account: Account, body: AreaChoice)
         return body.area.model_dump()
     async with engine.connect() as conn:
         found = await repository.get_area_geojson(conn, body.area_id)
-    if found is None or not _may_use(account, found[0]):
+    if found is None or not access.may_see(account, found[0]):
         raise InvalidInput(f"no area with id {body.area_id}")
     return found[1]
-
-
-def _may_use(account: Account, owner: UUID | None) -> bool:
-    return account.is_admin or owner is None or owner == account.id
 
 
 async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str) -> JobDetail:
@@ -153,7 +149,7 @@ async def list_jobs(engine: AsyncEngine, account: Account, *, states: list[str] 
     after = _decode_job_cursor(cursor, sort, names)
     async with engine.connect() as conn:
         rows = await repository.list_jobs(
-            conn, account_id=None if account.is_admin else account.id, states=states, submitted_by=submitted_by,
+            conn, account_id=access.owner_scope(account), states=states, submitted_by=submitted_by,
             created_after=created_after, created_before=created_before, name_contains=name_contains, sort=sort,
             after=after, limit=limit + 1,
         )
@@ -183,7 +179,7 @@ def _decode_job_cursor(cursor: str | None, sort: str, names: tuple[str, ...]) ->
 
 
 async def summary(engine: AsyncEngine, account: Account) -> JobSummary:
-    owner = None if account.is_admin else account.id
+    owner = access.owner_scope(account)
     async with engine.connect() as conn:
         counts = await repository.job_counts(conn, owner)
         minutes = await repository.tiles_per_minute(conn, owner, 60)
@@ -198,7 +194,7 @@ async def summary(engine: AsyncEngine, account: Account) -> JobSummary:
 def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
     """The area parsed and its tile count at this zoom; a 422 problem naming `area` otherwise."""
     try:
-        aoi = parse_area(area_geojson)
+        aoi = area_from_geojson(area_geojson)
         tiles_total = len(plan_tiles(aoi, zoom, max_tiles))
     except InvalidGeometry as exc:
         raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "geometry"}])
@@ -214,18 +210,13 @@ async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, 
     aoi, tiles = plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     async with engine.connect() as conn:
         km2 = await repository.geodesic_area_km2(conn, aoi.wkt)
-    return TileEstimate(tiles=tiles, max_tiles=max_tiles, area_km2=round(km2, 3))
+    return TileEstimate(tiles=tiles, max_tiles=max_tiles, area_km2=round(km2, 3), area=mapping(aoi))
 
 
 async def job_tiles(engine: AsyncEngine, account: Account, job_id: UUID) -> str:
     async with engine.connect() as conn:
-        _visible(await repository.get_job(conn, job_id), account, job_id)
+        await access.require_job(conn, account, job_id)
         return await repository.tiles_geojson(conn, job_id)
-
-
-async def coverage(engine: AsyncEngine, account: Account, bbox: tuple[float, float, float, float], limit: int) -> str:
-    async with engine.connect() as conn:
-        return await repository.coverage_geojson(conn, bbox, None if account.is_admin else account.id, limit)
 
 
 async def cancel_job(
@@ -243,26 +234,8 @@ async def cancel_job(
     return to_public(row, dagit_url), event
 
 
-async def check_job_access(conn, account: Account, job_id: UUID) -> None:
-    """404 (as if absent) when a member names another account's job. Admins pass unchecked: for
-    them a filter on an unknown job is simply empty."""
-    if account.is_admin:
-        return
-    owner = (await conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id))).scalar_one_or_none()
-    if owner != account.id:
-        raise NotFound(f"no job with id {job_id}")
-
-
-async def ensure_job_visible(engine: AsyncEngine, account: Account, job_id: UUID) -> None:
-    """404 unless the job exists and the caller may see it (one query)."""
-    async with engine.connect() as conn:
-        _visible(await repository.get_job(conn, job_id), account, job_id)
-
-
 def _visible(row: RowMapping | None, account: Account, job_id: UUID) -> RowMapping:
-    # Another account's job is reported as absent, so ids do not leak.
-    if row is None or not (account.is_admin or row["account_id"] == account.id):
-        raise NotFound(f"no job with id {job_id}")
+    access.require(account, row["account_id"] if row else None, row is not None, "job", job_id)
     return row
 
 

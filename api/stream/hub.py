@@ -12,16 +12,16 @@ from uuid import UUID
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from api import access
+from api.accounts.auth import Account
 from api.metrics import STREAM_CLIENTS, STREAM_DROPPED
 from constellation_core.events import SUBJECT_ROOT, Event
 from constellation_core.telemetry import GpuSample
+from constellation_core.vocabulary import LOG_EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
 CLIENT_QUEUE_SIZE = 1000
-
-
-LOG_TYPES = ("job.log", "job.state")
 
 
 RECENT_SAMPLES = 600  # 1 Hz per device: the last 10 minutes
@@ -32,8 +32,8 @@ class Subscriber:
     """One client's subscriptions: ("jobs", None) every visible job; ("job", id) one job's events;
     ("logs", id) one job's log lines and states; ("gpus", None) telemetry samples."""
 
+    account: Account  # whose client: what it may see is the access policy's answer
     job_id: UUID | None = None  # initial subscription: this job (else every job, unless `topics` is given)
-    account_id: UUID | None = None  # None: every account's (admins)
     gpus: bool = False  # also GPU telemetry samples
     topics: set[tuple[str, UUID | None]] | None = None
     queue: asyncio.Queue[Event | GpuSample | None] = field(
@@ -51,16 +51,13 @@ class Subscriber:
         topics = self.topics
         if isinstance(message, GpuSample):
             return ("gpus", None) in topics
-        if self.account_id is not None and message.account_id != self.account_id:
+        if not access.may_see(self.account, message.account_id):
             return False
         return (("jobs", None) in topics or ("job", message.job_id) in topics
-                or (message.type in LOG_TYPES and ("logs", message.job_id) in topics))
+                or (message.type in LOG_EVENT_TYPES and ("logs", message.job_id) in topics))
 
     def view(self, message: Event | GpuSample) -> Event | GpuSample:
-        # Which job runs on a device is shown to admins; members see the device's figures only.
-        if isinstance(message, GpuSample) and self.account_id is not None and message.job_id is not None:
-            return message.model_copy(update={"job_id": None})
-        return message
+        return access.device_sample(self.account, message) if isinstance(message, GpuSample) else message
 
 
 class JobSequencer:

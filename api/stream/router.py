@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
+from api import access
 from api.accounts.auth import Account, authenticate, key_from_headers
 from api.errors import Problem
-from api.jobs.service import check_job_access
-from api.stream.hub import LOG_TYPES, Subscriber
+from api.events.service import Delivered, history
+from api.stream.hub import Subscriber
 from constellation_core.events import Event
-from constellation_core.tables import events
 from constellation_core.telemetry import GpuSample
+from constellation_core.vocabulary import LOG_EVENT_TYPES
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["stream"])
@@ -56,38 +55,37 @@ async def stream(
         await websocket.close(code=POLICY_VIOLATION, reason=exc.detail[:120])
         return
     await websocket.accept()
-    subscriber = Subscriber(job_id=job_id, account_id=None if account.is_admin else account.id, gpus=gpus)
+    subscriber = Subscriber(account=account, job_id=job_id, gpus=gpus)
     # Subscribe before reading history, then skip live events already sent: no gap, no repeat.
     hub.add(subscriber)
-    sent = SentIds()
-    last_sent = after or 0
+    delivered = Delivered(after or 0)
+
+    async def send(replayed: list[Event]) -> None:
+        for event in replayed:
+            if delivered.fresh(event):
+                await websocket.send_text(event.model_dump_json())
+                delivered.mark(event)
+
     control: asyncio.Future | None = None
     try:
         if after is not None:
-            topic = ("job", job_id) if job_id else ("jobs", None)
-            for event in await _history(engine, subscriber, topic, after):
-                await websocket.send_text(event.model_dump_json())
-                sent.add(event.id)
-                last_sent = max(last_sent, event.id)
+            await send(await _history(engine, account, ("job", job_id) if job_id else ("jobs", None), after))
         control = asyncio.ensure_future(websocket.receive_text())
         while True:
             if subscriber.dropped and subscriber.queue.empty():
-                await websocket.close(code=TRY_AGAIN_LATER, reason=f"too slow; reconnect with after={last_sent}")
+                await websocket.close(code=TRY_AGAIN_LATER,
+                                      reason=f"too slow; reconnect with after={delivered.last}")
                 return
             live = asyncio.ensure_future(subscriber.queue.get())
             done, _ = await asyncio.wait({control, live}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
             if control in done:
                 live.cancel()
-                for event in await _control(websocket, engine, account, subscriber, control.result()):
-                    if event.id not in sent:
-                        await websocket.send_text(event.model_dump_json())
-                        sent.add(event.id)
-                        last_sent = max(last_sent, event.id)
+                await send(await _control(websocket, engine, account, subscriber, control.result()))
                 control = asyncio.ensure_future(websocket.receive_text())
                 continue
             if not done:
                 live.cancel()
-                await websocket.send_json({"type": "heartbeat", "last_event_id": last_sent})
+                await websocket.send_json({"type": "heartbeat", "last_event_id": delivered.last})
                 continue
             event = live.result()
             if event is None:  # the server is shutting down
@@ -96,35 +94,13 @@ async def stream(
             if isinstance(event, GpuSample):  # telemetry: live only, no id
                 await websocket.send_text(event.model_dump_json())
                 continue
-            if event.id in sent or (after is not None and event.id <= after):
-                continue
-            await websocket.send_text(event.model_dump_json())
-            sent.add(event.id)
-            last_sent = max(last_sent, event.id)
+            await send([event])
     except WebSocketDisconnect:
         pass
     finally:
         if control is not None:
             control.cancel()
         hub.remove(subscriber)
-
-
-class SentIds:
-    """The ids of the events this socket sent recently (a socket sends each event once)."""
-
-    def __init__(self, size: int = 50_000) -> None:
-        self._ids: set[int] = set()
-        self._order: deque[int] = deque()
-        self._size = size
-
-    def __contains__(self, event_id: int) -> bool:
-        return event_id in self._ids
-
-    def add(self, event_id: int) -> None:
-        self._ids.add(event_id)
-        self._order.append(event_id)
-        if len(self._order) > self._size:
-            self._ids.discard(self._order.popleft())
 
 
 class ControlMessage(BaseModel):
@@ -156,27 +132,17 @@ async def _control(websocket: WebSocket, engine, account: Account, subscriber: S
                                "job_id": str(message.job_id) if message.job_id else None})
     if message.after is None or message.topic == "gpus":
         return []
-    return await _history(engine, subscriber, topic, message.after)
+    return await _history(engine, account, topic, message.after)
 
 
 async def _check_job_access(engine, account: Account, job_id: UUID | None) -> None:
-    if job_id is None or account.is_admin:
-        return
-    async with engine.connect() as conn:
-        await check_job_access(conn, account, job_id)
-
-
-async def _history(engine, subscriber: Subscriber, topic: tuple[str, UUID | None], after: int) -> list[Event]:
-    kind, job_id = topic
-    query = select(events).where(events.c.id > after).order_by(events.c.id).limit(HISTORY_LIMIT)
     if job_id is not None:
-        query = query.where(events.c.job_id == job_id)
-    else:
-        query = query.where(events.c.job_id.is_not(None))
-    if kind == "logs":
-        query = query.where(events.c.type.in_(LOG_TYPES))
-    if subscriber.account_id is not None:
-        query = query.where(events.c.account_id == subscriber.account_id)
+        async with engine.connect() as conn:
+            await access.require_job(conn, account, job_id)
+
+
+async def _history(engine, account: Account, topic: tuple[str, UUID | None], after: int) -> list[Event]:
+    kind, job_id = topic
     async with engine.connect() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-    return [Event.model_validate(dict(row)) for row in rows]
+        return await history(conn, account, after=after, job_id=job_id, jobs_only=True, limit=HISTORY_LIMIT,
+                             types=LOG_EVENT_TYPES if kind == "logs" else None)

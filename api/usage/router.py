@@ -13,8 +13,9 @@ import httpx
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from api import access
 from api.deps import CurrentAccount
-from api.errors import NotFound, ServiceUnavailable
+from api.errors import ServiceUnavailable
 
 router = APIRouter(prefix="/usage", tags=["usage"])
 
@@ -56,8 +57,7 @@ async def account_usage(
     account_id: UUID, request: Request, account: CurrentAccount, window: Annotated[Window, Query()] = "all",
 ) -> Response:
     """GPU-seconds, tiles, jobs and energy of one account over a window."""
-    if not account.is_admin and account_id != account.id:
-        raise NotFound(f"no account with id {account_id}")
+    access.require(account, account_id, True, "account", account_id)
     return await _forward(request, f"/usage/accounts/{account_id}", {"window": window})
 
 

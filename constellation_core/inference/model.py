@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from constellation_core.inference.imagery import CLASSES
+from constellation_core.vocabulary import LANDCOVER_CNN
 
-MODEL_NAME = "landcover-cnn"
+MODEL_NAME = LANDCOVER_CNN
 
 
 class TileCNN(nn.Module):

@@ -75,33 +75,16 @@ def run_metrics_parquet(context: dg.AssetExecutionContext, db: SystemOfRecord) -
                                           "path": dg.MetadataValue.path(str(path))})
 
 
-VIEWS = {
-    "tile_results": "SELECT * FROM read_parquet('{root}/tile_results/*/*.parquet', hive_partitioning = true)",
-    "run_metrics": "SELECT * FROM read_parquet('{root}/run_metrics/*/*.parquet', hive_partitioning = true)",
-    "tiles_per_device": (
-        "SELECT device, simulated, count(*) AS tiles, avg(inference_ms) AS avg_inference_ms "
-        "FROM tile_results GROUP BY ALL"
-    ),
-    "daily_volume": (
-        "SELECT CAST(day AS DATE) AS day, account, count(*) AS tiles, count(DISTINCT job_id) AS jobs, "
-        # ST_Area_Spheroid reads coordinates as (lat, lon), the EPSG:4326 axis order: flip ours.
-        "sum(ST_Area_Spheroid(ST_FlipCoordinates(footprint))) / 1e6 AS km2 FROM tile_results GROUP BY ALL ORDER BY 1, 2"
-    ),
-}
-
-
 @dg.asset(deps=[tile_results_parquet, run_metrics_parquet], group_name="analytics", kinds={"duckdb"},
           description="DuckDB database (with spatial) holding views over the Parquet exports.")
 def analytics_duckdb(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    from constellation_core.analytics import connect
+    from constellation_core.analytics_db import connect, create_views
 
     root = datasets_root()
     path = root / "constellation.duckdb"
     metadata = {}
     with connect(path) as conn:
-        for name, body in VIEWS.items():
-            conn.execute(f"CREATE OR REPLACE VIEW {name} AS {body.format(root=root)}")
-        for name in VIEWS:
+        for name in create_views(conn, root):
             metadata[f"{name}_rows"] = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
     metadata["path"] = dg.MetadataValue.path(str(path))
     return dg.MaterializeResult(metadata=metadata)

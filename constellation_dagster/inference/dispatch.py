@@ -1,13 +1,21 @@
-"""Which queued jobs to launch, and as which Dagster run. Shared by the fast-path dispatcher process
-(launches within milliseconds of a `queued` event) and the `dispatch_queued_jobs` sensor (the
-reconciler, which catches whatever the fast path missed)."""
+"""Which queued jobs to launch, and as which Dagster run: the one launch guard.
+
+Both launch paths go through `claim_launches`: the fast-path dispatcher process (launches within
+milliseconds of a `queued` event) and the `dispatch_queued_jobs` sensor (the reconciler, which
+catches whatever the fast path missed). A job is launched only when it is queued, claimed by no one
+else (row lock, `SKIP LOCKED`), not claimed within the re-dispatch window, and has no live Dagster
+run (queued, starting, started or canceling): a run that waits in Dagster's queue is never doubled.
+"""
 
 from dataclasses import dataclass
+from datetime import timedelta
 from uuid import UUID
 
-from sqlalchemy import Connection, func, select, text, update
+import dagster as dg
+from sqlalchemy import Connection, func, select, update
 
 from constellation_core.devices import choose_device
+from constellation_core.settings import get_settings
 from constellation_core.tables import gpus, jobs, steps
 from constellation_dagster.inference.jobs import (
     ACCOUNT_TAG,
@@ -20,9 +28,14 @@ from constellation_dagster.inference.jobs import (
 )
 
 DISPATCH_BATCH = 100
-# A job asked for but not yet running is looked at again after this long (Dagster is checked for a
-# run of the job first, so a run that merely waits in the queue is never launched twice).
-REDISPATCH_AFTER_S = 60
+# A Dagster run in one of these may still run its job: while one exists, the job gets no other run.
+LIVE_RUN_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 @dataclass(frozen=True)
@@ -33,15 +46,40 @@ class Launch:
     tags: dict[str, str]
 
 
-def claim_due_jobs(conn: Connection, limit: int = DISPATCH_BATCH):
-    """Queued jobs not yet asked for (or asked for long ago), highest priority first; marks them."""
+def claim_launches(conn: Connection, instance: dg.DagsterInstance, limit: int = DISPATCH_BATCH) -> tuple[int, list[Launch]]:
+    """Claim up to `limit` due jobs and plan a run for each that has no live Dagster run.
+
+    Returns how many jobs were claimed and the launches. The claimed rows stay locked until `conn`'s
+    transaction ends: a caller that launches before it commits cannot race another launcher."""
+    rows = _claim_due_jobs(conn, limit)
+    if not rows:
+        return 0, []
+    live = jobs_with_live_runs(instance, [row.id for row in rows])
+    return len(rows), plan_launches(conn, [row for row in rows if row.id not in live])
+
+
+def live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list[dg.DagsterRun]:
+    """The Dagster runs of these jobs that may still run (queued in Dagster's queue included)."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={JOB_ID_TAG: [str(job_id) for job_id in job_ids]}, statuses=LIVE_RUN_STATUSES)
+    )
+    return [record.dagster_run for record in records]
+
+
+def jobs_with_live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> set[UUID]:
+    return {UUID(run.tags[JOB_ID_TAG]) for run in live_runs(instance, job_ids)}
+
+
+def _claim_due_jobs(conn: Connection, limit: int):
+    """Queued jobs not yet asked for (or asked for over the re-dispatch window ago), highest priority
+    first; marks them asked for now."""
+    window = timedelta(seconds=get_settings().redispatch_after_s)
     due = (
         select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params)
         .where(
             jobs.c.state == "queued",
             jobs.c.dagster_run_id.is_(None),
-            jobs.c.dispatched_at.is_(None)
-            | (jobs.c.dispatched_at < func.now() - text(f"interval '{REDISPATCH_AFTER_S} seconds'")),
+            jobs.c.dispatched_at.is_(None) | (jobs.c.dispatched_at < func.now() - window),
         )
         .order_by(jobs.c.priority.desc(), jobs.c.created_at)
         .limit(limit)

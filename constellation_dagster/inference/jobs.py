@@ -12,6 +12,7 @@ import dagster as dg
 
 from constellation_core.devices import Device, discover
 from constellation_dagster.inference.ops import make_infer_op, plan_tiles, summarise
+from constellation_dagster.zygote import WARM_MODULES
 
 JOB_ID_TAG = "constellation/job_id"
 ACCOUNT_TAG = "constellation/account"
@@ -34,10 +35,7 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
         # milliseconds instead of paying a fresh interpreter's imports.
         executor_def=dg.multiprocess_executor.configured({
             "max_concurrent": len(devices) + 1,
-            "start_method": {"forkserver": {"preload_modules": [
-                "constellation_dagster.definitions", "constellation_core.inference.model",
-                "constellation_core.inference.imagery",
-            ]}},
+            "start_method": {"forkserver": {"preload_modules": list(WARM_MODULES)}},
         }),
         tags={"constellation/mode": "parallel"},
     )

@@ -22,12 +22,12 @@ from constellation_core.settings import get_settings
 from constellation_core.tables import gpus as gpus_table
 from constellation_core.tables import jobs, runs, steps, tile_chunks, tile_results, tiles
 from constellation_core.tiles import plan_tiles as plan_tile_grid
+from constellation_core.vocabulary import DEFAULT_BATCH_SIZE
 from constellation_dagster.models.assets import latest_model
 from constellation_dagster.resources import EventBus, GpuFleet, SystemOfRecord
 
 # Planning re-checks the cap the API enforced at submit time, with headroom for a changed setting.
 PLAN_CAP = 100_000
-DEFAULT_BATCH = 32
 
 # Transient failures (a dropped connection, a device hiccup) are retried with backoff and jitter.
 INFERENCE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
@@ -74,7 +74,7 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
             select(jobs.c.zoom, jobs.c.account_id, jobs.c.params, func.ST_AsText(jobs.c.aoi).label("aoi"))
             .where(jobs.c.id == job_id)
         ).one()
-        batch = int(job.params.get("batch_size", DEFAULT_BATCH))
+        batch = int(job.params.get("batch_size", DEFAULT_BATCH_SIZE))
         planned = plan_tile_grid(wkt.loads(job.aoi), job.zoom, PLAN_CAP)
         rows = [
             {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "chunk_no": i // batch,

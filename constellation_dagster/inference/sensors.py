@@ -8,7 +8,7 @@ from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
 from constellation_core.tables import jobs, runs
-from constellation_dagster.inference.dispatch import claim_due_jobs, plan_launches
+from constellation_dagster.inference.dispatch import claim_launches, live_runs
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
 
@@ -21,17 +21,14 @@ from constellation_dagster.resources import EventBus, SystemOfRecord
 )
 def dispatch_queued_jobs(context: dg.SensorEvaluationContext, db: SystemOfRecord) -> dg.SensorResult:
     # State lives in jobs.dispatched_at rather than a cursor: an id/time cursor can skip a job
-    # whose transaction committed late, and the run key already makes re-requests harmless.
+    # whose transaction committed late. The launch guard skips jobs that have a live run.
     with db.begin() as conn:
-        launches = plan_launches(conn, claim_due_jobs(conn))
-    run_requests = [
+        _, launches = claim_launches(conn, context.instance)
+    return dg.SensorResult(run_requests=[
         dg.RunRequest(run_key=str(launch.job_id), job_name=launch.job_name, run_config=launch.run_config,
                       tags=launch.tags)
         for launch in launches
-        # A run the dispatcher launched (without a run key) may still wait in Dagster's queue.
-        if not context.instance.get_run_records(dg.RunsFilter(tags={JOB_ID_TAG: str(launch.job_id)}), limit=1)
-    ]
-    return dg.SensorResult(run_requests=run_requests)
+    ])
 
 
 def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSensorDefinition:
@@ -81,21 +78,17 @@ run_outcome_sensors = [
 @dg.sensor(
     minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Terminates the Dagster run of a job canceled through the API.",
+    description="Terminates the Dagster run of a job canceled through the API (or drops it from Dagster's queue).",
 )
 def terminate_canceled_runs(context: dg.SensorEvaluationContext, db: SystemOfRecord) -> dg.SkipReason | None:
     with db.begin() as conn:
-        rows = conn.execute(
-            select(jobs.c.id, jobs.c.dagster_run_id).where(
-                jobs.c.state == "canceled",
-                jobs.c.dagster_run_id.is_not(None),
-                jobs.c.finished_at > func.now() - text("interval '10 minutes'"),
-            )
-        ).all()
+        canceled = conn.execute(
+            select(jobs.c.id).where(jobs.c.state == "canceled",
+                                    jobs.c.finished_at > func.now() - text("interval '10 minutes'"))
+        ).scalars().all()
     terminated = []
-    for row in rows:
-        run = context.instance.get_run_by_id(row.dagster_run_id)
-        if run is not None and not run.is_finished and run.status != dg.DagsterRunStatus.CANCELING:
-            context.instance.run_coordinator.cancel_run(row.dagster_run_id)
-            terminated.append(row.dagster_run_id)
+    for run in live_runs(context.instance, list(canceled)) if canceled else []:
+        if run.status != dg.DagsterRunStatus.CANCELING:
+            context.instance.run_coordinator.cancel_run(run.run_id)
+            terminated.append(run.run_id)
     return None if terminated else dg.SkipReason("no run to terminate")

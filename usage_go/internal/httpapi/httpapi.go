@@ -13,9 +13,11 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/google/uuid"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	openapi_types "github.com/oapi-codegen/runtime/types"
 
@@ -24,7 +26,9 @@ import (
 )
 
 // Pinger is the part of the pool readiness needs.
-type Pinger interface{ Ping(ctx context.Context) error }
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
 
 // Server holds what the handlers need.
 type Server struct {
@@ -41,17 +45,21 @@ var requests = prometheus.NewCounterVec(
 
 func init() { prometheus.MustRegister(requests) }
 
-// Router wires the routes; every request gets an OpenTelemetry server span named after its route,
-// continuing the caller's trace (traceparent) when there is one.
+// Router wires the routes; every request gets an OpenTelemetry server span named after its route
+// pattern ("GET /usage/accounts/{account_id}", never the raw path: one name per route), continuing
+// the caller's trace (traceparent) when there is one.
 func (s *Server) Router() http.Handler {
 	r := chi.NewRouter()
 	r.Use(func(next http.Handler) http.Handler {
+		// The route is known only once chi has matched it: s.routed renames the span then.
 		return otelhttp.NewHandler(next, "usage", otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			return r.Method + " " + r.URL.Path
+			return r.Method
 		}))
 	})
-	r.Use(middleware.RequestID, middleware.Recoverer, s.count)
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	r.Use(middleware.RequestID, middleware.Recoverer, s.routed)
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	r.Get("/readyz", s.ready)
 	r.Handle("/metrics", promhttp.Handler())
 	// The usage routes, their parameters and bodies come from openapi/spec.yaml (internal/api).
@@ -67,12 +75,19 @@ func (s *Server) Router() http.Handler {
 	return r
 }
 
-func (s *Server) count(next http.Handler) http.Handler {
+// routed labels what a request did by its route pattern: the request counter, and the span's name
+// and http.route attribute.
+func (s *Server) routed(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		next.ServeHTTP(ww, r)
 		route := chi.RouteContext(r.Context()).RoutePattern()
 		requests.WithLabelValues(route, strconv.Itoa(ww.Status())).Inc()
+		if route != "" {
+			span := trace.SpanFromContext(r.Context())
+			span.SetName(r.Method + " " + route)
+			span.SetAttributes(attribute.String("http.route", route))
+		}
 	})
 }
 

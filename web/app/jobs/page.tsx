@@ -8,9 +8,9 @@ import { useEffect, useMemo, useRef, useState } from "react";
 import { useCancelJobs, useJobSummary, useJobs } from "../../src/lib/hooks";
 import type { JobPublic } from "../../src/lib/queries";
 import type { JobFilters } from "../../src/live/queryKeys";
+import { JOB_STATES } from "../../src/lib/vocabulary";
 import { Button, Card, Empty, ErrorState, Loading, Muted, Page, Progress, StateBadge, Title, formatSeconds } from "../../src/ui/components";
 
-const STATES = ["queued", "running", "succeeded", "failed", "canceled"] as const;
 const SORTS: [NonNullable<JobFilters["sort"]>, string][] = [
   ["-created_at", "Newest first"], ["created_at", "Oldest first"], ["-priority", "Highest priority"], ["name", "Name A–Z"],
 ];
@@ -37,7 +37,7 @@ export default function Jobs() {
   const [notice, setNotice] = useState<string>();
 
   const rows = useMemo(() => jobs.data?.pages.flatMap((p) => p.data) ?? [], [jobs.data]);
-  const total = summary.data ? (states.length ? states : STATES).reduce((n, s) => n + (summary.data.counts[s] ?? 0), 0) : undefined;
+  const total = summary.data ? (states.length ? states : JOB_STATES).reduce((n, s) => n + (summary.data.counts[s] ?? 0), 0) : undefined;
 
   const columns = useMemo(() => [
     column.display({
@@ -116,7 +116,7 @@ export default function Jobs() {
         style={{ display: "flex", flexWrap: "wrap", gap: "0.75rem 1.25rem", alignItems: "center" }}>
         <fieldset style={{ border: "none", padding: 0, margin: 0, display: "flex", gap: "0.6rem", flexWrap: "wrap" }}>
           <legend className="sr-only">State</legend>
-          {STATES.map((s) => (
+          {JOB_STATES.map((s) => (
             <label key={s}>
               <input type="checkbox" checked={states.includes(s)} onChange={(e) => setStates((cur) => (e.target.checked ? [...cur, s] : cur.filter((x) => x !== s)))} />{" "}
               {s}{summary.data ? <Muted> ({summary.data.counts[s] ?? 0})</Muted> : null}

@@ -1,62 +1,60 @@
 "use client";
 // Submit: draw an area on the map or upload GeoJSON; set model, zoom, priority and mode; the tile
 // count is estimated by the API (same checks as a submission) before anything is submitted; the
-// API's validation errors are shown next to the fields they name.
+// API's validation errors are shown next to the fields they name. An uploaded file goes to the API
+// as it is (it reads Features and collections by one rule) and the map draws the area it answers.
 import { useEffect, useState } from "react";
 import { api, fieldError, type Problem } from "../../src/lib/api";
+import { useCatalog } from "../../src/lib/hooks";
 import { MapView, type Geometry } from "../../src/components/MapView";
 import { Button, Card, ErrorText, Field, Muted, Page, Title } from "../../src/ui/components";
-
-function geometryOf(geojson: { type?: string; geometry?: Geometry; features?: { geometry: Geometry }[] } | null): Geometry | null {
-  if (!geojson) return null;
-  if (geojson.type === "Feature") return geojson.geometry ?? null;
-  if (geojson.type === "FeatureCollection") {
-    const polygons = (geojson.features ?? []).map((f) => f.geometry).filter(Boolean);
-    if (polygons.length === 1) return polygons[0];
-    // Several features: one MultiPolygon of all their polygons (the API rejects anything else by name).
-    return { type: "MultiPolygon", coordinates: polygons.flatMap((g) => (g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? (g.coordinates as unknown[]) : [g.coordinates])) };
-  }
-  return geojson as Geometry;
-}
 
 const NOT_GEOJSON: Problem = { title: "Invalid input", status: 422, detail: "the file is not GeoJSON", errors: [{ loc: ["body", "area"], msg: "the file is not GeoJSON" }] };
 
 export default function Submit() {
   const [problem, setProblem] = useState<Problem>();
   const [created, setCreated] = useState<string>();
-  const [area, setArea] = useState<Geometry | null>(null);
+  const [source, setSource] = useState<object | null>(null); // what is sent: the file's GeoJSON, or the drawn polygon
+  const [area, setArea] = useState<Geometry | null>(null); // what the map draws: the area as the API reads it
+  const catalog = useCatalog();
   const [drawing, setDrawing] = useState(false);
   const [draft, setDraft] = useState<[number, number][]>([]);
   const [zoom, setZoom] = useState(15);
-  const [estimate, setEstimate] = useState<{ tiles: number; max_tiles: number; area_km2: number } | { error: string } | null>(null);
+  const [estimate, setEstimate] = useState<{ tiles: number; max_tiles: number; area_km2: number; area: object } | { error: string } | null>(null);
   const [busy, setBusy] = useState(false);
 
   // The tile count for the current area and zoom, from the API, as the user edits.
   useEffect(() => {
-    if (!area) { setEstimate(null); return; }
+    if (!source) { setEstimate(null); return; }
     const controller = new AbortController();
     const t = setTimeout(async () => {
-      const { data, error } = await api.POST("/jobs/estimate", { body: { zoom, area: area as never }, signal: controller.signal });
+      const { data, error } = await api.POST("/jobs/estimate", { body: { zoom, area: source as never }, signal: controller.signal });
       if (controller.signal.aborted) return;
       setEstimate(data ?? { error: (error as { detail?: string } | undefined)?.detail ?? "could not estimate" });
+      if (data) setArea(data.area as Geometry);
     }, 250);
     return () => { clearTimeout(t); controller.abort(); };
-  }, [area, zoom]);
+  }, [source, zoom]);
+
+  function choose(next: object | null, drawn: Geometry | null = null) {
+    setSource(next);
+    setArea(drawn);
+  }
 
   async function onFile(file: File | undefined) {
     setProblem(undefined);
-    if (!file) { setArea(null); return; }
+    if (!file) { choose(null); return; }
     try {
-      setArea(geometryOf(JSON.parse(await file.text())));
+      choose(JSON.parse(await file.text()));
     } catch {
-      setArea(null);
+      choose(null);
       setProblem(NOT_GEOJSON);
     }
   }
 
   async function submit(form: HTMLFormElement) {
     const fields = new FormData(form);
-    if (!area) {
+    if (!source) {
       setProblem(problem ?? { title: "Invalid input", status: 422, detail: "draw an area or upload a GeoJSON file", errors: [{ loc: ["body", "area"], msg: "draw an area or upload a GeoJSON file" }] });
       return;
     }
@@ -65,7 +63,7 @@ export default function Submit() {
       body: {
         name: String(fields.get("name") || "job"), zoom, model: String(fields.get("model")),
         mode: fields.get("mode") as "serial" | "parallel", priority: Number(fields.get("priority") || 0),
-        area: area as never,
+        area: source as never,
       },
     });
     setBusy(false);
@@ -102,8 +100,10 @@ export default function Submit() {
           </Field>
           <Field>
             <label htmlFor="model">Model</label>
-            <select id="model" name="model" defaultValue="landcover-cnn" aria-describedby="model-help"><option value="landcover-cnn">landcover-cnn</option></select>
-            <Muted id="model-help">Classes: water, vegetation, urban, bare, cloud.</Muted>
+            <select id="model" name="model" key={catalog.data?.default_model} defaultValue={catalog.data?.default_model} aria-describedby="model-help">
+              {catalog.data?.models.map((m) => <option key={m.name} value={m.name}>{m.name}</option>)}
+            </select>
+            <Muted id="model-help">{catalog.data?.models.find((m) => m.name === catalog.data?.default_model)?.description ?? (catalog.isError ? "could not load the models" : "…")}</Muted>
           </Field>
           <Field>
             <label htmlFor="priority">Priority</label>
@@ -112,7 +112,9 @@ export default function Submit() {
           </Field>
           <Field>
             <label htmlFor="mode">Mode</label>
-            <select id="mode" name="mode" defaultValue="parallel"><option value="parallel">parallel (every device)</option><option value="serial">serial (one device)</option></select>
+            <select id="mode" name="mode" key={catalog.data?.default_mode} defaultValue={catalog.data?.default_mode}>
+              {catalog.data?.modes.map((m) => <option key={m} value={m}>{m === "parallel" ? "parallel (every device)" : "serial (one device)"}</option>)}
+            </select>
           </Field>
           <p aria-live="polite" data-testid="estimate">
             {estimate === null ? <Muted>Choose an area to see its tile count.</Muted>
@@ -131,7 +133,8 @@ export default function Submit() {
               <>
                 <Muted>Click the map to add corners ({draft.length}).</Muted>
                 <Button type="button" disabled={draft.length < 3} onClick={() => {
-                  setArea({ type: "Polygon", coordinates: [[...draft, draft[0]]] });
+                  const drawn: Geometry = { type: "Polygon", coordinates: [[...draft, draft[0]]] };
+                  choose(drawn, drawn);
                   setProblem(undefined);
                   setDrawing(false);
                   setDraft([]);
@@ -139,7 +142,7 @@ export default function Submit() {
                 <Button type="button" onClick={() => { setDrawing(false); setDraft([]); }}>Stop drawing</Button>
               </>
             )}
-            {area && !drawing && <Button type="button" onClick={() => setArea(null)}>Clear area</Button>}
+            {source && !drawing && <Button type="button" onClick={() => choose(null)}>Clear area</Button>}
           </p>
           <MapView label="Area map" area={area} draft={draft} onMapClick={drawing ? (p) => setDraft((d) => [...d, p]) : undefined} height="30rem" />
         </Card>

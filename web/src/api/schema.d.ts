@@ -311,6 +311,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/catalog": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get
+         * @description The models a job may name, the modes, and the defaults of `POST /jobs`.
+         */
+        get: operations["catalog-get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/events": {
         parameters: {
             query?: never;
@@ -441,7 +461,7 @@ export interface components {
             name: string;
             /**
              * Geojson
-             * @description A GeoJSON Polygon/MultiPolygon geometry, or a Feature or FeatureCollection of them (merged), in lon/lat (EPSG:4326 / CRS84)
+             * @description A GeoJSON Polygon/MultiPolygon geometry, or a Feature or FeatureCollection of them (their union), in lon/lat (EPSG:4326 / CRS84)
              */
             geojson: {
                 [key: string]: unknown;
@@ -477,6 +497,25 @@ export interface components {
              * @description west, south, east, north
              */
             bbox: number[];
+        };
+        /** Catalog */
+        Catalog: {
+            /** Models */
+            models: components["schemas"]["ModelPublic"][];
+            /**
+             * Modes
+             * @description `parallel`: every device at once; `serial`: one device
+             */
+            modes: ("serial" | "parallel")[];
+            /** Default Model */
+            default_model: string;
+            /**
+             * Default Mode
+             * @enum {string}
+             */
+            default_mode: "serial" | "parallel";
+            /** Default Batch Size */
+            default_batch_size: number;
         };
         /** DailyVolumeRow */
         DailyVolumeRow: {
@@ -522,14 +561,16 @@ export interface components {
             seq?: number | null;
         };
         /**
-         * GeoJSONGeometry
-         * @description A GeoJSON Polygon or MultiPolygon in lon/lat (EPSG:4326).
+         * GeoJSONArea
+         * @description What a GeoJSON file holds, in lon/lat (EPSG:4326 / CRS84): a Polygon or MultiPolygon geometry, a
+         *     Feature of one, or a FeatureCollection of them; several features make one area, their union.
          */
-        GeoJSONGeometry: {
-            /** Type */
+        GeoJSONArea: {
+            /**
+             * Type
+             * @description Polygon, MultiPolygon, Feature or FeatureCollection
+             */
             type: string;
-            /** Coordinates */
-            coordinates: unknown[];
         } & {
             [key: string]: unknown;
         };
@@ -555,7 +596,7 @@ export interface components {
             busy: boolean;
             /**
              * Job Ids
-             * @description Jobs on the device now (admins; members see their own)
+             * @description Jobs on the device now that the caller may see (admins: all; members: their own)
              */
             job_ids: string[];
             /** @description The latest telemetry sample (1 Hz), if one arrived */
@@ -582,6 +623,8 @@ export interface components {
             ts: string;
             /** Job Id */
             job_id?: string | null;
+            /** Account Id */
+            account_id?: string | null;
             /**
              * Pids
              * @default []
@@ -649,7 +692,7 @@ export interface components {
              */
             mode?: "serial" | "parallel";
             /** @description The area of interest */
-            area?: components["schemas"]["GeoJSONGeometry"] | null;
+            area?: components["schemas"]["GeoJSONArea"] | null;
             /**
              * Area Id
              * @description A stored area, instead of `area`
@@ -756,7 +799,7 @@ export interface components {
          */
         JobEstimate: {
             /** @description The area of interest */
-            area?: components["schemas"]["GeoJSONGeometry"] | null;
+            area?: components["schemas"]["GeoJSONArea"] | null;
             /**
              * Area Id
              * @description A stored area, instead of `area`
@@ -880,6 +923,13 @@ export interface components {
              */
             window: "day" | "week" | "month" | "all";
         };
+        /** ModelPublic */
+        ModelPublic: {
+            /** Name */
+            name: string;
+            /** Description */
+            description: string;
+        };
         /** Page[AreaPublic] */
         Page_AreaPublic_: {
             /** Data */
@@ -974,6 +1024,13 @@ export interface components {
              * @description Geodesic area
              */
             area_km2: number;
+            /**
+             * Area
+             * @description The area as the job would cover it: one GeoJSON Polygon or MultiPolygon
+             */
+            area: {
+                [key: string]: unknown;
+            };
         };
         /** TileFeature */
         TileFeature: {
@@ -1159,6 +1216,11 @@ export interface components {
              * @default null
              */
             job_id?: string | null;
+            /**
+             * Account Id
+             * @default null
+             */
+            account_id?: string | null;
             /**
              * Pids
              * @default []
@@ -2053,6 +2115,47 @@ export interface operations {
                 };
                 content: {
                     "application/geo+json": components["schemas"]["TileFeatureCollection"];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "catalog-get": {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Catalog"];
                 };
             };
             /** @description Missing, unknown or revoked API key */

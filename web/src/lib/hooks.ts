@@ -6,7 +6,7 @@ import type { JobFilters } from "../live/queryKeys";
 import { jobKeys } from "../live/queryKeys";
 import { api } from "./api";
 import {
-  analyticsQueries, coverageQueries, gpuQueries, jobQueries, usageQueries, type Metric, type Window,
+  analyticsQueries, catalogQueries, coverageQueries, gpuQueries, jobQueries, usageQueries, type Metric, type Window,
 } from "./queries";
 
 export const useJobs = (filters: JobFilters) => useInfiniteQuery(jobQueries.list(filters));
@@ -20,6 +20,7 @@ export const useGpus = () => useQuery(gpuQueries.list());
 export const useGpuTelemetry = (uuid: string) => useQuery(gpuQueries.telemetry(uuid));
 export const useLeaderboard = (window: Window, metric: Metric) => useQuery(usageQueries.leaderboard(window, metric));
 export const useAccountUsage = (id: string) => useQuery(usageQueries.account(id));
+export const useCatalog = () => useQuery(catalogQueries.get());
 export const useCoverage = (bbox: string) => useQuery(coverageQueries.bbox(bbox));
 export const useThroughputByDevice = (since: string) => useQuery(analyticsQueries.throughput(since));
 export const useGpuSecondsPerKm2 = (since: string) => useQuery(analyticsQueries.gpuSecondsPerKm2(since));

@@ -1,7 +1,7 @@
 // One queryOptions factory per resource: pages and the live-events core share keys and fetchers.
 import { infiniteQueryOptions, queryOptions } from "@tanstack/react-query";
 import type { components } from "../api/schema";
-import { analyticsKeys, coverageKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
+import { analyticsKeys, catalogKeys, coverageKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
 import { api } from "./api";
 
 type S = components["schemas"];
@@ -134,6 +134,15 @@ export const analyticsQueries = {
     queryOptions({
       queryKey: analyticsKeys.panel("daily-volume", since),
       queryFn: async ({ signal }) => unwrap(await api.GET("/analytics/daily-volume", { signal, params: { query: { since } } }), "daily volume"),
+    }),
+};
+
+export const catalogQueries = {
+  get: () =>
+    queryOptions({
+      queryKey: catalogKeys.all,
+      queryFn: async ({ signal }) => unwrap(await api.GET("/catalog", { signal }), "the catalog"),
+      staleTime: Infinity, // what the server offers changes with a deploy, not while a page is open
     }),
 };
 

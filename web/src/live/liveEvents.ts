@@ -13,6 +13,7 @@
 //   the server replays what was missed, and replays of events already applied change nothing.
 import type { InfiniteData, QueryClient } from "@tanstack/query-core";
 import type { components } from "../api/schema";
+import { TERMINAL_STATES } from "../lib/vocabulary";
 import { gpuKeys, jobKeys } from "./queryKeys";
 
 export type StreamEvent = components["schemas"]["StreamEvent"];
@@ -26,7 +27,6 @@ type EventRow = components["schemas"]["Event"];
 
 export const LIST_REFRESH_MS = 250;
 export const TELEMETRY_WINDOW_MS = 5 * 60 * 1000;
-const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 
 interface ClientState {
   applied: Map<string, number>; // job id → the newest event id reflected in the cache
@@ -132,14 +132,14 @@ function patchJob<J extends ListRow | JobDetail>(job: J, event: StreamEvent): J 
   const payload = event.payload as Record<string, unknown>;
   if (event.type === "job.state" && typeof payload.state === "string") {
     const state = payload.state as JobDetail["state"];
-    if (TERMINAL.has(job.state) && !TERMINAL.has(state)) return job; // a finished job stays finished
+    if (TERMINAL_STATES.has(job.state) && !TERMINAL_STATES.has(state)) return job; // a finished job stays finished
     return {
       ...job,
       state,
       updated_at: event.ts,
-      finished_at: TERMINAL.has(state) ? event.ts : job.finished_at,
+      finished_at: TERMINAL_STATES.has(state) ? event.ts : job.finished_at,
       ...("queue_position" in job ? { queue_position: state === "queued" ? job.queue_position : null } : {}),
-      ...(TERMINAL.has(state) ? { eta_seconds: null } : {}),
+      ...(TERMINAL_STATES.has(state) ? { eta_seconds: null } : {}),
       error: typeof payload.error === "string" ? payload.error : job.error,
     };
   }

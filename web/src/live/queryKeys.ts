@@ -26,6 +26,9 @@ export const usageKeys = {
 export const analyticsKeys = {
   panel: (name: string, since: string) => ["analytics", name, since] as const,
 };
+export const catalogKeys = {
+  all: ["catalog"] as const,
+};
 export const coverageKeys = {
   bbox: (bbox: string) => ["coverage", bbox] as const,
 };

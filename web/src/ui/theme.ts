@@ -1,5 +1,6 @@
 // One Emotion theme in two modes. Colours are chosen for contrast on both backgrounds.
 import type { Theme as EmotionTheme } from "@emotion/react";
+import type { JobState } from "../lib/vocabulary";
 
 export type Mode = "light" | "dark";
 
@@ -13,7 +14,7 @@ export interface Palette {
   accent: string;
   accentText: string;
   danger: string;
-  states: Record<"queued" | "running" | "succeeded" | "failed" | "canceled", string>;
+  states: Record<JobState, string>;
   chart: string[];
   map: { background: string; land: string; border: string; fill: string; outline: string; area: string };
 }

@@ -5,11 +5,11 @@ import { useQueryClient } from "@tanstack/react-query";
 import { useEffect, useMemo, useState } from "react";
 import { useCancelJobs, useJob, useJobEvents, useJobTiles } from "../../../src/lib/hooks";
 import { jobKeys } from "../../../src/live/queryKeys";
+import { LOG_EVENT_TYPES } from "../../../src/lib/vocabulary";
 import { MapView, classColors, type TileFeature } from "../../../src/components/MapView";
 import { ColorBySelect, TileInfo, type ColorBy } from "../../../src/components/TileInfo";
 import { Button, Card, ErrorState, ErrorText, Loading, Muted, Page, Progress, StateBadge, Title, formatSeconds } from "../../../src/ui/components";
 
-const LOG_TYPES = new Set(["job.log", "job.state"]);
 
 export default function JobDetail() {
   const [id, setId] = useState("");
@@ -28,7 +28,7 @@ export default function JobDetail() {
   }, [state, id, client]);
 
   const timeline = useMemo(() => (events.data ?? []).filter((e) => e.type === "job.state"), [events.data]);
-  const logs = useMemo(() => (events.data ?? []).filter((e) => LOG_TYPES.has(e.type)).slice(-200), [events.data]);
+  const logs = useMemo(() => (events.data ?? []).filter((e) => LOG_EVENT_TYPES.has(e.type)).slice(-200), [events.data]);
   const legend = useMemo(() => classColors((tiles.data?.features ?? []) as TileFeature[]), [tiles.data]);
 
   if (id === "-") return <p role="alert">No job id in the address.</p>;

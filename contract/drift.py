@@ -1,4 +1,4 @@
-"""Fail when anything generated from the contract is stale: `python -m api.check_generated`.
+"""Fail when anything generated from the contract is stale: `python -m contract.drift`.
 
 openapi/spec.yaml must equal what the API serves; web/src/api/schema.d.ts (openapi-typescript) and
 usage_go/internal/api/api.gen.go (oapi-codegen) must equal what their generators make from it now.
@@ -36,7 +36,7 @@ def generate_go(spec: Path) -> str:
 
 def stale(spec: Path) -> list[str]:
     """What is out of date with respect to `spec` (and the API, for the committed spec)."""
-    from api.openapi import render
+    from contract.spec import render
 
     problems = []
     with tempfile.TemporaryDirectory() as tmp:

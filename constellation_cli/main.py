@@ -26,13 +26,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from constellation_core.vocabulary import DEFAULT_BATCH_SIZE, DEFAULT_MODE, LOG_EVENT_TYPES, TERMINAL_JOB_STATES
+
 app = typer.Typer(help="Submit and watch tile-inference jobs on Constellation.", no_args_is_help=True)
 areas_app = typer.Typer(help="Stored areas of interest.", no_args_is_help=True)
 app.add_typer(areas_app, name="areas")
 out = Console()
 err = Console(stderr=True)
 
-TERMINAL = ("succeeded", "failed", "canceled")
 _options: dict[str, str | None] = {"api_url": None, "api_key": None}
 
 
@@ -100,38 +101,21 @@ def _read_geojson(path: Path) -> dict[str, Any]:
         raise typer.Exit(2) from None
 
 
-def _area_geometry(geojson: dict[str, Any]) -> dict[str, Any]:
-    """POST /jobs takes a geometry: a Feature's geometry, or a one-feature collection's."""
-    if geojson.get("type") == "Feature":
-        return geojson.get("geometry") or {}
-    if geojson.get("type") == "FeatureCollection" and len(geojson.get("features") or []) == 1:
-        return geojson["features"][0].get("geometry") or {}
-    return geojson
-
-
 @app.command()
 def submit(
     geojson: Annotated[Path, typer.Argument(help="GeoJSON file: a Polygon/MultiPolygon, a Feature, or a collection")],
     zoom: Annotated[int, typer.Option(help="Web-mercator zoom of the tiles")] = 15,
     name: Annotated[str | None, typer.Option(help="Job name (default: the file name)")] = None,
     model: Annotated[str | None, typer.Option(help="Model (default: the API's)")] = None,
-    mode: Annotated[str, typer.Option(help="parallel (all devices) or serial (one device)")] = "parallel",
+    mode: Annotated[str, typer.Option(help="parallel (all devices) or serial (one device)")] = DEFAULT_MODE,
     priority: Annotated[int, typer.Option(help="Higher runs first")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Tiles per batch")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Tiles per batch")] = DEFAULT_BATCH_SIZE,
     idempotency_key: Annotated[str | None, typer.Option(help="Makes a retried submit return the same job")] = None,
     watch_: Annotated[bool, typer.Option("--watch", help="Then watch the job until it ends")] = False,
 ) -> None:
-    """Submit a job over the area in a GeoJSON file."""
-    data = _read_geojson(geojson)
-    geometry = _area_geometry(data)
-    if data.get("type") == "FeatureCollection" and geometry is data:
-        # Several features: import them as one stored area, then submit by id.
-        area_id = _run(lambda: _call("POST", "/areas", json={"name": name or geojson.stem, "geojson": data}))["id"]
-        area: dict[str, Any] = {"area_id": area_id}
-    else:
-        area = {"area": geometry}
+    """Submit a job over the area in a GeoJSON file (several features: their union, as the API reads it)."""
     body = {"name": name or geojson.stem, "zoom": zoom, "mode": mode, "priority": priority,
-            "batch_size": batch_size, **area, **({"model": model} if model else {})}
+            "batch_size": batch_size, "area": _read_geojson(geojson), **({"model": model} if model else {})}
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     job = _run(lambda: _call("POST", "/jobs", json=body, headers=headers))
     out.print(f"submitted [bold]{job['id']}[/] · {job['tiles_total']} tiles at zoom {job['zoom']} · {job['state']}")
@@ -186,11 +170,11 @@ def watch(
                TimeRemainingColumn())
     with Progress(*columns, console=out, transient=False) as progress:
         bar = progress.add_task(f"{job['name']} [{state}]", total=total or None, completed=done, rate="")
-        while state not in TERMINAL and time.monotonic() < deadline:
+        while state not in TERMINAL_JOB_STATES and time.monotonic() < deadline:
             try:
                 # From event 0 the first time, then from the last one seen: no gap after a drop.
                 with connect(f"{ws_url}&after={last_id}", open_timeout=10) as ws:
-                    while state not in TERMINAL and time.monotonic() < deadline:
+                    while state not in TERMINAL_JOB_STATES and time.monotonic() < deadline:
                         try:
                             message = json.loads(ws.recv(timeout=30))
                         except TimeoutError:
@@ -208,7 +192,7 @@ def watch(
             except (ConnectionClosed, OSError) as exc:
                 err.print(f"[yellow]stream dropped ({exc}); reconnecting after event {last_id}[/]")
                 time.sleep(1)
-    if state not in TERMINAL:
+    if state not in TERMINAL_JOB_STATES:
         err.print(f"[red]gave up after {timeout:.0f} s; the job is still {state}[/]")
         raise typer.Exit(1)
     out.print(f"job {job_id} {state}: {done}/{total} tiles")
@@ -234,7 +218,7 @@ def logs(
         while after is not None:
             page = _run(lambda: _call("GET", "/events", params={"job_id": job_id, "after": after, "limit": 500}))
             for event in page["data"]:
-                if event["type"] in ("job.log", "job.state"):
+                if event["type"] in LOG_EVENT_TYPES:
                     payload = event["payload"]
                     _print_log({"ts": event["ts"], **({"state": payload["state"], "error": payload.get("error")}
                                                       if event["type"] == "job.state" else payload)})

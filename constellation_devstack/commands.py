@@ -15,9 +15,9 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import make_url
 
-from constellation_core.devstack.nats import NatsServer
-from constellation_core.devstack.postgres import PostgresCluster
-from constellation_core.devstack.setup import (
+from constellation_devstack.nats import NatsServer
+from constellation_devstack.postgres import PostgresCluster
+from constellation_devstack.setup import (
     create_database,
     dagster_storage_ready,
     prepare_stack,
@@ -173,7 +173,7 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
     typer.echo("setup: databases migrated, NATS stream and Dagster storage ready")
     if not seed:
         return
-    from constellation_core.devstack.seed import seed_demo
+    from constellation_devstack.seed import seed_demo
 
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     key, seeded = seed_demo(settings, settings.local_dir / "dev-api-key", api_url)

@@ -1,0 +1,59 @@
+"""Event history and replay: one query for `GET /events`, the WebSocket stream and the SSE logs,
+and the rule that a client gets each event once — history first, then live, no gap, no repeat.
+
+A client subscribes to the hub *before* it reads history, so nothing committed meanwhile is missed;
+then it drops every live event it already got from the history (`Delivered`)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from api import access
+from api.accounts.auth import Account
+from constellation_core.events import Event
+from constellation_core.tables import events
+
+
+async def history(
+    conn: AsyncConnection, account: Account, *, after: int, limit: int, job_id: UUID | None = None,
+    jobs_only: bool = False, types: Collection[str] | None = None,
+) -> list[Event]:
+    """The events after id `after` that the caller may see, oldest first: one job's (`job_id`), every
+    job's (`jobs_only`) or all; only of `types` if given. The caller checks access to `job_id`."""
+    query = select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
+    if (owner := access.owner_scope(account)) is not None:
+        query = query.where(events.c.account_id == owner)
+    if job_id is not None:
+        query = query.where(events.c.job_id == job_id)
+    elif jobs_only:
+        query = query.where(events.c.job_id.is_not(None))
+    if types is not None:
+        query = query.where(events.c.type.in_(types))
+    return [Event.model_validate(dict(row)) for row in (await conn.execute(query)).mappings()]
+
+
+class Delivered:
+    """The events one client was sent: `fresh` is false for one it already got (from history or
+    another subscription on the same socket) and for any at or below the id it resumed from."""
+
+    def __init__(self, after: int = 0, remember: int = 50_000) -> None:
+        self.floor = after
+        self.last = after
+        self._ids: set[int] = set()
+        self._order: deque[int] = deque()
+        self._remember = remember
+
+    def fresh(self, event: Event) -> bool:
+        return event.id > self.floor and event.id not in self._ids
+
+    def mark(self, event: Event) -> None:
+        self._ids.add(event.id)
+        self._order.append(event.id)
+        if len(self._order) > self._remember:
+            self._ids.discard(self._order.popleft())
+        self.last = max(self.last, event.id)
