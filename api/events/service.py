@@ -38,8 +38,9 @@ async def history(
 
 
 class Delivered:
-    """The events one client was sent: `fresh` is false for one it already got (from history or
-    another subscription on the same socket) and for any at or below the id it resumed from."""
+    """The events one client was sent. `fresh`: not sent yet (from history, or another subscription
+    on the same socket). `fresh_live`: also past the id the client resumed from — a live event at or
+    below it was in the replayed history, or predates what the client asked for."""
 
     def __init__(self, after: int = 0, remember: int = 50_000) -> None:
         self.floor = after
@@ -49,7 +50,10 @@ class Delivered:
         self._remember = remember
 
     def fresh(self, event: Event) -> bool:
-        return event.id > self.floor and event.id not in self._ids
+        return event.id not in self._ids
+
+    def fresh_live(self, event: Event) -> bool:
+        return event.id > self.floor and self.fresh(event)
 
     def mark(self, event: Event) -> None:
         self._ids.add(event.id)

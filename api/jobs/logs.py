@@ -67,7 +67,7 @@ async def log_stream(engine, hub: StreamHub, account: Account, job_id: UUID, aft
                 continue
             if event is None or subscriber.dropped:
                 return  # server shutting down or client too slow: it reconnects with Last-Event-ID
-            if not isinstance(event, Event) or not delivered.fresh(event):
+            if not isinstance(event, Event) or not delivered.fresh_live(event):
                 continue
             yield sse(event)
             delivered.mark(event)

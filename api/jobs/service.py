@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import access
 from api.accounts.auth import Account
-from api.errors import Conflict, InvalidInput, NotFound
+from api.errors import Conflict, InvalidInput
 from api.jobs import repository
 from api.jobs.schemas import (
     AreaChoice,

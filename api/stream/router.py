@@ -60,9 +60,9 @@ async def stream(
     hub.add(subscriber)
     delivered = Delivered(after or 0)
 
-    async def send(replayed: list[Event]) -> None:
-        for event in replayed:
-            if delivered.fresh(event):
+    async def send(events: list[Event], *, live: bool = False) -> None:
+        for event in events:
+            if delivered.fresh_live(event) if live else delivered.fresh(event):
                 await websocket.send_text(event.model_dump_json())
                 delivered.mark(event)
 
@@ -94,7 +94,7 @@ async def stream(
             if isinstance(event, GpuSample):  # telemetry: live only, no id
                 await websocket.send_text(event.model_dump_json())
                 continue
-            await send([event])
+            await send([event], live=True)
     except WebSocketDisconnect:
         pass
     finally:
