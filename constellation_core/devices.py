@@ -100,8 +100,15 @@ def discover(simulated: int | None = None) -> list[Device]:
     return nvml_devices() or [CPU_DEVICE]
 
 
+# Cores the compute of one simulated device may use (default: the host's cores shared among them).
+SIMULATED_THREADS_ENV = "CONSTELLATION_SIMULATED_DEVICE_THREADS"
+
+
 def cpu_threads(devices: list[Device]) -> int:
-    """Torch threads for one step on a simulated or CPU device: the host's cores, shared by them."""
+    """Torch threads for one step on a simulated or CPU device: `CONSTELLATION_SIMULATED_DEVICE_THREADS`,
+    else the host's cores shared among them."""
+    if os.environ.get(SIMULATED_THREADS_ENV, "").strip():
+        return max(1, int(os.environ[SIMULATED_THREADS_ENV]))
     sharing = sum(1 for d in devices if d.kind != "cuda")
     return max(1, (os.cpu_count() or 1) // max(1, sharing))
 

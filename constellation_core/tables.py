@@ -217,10 +217,13 @@ tile_chunks = Table(
     Column("tiles", Integer, nullable=False),
     Column("state", Text, nullable=False, server_default="pending"),
     Column("device_uuid", Text),
+    # the device's compute interval for this batch (the device timeline)
+    Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("job_id", "chunk_no", name="tile_chunks_pkey"),
     CheckConstraint("state IN ('pending', 'done')", name="tile_chunks_state_check"),
     Index("tile_chunks_pending_idx", "job_id", "chunk_no", postgresql_where=text("state = 'pending'")),
+    Index("tile_chunks_recent_idx", "finished_at", postgresql_where=text("state = 'done'")),
 )
 
 steps = Table(

@@ -82,3 +82,30 @@ def test_owned_rows_are_scoped_to_the_member_and_unscoped_for_admins():
     assert access.may_see(member, member.id) and not access.may_see(member, uuid.uuid4())
     assert not access.may_see(member, None), "a row of no account is an admin's"
     assert access.may_see(admin, uuid.uuid4()) and access.may_see(admin, None)
+
+
+def test_the_device_timeline_shows_every_batch_and_names_only_the_callers_jobs(client, make_account, engine):
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from constellation_core.tables import tile_chunks
+
+    owner, other, admin = make_account(), make_account(), make_account("admin")
+    job_id = client.post("/jobs", json=job_body(), headers=owner.headers).json()["id"]
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(insert(tile_chunks), [
+            {"job_id": job_id, "chunk_no": n, "tiles": 32, "state": "done", "device_uuid": "GPU-T",
+             "started_at": now - timedelta(seconds=10 - n), "finished_at": now - timedelta(seconds=9.5 - n)}
+            for n in range(3)
+        ] + [{"job_id": job_id, "chunk_no": 9, "tiles": 32, "state": "done", "device_uuid": "GPU-T",
+              "started_at": now - timedelta(minutes=20), "finished_at": now - timedelta(minutes=20)}])
+
+    def batches(account) -> list[tuple]:
+        timeline = client.get("/gpus/timeline", params={"seconds": 60}, headers=account.headers)
+        assert timeline.status_code == 200, timeline.text
+        return [(b["device_uuid"], b["job_id"], b["tiles"]) for b in timeline.json()["batches"]]
+
+    assert batches(owner) == batches(admin) == [("GPU-T", job_id, 32)] * 3, "the last minute's batches, oldest first"
+    assert batches(other) == [("GPU-T", None, 32)] * 3, "the device's work, not whose job"

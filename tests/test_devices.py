@@ -122,3 +122,5 @@ def test_simulated_devices_share_the_cores(monkeypatch):
     assert cpu_threads(simulated_devices(2)) == 4
     assert cpu_threads(simulated_devices(16)) == 1
     assert cpu_threads(_gpus()) == 8
+    monkeypatch.setenv("CONSTELLATION_SIMULATED_DEVICE_THREADS", "1")  # a core per simulated device (P9 bench)
+    assert cpu_threads(simulated_devices(2)) == 1

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from api import access
 from api.deps import CurrentAccount, EngineDep
 from api.errors import NotFound
-from constellation_core.tables import gpus, jobs, steps
+from constellation_core.tables import gpus, jobs, steps, tile_chunks
 from constellation_core.telemetry import GpuSample
 
 router = APIRouter(prefix="/gpus", tags=["gpus"])
@@ -52,6 +52,48 @@ async def list_gpus(request: Request, account: CurrentAccount, engine: EngineDep
             latest=access.device_sample(account, sample) if sample is not None else None,
         ))
     return result
+
+
+class DeviceBatch(BaseModel):
+    device_uuid: str
+    job_id: UUID | None = Field(description="The job the batch belonged to, if the caller may see it")
+    started_at: datetime = Field(description="When the device began computing the batch")
+    finished_at: datetime = Field(description="When it was done")
+    tiles: int
+
+
+class DeviceTimeline(BaseModel):
+    since: datetime
+    until: datetime
+    batches: list[DeviceBatch] = Field(description="Oldest first; the gaps between a device's batches are its idle time")
+
+
+MAX_TIMELINE_BATCHES = 20_000
+
+
+@router.get("/timeline", response_model=DeviceTimeline, name="timeline")
+async def device_timeline(
+    account: CurrentAccount, engine: EngineDep,
+    seconds: Annotated[int, Query(ge=1, le=3600, description="How far back")] = 300,
+) -> DeviceTimeline:
+    """The batches every device computed over the last `seconds`: what the devices did, and when
+    they sat idle. Another account's job is not named (`job_id` null)."""
+    until = datetime.now(UTC)
+    since = until - timedelta(seconds=seconds)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(
+            select(tile_chunks.c.device_uuid, tile_chunks.c.job_id, jobs.c.account_id, tile_chunks.c.started_at,
+                   tile_chunks.c.finished_at, tile_chunks.c.tiles)
+            .join(jobs, jobs.c.id == tile_chunks.c.job_id)
+            .where(tile_chunks.c.state == "done", tile_chunks.c.finished_at >= since,
+                   tile_chunks.c.started_at.is_not(None))
+            .order_by(tile_chunks.c.finished_at.desc()).limit(MAX_TIMELINE_BATCHES)
+        )).all()
+    return DeviceTimeline(since=since, until=until, batches=[
+        DeviceBatch(device_uuid=r.device_uuid, job_id=r.job_id if access.may_see(account, r.account_id) else None,
+                    started_at=r.started_at, finished_at=r.finished_at, tiles=r.tiles)
+        for r in reversed(rows)
+    ])
 
 
 @router.get("/{uuid}/telemetry", response_model=list[GpuSample], name="telemetry",

@@ -3,7 +3,8 @@
 Under a backlog, exporting after every run would rewrite the same day's Parquet once per job and
 take CPU from inference; the sensor waits until no inference run is active, or until the last
 export is EXPORT_MAX_AGE_S old, and then exports every day since the last export. A backlog may end
-with a failed or canceled run: its end exports the successes skipped meanwhile.
+with a failed or canceled run: its end exports the successes skipped meanwhile; and a backstop sensor
+exports any success still unexported every EXPORT_MAX_AGE_S / 2, so none waits for the next run.
 """
 
 from datetime import UTC, date, datetime, timedelta
@@ -32,33 +33,42 @@ def days_to_export(run_start: float | None, run_end: float | None, last_export_d
     return sorted(d.isoformat() for d in days)
 
 
-def _export_requests(context: dg.RunStatusSensorContext, *, after_success: bool):
+def _export_requests(instance: dg.DagsterInstance, record: dg.RunRecord | None, *, key: str,
+                     after_success: bool):
     """Export every day since the last export, and refresh DuckDB — unless inference runs are still
-    active and the last export is recent (the run that ends the backlog will do it)."""
-    instance = context.instance
-    run_id = context.dagster_run.run_id
+    active and the last export is recent (the run that ends the backlog, or the backstop, will do it)."""
     last_export = instance.get_run_records(dg.RunsFilter(job_name=analytics_export.name), limit=1)
     last = last_export[0] if last_export else None
     if not after_success:
         # A failed or canceled run may end a backlog whose successes were skipped while it ran:
         # export only if some inference run succeeded since the last export.
-        since = last.create_timestamp if last else None
-        if not any(instance.get_run_records(dg.RunsFilter(job_name=job.name, statuses=[dg.DagsterRunStatus.SUCCESS],
-                                                           updated_after=since), limit=1) for job in ALL_JOBS):
+        if _latest_success(instance, since=last.create_timestamp if last else None) is None:
             return dg.SkipReason("no inference run succeeded since the last export")
     busy = any(
         instance.get_runs_count(dg.RunsFilter(job_name=job.name, statuses=ACTIVE)) for job in ALL_JOBS
     )
     if busy and last is not None and last.create_timestamp.timestamp() > datetime.now(UTC).timestamp() - EXPORT_MAX_AGE_S:
         return dg.SkipReason("inference runs are active; exporting when they finish")
-    record = instance.get_run_record_by_id(run_id)
     last_day = date.fromisoformat(last.dagster_run.tags["dagster/partition"]) if last else None
     days = days_to_export(record.start_time if record else None, record.end_time if record else None, last_day)
     return [
-        *(dg.RunRequest(run_key=f"export-{run_id}-{day}", job_name=analytics_export.name, partition_key=day)
+        *(dg.RunRequest(run_key=f"export-{key}-{day}", job_name=analytics_export.name, partition_key=day)
           for day in days),
-        dg.RunRequest(run_key=f"refresh-{run_id}", job_name=analytics_refresh.name),
+        dg.RunRequest(run_key=f"refresh-{key}", job_name=analytics_refresh.name),
     ]
+
+
+def _latest_success(instance: dg.DagsterInstance, since: datetime | None) -> dg.RunRecord | None:
+    """The inference run that succeeded last (after `since`, if given)."""
+    records = [record for job in ALL_JOBS for record in instance.get_run_records(
+        dg.RunsFilter(job_name=job.name, statuses=[dg.DagsterRunStatus.SUCCESS], updated_after=since), limit=1)]
+    return max(records, key=lambda r: r.update_timestamp, default=None)
+
+
+def _after_run(context: dg.RunStatusSensorContext, *, after_success: bool):
+    run_id = context.dagster_run.run_id
+    return _export_requests(context.instance, context.instance.get_run_record_by_id(run_id), key=run_id,
+                            after_success=after_success)
 
 
 @dg.run_status_sensor(
@@ -71,7 +81,7 @@ def _export_requests(context: dg.RunStatusSensorContext, *, after_success: bool)
                 f"(once the backlog drains, or at least every {EXPORT_MAX_AGE_S} s under load).",
 )
 def export_after_inference(context: dg.RunStatusSensorContext):
-    return _export_requests(context, after_success=True)
+    return _after_run(context, after_success=True)
 
 
 def _export_after_ended(status: dg.DagsterRunStatus) -> dg.RunStatusSensorDefinition:
@@ -86,13 +96,30 @@ def _export_after_ended(status: dg.DagsterRunStatus) -> dg.RunStatusSensorDefini
                     "that were skipped while it ran.",
     )
     def _sensor(context: dg.RunStatusSensorContext):
-        return _export_requests(context, after_success=False)
+        return _after_run(context, after_success=False)
 
     return _sensor
 
 
+@dg.sensor(
+    minimum_interval_seconds=EXPORT_MAX_AGE_S // 2,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    jobs=[analytics_export, analytics_refresh],
+    description="Backstop: exports inference successes the run-status sensors skipped (they skip while a "
+                "backlog runs, and the run that ends it may end in a way that exports nothing).",
+)
+def export_backstop(context: dg.SensorEvaluationContext):
+    instance = context.instance
+    last_export = instance.get_run_records(dg.RunsFilter(job_name=analytics_export.name), limit=1)
+    newest = _latest_success(instance, since=last_export[0].create_timestamp if last_export else None)
+    if newest is None:
+        return dg.SkipReason("every inference success is exported")
+    return _export_requests(instance, newest, key=f"backstop-{newest.dagster_run.run_id}", after_success=True)
+
+
 export_sensors = [
     export_after_inference,
+    export_backstop,
     _export_after_ended(dg.DagsterRunStatus.FAILURE),
     _export_after_ended(dg.DagsterRunStatus.CANCELED),
 ]

@@ -55,7 +55,7 @@ def claim_launches(conn: Connection, instance: dg.DagsterInstance, limit: int = 
     if not rows:
         return 0, []
     live = jobs_with_live_runs(instance, [row.id for row in rows])
-    return len(rows), plan_launches(conn, [row for row in rows if row.id not in live])
+    return len(rows), plan_launches(conn, instance, [row for row in rows if row.id not in live])
 
 
 def live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list[dg.DagsterRun]:
@@ -96,11 +96,12 @@ def release(conn: Connection, job_ids: list[UUID]) -> None:
     conn.execute(update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.state == "queued").values(dispatched_at=None))
 
 
-def plan_launches(conn: Connection, rows) -> list[Launch]:
+def plan_launches(conn: Connection, instance: dg.DagsterInstance, rows) -> list[Launch]:
     """The run for each claimed job: `tile_inference` for parallel jobs; for serial jobs the job of
-    the least busy device now, by open steps and NVML utilization and free memory (each choice
-    counts, so one batch's serial jobs spread out)."""
-    busy = _busy_steps_by_device(conn) if rows else {}
+    the least loaded device now — its open steps plus the serial runs already assigned to it and not
+    finished (queued in Dagster included), then NVML utilization and free memory. Each choice
+    counts, so serial jobs submitted together spread out."""
+    busy = _device_load(conn, instance) if any(row.params.get("mode") == "serial" for row in rows) else {}
     launches = []
     for row in rows:
         job = tile_inference
@@ -124,10 +125,19 @@ def plan_launches(conn: Connection, rows) -> list[Launch]:
     return launches
 
 
-def _busy_steps_by_device(conn: Connection) -> dict[str, int]:
+def _device_load(conn: Connection, instance: dg.DagsterInstance) -> dict[str, int]:
+    """Device uuid → the serial runs assigned to it and not finished, plus the parallel jobs' steps on it."""
+    parallel_steps = (
+        select(steps.c.gpu_id, steps.c.id).join(jobs, jobs.c.id == steps.c.job_id)
+        .where(steps.c.finished_at.is_(None), jobs.c.params["mode"].astext == "parallel").subquery()
+    )
     rows = conn.execute(
-        select(gpus.c.uuid, func.count(steps.c.id))
-        .select_from(gpus.outerjoin(steps, (steps.c.gpu_id == gpus.c.id) & steps.c.finished_at.is_(None)))
+        select(gpus.c.uuid, func.count(parallel_steps.c.id))
+        .select_from(gpus.outerjoin(parallel_steps, parallel_steps.c.gpu_id == gpus.c.id))
         .group_by(gpus.c.uuid)
     ).all()
-    return {uuid: count for uuid, count in rows}
+    load = {uuid: count for uuid, count in rows}
+    for device in DEVICES:
+        load[device.uuid] = load.get(device.uuid, 0) + instance.get_runs_count(
+            dg.RunsFilter(job_name=serial_job_name(device), statuses=LIVE_RUN_STATUSES))
+    return load

@@ -8,6 +8,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import dagster as dg
@@ -237,16 +238,18 @@ class BatchRunner:
             writing = None
             try:
                 while (batch := self.claim(db, reader)) is not None:
+                    began = datetime.now(UTC)
                     if self.first_batch_at is None:
-                        self.first_batch_at = time.time()
+                        self.first_batch_at = began.timestamp()
                     t0 = time.perf_counter()
                     classes, confidences = classifier.predict(batch.images)
                     batch_s = time.perf_counter() - t0
                     self.compute_s += batch_s
-                    self.last_batch_at = time.time()
+                    ended = began + timedelta(seconds=batch_s)
+                    self.last_batch_at = ended.timestamp()
                     if writing is not None:
                         publish(writing.result())  # at most one commit in flight: progress stays ordered
-                    writing = writer.submit(self.commit, batch, classes, confidences, batch_s, started)
+                    writing = writer.submit(self.commit, batch, classes, confidences, (began, ended), started)
                 if writing is not None:
                     publish(writing.result())
                     writing = None
@@ -286,9 +289,12 @@ class BatchRunner:
             conn.close()
             raise
 
-    def commit(self, batch: ClaimedBatch, classes, confidences, batch_s: float, started: float):
-        """Store the batch's results, mark it done, count progress; commit; the progress event."""
+    def commit(self, batch: ClaimedBatch, classes, confidences, interval: tuple[datetime, datetime], started: float):
+        """Store the batch's results, mark it done with its interval on the device, count progress;
+        commit; the progress event (which carries the batch's interval: the live device timeline)."""
         job_id, conn = self.job_id, batch.conn
+        began, ended = interval
+        batch_s = (ended - began).total_seconds()
         try:
             # Already-stored results (from a step that died after its commit) are kept, never doubled.
             inserted = len(conn.execute(
@@ -305,7 +311,7 @@ class BatchRunner:
             conn.execute(
                 update(tile_chunks)
                 .where(tile_chunks.c.job_id == job_id, tile_chunks.c.chunk_no == batch.chunk_no)
-                .values(state="done", device_uuid=self.device.uuid, finished_at=func.now())
+                .values(state="done", device_uuid=self.device.uuid, started_at=began, finished_at=ended)
             )
             done = conn.execute(
                 update(jobs).where(jobs.c.id == job_id)
@@ -316,7 +322,9 @@ class BatchRunner:
             event = record_event(
                 conn, "job.progress", account_id=self.account_id, job_id=job_id, run_id=self.run_id,
                 payload={"tiles_done": done, "tiles_total": self.tiles_total, "device": self.device.uuid,
-                         "tiles_per_s": round(self.inferred / elapsed, 2) if elapsed else None},
+                         "tiles_per_s": round(self.inferred / elapsed, 2) if elapsed else None,
+                         "batch": {"tiles": len(batch.tiles), "started_at": began.isoformat(),
+                                   "finished_at": ended.isoformat()}},
             )
             batch.transaction.commit()
             return event

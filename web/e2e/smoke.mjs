@@ -2,7 +2,8 @@
 //   node e2e/smoke.mjs <api base url> <api key> <geojson file> [screenshot dir] [id of a long job]
 // Signs in, uploads an area on Submit (its tile count is estimated first), follows the job to
 // `succeeded` on Jobs, sees its footprints drawn on the job's tile map and a click on a tile show its
-// result, sees the GPU page's charts receive points, checks a bad area shows the API's reason next
+// result, sees the GPU page's charts receive points and its device timeline draw the job's batches (a
+// click on one opens the job), checks a bad area shows the API's reason next
 // to the field, and saves a screenshot of every page. Given the id of a long job, it first waits for
 // it to run with a moving progress bar and cancels it from the Jobs page.
 import { launchChromium } from "./browser.mjs";
@@ -99,14 +100,30 @@ try {
   console.log(`ok: the tile map draws ${drawn} footprints; clicked tile: ${infoText}`);
 
   // The GPU page's charts receive points from the stream (1 Hz per device).
+  step = "GPU charts";
   await page.goto(`${base}/app/gpus/`);
   const chart = page.getByRole("figure", { name: "Utilization chart" }).first();
   await chart.waitFor({ timeout: 15000 });
-  const before = Number(await chart.getAttribute("data-points"));
-  await page.waitForFunction((n) => Number(document.querySelector('figure[aria-label="Utilization chart"]')?.dataset.points) >= n + 2, before, { timeout: 15000 });
+  // Its latest point moves on (a full 5-minute window keeps the same number of points).
+  await page.waitForFunction(() => Number(document.querySelector('figure[aria-label="Utilization chart"]')?.dataset.last) > 0, null, { timeout: 15000 });
+  const before = Number(await chart.getAttribute("data-last"));
+  await page.waitForFunction((t) => Number(document.querySelector('figure[aria-label="Utilization chart"]')?.dataset.last) >= t + 2, before, { timeout: 15000 });
   await page.screenshot({ path: `${shots}/gpus.png` });
   await checkNames(page, "GPUs");
-  console.log(`ok: the GPU chart went from ${before} to ${await chart.getAttribute("data-points")} points`);
+  const after = Number(await chart.getAttribute("data-last"));
+  console.log(`ok: the GPU chart went from ${before} to ${after} (latest sample, +${Math.round(after - before)} s; ${await chart.getAttribute("data-points")} points)`);
+  // The device timeline shows the batches the submitted job ran; a click on one opens the job.
+  step = "device timeline";
+  const timeline = page.getByTestId("device-timeline");
+  await timeline.waitFor({ timeout: 15000 });
+  const jobBar = page.locator(`[data-testid="device-timeline"] rect[data-job="${jobId}"]`).first();
+  await jobBar.waitFor({ timeout: 15000 });
+  const bars = Number(await timeline.getAttribute("data-bars"));
+  const lanes = await page.locator('[data-testid="device-timeline"] g[data-device]').count();
+  await page.screenshot({ path: `${shots}/gpus-timeline.png` });
+  await jobBar.click({ force: true });
+  await page.waitForURL((url) => url.searchParams.get("id") === jobId, { timeout: 15000 });
+  console.log(`ok: the device timeline draws ${bars} batches on ${lanes} lanes; a click on the job's bar opened its page`);
 
   // Every other page renders its content (screenshots for people to look at).
   for (const [path, ready] of [["", "Throughput"], ["coverage/", "Coverage map"], ["usage/", "Leaderboard"], ["analytics/", "Throughput by device"]]) {

@@ -1,8 +1,10 @@
 "use client";
-// GPUs: a card per device with live charts of the last five minutes (utilization, memory, temperature,
+// GPUs: the device timeline (every device's batches over the last five minutes, idle gaps visible),
+// then a card per device with live charts of the last five minutes (utilization, memory, temperature,
 // power) — history from the API, then every 1 Hz sample from the stream — and the job on it.
 import { useMemo } from "react";
-import { useGpuTelemetry, useGpus } from "../../src/lib/hooks";
+import { useDeviceTimeline, useGpuTelemetry, useGpus } from "../../src/lib/hooks";
+import { DeviceTimeline } from "../../src/components/DeviceTimeline";
 import type { Gpu } from "../../src/lib/queries";
 import { TimeChart } from "../../src/components/TimeChart";
 import { Card, Empty, ErrorState, Grid, Loading, Muted, Page, Title } from "../../src/ui/components";
@@ -46,16 +48,22 @@ function DeviceCard({ gpu, index }: { gpu: Gpu; index: number }) {
 
 export default function Gpus() {
   const gpus = useGpus();
+  const timeline = useDeviceTimeline();
   return (
     <Page>
       <Title>GPUs</Title>
       {gpus.isPending ? <Loading what="devices" /> : gpus.isError ? <ErrorState error={gpus.error} /> : gpus.data.length === 0 ? (
         <Empty>No device has registered yet: devices register when the Dagster code location loads.</Empty>
-      ) : (
+      ) : (<>
+        <Card aria-label="Device timeline" style={{ marginBottom: "1rem" }}>
+          <h2>Timeline</h2>
+          {timeline.isPending ? <Loading what="the device timeline" /> : timeline.isError ? <ErrorState error={timeline.error} />
+            : <DeviceTimeline devices={gpus.data} timeline={timeline.data} />}
+        </Card>
         <Grid min="22rem" aria-label="Devices">
           {gpus.data.map((gpu, i) => <DeviceCard key={gpu.uuid} gpu={gpu} index={i} />)}
         </Grid>
-      )}
+      </>)}
     </Page>
   );
 }

@@ -270,6 +270,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/gpus/timeline": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Timeline
+         * @description The batches every device computed over the last `seconds`: what the devices did, and when
+         *     they sat idle. Another account's job is not named (`job_id` null).
+         */
+        get: operations["gpus-timeline"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/gpus/{uuid}/telemetry": {
         parameters: {
             query?: never;
@@ -532,6 +553,48 @@ export interface components {
             jobs: number;
             /** Km2 */
             km2: number;
+        };
+        /** DeviceBatch */
+        DeviceBatch: {
+            /** Device Uuid */
+            device_uuid: string;
+            /**
+             * Job Id
+             * @description The job the batch belonged to, if the caller may see it
+             */
+            job_id: string | null;
+            /**
+             * Started At
+             * Format: date-time
+             * @description When the device began computing the batch
+             */
+            started_at: string;
+            /**
+             * Finished At
+             * Format: date-time
+             * @description When it was done
+             */
+            finished_at: string;
+            /** Tiles */
+            tiles: number;
+        };
+        /** DeviceTimeline */
+        DeviceTimeline: {
+            /**
+             * Since
+             * Format: date-time
+             */
+            since: string;
+            /**
+             * Until
+             * Format: date-time
+             */
+            until: string;
+            /**
+             * Batches
+             * @description Oldest first; the gaps between a device's batches are its idle time
+             */
+            batches: components["schemas"]["DeviceBatch"][];
         };
         /** Event */
         Event: {
@@ -2015,6 +2078,50 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["GpuPublic"][];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "gpus-timeline": {
+        parameters: {
+            query?: {
+                /** @description How far back */
+                seconds?: number;
+            };
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceTimeline"];
                 };
             };
             /** @description Missing, unknown or revoked API key */

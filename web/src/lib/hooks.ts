@@ -18,6 +18,7 @@ export const useJobTiles = (id: string, live: boolean) =>
   useQuery({ ...jobQueries.tiles(id), refetchInterval: live ? 5000 : false });
 export const useGpus = () => useQuery(gpuQueries.list());
 export const useGpuTelemetry = (uuid: string) => useQuery(gpuQueries.telemetry(uuid));
+export const useDeviceTimeline = () => useQuery(gpuQueries.timeline());
 export const useLeaderboard = (window: Window, metric: Metric) => useQuery(usageQueries.leaderboard(window, metric));
 export const useAccountUsage = (id: string) => useQuery(usageQueries.account(id));
 export const useCatalog = () => useQuery(catalogQueries.get());

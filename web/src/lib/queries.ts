@@ -1,7 +1,7 @@
 // One queryOptions factory per resource: pages and the live-events core share keys and fetchers.
 import { infiniteQueryOptions, queryOptions } from "@tanstack/react-query";
 import type { components } from "../api/schema";
-import { analyticsKeys, catalogKeys, coverageKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
+import { TIMELINE_SECONDS, analyticsKeys, catalogKeys, coverageKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
 import { api } from "./api";
 
 type S = components["schemas"];
@@ -10,6 +10,8 @@ export type JobDetail = S["JobDetail"];
 export type JobEvent = S["Event"];
 export type Gpu = S["GpuPublic"];
 export type GpuSample = S["GpuSample"];
+export type DeviceTimeline = S["DeviceTimeline"];
+export type DeviceBatch = S["DeviceBatch"];
 export type TileCollection = S["TileFeatureCollection"];
 export type Window = "day" | "week" | "month" | "all";
 export type Metric = "gpu_seconds" | "tiles" | "jobs" | "energy";
@@ -98,6 +100,15 @@ export const gpuQueries = {
       staleTime: Infinity, // the stream appends every new sample
       queryFn: async ({ signal }) =>
         unwrap(await api.GET("/gpus/{uuid}/telemetry", { signal, params: { path: { uuid }, query: { seconds: 300 } } }), "telemetry"),
+    }),
+  timeline: () =>
+    queryOptions({
+      queryKey: gpuKeys.timeline(),
+      // Batches of the caller's jobs arrive live (job.progress); a slow poll adds the others' and
+      // covers a stream that is down.
+      refetchInterval: 15_000,
+      queryFn: async ({ signal }) =>
+        unwrap(await api.GET("/gpus/timeline", { signal, params: { query: { seconds: TIMELINE_SECONDS } } }), "the device timeline"),
     }),
 };
 

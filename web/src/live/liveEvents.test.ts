@@ -34,6 +34,18 @@ function clientWithJob(): QueryClient {
 }
 
 describe("applyMessage", () => {
+  it("adds each committed batch to the device timeline once, and forgets batches past its window", () => {
+    const client = clientWithJob();
+    const old = { device_uuid: "GPU-0", job_id: "other", tiles: 8, started_at: "2026-11-27T09:00:00Z", finished_at: "2026-11-27T09:00:01Z" };
+    client.setQueryData(gpuKeys.timeline(), { since: "2026-11-27T08:59:00Z", until: "2026-11-27T09:00:01Z", batches: [old] });
+    const batch = { tiles: 32, started_at: "2026-11-27T10:00:29.5Z", finished_at: "2026-11-27T10:00:30Z" };
+    const event = { ...progress(2, 32), payload: { tiles_done: 32, tiles_total: 100, device: "GPU-1", batch } } as StreamEvent;
+    applyMessage(client, event);
+    applyMessage(client, { ...event, id: 3 } as StreamEvent); // the same batch again (a replay): still one bar
+    const timeline = client.getQueryData<{ batches: unknown[] }>(gpuKeys.timeline())!;
+    expect(timeline.batches).toEqual([{ device_uuid: "GPU-1", job_id: JOB, ...batch }]);
+  });
+
   it("moves a job forward with its events", () => {
     const client = clientWithJob();
     applyMessage(client, state(1, "running"));

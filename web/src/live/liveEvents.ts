@@ -14,7 +14,7 @@
 import type { InfiniteData, QueryClient } from "@tanstack/query-core";
 import type { components } from "../api/schema";
 import { TERMINAL_STATES } from "../lib/vocabulary";
-import { gpuKeys, jobKeys } from "./queryKeys";
+import { TIMELINE_SECONDS, gpuKeys, jobKeys } from "./queryKeys";
 
 export type StreamEvent = components["schemas"]["StreamEvent"];
 export type GpuSample = components["schemas"]["StreamGpuSample"];
@@ -24,6 +24,8 @@ type ServerMessage = components["schemas"]["StreamServerMessage"];
 type ListRow = components["schemas"]["JobPublic"] & { tiles_per_s?: number | null; eta_seconds?: number | null };
 type ListPage = { data: ListRow[]; next_cursor: string | null };
 type EventRow = components["schemas"]["Event"];
+type DeviceBatch = components["schemas"]["DeviceBatch"];
+type DeviceTimeline = components["schemas"]["DeviceTimeline"];
 
 export const LIST_REFRESH_MS = 250;
 export const TELEMETRY_WINDOW_MS = 5 * 60 * 1000;
@@ -103,8 +105,23 @@ export function applyMessage(client: QueryClient, message: ServerMessage): numbe
     else s.pending.set(jobId, [event]);
   }
   if (event.type === "job.state") s.invalidate = true;
+  if (event.type === "job.progress") applyBatch(client, event);
   scheduleLists(client);
   return event.id;
+}
+
+/** A progress event names the batch it committed and its interval on the device: the timeline's bar. */
+function applyBatch(client: QueryClient, event: StreamEvent): void {
+  const payload = event.payload as { device?: string; batch?: { tiles: number; started_at: string; finished_at: string } };
+  if (!payload.device || !payload.batch || !event.job_id) return;
+  const bar: DeviceBatch = { device_uuid: payload.device, job_id: event.job_id, ...payload.batch };
+  client.setQueryData<DeviceTimeline>(gpuKeys.timeline(), (timeline) => {
+    if (!timeline) return timeline;
+    if (timeline.batches.some((b) => b.device_uuid === bar.device_uuid && b.started_at === bar.started_at)) return timeline;
+    const since = new Date(Date.parse(bar.finished_at) - TIMELINE_SECONDS * 1000).toISOString();
+    const kept = timeline.batches.filter((b) => b.finished_at >= since);
+    return { since, until: bar.finished_at > timeline.until ? bar.finished_at : timeline.until, batches: [...kept, bar] };
+  });
 }
 
 function insertEvent(events: EventRow[] | undefined, event: StreamEvent): EventRow[] | undefined {

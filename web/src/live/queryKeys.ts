@@ -15,9 +15,12 @@ export const jobKeys = {
   events: (id: string) => [...jobKeys.all, "events", id] as const,
   tiles: (id: string) => [...jobKeys.all, "tiles", id] as const,
 };
+/** How far back the device timeline reaches (seconds). */
+export const TIMELINE_SECONDS = 300;
 export const gpuKeys = {
   all: ["gpus"] as const,
   telemetry: (uuid: string) => ["gpus", "telemetry", uuid] as const,
+  timeline: () => ["gpus", "timeline"] as const,
 };
 export const usageKeys = {
   leaderboard: (window: string, metric: string) => ["usage", "leaderboard", window, metric] as const,

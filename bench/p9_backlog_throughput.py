@@ -1,0 +1,145 @@
+"""P9: backlog throughput — how much of a device's bare rate a backlog of small jobs gets.
+
+With the demo running on one simulated device whose compute has one core (the orchestration has the
+other), as the goal is stated:
+
+    CONSTELLATION_SIMULATED_GPUS=1 CONSTELLATION_SIMULATED_DEVICE_THREADS=1 make demo
+    .local/venv/bin/python bench/p9_backlog_throughput.py --jobs 40
+
+(also reported: the default two devices, and `--jobs 160`). It waits until Dagster is idle, measures
+the device's bare rate (rasterio read + PyTorch over demo tiles, the model and batch size of the
+jobs, as many torch threads as the device's steps use), submits N small jobs at once (100–300 tiles,
+both modes, priorities −5…5, in a seeded random order), waits for all, and prints from each batch's
+interval on its device (`tile_chunks.started_at/finished_at`):
+- tiles/s over the whole drain (first submission → last batch) ÷ the bare rate (goal ≥ 0.90);
+- each device's busy share of the drain;
+- overtakes: a job that started before an earlier-submitted job of the same or higher priority
+  (goal: none);
+- the longest wait of a job for its first batch, by priority.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+from demo_client import demo_api, wait_dagster_idle, wait_finished
+from shapely.geometry import box, mapping
+from sqlalchemy import create_engine, text
+
+from constellation_core.inference.imagery import TileReader, ensure_demo_scene
+from constellation_core.inference.model import TileClassifier
+from constellation_core.settings import get_settings
+from constellation_core.tiles import plan_tiles
+
+ZOOM = 17
+BATCH = 32
+
+
+def small_areas(count: int, rng: random.Random, low: int, high: int) -> list[tuple[dict, int]]:
+    """`count` boxes inside the demo scene, each covering between `low` and `high` tiles at ZOOM."""
+    areas = []
+    while len(areas) < count:
+        west, south = rng.uniform(6.10, 6.17), rng.uniform(46.18, 46.21)
+        width = rng.uniform(0.008, 0.03)
+        area = box(west, south, west + width, south + width * 0.7)
+        tiles = len(plan_tiles(area, ZOOM, 10_000))
+        if low <= tiles <= high:
+            areas.append((mapping(area), tiles))
+    return areas
+
+
+def bare_rate(settings, model_path, threads: int, tiles: int = 640) -> float:
+    """The device's rate with nothing around it: read and classify demo tiles in batches."""
+    torch.set_num_threads(threads)
+    grid = plan_tiles(box(6.12, 46.19, 6.16, 46.21), ZOOM, 10_000)[:tiles]
+    classifier = TileClassifier(model_path, "cpu")
+    started = time.perf_counter()
+    with TileReader(ensure_demo_scene(settings.local_dir / "imagery")) as reader:
+        for start in range(0, len(grid), BATCH):
+            batch = grid[start:start + BATCH]
+            classifier.predict(np.stack([reader.read(t.z, t.x, t.y) for t in batch]))
+    return len(grid) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--min-tiles", type=int, default=100)
+    parser.add_argument("--max-tiles", type=int, default=300)
+    args = parser.parse_args()
+    settings = get_settings()
+    rng = random.Random(args.seed)
+    engine = create_engine(settings.sync_database_url)
+    with engine.connect() as conn:
+        devices = conn.execute(text("SELECT uuid, name FROM gpus ORDER BY name")).all()
+        model_version = conn.execute(text("SELECT model_version FROM tile_results ORDER BY id DESC LIMIT 1")).scalar()
+    if model_version is None:
+        raise SystemExit("no tile result yet: let the demo's seeded jobs finish first")
+
+    with demo_api(settings) as client:
+        wait_dagster_idle(settings)
+        areas = small_areas(args.jobs, rng, args.min_tiles, args.max_tiles)
+        bodies = [{"name": f"P9 {i}", "zoom": ZOOM, "area": area, "batch_size": BATCH,
+                   "mode": rng.choice(["serial", "parallel"]), "priority": rng.randint(-5, 5)}
+                  for i, (area, _) in enumerate(areas)]
+        submitted_at = datetime.now(UTC)
+        jobs = []
+        for body in bodies:
+            created = client.post("/jobs", json=body).raise_for_status().json()
+            jobs.append((created["id"], body["priority"], body["mode"], created["tiles_total"]))
+        states = wait_finished(client, [j[0] for j in jobs], timeout=3600)
+    failed = [j for j, s in states.items() if s != "succeeded"]
+    if failed:
+        raise SystemExit(f"{len(failed)} bench jobs did not succeed: {failed[:5]}")
+
+    with engine.connect() as conn:
+        batches = conn.execute(
+            text("SELECT job_id::text AS job_id, device_uuid, started_at, finished_at, tiles FROM tile_chunks "
+                 "WHERE job_id = ANY(CAST(:ids AS uuid[])) ORDER BY started_at"),
+            {"ids": [j[0] for j in jobs]},
+        ).all()
+        threads = conn.execute(
+            text("SELECT max((metrics->>'torch_threads')::int) FROM steps WHERE job_id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": [j[0] for j in jobs]},
+        ).scalar()
+    engine.dispose()
+
+    wait_dagster_idle(settings)
+    bare = bare_rate(settings, settings.local_dir / "models" / f"{model_version}.pt", threads or 1)
+
+    tiles = sum(b.tiles for b in batches)
+    drain = (max(b.finished_at for b in batches) - submitted_at).total_seconds()
+    rate = tiles / drain
+    per_device = {d.uuid: d.name for d in devices}
+    first_batch = {job_id: min(b.started_at for b in batches if b.job_id == job_id) for job_id, *_ in jobs}
+    overtakes = [
+        (earlier[0][:8], later[0][:8])
+        for i, earlier in enumerate(jobs) for later in jobs[i + 1:]
+        if later[1] <= earlier[1] and first_batch[later[0]] < first_batch[earlier[0]]
+    ]
+    waits = {p: max((first_batch[j] - submitted_at).total_seconds() for j, pr, *_ in jobs if pr == p)
+             for p in sorted({j[1] for j in jobs})}
+
+    print(f"{len(jobs)} jobs, {tiles} tiles (zoom {ZOOM}, batch {BATCH}; "
+          f"{sum(1 for j in jobs if j[2] == 'serial')} serial), on {len(devices)} device(s), torch threads {threads}")
+    print(f"drain             {drain:8.1f} s   {rate:8.1f} tiles/s")
+    print(f"bare rate         {bare:8.1f} tiles/s per device (same model, batch, threads; nothing else)")
+    print(f"P9 ratio          {rate / (bare * len(devices)):8.3f}   (drain ÷ bare × devices; goal ≥ 0.90)")
+    for uuid, name in per_device.items():
+        busy = sum((b.finished_at - b.started_at).total_seconds() for b in batches if b.device_uuid == uuid)
+        print(f"  {name:28s} busy {busy / drain:6.1%} of the drain")
+    print(f"overtakes         {len(overtakes)}   (a later job of the same or lower priority started first; goal 0)"
+          + (f"  e.g. {overtakes[:3]}" if overtakes else ""))
+    print("first batch wait  " + "  ".join(f"p{p:+d}: {w:.0f} s" for p, w in waits.items())
+          + f"   (median over jobs {statistics.median((first_batch[j[0]] - submitted_at).total_seconds() for j in jobs):.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
