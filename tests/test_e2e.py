@@ -354,6 +354,13 @@ def test_killing_the_run_worker_ends_the_job_and_frees_the_device(stack):
 
     job = _wait_terminal(stack, account, job_id)
     counts = _result_counts(engine, job_id)
+
+    def device_free() -> bool:  # the dead worker's step does not leave the device "busy" for ever
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) = 0 FROM steps WHERE job_id = :id AND finished_at IS NULL"),
+                                {"id": job_id}).scalar_one()
+
+    wait_for(device_free, timeout=60, what="the killed worker's step to be closed", interval=0.5)
     engine.dispose()
     assert job["state"] in ("succeeded", "failed"), job
     if job["state"] == "succeeded":  # a run retry finished it: still nothing lost or doubled

@@ -46,7 +46,9 @@ class Launch:
     tags: dict[str, str]
 
 
-def claim_launches(conn: Connection, instance: dg.DagsterInstance, limit: int = DISPATCH_BATCH) -> tuple[int, list[Launch]]:
+def claim_launches(
+    conn: Connection, instance: dg.DagsterInstance, limit: int = DISPATCH_BATCH
+) -> tuple[int, list[Launch]]:
     """Claim up to `limit` due jobs and plan a run for each that has no live Dagster run.
 
     Returns how many jobs were claimed and the launches. The claimed rows stay locked until `conn`'s

@@ -7,7 +7,7 @@ import dagster as dg
 from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
-from constellation_core.tables import jobs, runs
+from constellation_core.tables import jobs, runs, steps
 from constellation_dagster.inference.dispatch import claim_launches, live_runs
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
@@ -56,6 +56,13 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSens
                 .values(state=state, finished_at=func.now())
                 .returning(runs.c.id)
             ).scalar_one_or_none()
+            # A step whose process was killed never closed its `steps` row: the device would look
+            # busy forever. The run has ended, so none of its steps still holds a device.
+            conn.execute(
+                update(steps).where(steps.c.run_id == run_row, steps.c.finished_at.is_(None))
+                .values(finished_at=func.now(), metrics=steps.c.metrics.op("||")(
+                    func.jsonb_build_object("error", "its process ended without closing the step")))
+            )
             error = None
             if status == dg.DagsterRunStatus.FAILURE and context.failure_event:
                 error = context.failure_event.message

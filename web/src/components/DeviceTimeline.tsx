@@ -10,7 +10,7 @@ import { TIMELINE_SECONDS } from "../live/queryKeys";
 import { Muted } from "../ui/components";
 
 const LANE = 26; // px per device
-const LABEL = 150; // px of lane labels
+const LABEL = 190; // px of lane labels
 
 /** A stable colour per job (the same on every render and every page). */
 export function jobColor(jobId: string | null | undefined): string {
@@ -18,6 +18,12 @@ export function jobColor(jobId: string | null | undefined): string {
   let hash = 0;
   for (const ch of jobId) hash = (hash * 31 + ch.charCodeAt(0)) | 0;
   return `hsl(${Math.abs(hash) % 360} 65% 48%)`;
+}
+
+/** "Simulated GPU 0 (simulated, computes on CPU)" → "Simulated GPU 0": the lane label fits. */
+function shortName(name: string): string {
+  const short = name.split(" (")[0];
+  return short.length > 20 ? `${short.slice(0, 19)}…` : short;
 }
 
 function useNow(periodMs: number): number {
@@ -66,7 +72,7 @@ export function DeviceTimeline({ devices, timeline }: { devices: Gpu[]; timeline
         }}>
         {lanes.map((lane, i) => (
           <g key={lane.device.uuid} transform={`translate(0 ${i * LANE})`} data-device={lane.device.uuid}>
-            <text x={0} y={16} fontSize={12} fill={theme.text}>{lane.device.name.slice(0, 18)}</text>
+            <text x={0} y={16} fontSize={12} fill={theme.text}>{shortName(lane.device.name)}</text>
             <text x={LABEL - 6} y={16} fontSize={11} fill={theme.muted} textAnchor="end">{`idle ${Math.round(lane.idle * 100)}%`}</text>
             <rect x={LABEL} y={3} width={plot} height={LANE - 6} fill="none" stroke={theme.border} />
             {lane.bars.map((b) => (
