@@ -1,10 +1,12 @@
 """The whole stack's CPU while nothing is queued: share of one core over a window, per process.
 
 With `make demo` running and its seeded jobs done: `.local/venv/bin/python bench/idle_cpu.py --seconds 60`.
-It waits until Dagster has no active run, then reads /proc for every process that carries this
-checkout's stack marker (everything `make demo` started, code servers and run workers included):
-user + system CPU over the window, plus what exited children left to their parents (cutime/cstime),
-grouped by program. Goal (issue 11): the total ≤ 10 % of one core.
+It waits until Dagster has no active run, then prints the machine's busy CPU over the window
+(/proc/stat: with nothing else running, that is the stack), and for the processes that carry this
+checkout's stack marker (everything `make demo` started, code servers and run workers included) and
+live through the window, their user + system CPU grouped by program. What short-lived processes used
+(Postgres backends of closed connections, code servers that came and went) shows in the machine figure
+only. Goal (issue 11): ≤ 10 % of one core.
 """
 
 from __future__ import annotations
@@ -38,13 +40,19 @@ def stack_processes(marker: bytes) -> dict[int, str]:
     return found
 
 
-def cpu_ticks(pid: int) -> tuple[int, int] | None:
-    """(own user+system, reaped children's user+system) in clock ticks."""
+def cpu_ticks(pid: int) -> int | None:
+    """The process's own user + system CPU, in clock ticks."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+    return int(fields[11]) + int(fields[12])
+
+
+def machine_busy_ticks() -> int:
+    """All CPUs' non-idle time (user, nice, system, irq, softirq, steal), in clock ticks."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return user + nice + system + irq + softirq + steal
 
 
 def group(cmdline: str) -> str:
@@ -58,24 +66,21 @@ def main() -> None:
     settings = get_settings()
     wait_dagster_idle(settings)
     marker = f"{STACK_MARKER}={_marker(settings)}".encode()
-    before = {pid: (cmd, cpu_ticks(pid)) for pid, cmd in stack_processes(marker).items()}
-    started = time.monotonic()
+    before = {pid: cpu_ticks(pid) for pid in stack_processes(marker)}
+    busy_before, started = machine_busy_ticks(), time.monotonic()
     time.sleep(args.seconds)  # the measurement window itself
-    elapsed = time.monotonic() - started
-    after = {pid: (cmd, cpu_ticks(pid)) for pid, cmd in stack_processes(marker).items()}
+    busy, elapsed = machine_busy_ticks() - busy_before, time.monotonic() - started
     used: dict[str, float] = defaultdict(float)
-    for pid, (cmd, ticks) in after.items():
-        if ticks is None:
-            continue
-        own, children = ticks
-        old = before.get(pid, (cmd, (0, 0)))[1] or (0, 0)
-        used[group(cmd)] += (own - old[0] + children - old[1]) / TICKS
-    total = sum(used.values())
+    after = stack_processes(marker)
+    for pid, cmd in after.items():
+        now, then = cpu_ticks(pid), before.get(pid)
+        if now is not None and then is not None:
+            used[group(cmd)] += (now - then) / TICKS
     print(f"{len(after)} stack processes, {elapsed:.0f} s with nothing queued")
     for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
         if seconds > 0:
-            print(f"  {name:28s} {seconds / elapsed:6.1%} of a core")
-    print(f"total             {total / elapsed:6.1%} of one core   (goal ≤ 10 %)")
+            print(f"  {name:28s} {seconds / elapsed:6.1%} of a core   (processes alive through the window)")
+    print(f"machine busy      {busy / TICKS / elapsed:6.1%} of one core   (goal for the stack ≤ 10 %)")
 
 
 if __name__ == "__main__":
