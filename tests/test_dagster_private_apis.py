@@ -1,0 +1,58 @@
+"""The private Dagster APIs the instance plug-ins and the zygote rely on are still there, as we use
+them. A Dagster upgrade that moves or changes one fails here, by name, before a run fails in the stack.
+(Issue 11 is to make most of them unnecessary.)"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+
+from constellation_core.settings import REPO_ROOT
+
+USERS = ("constellation_dagster/instance.py", "constellation_dagster/zygote.py")
+
+
+def _private_imports() -> list[tuple[str, str]]:
+    found = []
+    for path in USERS:
+        for node in ast.walk(ast.parse((REPO_ROOT / path).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dagster._"):
+                found += [(node.module, alias.name) for alias in node.names]
+    return found
+
+
+def test_every_private_name_we_import_still_exists():
+    imports = _private_imports()
+    assert len(imports) >= 10, imports  # the scan found them
+    missing = [f"{module}.{name}" for module, name in imports
+               if not hasattr(importlib.import_module(module), name)]
+    assert missing == []
+
+
+def test_the_private_signatures_we_call_or_override_are_unchanged():
+    from dagster._cli.api import _execute_run_command_body
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_postgres.event_log import PostgresEventLogStorage
+
+    # PromptClaimEventLogStorage overrides this one to take a slot in one statement.
+    assert list(inspect.signature(PostgresEventLogStorage._claim_concurrency_slot).parameters) == [
+        "self", "concurrency_key", "run_id", "step_key"]
+    # The zygote's run workers run this, as `dagster api execute_run` does.
+    assert list(inspect.signature(_execute_run_command_body).parameters) == [
+        "run_id", "instance", "write_stream_fn", "set_exit_code_on_failure"]
+    # PromptQueuedRunCoordinator sets the dequeue interval Dagster reads from this attribute.
+    coordinator = QueuedRunCoordinator(dequeue_interval_seconds=1)
+    assert coordinator.dequeue_interval_seconds == 1
+    coordinator._dequeue_interval_seconds = 0.2  # noqa: SLF001 - what PromptQueuedRunCoordinator does
+    assert coordinator.dequeue_interval_seconds == 0.2
+
+
+def test_the_prompt_coordinator_dequeues_at_a_fraction_of_a_second():
+    from dagster._serdes import ConfigurableClassData
+
+    from constellation_dagster.instance import PromptQueuedRunCoordinator
+
+    data = ConfigurableClassData("constellation_dagster.instance", "PromptQueuedRunCoordinator", "{}")
+    coordinator = PromptQueuedRunCoordinator.from_config_value(data, {"dequeue_interval_seconds": 0.2})
+    assert coordinator.dequeue_interval_seconds == 0.2
