@@ -9,6 +9,7 @@ API made of it (`POST /jobs/estimate` answers the area it will plan)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from shapely import MultiPolygon, Polygon, count_coordinates, unary_union
@@ -27,11 +28,36 @@ class InvalidGeometry(ValueError):
     pass
 
 
+# A FeatureCollection of MultiPolygons nests 7 levels deep (collection → features → feature → geometry
+# → polygons → rings → positions); anything deeper is not GeoJSON.
+MAX_NESTING = 12
+
+
+def check_nesting(value: Any, limit: int = MAX_NESTING) -> None:
+    """InvalidGeometry when `value` nests dicts and lists deeper than `limit` (walked without recursion,
+    so a hostile depth costs a loop, not the stack)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise InvalidGeometry(f"the GeoJSON nests deeper than {limit} levels; no area does")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+# Below this an area is a line or a point in disguise (1e-10 square degrees is about 1 m²).
+MIN_AREA_DEG2 = 1e-10
+
+
 def parse_area(geojson: dict[str, Any]) -> Polygon | MultiPolygon:
     """A valid, non-empty Polygon or MultiPolygon within lon/lat bounds, or InvalidGeometry."""
     kind = geojson.get("type")
     if kind not in AREA_TYPES:
         raise InvalidGeometry(f"geometry type must be Polygon or MultiPolygon, not {kind!r}")
+    polygons = geojson.get("coordinates")
+    _check_coordinates(kind, [polygons] if kind == "Polygon" else polygons)
     try:
         geom = shape(geojson)
     except (ValueError, TypeError, IndexError, AttributeError) as exc:
@@ -46,9 +72,35 @@ def parse_area(geojson: dict[str, Any]) -> Polygon | MultiPolygon:
         )
     if not geom.is_valid:
         raise InvalidGeometry(f"geometry is not valid: {explain_validity(geom)}")
-    if geom.area == 0:
-        raise InvalidGeometry("geometry has no area")
+    if geom.area < MIN_AREA_DEG2:
+        raise InvalidGeometry("geometry has no area (its points lie on a line, or it is smaller than a square metre)")
     return geom
+
+
+def _check_coordinates(kind: str, polygons: Any) -> None:
+    """The GeoJSON shape of a (Multi)Polygon's coordinates, checked level by level without recursion
+    (any nesting depth is refused at once): polygons of rings of [lon, lat] positions, finite numbers,
+    each ring closed with at least four positions (RFC 7946 §3.1.6)."""
+    shape_hint = f"{kind} coordinates must be {'a list of polygons, each ' if kind == 'MultiPolygon' else ''}" \
+                 "a list of rings, each a list of [lon, lat] positions"
+    if not isinstance(polygons, list) or not polygons:
+        raise InvalidGeometry(shape_hint)
+    for rings in polygons:
+        if not isinstance(rings, list) or not rings:
+            raise InvalidGeometry(shape_hint)
+        for ring in rings:
+            if not isinstance(ring, list):
+                raise InvalidGeometry(shape_hint)
+            for position in ring:
+                if (not isinstance(position, list) or len(position) not in (2, 3)
+                        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in position)):
+                    raise InvalidGeometry(f"{shape_hint}; a position is [lon, lat] numbers, not {str(position)[:40]}")
+                if not all(math.isfinite(v) for v in position):
+                    raise InvalidGeometry("coordinates must be finite numbers (no NaN or Infinity)")
+            if len(ring) < 4:
+                raise InvalidGeometry("a ring needs at least four positions (a triangle, closed)")
+            if ring[0] != ring[-1]:
+                raise InvalidGeometry("a ring must be closed: its last position must repeat its first")
 
 
 def area_from_geojson(geojson: Any, *, max_deg2: float | None = None) -> Polygon | MultiPolygon:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -68,6 +69,14 @@ def test_missing_or_bad_key_is_401_problem(client, engine, headers, detail):
 
 
 SELF_INTERSECTING = {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}
+RING = [[6.10, 46.18], [6.19, 46.18], [6.19, 46.23], [6.10, 46.23], [6.10, 46.18]]
+
+
+def _nested(depth: int) -> list:
+    value: list = [6.1, 46.2]
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 @pytest.mark.parametrize(
@@ -83,12 +92,24 @@ SELF_INTERSECTING = {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0],
         ({"area": None}, 422, "exactly one of"),
         ({"area_id": str(uuid.uuid4())}, 422, "exactly one of"),
         ({"unexpected": 1}, 422, "unexpected"),
+        # Hostile or careless input found by trying (issue 12): each a clear 422, nothing written.
+        ({"area": {"type": "Polygon", "coordinates": [[[float("nan"), 46.18], *RING[1:]]]}}, 422, "finite"),
+        ({"area": {"type": "Polygon", "coordinates": _nested(400)}}, 422, "nests deeper"),
+        ({"area": {"type": "Polygon", "coordinates": [RING[:-1]]}}, 422, "closed"),
+        ({"area": {"type": "Polygon", "coordinates": [[[6.1, 46.1], [6.2, 46.2], [6.3, 46.3], [6.1, 46.1]]]}},
+         422, "no area"),
+        ({"area": {"type": "Polygon", "coordinates": [RING], "crs": {"type": "name", "properties": "EPSG:4326"}}},
+         422, "CRS"),
+        ({"zoom": True}, 422, "zoom"),
+        ({"zoom": "14"}, 422, "zoom"),
     ],
 )
 def test_bad_job_input_is_a_problem_and_writes_nothing(client, make_account, engine, overrides, status, needle):
     account = make_account()
     before = _counts(engine)
-    response = client.post("/jobs", json=job_body(**overrides), headers=account.headers)
+    # Sent as text: a client may send what strict JSON encoders refuse (NaN).
+    response = client.post("/jobs", content=json.dumps(job_body(**overrides)),
+                           headers={**account.headers, "Content-Type": "application/json"})
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == PROBLEM
     problem = response.json()

@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shapely.geometry import mapping
 from sqlalchemy import func, insert, literal, select, tuple_
 
@@ -16,7 +16,7 @@ from api import access
 from api.deps import CurrentAccount, EngineDep
 from api.errors import InvalidInput
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, decode_cursor, encode_cursor
-from constellation_core.geometry import InvalidGeometry, area_from_geojson
+from constellation_core.geometry import InvalidGeometry, area_from_geojson, check_nesting
 from constellation_core.tables import areas
 
 router = APIRouter(prefix="/areas", tags=["areas"])
@@ -31,6 +31,15 @@ class AreaCreate(BaseModel):
     geojson: dict[str, Any] = Field(
         description="A GeoJSON Polygon/MultiPolygon geometry, or a Feature or FeatureCollection of them "
                     "(their union), in lon/lat (EPSG:4326 / CRS84)")
+
+    @field_validator("geojson", mode="before")
+    @classmethod
+    def _not_too_deep(cls, value: Any) -> Any:
+        try:
+            check_nesting(value)
+        except InvalidGeometry as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class AreaPublic(BaseModel):

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from constellation_core.vocabulary import DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_MODEL, JOB_MODES, JOB_STATES
+from constellation_core.geometry import InvalidGeometry, check_nesting
 from constellation_core.tiles import MAX_ZOOM, MIN_ZOOM
 
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
@@ -22,13 +23,23 @@ class GeoJSONArea(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str = Field(description="Polygon, MultiPolygon, Feature or FeatureCollection")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, value: Any) -> Any:
+        try:
+            check_nesting(value)
+        except InvalidGeometry as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
 
 class JobBase(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    zoom: int = Field(ge=MIN_ZOOM, le=MAX_ZOOM, description="Web-mercator zoom level of the tiles")
+    # Strict numbers: `true` or `"14"` is refused, not read as 1 or 14.
+    zoom: int = Field(ge=MIN_ZOOM, le=MAX_ZOOM, strict=True, description="Web-mercator zoom level of the tiles")
     model: str = Field(default=DEFAULT_MODEL, max_length=100)
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=1024)
-    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=1024, strict=True)
+    priority: int = Field(default=0, ge=-100, le=100, strict=True, description="Higher runs first")
     mode: JobMode = DEFAULT_MODE
 
 
