@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+
+
+# Credentials that can reach a log line: an API key in a query string (`/stream?api_key=…`, as
+# browsers open the stream), a bearer token, or a key by its prefix anywhere.
+_SECRETS = re.compile(r"(api_key=)[^&\s\"']+|(Bearer\s+)[^\s\"']+|\b(cst_)[A-Za-z0-9_-]{6,}", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every credential it holds replaced by `[redacted]`."""
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "[redacted]", text)
+
+
+class _RedactFilter(logging.Filter):
+    """Keys never reach a log file: the formatted message (and an exception's text) is redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
 
 
 class _CorrelationFilter(logging.Filter):
@@ -29,6 +51,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         )
     )
     handler.addFilter(_CorrelationFilter())
+    handler.addFilter(_RedactFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -109,3 +109,19 @@ def test_the_device_timeline_shows_every_batch_and_names_only_the_callers_jobs(c
 
     assert batches(owner) == batches(admin) == [("GPU-T", job_id, 32)] * 3, "the last minute's batches, oldest first"
     assert batches(other) == [("GPU-T", None, 32)] * 3, "the device's work, not whose job"
+
+
+def test_a_refused_stream_says_why_in_a_problem(client, make_account):
+    import pytest
+    from starlette.testclient import WebSocketDenialResponse
+
+    owner, other = make_account(), make_account()
+    job_id = client.post("/jobs", json=job_body(), headers=owner.headers).json()["id"]
+    for url, status, detail in (("/stream?api_key=cst_not-a-key", 401, "not valid"),
+                                (f"/stream?job_id={job_id}&api_key={other.key}", 404, "no job with id")):
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with client.websocket_connect(url):
+                pass
+        response = denied.value
+        assert response.status_code == status and response.headers["content-type"] == PROBLEM
+        assert detail in response.json()["detail"]

@@ -198,6 +198,8 @@ def test_one_socket_carries_several_subscriptions(client, make_account):
         assert next_message(ws)["type"] == "error"  # another account's job: refused, like a 404
         ws.send_json({"type": "subscribe", "topic": "weather"})
         assert next_message(ws)["type"] == "error"
+        ws.send_bytes(b"\x00\x01")  # a binary frame: answered, and the socket goes on
+        assert "binary" in next_message(ws, what="the answer to a binary frame")["detail"]
         client.post(f"/jobs/{first}/cancel", headers=owner.headers)
         ended = next_message(ws)
         assert (ended["job_id"], ended["payload"]["state"]) == (first, "canceled")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from api import access
 from api.accounts.auth import Account, authenticate, key_from_headers
-from api.errors import Problem
+from api.errors import Problem, problem_response
 from api.events.service import Delivered, history
 from api.stream.hub import Subscriber
 from constellation_core.events import Event
@@ -52,7 +52,7 @@ async def stream(
         )
         await _check_job_access(engine, account, job_id)
     except Problem as exc:
-        await websocket.close(code=POLICY_VIOLATION, reason=exc.detail[:120])
+        await _refuse(websocket, exc)
         return
     await websocket.accept()
     subscriber = Subscriber(account=account, job_id=job_id, gpus=gpus)
@@ -70,7 +70,7 @@ async def stream(
     try:
         if after is not None:
             await send(await _history(engine, account, ("job", job_id) if job_id else ("jobs", None), after))
-        control = asyncio.ensure_future(websocket.receive_text())
+        control = asyncio.ensure_future(_receive_control(websocket))
         while True:
             if subscriber.dropped and subscriber.queue.empty():
                 await websocket.close(code=TRY_AGAIN_LATER,
@@ -81,7 +81,7 @@ async def stream(
             if control in done:
                 live.cancel()
                 await send(await _control(websocket, engine, account, subscriber, control.result()))
-                control = asyncio.ensure_future(websocket.receive_text())
+                control = asyncio.ensure_future(_receive_control(websocket))
                 continue
             if not done:
                 live.cancel()
@@ -103,6 +103,25 @@ async def stream(
         hub.remove(subscriber)
 
 
+async def _refuse(websocket: WebSocket, problem: Problem) -> None:
+    """Refuse the handshake with the reason: an HTTP problem+json answer (401, 404) where the server
+    can send one, else a close with code 1008 and the reason."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            problem_response(problem.status, problem.title, problem.detail, instance=websocket.url.path,
+                             headers=problem.headers))
+    else:
+        await websocket.close(code=POLICY_VIOLATION, reason=problem.detail[:120])
+
+
+async def _receive_control(websocket: WebSocket) -> str | None:
+    """The next control message's text; None for a binary frame (answered with an error, not a crash)."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message.get("text")
+
+
 class ControlMessage(BaseModel):
     type: Literal["subscribe", "unsubscribe"]
     topic: Literal["jobs", "job", "logs", "gpus"]
@@ -110,8 +129,12 @@ class ControlMessage(BaseModel):
     after: int | None = Field(default=None, ge=0)
 
 
-async def _control(websocket: WebSocket, engine, account: Account, subscriber: Subscriber, raw: str) -> list[Event]:
+async def _control(websocket: WebSocket, engine, account: Account, subscriber: Subscriber,
+                   raw: str | None) -> list[Event]:
     """Apply one subscribe/unsubscribe message; the history to replay, if it asked for one."""
+    if raw is None:
+        await websocket.send_json({"type": "error", "detail": "binary frames are not understood: send JSON text"})
+        return []
     try:
         message = ControlMessage.model_validate_json(raw)
         if (message.topic in ("job", "logs")) != (message.job_id is not None):
