@@ -15,8 +15,9 @@ from sqlalchemy import func, insert, literal, select, tuple_
 from api import access
 from api.deps import CurrentAccount, EngineDep
 from api.errors import InvalidInput
+from api.jobs.schemas import bounded_nesting
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, decode_cursor, encode_cursor
-from constellation_core.geometry import InvalidGeometry, area_from_geojson, check_nesting
+from constellation_core.geometry import InvalidGeometry, area_from_geojson
 from constellation_core.tables import areas
 
 router = APIRouter(prefix="/areas", tags=["areas"])
@@ -32,14 +33,7 @@ class AreaCreate(BaseModel):
         description="A GeoJSON Polygon/MultiPolygon geometry, or a Feature or FeatureCollection of them "
                     "(their union), in lon/lat (EPSG:4326 / CRS84)")
 
-    @field_validator("geojson", mode="before")
-    @classmethod
-    def _not_too_deep(cls, value: Any) -> Any:
-        try:
-            check_nesting(value)
-        except InvalidGeometry as exc:
-            raise ValueError(str(exc)) from None
-        return value
+    _not_too_deep = field_validator("geojson", mode="before")(bounded_nesting)
 
 
 class AreaPublic(BaseModel):

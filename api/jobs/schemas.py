@@ -9,11 +9,17 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from constellation_core.vocabulary import DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_MODEL, JOB_MODES, JOB_STATES
-from constellation_core.geometry import InvalidGeometry, check_nesting
+from constellation_core.geometry import check_nesting
 from constellation_core.tiles import MAX_ZOOM, MIN_ZOOM
 
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 JobMode = Literal[JOB_MODES]  # type: ignore[valid-type]
+
+
+def bounded_nesting(value: Any) -> Any:
+    """Refuse GeoJSON nested deeper than any area is, before anything walks it recursively."""
+    check_nesting(value)  # InvalidGeometry is a ValueError: a 422 naming the field
+    return value
 
 
 class GeoJSONArea(BaseModel):
@@ -23,14 +29,7 @@ class GeoJSONArea(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str = Field(description="Polygon, MultiPolygon, Feature or FeatureCollection")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _not_too_deep(cls, value: Any) -> Any:
-        try:
-            check_nesting(value)
-        except InvalidGeometry as exc:
-            raise ValueError(str(exc)) from None
-        return value
+    _not_too_deep = model_validator(mode="before")(bounded_nesting)
 
 
 class JobBase(BaseModel):
