@@ -4,8 +4,8 @@ With `make demo` running: `.local/venv/bin/python bench/dispatch_latency.py --jo
 Jobs are submitted one at a time onto an idle stack, so each figure is pure dispatch latency. The
 breakdown comes from Dagster's run record (via Dagit's GraphQL): POST → run created (the dispatch
 sensor), run created → run worker started (queue + launch), worker started → `running` (process
-start-up, imports, the first step), and POST → the job's first inference step on its device (the
-`steps` row, written just before the model loads and the first batch is read).
+start-up, imports, the first step), and POST → the job admitted to its device (the `steps` row the
+op opens for the device worker, which then takes the job's first batch).
 Before each job the bench waits until no Dagster run is active (the export runs of the last job).
 """
 

@@ -8,7 +8,7 @@ other), as the goal is stated:
 
 (also reported: the default two devices, and `--jobs 160`). It waits until Dagster is idle, measures
 the device's bare rate (rasterio read + PyTorch over demo tiles, the model and batch size of the
-jobs, as many torch threads as the device's steps use), submits N small jobs at once (100–300 tiles,
+jobs, as many torch threads as the device's worker uses), submits N small jobs at once (100–300 tiles,
 both modes, priorities −5…5, in a seeded random order), waits for all, and prints from each batch's
 interval on its device (`tile_chunks.started_at/finished_at`):
 - tiles/s over the whole drain (first submission → last batch) ÷ the bare rate (goal ≥ 0.90);
@@ -106,8 +106,8 @@ def main() -> None:
             {"ids": [j[0] for j in jobs]},
         ).all()
         threads = conn.execute(
-            text("SELECT max((metrics->>'torch_threads')::int) FROM steps WHERE job_id = ANY(CAST(:ids AS uuid[]))"),
-            {"ids": [j[0] for j in jobs]},
+            text("SELECT max((spec->>'torch_threads')::int) FROM gpus WHERE uuid = ANY(:uuids)"),
+            {"uuids": list({b.device_uuid for b in batches})},
         ).scalar()
     engine.dispose()
 

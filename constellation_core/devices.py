@@ -7,6 +7,7 @@ hardware.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ class Device:
     kind: str  # "cuda" | "simulated" | "cpu"
     total_mem_mb: int | None = None
     compute_capability: str | None = None
+    # The Ray node a simulated device belongs to, on a cluster's other machines ("" on the local one).
+    node: str = ""
 
     @property
     def simulated(self) -> bool:
@@ -31,8 +34,10 @@ class Device:
     def slug(self) -> str:
         """A short name usable in op and pool names."""
         if self.kind == "cuda":
-            return f"gpu{self.index}"
-        return f"sim{self.index}" if self.simulated else "cpu"
+            slug = f"gpu{self.index}"
+        else:
+            slug = f"sim{self.index}" if self.simulated else "cpu"
+        return f"{slug}_{self.node}" if self.node else slug
 
     @property
     def pool(self) -> str:
@@ -80,8 +85,21 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def simulated_devices(count: int) -> list[Device]:
-    return [Device(uuid=f"SIM-GPU-{i}", index=i, name=f"Simulated GPU {i}", kind="simulated") for i in range(count)]
+def simulated_devices(count: int, node: str = "") -> list[Device]:
+    """Simulated devices of this machine (`node` ""), or of another node of a Ray cluster."""
+    if not node:
+        return [Device(uuid=f"SIM-GPU-{i}", index=i, name=f"Simulated GPU {i}", kind="simulated") for i in range(count)]
+    return [Device(uuid=f"SIM-GPU-{node}-{i}", index=i, name=f"Simulated GPU {i} on node {node}", kind="simulated",
+                   node=node) for i in range(count)]
+
+
+def device_spec(device: Device) -> dict:
+    """What `gpus.spec` stores: enough to rebuild the Device on another process (`from_spec`)."""
+    return dataclasses.asdict(device)
+
+
+def from_spec(spec: dict) -> Device:
+    return Device(**{f.name: spec[f.name] for f in dataclasses.fields(Device) if f.name in spec})
 
 
 CPU_DEVICE = Device(uuid="CPU-0", index=0, name="CPU (no GPU found)", kind="cpu")

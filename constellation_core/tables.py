@@ -88,6 +88,12 @@ gpus = Table(
     Column("compute_capability", Text),
     # Simulated devices compute on the CPU; they are always labelled as such.
     Column("simulated", Boolean, nullable=False, server_default=text("false")),
+    # The machine (Ray node) the device is on, and when its worker or node went away (NULL: serving).
+    Column("host", Text),
+    Column("ray_node_id", Text),
+    Column("gone_at", DateTime(timezone=True)),
+    # The device as its worker described it (`devices.from_spec`): a cluster's pools are built from it.
+    Column("spec", JSONB),
 )
 
 jobs = Table(
@@ -240,7 +246,11 @@ steps = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("tiles", Integer, nullable=False, server_default="0"),
     Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # The model the job's batches run with on this device (the device worker loads each version once).
+    Column("model_version", Text),
+    Column("model_uri", Text),
     Index("steps_gpu_started_idx", "gpu_id", "started_at"),
+    Index("steps_open_idx", "gpu_id", "started_at", postgresql_where=text("finished_at IS NULL")),
     Index("steps_job_id_idx", "job_id"),
 )
 

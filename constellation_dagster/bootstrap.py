@@ -5,7 +5,10 @@ import dagster as dg
 from constellation_core.devices import Device
 from constellation_dagster.models.assets import MODEL_ASSET, ModelTrainingConfig, landcover_model, landcover_model_accuracy
 
-DEFAULT_SLOTS = 1
+# A device's pool limit is how many jobs it holds at once: the one its worker runs and the next, so
+# the worker goes from one job's last batch to the next job's first without waiting for Dagster.
+# The worker still runs one batch at a time (a device is never oversubscribed).
+DEFAULT_SLOTS = 2
 
 
 def set_device_pools(instance: dg.DagsterInstance, devices: list[Device], slots: int = DEFAULT_SLOTS) -> None:

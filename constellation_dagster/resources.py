@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from uuid import UUID
 
 import dagster as dg
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from constellation_core.bus import publisher
 from constellation_core.db import sync_engine
-from constellation_core.devices import Device, cpu_threads, discover
+from constellation_core.devices import Device, device_spec, discover
 from constellation_core.events import Event
-from constellation_core.tables import gpus
+from constellation_core.tables import gpus, jobs, steps, tile_chunks
+from constellation_ray.worker import wake
 
 
 class SystemOfRecord(dg.ConfigurableResource):
@@ -52,25 +55,38 @@ class EventBus(dg.ConfigurableResource):
         publisher(self.nats_url).flush()
 
 
-class GpuFleet(dg.ConfigurableResource):
-    """The devices of this host (NVML GPUs, declared simulated GPUs, or the CPU).
+@dataclass(frozen=True)
+class Followed:
+    """How following a job on a device ended: every batch done (both None), the job or device gone
+    (`stopped_because`), or the device's worker failed a batch (`error`)."""
+    stopped_because: str | None = None
+    error: str | None = None
 
-    Each inference step leases one device: CUDA_VISIBLE_DEVICES is set in the step's process before
-    CUDA starts, so the step sees exactly its GPU (simulated and CPU devices hide every GPU).
+
+class GpuFleet(dg.ConfigurableResource):
+    """The devices, as the code location sees them, and the hand-over of jobs to their workers.
+
+    The device workers (`constellation_ray`, one Ray actor per device) do the inference; an op admits
+    its job to a device (`admit`) and follows it there (`follow`).
     """
 
     simulated_gpus: int | None = None
+    # How often a following op looks at its job's batches, and how long a device may be gone (its
+    # worker or node died) before the op stops waiting for it.
+    poll_seconds: float = 0.2
+    gone_grace_seconds: float = 15.0
 
     def devices(self) -> list[Device]:
         return discover(self.simulated_gpus)
 
-    def sync(self, conn: Connection) -> dict[str, UUID]:
-        """Keep the `gpus` table current; return device uuid → gpus.id."""
+    def sync(self, conn: Connection, devices: list[Device] | None = None) -> dict[str, UUID]:
+        """Make sure each device has its `gpus` row (its worker adds its host and presence); return
+        device uuid → gpus.id."""
         ids = {}
-        for device in self.devices():
+        for device in devices if devices is not None else self.devices():
             statement = pg_insert(gpus).values(
                 uuid=device.uuid, name=device.label, total_mem_mb=device.total_mem_mb,
-                compute_capability=device.compute_capability, simulated=device.simulated,
+                compute_capability=device.compute_capability, simulated=device.simulated, spec=device_spec(device),
             )
             statement = statement.on_conflict_do_update(
                 index_elements=[gpus.c.uuid],
@@ -79,21 +95,40 @@ class GpuFleet(dg.ConfigurableResource):
             ids[device.uuid] = conn.execute(statement).scalar_one()
         return ids
 
-    @contextmanager
-    def lease(self, device: Device) -> Iterator[str]:
-        """Narrow this process to `device`; yields the torch device string to use."""
-        previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(device.index) if device.kind == "cuda" else ""
-        if device.kind != "cuda":
-            # Simulated devices share the host's cores: each gets its share of torch's threads
-            # rather than every step oversubscribing all of them.
-            import torch
+    def admit(self, conn: Connection, *, job_id: UUID, run_id: UUID, device: Device, step_key: str,
+              model_version: str, model_uri: str) -> UUID:
+        """Open the job's step on the device and wake the device's worker (at commit)."""
+        gpu_id = self.sync(conn, [device])[device.uuid]
+        worker_pid = conn.execute(select(gpus.c.spec["worker_pid"].as_integer()).where(gpus.c.id == gpu_id)).scalar()
+        step_id = conn.execute(
+            pg_insert(steps).values(
+                job_id=job_id, run_id=run_id, gpu_id=gpu_id, step_key=step_key, pid=worker_pid or os.getpid(),
+                model_version=model_version, model_uri=model_uri,
+            ).returning(steps.c.id)
+        ).scalar_one()
+        wake(conn, device.uuid)
+        return step_id
 
-            torch.set_num_threads(cpu_threads(self.devices()))
-        try:
-            yield device.torch_device
-        finally:
-            if previous is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = previous
+    def follow(self, db: SystemOfRecord, step_id: UUID, job_id: UUID, device: Device) -> Followed:
+        """Wait until none of the job's batches is pending, the job is no longer running, the step
+        failed on the device, or the device has been gone for `gone_grace_seconds`."""
+        pending = (select(tile_chunks.c.chunk_no)
+                   .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending").exists())
+        query = (
+            select(pending.label("pending"), jobs.c.state, steps.c.metrics["error"].astext.label("error"),
+                   (func.extract("epoch", func.now() - gpus.c.gone_at)).label("gone_for"))
+            .select_from(steps.join(jobs, jobs.c.id == steps.c.job_id).join(gpus, gpus.c.id == steps.c.gpu_id))
+            .where(steps.c.id == step_id)
+        )
+        while True:
+            with db.engine.connect() as conn:
+                row = conn.execute(query).one()
+            if row.error:
+                return Followed(error=row.error)
+            if row.state != "running":
+                return Followed(stopped_because=f"stopped, the job is {row.state}")
+            if not row.pending:
+                return Followed()
+            if row.gone_for is not None and row.gone_for > self.gone_grace_seconds:
+                return Followed(stopped_because=f"{device.label} is gone; the job's other devices take its batches")
+            time.sleep(self.poll_seconds)

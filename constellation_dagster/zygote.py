@@ -1,9 +1,9 @@
-"""The warm run-worker zygote: a process that has already imported Dagster, our code and PyTorch,
-and forks one child per Dagster run.
+"""The warm run-worker zygote: a process that has already imported Dagster and our code, and forks
+one child per Dagster run.
 
-A stock Dagster run worker is a fresh interpreter (`dagster api execute_run`) that imports Dagster,
-loads the code location and, for us, PyTorch and rasterio: 3–5 s before the first op starts on this
-machine. Forking from a process that has done all of that takes milliseconds; the child then runs the
+A stock Dagster run worker is a fresh interpreter (`dagster api execute_run`) that imports Dagster and
+loads the code location before its first op starts (the model and PyTorch live in the device workers,
+`constellation_ray`, not in run workers). Forking from a process that has done all of that takes milliseconds; the child then runs the
 run exactly as `dagster api execute_run` would (`_execute_run_command_body`: run monitoring, engine
 events and SIGINT as the cancel signal all behave the same).
 
@@ -29,13 +29,7 @@ import sys
 from typing import Any
 
 # What run workers and their step processes find imported (the zygote and its forkserver preload them).
-WARM_MODULES = (
-    "torch",
-    "rasterio",
-    "constellation_dagster.definitions",
-    "constellation_core.inference.model",
-    "constellation_core.inference.imagery",
-)
+WARM_MODULES = ("constellation_dagster.definitions",)
 
 # What a run worker imports beyond the code location (Dagster's run-execution machinery).
 RUN_WORKER_MODULES = ("dagster._cli.api", "dagster._core.execution.api", "dagster._core.instance")

@@ -140,6 +140,24 @@ def gpu_agent(interval: Annotated[float, typer.Option(help="Seconds between samp
 
 
 @app.command()
+def device_workers() -> None:
+    """Start a local Ray (or join the cluster at RAY_ADDRESS) and keep one device worker per device."""
+    from constellation_core.devices import discover
+    from constellation_core.logs import configure_logging
+    from constellation_ray.host import HostConfig, serve
+
+    settings = get_settings()
+    configure_logging("device-host", settings.log_level)
+    config = HostConfig(
+        database_url=settings.sync_database_url, nats_url=settings.nats_url,
+        demo_imagery_dir=str(settings.local_dir / "imagery"), ray_address=os.environ.get("RAY_ADDRESS") or None,
+    )
+    where = f"the Ray cluster at {config.ray_address}" if config.ray_address else "a local Ray"
+    typer.echo(f"device-workers: starting {where}")
+    serve(config, discover())
+
+
+@app.command()
 def dispatcher() -> None:
     """Launch a Dagster run the moment a job is queued (the dispatch sensor reconciles behind it)."""
     import asyncio
@@ -233,6 +251,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
                  priority=30, log_dir=log_dir),
         _program("gpu-agent", f"{dev} wait-ready {dev} gpu-agent", priority=30, log_dir=log_dir),
         _program("dispatcher", f"{dev} wait-ready {dev} dispatcher", priority=30, log_dir=log_dir),
+        _program("device-workers", f"{dev} wait-ready {dev} device-workers", priority=30, log_dir=log_dir),
         _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30, log_dir=log_dir),
         _program(
             "dagster-webserver",

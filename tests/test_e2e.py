@@ -7,9 +7,7 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,16 +16,14 @@ from websockets.sync.client import connect as ws_connect
 
 from dagster import DagsterInstance
 
-from constellation_core.devices import SIMULATED_ENV, simulated_devices
-from constellation_core.settings import REPO_ROOT, get_settings
-from constellation_dagster.bootstrap import ensure_model
-from constellation_dagster.models.assets import ModelTrainingConfig
-from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
+from constellation_core.devices import simulated_devices
+from constellation_core.settings import REPO_ROOT
 from constellation_core.vocabulary import TERMINAL_JOB_STATES
-from constellation_core.waiting import Timeout, free_port, wait_for
+from constellation_core.waiting import Timeout, wait_for
 from constellation_core.accounts import create_account, issue_api_key
-from tests.conftest import AccountKey, fresh_database_url
-from tests.processes import BIN, ManagedProcess
+from tests.conftest import AccountKey
+from tests.e2e_stack import running_stack
+from tests.processes import BIN
 from tests.samples import GENEVA
 
 pytestmark = pytest.mark.e2e
@@ -39,60 +35,9 @@ REDISPATCH_AFTER_S = 2
 
 @pytest.fixture(scope="module")
 def stack(pg_admin_url, nats_url, migrated_template):
-    tmp = Path(tempfile.mkdtemp(prefix="constellation-e2e-"))
-    # Its own system-of-record database, so the daemon only sees this module's jobs.
-    database_url = fresh_database_url(pg_admin_url, "constellation_e2e", migrated_template)
-    dagster_url = fresh_database_url(pg_admin_url, "dagster_test").replace("+psycopg", "+psycopg2")
-    home = prepare_dagster_home(tmp / "dagster_home")
-    local_dir = tmp / "local"
-    patch = pytest.MonkeyPatch()
-    # Two simulated devices, scheduled like GPUs (own pools), computing on the CPU.
-    patch.setenv(SIMULATED_ENV, str(len(SIMULATED)))
-    patch.setenv("CONSTELLATION_LOCAL_DIR", str(local_dir))
-    get_settings.cache_clear()
-    init_dagster_storage(home, dagster_url, train_model=False)
-    with DagsterInstance.from_config(str(home)) as instance:
-        ensure_model(instance, ModelTrainingConfig(epochs=3, train_patches=2000))
-    api_port, dagit_port, usage_port = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "NATS_URL": nats_url,
-        "DAGSTER_PG_URL": dagster_url,
-        "DAGSTER_HOME": str(home),
-        "DAGIT_PORT": str(dagit_port),
-        "USAGE_PORT": str(usage_port),
-        "PYTHONUNBUFFERED": "1",
-        "CONSTELLATION_REDISPATCH_AFTER_S": str(REDISPATCH_AFTER_S),
-    }
-    processes = [
-        ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp),
-        ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)], env, tmp),
-        ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp),
-        ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], env, tmp),
-        ManagedProcess("gpu-agent", [str(BIN / "constellation-dev"), "gpu-agent"], env, tmp),
-        ManagedProcess(
-            "dagster-webserver",
-            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(dagit_port)],
-            env, tmp,
-        ),
-    ]
-    try:
-        for process in processes:
-            process.start()
-        api = f"http://127.0.0.1:{api_port}"
-        wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=60, what="API ready")
-        yield {"api": api, "ws": f"ws://127.0.0.1:{api_port}", "dagit": f"http://127.0.0.1:{dagit_port}",
-               "processes": processes, "database_url": database_url, "dagster_home": str(home),
-               "local_dir": local_dir}
-    finally:
-        for process in processes:
-            if not process.alive():
-                print(f"--- {process.name} exited early; its log:\n{process.log_tail()}")
-            process.stop()
-        patch.undo()  # later modules must not inherit this module's environment
-        get_settings.cache_clear()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with running_stack(pg_admin_url, nats_url, migrated_template, simulated=len(SIMULATED),
+                       env={"CONSTELLATION_REDISPATCH_AFTER_S": str(REDISPATCH_AFTER_S)}) as running:
+        yield running
 
 
 def _step_timeline(stack, job_ids: list[str]) -> str:
@@ -257,8 +202,13 @@ def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):
     engine = create_engine(stack["database_url"])
     with engine.connect() as conn:
         step_rows = conn.execute(
-            text("SELECT s.job_id::text AS job_id, g.uuid AS device, g.simulated, s.started_at, s.finished_at "
-                 "FROM steps s JOIN gpus g ON g.id = s.gpu_id WHERE s.job_id = ANY(:ids) ORDER BY s.started_at"),
+            text("SELECT s.job_id::text AS job_id, g.uuid AS device, g.simulated, s.finished_at "
+                 "FROM steps s JOIN gpus g ON g.id = s.gpu_id WHERE s.job_id = ANY(:ids)"),
+            {"ids": list(submitted)},
+        ).all()
+        batches = conn.execute(
+            text("SELECT job_id::text AS job_id, chunk_no, device_uuid AS device, started_at, finished_at "
+                 "FROM tile_chunks WHERE job_id = ANY(:ids) ORDER BY started_at"),
             {"ids": list(submitted)},
         ).all()
         duplicates = conn.execute(
@@ -267,22 +217,24 @@ def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):
         ).scalar_one()
     engine.dispose()
 
-    # No device ever ran two inference steps at once (one slot per device pool).
+    # No device ever ran two batches at once (its worker runs one at a time, whatever its pool holds).
+    assert all(r.simulated and r.finished_at is not None for r in step_rows)
     by_device: dict[str, list] = {}
-    for row in step_rows:
-        assert row.simulated and row.finished_at is not None
-        by_device.setdefault(row.device, []).append(row)
+    for batch in batches:
+        assert batch.finished_at is not None, batch
+        by_device.setdefault(batch.device, []).append(batch)
     assert set(by_device) == {d.uuid for d in SIMULATED}
     for device, intervals in by_device.items():
         for earlier, later in zip(intervals, intervals[1:]):
             assert later.started_at >= earlier.finished_at, (
-                f"{device} ran two steps at once: {earlier} / {later}\n"
+                f"{device} ran two batches at once: {earlier} / {later}\n"
                 f"{_step_timeline(stack, [earlier.job_id, later.job_id])}\n{_dump_logs(stack)}")
 
-    devices_per_job = {job_id: {r.device for r in step_rows if r.job_id == job_id} for job_id in submitted}
+    # A parallel job is admitted to every device, a serial job to one; batches run only where admitted.
+    admitted = {job_id: {r.device for r in step_rows if r.job_id == job_id} for job_id in submitted}
     for job_id, mode in submitted.items():
-        expected = len(SIMULATED) if mode == "parallel" else 1
-        assert len(devices_per_job[job_id]) == expected, (mode, devices_per_job[job_id])
+        assert len(admitted[job_id]) == (len(SIMULATED) if mode == "parallel" else 1), (mode, admitted[job_id])
+        assert {b.device for b in batches if b.job_id == job_id} <= admitted[job_id]
     assert duplicates == 0
 
 
@@ -311,10 +263,11 @@ def _wait_terminal(stack, account, job_id, timeout=JOB_DEADLINE_S * 2) -> dict:
 
 
 def _busy_step(engine, job_id):
-    """The open inference step of a job that has already stored some results."""
+    """An open step of a job that has already stored some results: its device and its worker's pid."""
     with engine.connect() as conn:
         return conn.execute(
-            text("SELECT s.pid, g.uuid AS device FROM steps s JOIN gpus g ON g.id = s.gpu_id "
+            text("SELECT (g.spec->>'worker_pid')::int AS pid, g.uuid AS device FROM steps s "
+                 "JOIN gpus g ON g.id = s.gpu_id "
                  "JOIN jobs j ON j.id = s.job_id "
                  "WHERE s.job_id = :id AND s.finished_at IS NULL AND j.tiles_done > 0 LIMIT 1"),
             {"id": job_id},
@@ -330,7 +283,9 @@ def _result_counts(engine, job_id):
         ).one()
 
 
-def test_sigkill_of_a_step_process_loses_and_duplicates_no_tile(stack):
+def test_sigkill_of_a_device_worker_loses_and_duplicates_no_tile(stack):
+    """The worker dies with batches in hand: they roll back and run again (on the other device, or on
+    the worker Ray starts again); the job succeeds with every tile once."""
     account = account_in(stack["database_url"], "e2e-kill-step")
     engine = create_engine(stack["database_url"])
     job_id = _submit(stack, account, mode="parallel")
@@ -347,10 +302,12 @@ def test_sigkill_of_a_step_process_loses_and_duplicates_no_tile(stack):
 def test_killing_the_run_worker_ends_the_job_and_frees_the_device(stack):
     account = account_in(stack["database_url"], "e2e-kill-worker")
     engine = create_engine(stack["database_url"])
-    job_id = _submit(stack, account, mode="serial")  # in-process: the step runs in the run worker
+    job_id = _submit(stack, account, mode="serial")  # in-process: the op follows the job in the run worker
     step = wait_for(lambda: _busy_step(engine, job_id), timeout=JOB_DEADLINE_S, what="a busy step", interval=0.05)
     run_id = _job(stack, account, job_id)["dagster_run_id"]
-    os.kill(step.pid, signal.SIGKILL)
+    with DagsterInstance.from_config(stack["dagster_home"]) as instance:
+        worker_pid = int(instance.get_run_by_id(run_id).tags["constellation/run_worker"].split(":")[0])
+    os.kill(worker_pid, signal.SIGKILL)
 
     job = _wait_terminal(stack, account, job_id)
     counts = _result_counts(engine, job_id)
@@ -394,8 +351,8 @@ def test_cancel_a_running_job_frees_its_devices(stack):
     wait_for(steps_done, timeout=30, what="the canceled job's steps to stop", interval=0.2)
     counts = _result_counts(engine, job_id)
     engine.dispose()
-    # Each step stops with the batches it has in hand: one computing, one committing (the pipeline).
-    assert counts.results <= done_at_cancel + 2 * 8 * len(SIMULATED), (done_at_cancel, counts)
+    # Each device commits at most the batch it was committing: a batch of a canceled job is not stored.
+    assert counts.results <= done_at_cancel + 8 * len(SIMULATED), (done_at_cancel, counts)
     assert _job(stack, account, job_id)["state"] == "canceled"
 
     next_job = _submit(stack, account, mode="serial", zoom=14)

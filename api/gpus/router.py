@@ -5,7 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -26,7 +26,11 @@ class GpuPublic(BaseModel):
     simulated: bool = Field(description="Scheduled like a GPU but computes on the CPU (no NVIDIA GPU here)")
     total_mem_mb: int | None
     compute_capability: str | None
-    busy: bool = Field(description="An inference step holds the device now")
+    host: str | None = Field(description="The machine (Ray node) the device is on; null until its worker starts")
+    state: Literal["serving", "gone"] = Field(
+        description="`serving`: a device worker runs on it; `gone`: its worker or its node died (see `gone_at`)")
+    gone_at: datetime | None = Field(description="When the device's worker or node went away")
+    busy: bool = Field(description="A job is admitted to the device now")
     job_ids: list[UUID] = Field(description="Jobs on the device now that the caller may see (admins: all; members: their own)")
     latest: GpuSample | None = Field(description="The latest telemetry sample (1 Hz), if one arrived")
 
@@ -48,6 +52,7 @@ async def list_gpus(request: Request, account: CurrentAccount, engine: EngineDep
         result.append(GpuPublic(
             uuid=device["uuid"], name=device["name"], simulated=device["simulated"],
             total_mem_mb=device["total_mem_mb"], compute_capability=device["compute_capability"],
+            host=device["host"], state="gone" if device["gone_at"] else "serving", gone_at=device["gone_at"],
             busy=bool(on_device), job_ids=[h.job_id for h in on_device if access.may_see(account, h.account_id)],
             latest=access.device_sample(account, sample) if sample is not None else None,
         ))

@@ -1,16 +1,19 @@
-"""Tile-inference jobs, built from the devices of this host.
+"""Tile-inference jobs, built from the devices the device workers serve.
 
-- `tile_inference` (mode `parallel`): plan, then one inference step per device, each in its device's
-  pool, all stealing batches from the job's queue; the multiprocess executor runs them side by side.
+- `tile_inference` (mode `parallel`): plan, then one step per device, each in its device's pool,
+  admitting the job to that device's worker; the workers share out the job's batches.
 - `tile_inference_on_<device>` (mode `serial`): the same, on one device; in-process (no step start-up).
 
 A step's pool is fixed when the job is defined, so the device of a serial job is chosen by choosing
 the job (the dispatch sensor does that), never by run tags.
 """
 
-import dagster as dg
+import os
 
-from constellation_core.devices import Device, discover
+import dagster as dg
+from sqlalchemy import select
+
+from constellation_core.devices import Device, discover, from_spec
 from constellation_dagster.inference.ops import make_infer_op, plan_tiles, summarise
 from constellation_dagster.zygote import WARM_MODULES
 
@@ -59,8 +62,30 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
     return parallel, {d.uuid: serial_job(d) for d in devices}
 
 
-# The graph's shape depends on the host's devices, so they are discovered when the code location
-# loads (CONSTELLATION_SIMULATED_GPUS, else NVML, else the CPU).
-DEVICES = discover()
+def code_location_devices() -> list[Device]:
+    """The devices to build pools and ops for, when the code location loads.
+
+    With a local Ray (the default) these are this machine's (CONSTELLATION_SIMULATED_GPUS, else NVML,
+    else the CPU): exactly the devices its workers serve. On a cluster (`RAY_ADDRESS`), the devices
+    its workers registered and still serve; a node that joins later needs a code-location reload
+    (Dagit → Deployment → Reload) for its pools.
+    """
+    if not os.environ.get("RAY_ADDRESS"):
+        return discover()
+    from constellation_core.db import sync_engine
+    from constellation_core.tables import gpus
+
+    engine = sync_engine(os.environ["DATABASE_URL"])
+    with engine.connect() as conn:
+        specs = conn.execute(select(gpus.c.spec).where(gpus.c.gone_at.is_(None), gpus.c.spec.is_not(None))
+                             .order_by(gpus.c.uuid)).scalars().all()
+    if not specs:
+        raise RuntimeError("RAY_ADDRESS is set but no device worker has registered a device yet: start "
+                           "`constellation-dev device-workers` against the cluster first")
+    return [from_spec(spec) for spec in specs]
+
+
+# The graph's shape depends on the devices, so they are found when the code location loads.
+DEVICES = code_location_devices()
 tile_inference, serial_jobs = build_jobs(DEVICES)
 ALL_JOBS = [tile_inference, *serial_jobs.values()]

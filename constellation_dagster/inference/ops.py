@@ -4,24 +4,17 @@ No `from __future__ import annotations` here: Dagster reads the annotations at d
 """
 
 import math
-import os
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import dagster as dg
-import numpy as np
 from shapely import wkt
-from sqlalchemy import Connection, RootTransaction, func, select, update
+from sqlalchemy import Connection, func, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from constellation_core.devices import Device, energy_counter_mj
+from constellation_core.devices import Device
 from constellation_core.events import record_event, transition_job
-from constellation_core.settings import get_settings
-from constellation_core.tables import gpus as gpus_table
-from constellation_core.tables import jobs, runs, steps, tile_chunks, tile_results, tiles
+from constellation_core.tables import jobs, runs, steps, tile_chunks, tiles
 from constellation_core.tiles import plan_tiles as plan_tile_grid
 from constellation_core.vocabulary import DEFAULT_BATCH_SIZE
 from constellation_dagster.models.assets import latest_model
@@ -38,11 +31,9 @@ class TileJobConfig(dg.Config):
     job_id: str
 
 
-def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, bus: EventBus,
-              gpus: GpuFleet) -> UUID:
-    """Mark the job running, record this Dagster run in `runs`, refresh the `gpus` table."""
+def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, bus: EventBus) -> UUID:
+    """Mark the job running and record this Dagster run in `runs`."""
     with db.begin() as conn:
-        gpus.sync(conn)
         run_id = conn.execute(
             pg_insert(runs)
             .values(job_id=job_id, dagster_run_id=context.run_id, state="running")
@@ -61,15 +52,14 @@ def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, 
     out={"run_id": dg.Out(UUID, description="The `runs` row of this Dagster run"),
          "planned": dg.Out(int, description="Tiles planned")},
 )
-def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
-               gpus: GpuFleet):
+def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus):
     """Start the run (job `running`, the run in `runs`), then cover the job's area with web-mercator
     tiles at its zoom and store each with its footprint, in chunks of the job's batch size.
 
     One op rather than two: each op of the parallel job is a process of its own, and the device
     waits for all of them. Idempotent: a retried run finds its tiles already there."""
     job_id = UUID(config.job_id)
-    run_id = start_run(context, job_id, db, bus, gpus)
+    run_id = start_run(context, job_id, db, bus)
     with db.begin() as conn:
         job = conn.execute(
             select(jobs.c.zoom, jobs.c.account_id, jobs.c.params, func.ST_AsText(jobs.c.aoi).label("aoi"))
@@ -104,92 +94,88 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
 
 
 def make_infer_op(device: Device) -> dg.OpDefinition:
-    """One op per device, in that device's pool: Dagster never runs more of them at once, across
-    all runs, than the pool has slots."""
+    """One op per device, in that device's pool: the pool's limit is how many jobs the device holds
+    at once (its queue; the device worker runs one batch at a time, the highest-priority job's first)."""
 
     @dg.op(
         name=f"infer_on_{device.slug}",
         pool=device.pool,
         retry_policy=INFERENCE_RETRY,
-        description=f"Run the CNN over the job's pending tile batches on {device.label}.",
+        description=f"Hand the job's tile batches to the device worker of {device.label} and follow them.",
         tags={"constellation/device": device.uuid},
-        out=dg.Out(int, description="Tiles this step inferred"),
+        out=dg.Out(int, description="Tiles this device inferred for the job"),
     )
     def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
               gpus: GpuFleet, run_id: UUID, planned: int) -> int:
-        return infer_pending_batches(context, UUID(config.job_id), run_id, device, db, bus, gpus)
+        return infer_on_device(context, UUID(config.job_id), run_id, device, db, bus, gpus)
 
     return infer
 
 
-def infer_pending_batches(context: dg.OpExecutionContext, job_id: UUID, run_id: UUID, device: Device,
-                          db: SystemOfRecord, bus: EventBus, gpus: GpuFleet) -> int:
-    """Claim pending batches one at a time (work stealing) until none is left or the job ends.
+def infer_on_device(context: dg.OpExecutionContext, job_id: UUID, run_id: UUID, device: Device,
+                    db: SystemOfRecord, bus: EventBus, gpus: GpuFleet) -> int:
+    """Admit the job to the device (its `steps` row, with the model to use), wake the device's worker,
+    and follow the job until none of its batches is pending, the job ends, or the device is lost.
 
-    The step's interval on the device is recorded in `steps`, finished even when the step fails.
+    The step is closed with its figures from the batches' intervals on the device, also on failure.
     """
-    from constellation_core.inference.imagery import TileReader, ensure_demo_scene
-    from constellation_core.inference.model import TileClassifier
-
     model_path, model_version = latest_model(context.instance)
     with db.begin() as conn:
-        # plan_tiles synced the gpus table moments ago; a lookup is enough (sync if it is missing).
-        gpu_id = conn.execute(select(gpus_table.c.id).where(gpus_table.c.uuid == device.uuid)).scalar_one_or_none()
-        gpu_id = gpu_id or gpus.sync(conn)[device.uuid]
-        job = conn.execute(select(jobs.c.account_id, jobs.c.params, jobs.c.tiles_total).where(jobs.c.id == job_id)).one()
-    imagery = job.params.get("imagery") or str(ensure_demo_scene(get_settings().local_dir / "imagery"))
-    with gpus.lease(device) as torch_device:
+        job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
+        step_id = gpus.admit(conn, job_id=job_id, run_id=run_id, device=device, step_key=context.op_handle.name,
+                             model_version=model_version, model_uri=str(model_path))
+        bus.publish([_log(conn, job, job_id, run_id, f"{device.label}: admitted (model {model_version})")])
+    outcome, error = None, None
+    try:
+        outcome = gpus.follow(db, step_id, job_id, device)
+        if outcome.error:
+            raise dg.Failure(description=outcome.error)
+    except BaseException as exc:
+        error = error or repr(exc)
+        raise
+    finally:
         with db.begin() as conn:
-            step_id = conn.execute(
-                pg_insert(steps).values(
-                    job_id=job_id, run_id=run_id, gpu_id=gpu_id, step_key=context.op_handle.name,
-                    pid=os.getpid(), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-                ).returning(steps.c.id)
-            ).scalar_one()
-            bus.publish([_log(conn, job, job_id, run_id, f"{device.label}: inference step started "
-                                                         f"(model {model_version}, pid {os.getpid()})")])
-        started = time.perf_counter()
-        energy_at_start = energy_counter_mj(device)
-        batches = BatchRunner(job_id, run_id, job.account_id, job.tiles_total, device, gpu_id, model_version)
-        error = None
-        try:
-            classifier = TileClassifier(model_path, torch_device)
-            with TileReader(imagery) as reader:
-                batches.run(db, reader, classifier, started, lambda event: bus.publish([event]))
-        except Exception as exc:
-            error = repr(exc)
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            energy_at_end = energy_counter_mj(device)
-            energy_j = (round((energy_at_end - energy_at_start) / 1000, 3)
-                        if energy_at_start is not None and energy_at_end is not None else None)
-            summary = (f"{device.label}: {batches.inferred} tiles in {elapsed:.1f} s "
-                       f"({batches.inferred / elapsed if elapsed else 0:.0f} tiles/s)")
-            if batches.stopped_because:
-                summary += f"; stopped, the job is {batches.stopped_because}"
+            figures = close_step(conn, step_id, job_id, device, error)
+            summary = (f"{device.label}: {figures['tiles']} tiles in {figures['compute_seconds']:.2f} s on the device "
+                       f"({figures['tiles_per_s'] or 0:.0f} tiles/s)")
+            if outcome is not None and outcome.stopped_because:
+                summary += f"; {outcome.stopped_because}"
             if error:
                 summary += f"; failed: {error}"
-            # The step's figures and its summary line in one transaction; one flush publishes the
-            # batches' events and the summary (the publisher keeps their order).
-            with db.begin() as conn:
-                conn.execute(
-                    update(steps).where(steps.c.id == step_id).values(
-                        finished_at=func.clock_timestamp(), tiles=batches.inferred,
-                        metrics={"seconds": round(elapsed, 3), "compute_seconds": round(batches.compute_s, 3),
-                                 "tiles_per_s": round(batches.inferred / elapsed, 2) if elapsed else None,
-                                 "peak_mem_mb": _peak_memory_mb(torch_device), "energy_joules": energy_j,
-                                 "torch_threads": _torch_threads(), "error": error,
-                                 # wall-clock bounds of the work on the device (device-idle bench)
-                                 "first_batch_at": batches.first_batch_at, "last_batch_at": batches.last_batch_at},
-                    )
-                )
-                summary_event = _log(conn, job, job_id, run_id, summary, level="error" if error else "info")
-            bus.publish([summary_event], flush=True)
+            summary_event = _log(conn, job, job_id, run_id, summary, level="error" if error else "info")
+        bus.publish([summary_event], flush=True)
     context.log.info(summary)
-    context.add_output_metadata({"tiles": batches.inferred, "device": device.label, "seconds": round(elapsed, 2),
-                                 "model_version": model_version})
-    return batches.inferred
+    context.add_output_metadata({"tiles": figures["tiles"], "device": device.label,
+                                 "compute_seconds": figures["compute_seconds"], "model_version": model_version})
+    return figures["tiles"]
+
+
+def close_step(conn: Connection, step_id: UUID, job_id: UUID, device: Device, error: str | None) -> dict:
+    """End the step; its figures come from the job's batches on the device (the worker counted its tiles)."""
+    batches = conn.execute(
+        select(
+            func.count().label("batches"),
+            func.coalesce(func.sum(func.extract("epoch", tile_chunks.c.finished_at - tile_chunks.c.started_at)), 0)
+            .label("compute_s"),
+            func.min(tile_chunks.c.started_at).label("first"), func.max(tile_chunks.c.finished_at).label("last"),
+        ).where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "done",
+                tile_chunks.c.device_uuid == device.uuid)
+    ).one()
+    step = conn.execute(select(steps.c.tiles, steps.c.metrics).where(steps.c.id == step_id)).one()
+    compute_s = float(batches.compute_s)
+    figures = {
+        "tiles": step.tiles,
+        "batches": batches.batches,
+        "compute_seconds": round(compute_s, 3),
+        "tiles_per_s": round(step.tiles / compute_s, 2) if compute_s else None,
+        "error": error or step.metrics.get("error"),
+        # wall-clock bounds of the job's work on the device (device-idle bench)
+        "first_batch_at": batches.first.timestamp() if batches.first else None,
+        "last_batch_at": batches.last.timestamp() if batches.last else None,
+    }
+    conn.execute(update(steps).where(steps.c.id == step_id)
+                 .values(finished_at=func.clock_timestamp(), metrics=steps.c.metrics.op("||")(literal(figures, JSONB))))
+    return figures
 
 
 def _log(conn: Connection, job, job_id: UUID, run_id: UUID, message: str, level: str = "info"):
@@ -197,178 +183,37 @@ def _log(conn: Connection, job, job_id: UUID, run_id: UUID, message: str, level:
                         payload={"level": level, "message": message})
 
 
-@dataclass
-class ClaimedBatch:
-    """A pending batch locked in its own open transaction, its tiles read from the imagery."""
-    conn: Connection
-    transaction: RootTransaction
-    chunk_no: int
-    tiles: list
-    images: np.ndarray
-
-    def close(self) -> None:
-        if self.transaction.is_active:
-            self.transaction.rollback()  # the batch is pending again, for any device
-        self.conn.close()
-
-
-class BatchRunner:
-    """Infers a job's pending batches, pipelined so the device never waits on the database.
-
-    Commits overlap the work: while a writer thread commits batch k's results, this thread claims
-    batch k+1 (row lock, `SKIP LOCKED`), reads its tiles and runs the model on them. Each batch stays
-    locked in its own transaction until its results, its `done` mark and its progress event commit
-    together: a crash at any point leaves it pending, never half-written, never doubled.
-    """
-
-    def __init__(self, job_id: UUID, run_id: UUID, account_id: UUID, tiles_total: int, device: Device,
-                 gpu_id: UUID, model_version: str) -> None:
-        self.job_id, self.run_id, self.account_id, self.tiles_total = job_id, run_id, account_id, tiles_total
-        self.device, self.gpu_id, self.model_version = device, gpu_id, model_version
-        self.inferred = 0
-        self.compute_s = 0.0
-        self.first_batch_at: float | None = None
-        self.last_batch_at: float | None = None
-        self.stopped_because: str | None = None
-
-    def run(self, db: SystemOfRecord, reader, classifier, started: float, publish) -> None:
-        """Infer until no batch is pending or the job is no longer running; `publish` gets each
-        batch's progress event, in order."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-commit") as writer:
-            writing = None
-            try:
-                while (batch := self.claim(db, reader)) is not None:
-                    began = datetime.now(UTC)
-                    if self.first_batch_at is None:
-                        self.first_batch_at = began.timestamp()
-                    t0 = time.perf_counter()
-                    classes, confidences = classifier.predict(batch.images)
-                    batch_s = time.perf_counter() - t0
-                    self.compute_s += batch_s
-                    ended = began + timedelta(seconds=batch_s)
-                    self.last_batch_at = ended.timestamp()
-                    if writing is not None:
-                        publish(writing.result())  # at most one commit in flight: progress stays ordered
-                    writing = writer.submit(self.commit, batch, classes, confidences, (began, ended), started)
-                if writing is not None:
-                    publish(writing.result())
-                    writing = None
-            finally:
-                if writing is not None:
-                    writing.exception()  # let an in-flight commit end (it closes its batch either way)
-
-    def claim(self, db: SystemOfRecord, reader) -> ClaimedBatch | None:
-        """Lock the next pending batch and read its tiles; None when there is none or the job ended."""
-        job_id = self.job_id
-        conn = db.engine.connect()
-        transaction = conn.begin()
-        try:
-            # One round trip: lock the first pending batch of a running job and fetch its tiles.
-            chunk = (
-                select(tile_chunks.c.chunk_no)
-                .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending",
-                       select(jobs.c.id).where(jobs.c.id == job_id, jobs.c.state == "running").exists())
-                .order_by(tile_chunks.c.chunk_no).limit(1).with_for_update(skip_locked=True)
-                .cte("chunk")
-            )
-            batch = conn.execute(
-                select(chunk.c.chunk_no, tiles.c.z, tiles.c.x, tiles.c.y)
-                .join(tiles, (tiles.c.job_id == job_id) & (tiles.c.chunk_no == chunk.c.chunk_no))
-                .order_by(tiles.c.z, tiles.c.x, tiles.c.y)
-            ).all()
-            if not batch:
-                state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
-                if state != "running":
-                    self.stopped_because = state
-                conn.close()
-                return None
-            chunk_no = batch[0].chunk_no
-            images = np.stack([reader.read(t.z, t.x, t.y) for t in batch])
-            return ClaimedBatch(conn, transaction, chunk_no, batch, images)
-        except BaseException:
-            conn.close()
-            raise
-
-    def commit(self, batch: ClaimedBatch, classes, confidences, interval: tuple[datetime, datetime], started: float):
-        """Store the batch's results, mark it done with its interval on the device, count progress;
-        commit; the progress event (which carries the batch's interval: the live device timeline)."""
-        job_id, conn = self.job_id, batch.conn
-        began, ended = interval
-        batch_s = (ended - began).total_seconds()
-        try:
-            # Already-stored results (from a step that died after its commit) are kept, never doubled.
-            inserted = len(conn.execute(
-                pg_insert(tile_results)
-                .values([
-                    {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "run_id": self.run_id, "class": c,
-                     "confidence": p, "inference_ms": batch_s * 1000 / len(batch.tiles), "device": self.device.label,
-                     "gpu_id": self.gpu_id, "model_version": self.model_version}
-                    for t, c, p in zip(batch.tiles, classes, confidences)
-                ])
-                .on_conflict_do_nothing(constraint="tile_results_job_tile_key")
-                .returning(tile_results.c.id)
-            ).all())
-            conn.execute(
-                update(tile_chunks)
-                .where(tile_chunks.c.job_id == job_id, tile_chunks.c.chunk_no == batch.chunk_no)
-                .values(state="done", device_uuid=self.device.uuid, started_at=began, finished_at=ended)
-            )
-            done = conn.execute(
-                update(jobs).where(jobs.c.id == job_id)
-                .values(tiles_done=jobs.c.tiles_done + inserted).returning(jobs.c.tiles_done)
-            ).scalar_one()
-            self.inferred += inserted
-            elapsed = time.perf_counter() - started
-            event = record_event(
-                conn, "job.progress", account_id=self.account_id, job_id=job_id, run_id=self.run_id,
-                payload={"tiles_done": done, "tiles_total": self.tiles_total, "device": self.device.uuid,
-                         "tiles_per_s": round(self.inferred / elapsed, 2) if elapsed else None,
-                         "batch": {"tiles": len(batch.tiles), "started_at": began.isoformat(),
-                                   "finished_at": ended.isoformat()}},
-            )
-            batch.transaction.commit()
-            return event
-        finally:
-            batch.close()
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _peak_memory_mb(torch_device: str) -> float | None:
-    if not torch_device.startswith("cuda"):
-        return None
-    import torch
-
-    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-
-
 @dg.op
 def summarise(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, run_id: UUID,
               inferred: list[int]) -> None:
-    """Record the run's metrics from its steps: tiles, tiles/s, device-seconds, peak memory, energy."""
+    """Record the run's metrics from its batches: tiles, device-seconds (the batches' compute time),
+    devices; fail the run when batches are left that no device took (its devices were lost)."""
+    job_id = UUID(config.job_id)
     with db.begin() as conn:
+        left = conn.execute(
+            select(func.count()).select_from(tile_chunks)
+            .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending")
+        ).scalar_one()
+        state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+        if left and state == "running":
+            raise dg.Failure(description=f"{left} batches were not inferred: the job's devices were lost "
+                                         "(a retry admits it to the devices there are now)")
         row = conn.execute(
             select(
-                func.coalesce(func.sum(steps.c.tiles), 0).label("tiles"),
-                func.coalesce(func.sum(func.extract("epoch", steps.c.finished_at - steps.c.started_at)), 0)
+                func.coalesce(func.sum(tile_chunks.c.tiles), 0).label("tiles"),
+                func.coalesce(func.sum(func.extract("epoch", tile_chunks.c.finished_at - tile_chunks.c.started_at)), 0)
                 .label("gpu_seconds"),
-                func.count(func.distinct(steps.c.gpu_id)).label("devices"),
-                func.max(steps.c.metrics["peak_mem_mb"].as_float()).label("peak_mem_mb"),
-                func.sum(steps.c.metrics["energy_joules"].as_float()).label("energy_joules"),
-            ).where(steps.c.run_id == run_id)
+                func.count(func.distinct(tile_chunks.c.device_uuid)).label("devices"),
+            ).where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "done")
         ).one()
         metrics = {
             "tiles": int(row.tiles),
             "gpu_seconds": round(float(row.gpu_seconds), 3),
             "devices": row.devices,
             "tiles_per_gpu_second": round(row.tiles / float(row.gpu_seconds), 2) if row.gpu_seconds else None,
-            "peak_mem_mb": row.peak_mem_mb,
-            # NVML's energy counter over the steps; None on simulated/CPU devices (never invented)
-            "energy_joules": round(float(row.energy_joules), 3) if row.energy_joules is not None else None,
+            # energy and peak memory are per device worker, not per job, now that workers are shared
+            "peak_mem_mb": None,
+            "energy_joules": None,
         }
         conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
     context.add_output_metadata(metrics)

@@ -24,13 +24,19 @@ function DeviceCard({ gpu, index }: { gpu: Gpu; index: number }) {
     return { xs, fields: Object.fromEntries(CHARTS.map(([field]) => [field, samples.map((s) => s.fields[field] ?? null)])) };
   }, [telemetry.data]);
   return (
-    <Card aria-label={gpu.name} data-device={gpu.uuid}>
+    <Card aria-label={gpu.name} data-device={gpu.uuid} data-state={gpu.state} style={gpu.state === "gone" ? { opacity: 0.6 } : undefined}>
       <h2>{gpu.name}</h2>
+      <p style={{ margin: "0 0 0.5rem" }} data-testid="device-state">
+        {gpu.state === "gone"
+          ? <><strong>Gone</strong> <Muted>— its worker or its machine stopped{gpu.gone_at ? ` at ${gpu.gone_at.slice(11, 19)}` : ""}; no job is sent to it</Muted></>
+          : <>Serving</>}
+        {gpu.host ? <Muted> · on {gpu.host}</Muted> : null}
+      </p>
       <p style={{ margin: "0 0 0.5rem" }}>
         {gpu.simulated ? <><strong>Simulated</strong> <Muted>— scheduled like a GPU, computes on the CPU; only utilization and memory are measured</Muted></> : <Muted>{gpu.total_mem_mb ? `${gpu.total_mem_mb} MiB` : ""} {gpu.compute_capability ? `· sm ${gpu.compute_capability}` : ""}</Muted>}
       </p>
       <p style={{ margin: "0 0 0.5rem" }}>
-        {gpu.busy ? <>Busy: {gpu.job_ids.length ? gpu.job_ids.map((id) => <a key={id} href={`/app/jobs/detail/?id=${id}`} style={{ marginRight: 6 }}>job {id.slice(0, 8)}</a>) : "another account's job"}</> : "Idle"}
+        {gpu.state === "gone" ? null : gpu.busy ? <>Busy: {gpu.job_ids.length ? gpu.job_ids.map((id) => <a key={id} href={`/app/jobs/detail/?id=${id}`} style={{ marginRight: 6 }}>job {id.slice(0, 8)}</a>) : "another account's job"}</> : "Idle"}
       </p>
       {telemetry.isPending ? <Loading what="telemetry" /> : telemetry.isError ? <ErrorState error={telemetry.error} /> : (
         CHARTS.map(([field, label, unit, max]) => {
@@ -53,7 +59,7 @@ export default function Gpus() {
     <Page>
       <Title>GPUs</Title>
       {gpus.isPending ? <Loading what="devices" /> : gpus.isError ? <ErrorState error={gpus.error} /> : gpus.data.length === 0 ? (
-        <Empty>No device has registered yet: devices register when the Dagster code location loads.</Empty>
+        <Empty>No device has registered yet: each device registers when its worker starts (the `device-workers` process).</Empty>
       ) : (<>
         <Card aria-label="Device timeline" style={{ marginBottom: "1rem" }}>
           <h2>Timeline</h2>

@@ -653,8 +653,24 @@ export interface components {
             /** Compute Capability */
             compute_capability: string | null;
             /**
+             * Host
+             * @description The machine (Ray node) the device is on; null until its worker starts
+             */
+            host: string | null;
+            /**
+             * State
+             * @description `serving`: a device worker runs on it; `gone`: its worker or its node died (see `gone_at`)
+             * @enum {string}
+             */
+            state: "serving" | "gone";
+            /**
+             * Gone At
+             * @description When the device's worker or node went away
+             */
+            gone_at: string | null;
+            /**
              * Busy
-             * @description An inference step holds the device now
+             * @description A job is admitted to the device now
              */
             busy: boolean;
             /**

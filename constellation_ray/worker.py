@@ -1,0 +1,383 @@
+"""The device worker: one long-lived process per device that holds the model and streams batches.
+
+A job's Dagster run admits the job to a device by opening a `steps` row for it (the op runs in the
+device's pool, so Dagster still decides how many jobs a device holds at once). The device's worker
+takes the next pending batch among the jobs admitted to it — highest priority first, then the oldest
+job, then batch order — and runs the model on it. Three threads keep the device fed:
+
+- the feeder claims the next batch (row lock, `SKIP LOCKED`, in its own transaction) and reads its
+  tiles from the imagery while the device computes the current one;
+- the device thread runs the model, one batch at a time (a device never runs two batches at once);
+- the writer commits a batch's results, its `done` mark, its interval on the device, the job's and
+  the step's progress, and the progress event together, then publishes the event.
+
+A crash at any point leaves a batch pending (its transaction rolls back), never half-written or
+doubled; another device the job is admitted to takes it. The worker loads each model version once and
+keeps it on its device. With nothing to do it sleeps on Postgres `LISTEN` (no polling loop).
+
+This module does not import Ray: `constellation_ray.host` wraps `DeviceWorker` in a Ray actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import numpy as np
+import psycopg
+from sqlalchemy import (
+    Connection,
+    RootTransaction,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from constellation_core.bus import publisher
+from constellation_core.db import sync_engine
+from constellation_core.devices import Device, device_spec
+from constellation_core.events import Event, record_event
+from constellation_core.tables import (
+    gpus,
+    jobs,
+    steps,
+    tile_chunks,
+    tile_results,
+    tiles,
+)
+
+log = logging.getLogger(__name__)
+
+# `NOTIFY constellation_devices, '<device uuid>'` wakes the device's worker (sent when a job is admitted).
+WAKE_CHANNEL = "constellation_devices"
+# With no notification, an idle worker still looks once this often (a batch left by a dead worker).
+IDLE_RECHECK_S = 2.0
+OPEN_READERS = 4
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A job admitted to this device: its open `steps` row and what its batches need."""
+    step_id: UUID
+    job_id: UUID
+    run_id: UUID | None
+    account_id: UUID
+    tiles_total: int
+    model_version: str
+    model_uri: str
+    imagery: str | None
+
+
+@dataclass
+class ClaimedBatch:
+    """A pending batch locked in its own open transaction, its tiles read from the imagery."""
+    conn: Connection
+    transaction: RootTransaction
+    admission: Admission
+    chunk_no: int
+    tiles: list
+    images: np.ndarray | None = None
+
+    def close(self) -> None:
+        if self.transaction.is_active:
+            self.transaction.rollback()  # the batch is pending again, for any device
+        self.conn.close()
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    tiles: int = 0
+    compute_s: float = 0.0
+    model_loads: list[str] = field(default_factory=list)
+    failed_steps: int = 0
+
+
+class DeviceWorker:
+    def __init__(self, device: Device, database_url: str, nats_url: str, demo_imagery_dir: str,
+                 *, host: str, ray_node_id: str | None = None, torch_threads: int | None = None) -> None:
+        self.device = device
+        self.database_url = database_url
+        self.nats_url = nats_url
+        self.demo_imagery_dir = Path(demo_imagery_dir)
+        self.engine = sync_engine(database_url)
+        self.stats = WorkerStats()
+        self._models: dict[str, object] = {}
+        self._readers: dict[str, object] = {}
+        self._stop = threading.Event()
+        if device.kind != "cuda":
+            import torch
+
+            if torch_threads:
+                torch.set_num_threads(torch_threads)
+        self.gpu_id = self._register(host, ray_node_id)
+        self.torch_device = self._torch_device()
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def _register(self, host: str, ray_node_id: str | None) -> UUID:
+        """Upsert this device in `gpus` (with its host), marked present."""
+        d = self.device
+        statement = pg_insert(gpus).values(
+            uuid=d.uuid, name=d.label, total_mem_mb=d.total_mem_mb, compute_capability=d.compute_capability,
+            simulated=d.simulated, host=host, ray_node_id=ray_node_id, gone_at=None, spec={**device_spec(d), "worker_pid": os.getpid(), "torch_threads": _torch_threads()},
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[gpus.c.uuid],
+            set_={c: statement.excluded[c] for c in ("name", "total_mem_mb", "compute_capability", "simulated",
+                                                      "host", "ray_node_id", "gone_at", "spec")},
+        ).returning(gpus.c.id)
+        with self.engine.begin() as conn:
+            return conn.execute(statement).scalar_one()
+
+    def _torch_device(self) -> str:
+        if self.device.kind != "cuda":
+            return "cpu"
+        # Ray narrowed CUDA_VISIBLE_DEVICES to this actor's GPU: it is cuda:0 inside.
+        return "cuda:0"
+
+    def identity(self) -> dict:
+        return {"uuid": self.device.uuid, "gpu_id": str(self.gpu_id), "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    def report(self) -> dict:
+        s = self.stats
+        return {"batches": s.batches, "tiles": s.tiles, "compute_s": round(s.compute_s, 3),
+                "model_loads": list(s.model_loads), "failed_steps": s.failed_steps}
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run batches until stopped (the actor's lifetime)."""
+        ready: queue.Queue[ClaimedBatch | None] = queue.Queue(maxsize=1)
+        feeder = threading.Thread(target=self._feed, args=(ready,), name=f"feed-{self.device.slug}", daemon=True)
+        feeder.start()
+        bus = publisher(self.nats_url)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"commit-{self.device.slug}") as writer:
+            writing = None
+            while not self._stop.is_set():
+                batch = ready.get()
+                if batch is None:
+                    break
+                try:
+                    classifier = self._model(batch.admission)
+                    began = datetime.now(UTC)
+                    t0 = time.perf_counter()
+                    classes, confidences = classifier.predict(batch.images)
+                    batch_s = time.perf_counter() - t0
+                except Exception as exc:  # noqa: BLE001 - the job's step fails, the worker goes on
+                    self._fail(batch, exc)
+                    continue
+                self.stats.compute_s += batch_s
+                interval = (began, began + timedelta(seconds=batch_s))
+                if writing is not None:
+                    writing.exception()  # at most one commit in flight (and its row locks)
+                writing = writer.submit(self._commit_and_publish, bus, batch, classes, confidences, interval)
+            if writing is not None:
+                writing.exception()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _commit_and_publish(self, bus, batch: ClaimedBatch, classes, confidences, interval) -> None:
+        """On the writer thread: commits, and so progress events, go out in the order batches ran."""
+        try:
+            event = self._commit(batch, classes, confidences, interval)
+        except Exception:  # noqa: BLE001 - _commit failed the step; the batch is pending again
+            return
+        if event is not None:
+            bus.publish([event])
+
+    def _feed(self, ready: queue.Queue) -> None:
+        """Claim and read the next batch while the device computes the current one."""
+        listener = None
+        while not self._stop.is_set():
+            try:
+                batch = self._claim()
+            except Exception:  # noqa: BLE001 - Postgres away: try again shortly
+                log.warning("claiming a batch failed", exc_info=True)
+                time.sleep(1.0)
+                continue
+            if batch is None:
+                listener = self._wait_for_work(listener)
+                continue
+            try:
+                batch.images = self._read(batch)
+            except Exception as exc:  # noqa: BLE001 - unreadable imagery fails the job's step
+                self._fail(batch, exc)
+                continue
+            ready.put(batch)
+        ready.put(None)
+
+    def _wait_for_work(self, listener: psycopg.Connection | None) -> psycopg.Connection | None:
+        """Sleep until a job is admitted to this device (NOTIFY), or IDLE_RECHECK_S passes."""
+        try:
+            if listener is None or listener.closed:
+                listener = psycopg.connect(_libpq_url(self.database_url), autocommit=True)
+                listener.execute(f"LISTEN {WAKE_CHANNEL}")
+                return listener  # look once more: an admission may have come before LISTEN
+            for note in listener.notifies(timeout=IDLE_RECHECK_S):
+                if note.payload in (self.device.uuid, "*"):
+                    break
+        except psycopg.Error:
+            log.warning("listening for work failed", exc_info=True)
+            time.sleep(1.0)
+            return None
+        return listener
+
+    def _claim(self) -> ClaimedBatch | None:
+        """Lock the next pending batch of the jobs admitted here and fetch its tiles (one round trip)."""
+        conn = self.engine.connect()
+        transaction = conn.begin()
+        try:
+            chunk = (
+                select(tile_chunks.c.job_id, tile_chunks.c.chunk_no, steps.c.id.label("step_id"), steps.c.run_id,
+                       steps.c.model_version, steps.c.model_uri, jobs.c.account_id, jobs.c.tiles_total,
+                       jobs.c.params["imagery"].astext.label("imagery"))
+                .select_from(
+                    tile_chunks.join(jobs, jobs.c.id == tile_chunks.c.job_id)
+                    .join(steps, steps.c.job_id == tile_chunks.c.job_id)
+                )
+                .where(steps.c.gpu_id == self.gpu_id, steps.c.finished_at.is_(None),
+                       steps.c.metrics["error"].astext.is_(None),
+                       jobs.c.state == "running", tile_chunks.c.state == "pending")
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id, tile_chunks.c.chunk_no)
+                .limit(1)
+                .with_for_update(of=tile_chunks, skip_locked=True)
+                .cte("chunk")
+            )
+            rows = conn.execute(
+                select(chunk, tiles.c.z, tiles.c.x, tiles.c.y)
+                .join(tiles, (tiles.c.job_id == chunk.c.job_id) & (tiles.c.chunk_no == chunk.c.chunk_no))
+                .order_by(tiles.c.z, tiles.c.x, tiles.c.y)
+            ).all()
+            if not rows:
+                conn.close()
+                return None
+            first = rows[0]
+            admission = Admission(first.step_id, first.job_id, first.run_id, first.account_id, first.tiles_total,
+                                  first.model_version, first.model_uri, first.imagery)
+            return ClaimedBatch(conn, transaction, admission, first.chunk_no, rows)
+        except BaseException:
+            conn.close()
+            raise
+
+    def _read(self, batch: ClaimedBatch) -> np.ndarray:
+        from constellation_core.inference.imagery import TileReader, ensure_demo_scene
+
+        path = batch.admission.imagery or str(ensure_demo_scene(self.demo_imagery_dir))
+        reader = self._readers.get(path)
+        if reader is None:
+            if len(self._readers) >= OPEN_READERS:
+                oldest = next(iter(self._readers))
+                self._readers.pop(oldest).__exit__(None, None, None)
+            reader = self._readers[path] = TileReader(path).__enter__()
+        return np.stack([reader.read(t.z, t.x, t.y) for t in batch.tiles])
+
+    def _model(self, admission: Admission):
+        """The classifier of this model version, loaded onto the device the first time it is needed."""
+        classifier = self._models.get(admission.model_version)
+        if classifier is None:
+            from constellation_core.inference.model import TileClassifier
+
+            classifier = TileClassifier(Path(admission.model_uri), self.torch_device)
+            self._models[admission.model_version] = classifier
+            self.stats.model_loads.append(admission.model_version)
+            log.info("model loaded", extra={"device": self.device.uuid, "model_version": admission.model_version})
+        return classifier
+
+    def _commit(self, batch: ClaimedBatch, classes, confidences, interval: tuple[datetime, datetime]) -> Event | None:
+        """Store the batch's results, mark it done with its interval on the device, count progress on
+        the job and the step, and commit with the progress event."""
+        a, conn = batch.admission, batch.conn
+        began, ended = interval
+        batch_s = (ended - began).total_seconds()
+        try:
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == a.job_id).with_for_update()).scalar_one()
+            if state != "running":
+                return None  # canceled (or failed) since the claim: its batches are not stored
+            # Already-stored results (from a worker that died after its commit) are kept, never doubled.
+            inserted = len(conn.execute(
+                pg_insert(tile_results)
+                .values([
+                    {"job_id": a.job_id, "z": t.z, "x": t.x, "y": t.y, "run_id": a.run_id, "class": c,
+                     "confidence": p, "inference_ms": batch_s * 1000 / len(batch.tiles), "device": self.device.label,
+                     "gpu_id": self.gpu_id, "model_version": a.model_version}
+                    for t, c, p in zip(batch.tiles, classes, confidences)
+                ])
+                .on_conflict_do_nothing(constraint="tile_results_job_tile_key")
+                .returning(tile_results.c.id)
+            ).all())
+            conn.execute(
+                update(tile_chunks)
+                .where(tile_chunks.c.job_id == a.job_id, tile_chunks.c.chunk_no == batch.chunk_no)
+                .values(state="done", device_uuid=self.device.uuid, started_at=began, finished_at=ended)
+            )
+            conn.execute(update(steps).where(steps.c.id == a.step_id).values(tiles=steps.c.tiles + inserted))
+            done = conn.execute(
+                update(jobs).where(jobs.c.id == a.job_id)
+                .values(tiles_done=jobs.c.tiles_done + inserted).returning(jobs.c.tiles_done)
+            ).scalar_one()
+            event = record_event(
+                conn, "job.progress", account_id=a.account_id, job_id=a.job_id, run_id=a.run_id,
+                payload={"tiles_done": done, "tiles_total": a.tiles_total, "device": self.device.uuid,
+                         "tiles_per_s": round(len(batch.tiles) / batch_s, 2) if batch_s else None,
+                         "batch": {"tiles": len(batch.tiles), "started_at": began.isoformat(),
+                                   "finished_at": ended.isoformat()}},
+            )
+            batch.transaction.commit()
+            self.stats.batches += 1
+            self.stats.tiles += inserted
+            return event
+        except Exception as exc:
+            self._fail_step(a, exc)
+            raise
+        finally:
+            batch.close()
+
+    def _fail(self, batch: ClaimedBatch, exc: BaseException) -> None:
+        batch.close()
+        self._fail_step(batch.admission, exc)
+
+    def _fail_step(self, admission: Admission, exc: BaseException) -> None:
+        """Record the error on the job's step here: this device takes no more of its batches, and the
+        op that follows the step raises it (Dagster's retry policy decides what comes next)."""
+        log.error("a batch failed", exc_info=exc, extra={"job_id": str(admission.job_id), "device": self.device.uuid})
+        self.stats.failed_steps += 1
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(steps).where(steps.c.id == admission.step_id)
+                    .values(metrics=steps.c.metrics.op("||")(func.jsonb_build_object(
+                        literal_column("'error'"), f"{self.device.label}: {exc!r}"[:2000])))
+                )
+        except Exception:  # noqa: BLE001 - Postgres away: the batch stays pending and is retried
+            log.warning("recording the failure failed", exc_info=True)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def wake(conn: Connection, device_uuid: str) -> None:
+    """Wake the worker of a device (delivered when `conn`'s transaction commits)."""
+    conn.execute(text("SELECT pg_notify(:channel, :device)"), {"channel": WAKE_CHANNEL, "device": device_uuid})
+
+
+def _libpq_url(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)

@@ -1,0 +1,106 @@
+"""The whole stack on real processes for end-to-end tests: API, usage service, device workers (Ray),
+Dagster daemon and webserver, dispatcher and GPU agent, on the session's Postgres and NATS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from dagster import DagsterInstance
+from sqlalchemy import create_engine, text
+
+from constellation_core.devices import SIMULATED_ENV
+from constellation_core.settings import REPO_ROOT, get_settings
+from constellation_core.waiting import free_port, wait_for
+from constellation_dagster.bootstrap import ensure_model
+from constellation_dagster.models.assets import ModelTrainingConfig
+from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
+from tests.conftest import fresh_database_url
+from tests.processes import BIN, ManagedProcess
+
+
+def serving_devices(database_url: str) -> list[str]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT uuid FROM gpus WHERE gone_at IS NULL ORDER BY uuid")).scalars().all()
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, simulated: int,
+                  env: dict[str, str] | None = None, serving: int | None = None) -> Iterator[dict]:
+    """Start the stack (own databases, Dagster home, ports); yield its addresses and processes.
+
+    The device workers start first; Dagster starts once `serving` devices (default: `simulated`) have
+    registered, since on a cluster (`RAY_ADDRESS`) the code location builds its pools from them."""
+    tmp = Path(tempfile.mkdtemp(prefix="constellation-e2e-"))
+    # Its own system-of-record database, so the daemon only sees this stack's jobs.
+    database_url = fresh_database_url(pg_admin_url, "constellation_e2e", migrated_template)
+    dagster_url = fresh_database_url(pg_admin_url, "dagster_test").replace("+psycopg", "+psycopg2")
+    home = prepare_dagster_home(tmp / "dagster_home")
+    local_dir = tmp / "local"
+    patch = pytest.MonkeyPatch()
+    # Simulated devices, scheduled like GPUs (own pools, own workers), computing on the CPU.
+    patch.setenv(SIMULATED_ENV, str(simulated))
+    patch.setenv("CONSTELLATION_LOCAL_DIR", str(local_dir))
+    get_settings.cache_clear()
+    init_dagster_storage(home, dagster_url, train_model=False)
+    with DagsterInstance.from_config(str(home)) as instance:
+        ensure_model(instance, ModelTrainingConfig(epochs=3, train_patches=2000))
+    api_port, dagit_port, usage_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "DAGSTER_PG_URL": dagster_url,
+        "DAGSTER_HOME": str(home),
+        "DAGIT_PORT": str(dagit_port),
+        "USAGE_PORT": str(usage_port),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    first = [
+        ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp),
+        ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)], env, tmp),
+        ManagedProcess("device-workers", [str(BIN / "constellation-dev"), "device-workers"], env, tmp),
+    ]
+    dagster = [
+        ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp),
+        ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], env, tmp),
+        ManagedProcess("gpu-agent", [str(BIN / "constellation-dev"), "gpu-agent"], env, tmp),
+        ManagedProcess(
+            "dagster-webserver",
+            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(dagit_port)],
+            env, tmp,
+        ),
+    ]
+    processes = first + dagster
+    try:
+        for process in first:
+            process.start()
+        wanted = serving if serving is not None else simulated
+        wait_for(lambda: len(serving_devices(database_url)) >= wanted, timeout=120,
+                 what=f"{wanted} device workers to register", interval=0.5)
+        for process in dagster:
+            process.start()
+        api = f"http://127.0.0.1:{api_port}"
+        wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=60, what="API ready")
+        yield {"api": api, "ws": f"ws://127.0.0.1:{api_port}", "dagit": f"http://127.0.0.1:{dagit_port}",
+               "processes": processes, "database_url": database_url, "dagster_home": str(home),
+               "local_dir": local_dir}
+    finally:
+        for process in processes:
+            if process.process is not None and not process.alive():
+                print(f"--- {process.name} exited early; its log:\n{process.log_tail()}")
+            process.stop()
+        patch.undo()  # later modules must not inherit this stack's environment
+        get_settings.cache_clear()
+        shutil.rmtree(tmp, ignore_errors=True)
