@@ -109,16 +109,22 @@ class GpuFleet(dg.ConfigurableResource):
         wake(conn, device.uuid)
         return step_id
 
-    def follow(self, db: SystemOfRecord, step_id: UUID, job_id: UUID, device: Device) -> Followed:
-        """Wait until none of the job's batches is pending, the job is no longer running, the step
-        failed on the device, or the device has been gone for `gone_grace_seconds`."""
+    def follow(self, db: SystemOfRecord, job_id: UUID, admitted: list[tuple[UUID, Device]]) -> Followed:
+        """Wait until none of the job's batches is pending, the job is no longer running, a device's
+        worker failed one of its batches, or every device it was admitted to has been gone for
+        `gone_grace_seconds`."""
+        step_ids = [step_id for step_id, _ in admitted]
         pending = (select(tile_chunks.c.chunk_no)
                    .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending").exists())
+        state = select(jobs.c.state).where(jobs.c.id == job_id).scalar_subquery()
         query = (
-            select(pending.label("pending"), jobs.c.state, steps.c.metrics["error"].astext.label("error"),
-                   (func.extract("epoch", func.now() - gpus.c.gone_at)).label("gone_for"))
-            .select_from(steps.join(jobs, jobs.c.id == steps.c.job_id).join(gpus, gpus.c.id == steps.c.gpu_id))
-            .where(steps.c.id == step_id)
+            select(pending.label("pending"), state.label("state"),
+                   func.max(steps.c.metrics["error"].astext).label("error"),
+                   func.bool_and(func.coalesce(
+                       func.extract("epoch", func.now() - gpus.c.gone_at) > self.gone_grace_seconds, False))
+                   .label("all_gone"))
+            .select_from(steps.join(gpus, gpus.c.id == steps.c.gpu_id))
+            .where(steps.c.id.in_(step_ids))
         )
         while True:
             with db.engine.connect() as conn:
@@ -129,6 +135,6 @@ class GpuFleet(dg.ConfigurableResource):
                 return Followed(stopped_because=f"stopped, the job is {row.state}")
             if not row.pending:
                 return Followed()
-            if row.gone_for is not None and row.gone_for > self.gone_grace_seconds:
-                return Followed(stopped_because=f"{device.label} is gone; the job's other devices take its batches")
+            if row.all_gone:
+                return Followed(stopped_because="its devices are gone (their workers or machines stopped)")
             time.sleep(self.poll_seconds)

@@ -73,6 +73,9 @@ def start_ray(config: HostConfig, local_devices: list[Device]) -> None:
         _node_ip_address="127.0.0.1",
         num_cpus=1,  # the actors take no CPU slot; this bounds Ray's idle worker pool
         resources={SIM_RESOURCE: simulated} if simulated else None,
+        # Ray starts its workers at nice 15; a device worker feeds (or, simulated, is) the device and
+        # must not lose the CPU to the orchestration around it. On a cluster: RAY_worker_niceness=0.
+        _system_config={"worker_niceness": 0},
         **common,
     )
 

@@ -43,6 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 
 from constellation_core.bus import publisher
 from constellation_core.db import sync_engine
@@ -340,6 +341,10 @@ class DeviceWorker:
             self.stats.batches += 1
             self.stats.tiles += inserted
             return event
+        except DBAPIError:
+            log.warning("committing a batch failed; it is pending again", exc_info=True,
+                        extra={"job_id": str(a.job_id), "device": self.device.uuid})
+            raise
         except Exception as exc:
             self._fail_step(a, exc)
             raise

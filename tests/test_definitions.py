@@ -19,12 +19,13 @@ def test_definitions_load_with_one_pool_per_device():
     devices = simulated_devices(2)
     parallel, serial = build_jobs(devices)
     assert sorted(node.name for node in parallel.graph.nodes) == [
-        "infer_on_sim0", "infer_on_sim1", "plan_tiles", "summarise"]
-    assert parallel.graph.node_named("infer_on_sim0").definition.pool == "device-sim0"
-    assert parallel.graph.node_named("infer_on_sim1").definition.pool == "device-sim1"
+        "admit_on_sim0", "admit_on_sim1", "infer", "plan_tiles"]
+    assert parallel.graph.node_named("admit_on_sim0").definition.pool == "device-sim0"
+    assert parallel.graph.node_named("admit_on_sim1").definition.pool == "device-sim1"
     only_sim1 = serial[devices[1].uuid]
-    assert sorted(node.name for node in only_sim1.graph.nodes) == [
-        "infer_on_sim1", "plan_tiles", "summarise"]
+    assert sorted(node.name for node in only_sim1.graph.nodes) == ["admit_on_sim1", "infer", "plan_tiles"]
+    # No step processes: every op runs in the run worker (pools are counted per run by the queue).
+    assert parallel.executor_def.name == only_sim1.executor_def.name == "in_process"
     # The loaded location (devices of this host) builds and validates.
     assert defs.get_repository_def().has_job("tile_inference")
     assert defs.get_assets_def("landcover_model")

@@ -25,7 +25,9 @@ DEVICES_PER_NODE = 2
 HEAD_DEVICES = {f"SIM-GPU-{i}" for i in range(DEVICES_PER_NODE)}
 # A dead raylet is declared dead after period × threshold (Ray's defaults take ~15 s).
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
-                      "RAY_health_check_timeout_ms": "500"}
+                      "RAY_health_check_timeout_ms": "500",
+                      # device workers at normal priority (Ray's default nice 15 starves them of CPU)
+                      "RAY_worker_niceness": "0"}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Tile-inference jobs, built from the devices the device workers serve.
 
-- `tile_inference` (mode `parallel`): plan, then one step per device, each in its device's pool,
-  admitting the job to that device's worker; the workers share out the job's batches.
-- `tile_inference_on_<device>` (mode `serial`): the same, on one device; in-process (no step start-up).
+- `tile_inference` (mode `parallel`): plan, admit the job to every device (one op per device, in its
+  pool), follow it until done; the devices' workers share out the job's batches.
+- `tile_inference_on_<device>` (mode `serial`): the same, on one device.
 
 A step's pool is fixed when the job is defined, so the device of a serial job is chosen by choosing
 the job (the dispatch sensor does that), never by run tags.
@@ -14,8 +14,7 @@ import dagster as dg
 from sqlalchemy import select
 
 from constellation_core.devices import Device, discover, from_spec
-from constellation_dagster.inference.ops import make_infer_op, plan_tiles, summarise
-from constellation_dagster.zygote import WARM_MODULES
+from constellation_dagster.inference.ops import infer, make_admit_op, plan_tiles
 
 JOB_ID_TAG = "constellation/job_id"
 ACCOUNT_TAG = "constellation/account"
@@ -28,23 +27,23 @@ def serial_job_name(device: Device) -> str:
 
 
 def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.JobDefinition]]:
-    """The parallel job and the serial job of each device (keyed by device uuid)."""
-    infer_ops = {d.uuid: make_infer_op(d) for d in devices}
+    """The parallel job and the serial job of each device (keyed by device uuid).
+
+    Both run in the run worker's process (no step processes): planning, then one `admit_on_<device>`
+    op per device — in that device's pool, so the run queue starts a run only while every device it
+    uses has a free slot (`granularity: run` in the instance's `concurrency.pools`) — then `infer`,
+    which follows the job on its devices until every batch is done."""
+    admit_ops = {d.uuid: make_admit_op(d) for d in devices}
 
     @dg.job(
         name=PARALLEL_JOB,
         description="Plan an area's tiles and run the CNN over them on every device at once.",
-        # Steps fork from a server that has already imported our code and torch: a step starts in
-        # milliseconds instead of paying a fresh interpreter's imports.
-        executor_def=dg.multiprocess_executor.configured({
-            "max_concurrent": len(devices) + 1,
-            "start_method": {"forkserver": {"preload_modules": list(WARM_MODULES)}},
-        }),
+        executor_def=dg.in_process_executor,
         tags={"constellation/mode": "parallel"},
     )
     def parallel() -> None:
         run_id, planned = plan_tiles()
-        summarise(run_id, [infer(run_id, planned) for infer in infer_ops.values()])
+        infer(run_id, [admit(run_id, planned) for admit in admit_ops.values()])
 
     def serial_job(device: Device) -> dg.JobDefinition:
         @dg.job(
@@ -55,7 +54,7 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
         )
         def serial() -> None:
             run_id, planned = plan_tiles()
-            summarise(run_id, [infer_ops[device.uuid](run_id, planned)])
+            infer(run_id, [admit_ops[device.uuid](run_id, planned)])
 
         return serial
 

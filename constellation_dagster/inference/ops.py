@@ -12,7 +12,7 @@ from sqlalchemy import Connection, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from constellation_core.devices import Device
+from constellation_core.devices import Device, device_spec, from_spec
 from constellation_core.events import record_event, transition_job
 from constellation_core.tables import jobs, runs, steps, tile_chunks, tiles
 from constellation_core.tiles import plan_tiles as plan_tile_grid
@@ -23,8 +23,6 @@ from constellation_dagster.resources import EventBus, GpuFleet, SystemOfRecord
 # Planning re-checks the cap the API enforced at submit time, with headroom for a changed setting.
 PLAN_CAP = 100_000
 
-# Transient failures (a dropped connection, a device hiccup) are retried with backoff and jitter.
-INFERENCE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 class TileJobConfig(dg.Config):
@@ -93,61 +91,95 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
 
 
 
-def make_infer_op(device: Device) -> dg.OpDefinition:
-    """One op per device, in that device's pool: the pool's limit is how many jobs the device holds
-    at once (its queue; the device worker runs one batch at a time, the highest-priority job's first)."""
+def make_admit_op(device: Device) -> dg.OpDefinition:
+    """One op per device, in that device's pool: a run starts only while each of its devices' pools has
+    a free slot, and the pool's limit is how many jobs the device holds at once (the device worker
+    runs one batch at a time, the highest-priority job's first)."""
 
     @dg.op(
-        name=f"infer_on_{device.slug}",
+        name=f"admit_on_{device.slug}",
         pool=device.pool,
-        retry_policy=INFERENCE_RETRY,
-        description=f"Hand the job's tile batches to the device worker of {device.label} and follow them.",
+        description=f"Admit the job to the device worker of {device.label}.",
         tags={"constellation/device": device.uuid},
-        out=dg.Out(int, description="Tiles this device inferred for the job"),
+        out=dg.Out(dict, description="The job's step on the device: its id and the device"),
     )
-    def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
-              gpus: GpuFleet, run_id: UUID, planned: int) -> int:
-        return infer_on_device(context, UUID(config.job_id), run_id, device, db, bus, gpus)
+    def admit(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
+              gpus: GpuFleet, run_id: UUID, planned: int) -> dict:
+        model_path, model_version = latest_model(context.instance)
+        job_id = UUID(config.job_id)
+        with db.begin() as conn:
+            job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
+            step_id = gpus.admit(conn, job_id=job_id, run_id=run_id, device=device, step_key=context.op_handle.name,
+                                 model_version=model_version, model_uri=str(model_path))
+            bus.publish([_log(conn, job, job_id, run_id, f"{device.label}: admitted (model {model_version})")])
+        return {"step_id": str(step_id), "device": device_spec(device)}
 
-    return infer
+    return admit
 
 
-def infer_on_device(context: dg.OpExecutionContext, job_id: UUID, run_id: UUID, device: Device,
-                    db: SystemOfRecord, bus: EventBus, gpus: GpuFleet) -> int:
-    """Admit the job to the device (its `steps` row, with the model to use), wake the device's worker,
-    and follow the job until none of its batches is pending, the job ends, or the device is lost.
-
-    The step is closed with its figures from the batches' intervals on the device, also on failure.
-    """
-    model_path, model_version = latest_model(context.instance)
-    with db.begin() as conn:
-        job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
-        step_id = gpus.admit(conn, job_id=job_id, run_id=run_id, device=device, step_key=context.op_handle.name,
-                             model_version=model_version, model_uri=str(model_path))
-        bus.publish([_log(conn, job, job_id, run_id, f"{device.label}: admitted (model {model_version})")])
+@dg.op(out=dg.Out(int, description="Tiles inferred"))
+def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
+          gpus: GpuFleet, run_id: UUID, admitted: list[dict]) -> int:
+    """Follow the job on the devices it was admitted to until none of its batches is pending, the job
+    ends, or its devices are lost; close each device's step with its figures (also on failure), and
+    record the run's metrics from the batches: tiles, device-seconds (compute time), devices."""
+    job_id = UUID(config.job_id)
+    steps_on = [(UUID(a["step_id"]), from_spec(a["device"])) for a in admitted]
     outcome, error = None, None
     try:
-        outcome = gpus.follow(db, step_id, job_id, device)
+        outcome = gpus.follow(db, job_id, steps_on)
         if outcome.error:
             raise dg.Failure(description=outcome.error)
     except BaseException as exc:
-        error = error or repr(exc)
+        error = repr(exc)
         raise
     finally:
         with db.begin() as conn:
-            figures = close_step(conn, step_id, job_id, device, error)
-            summary = (f"{device.label}: {figures['tiles']} tiles in {figures['compute_seconds']:.2f} s on the device "
-                       f"({figures['tiles_per_s'] or 0:.0f} tiles/s)")
-            if outcome is not None and outcome.stopped_because:
-                summary += f"; {outcome.stopped_because}"
-            if error:
-                summary += f"; failed: {error}"
-            summary_event = _log(conn, job, job_id, run_id, summary, level="error" if error else "info")
-        bus.publish([summary_event], flush=True)
-    context.log.info(summary)
-    context.add_output_metadata({"tiles": figures["tiles"], "device": device.label,
-                                 "compute_seconds": figures["compute_seconds"], "model_version": model_version})
-    return figures["tiles"]
+            job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
+            events = []
+            for step_id, device in steps_on:
+                figures = close_step(conn, step_id, job_id, device, error)
+                line = (f"{device.label}: {figures['tiles']} tiles in {figures['compute_seconds']:.2f} s on the device "
+                        f"({figures['tiles_per_s'] or 0:.0f} tiles/s)")
+                if outcome is not None and outcome.stopped_because:
+                    line += f"; {outcome.stopped_because}"
+                if error:
+                    line += f"; failed: {error}"
+                context.log.info(line)
+                events.append(_log(conn, job, job_id, run_id, line, level="error" if error else "info"))
+        bus.publish(events, flush=True)
+    with db.begin() as conn:
+        left = conn.execute(
+            select(func.count()).select_from(tile_chunks)
+            .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending")
+        ).scalar_one()
+        state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+        if left and state == "running":
+            raise dg.Failure(description=f"{left} batches were not inferred: {outcome.stopped_because}")
+        metrics = run_metrics(conn, job_id)
+        conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
+    context.add_output_metadata(metrics)
+    return metrics["tiles"]
+
+
+def run_metrics(conn: Connection, job_id: UUID) -> dict:
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(tile_chunks.c.tiles), 0).label("tiles"),
+            func.coalesce(func.sum(func.extract("epoch", tile_chunks.c.finished_at - tile_chunks.c.started_at)), 0)
+            .label("gpu_seconds"),
+            func.count(func.distinct(tile_chunks.c.device_uuid)).label("devices"),
+        ).where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "done")
+    ).one()
+    return {
+        "tiles": int(row.tiles),
+        "gpu_seconds": round(float(row.gpu_seconds), 3),
+        "devices": row.devices,
+        "tiles_per_gpu_second": round(row.tiles / float(row.gpu_seconds), 2) if row.gpu_seconds else None,
+        # peak memory and energy belong to a device worker shared by many jobs, not to one job
+        "peak_mem_mb": None,
+        "energy_joules": None,
+    }
 
 
 def close_step(conn: Connection, step_id: UUID, job_id: UUID, device: Device, error: str | None) -> dict:
@@ -181,39 +213,3 @@ def close_step(conn: Connection, step_id: UUID, job_id: UUID, device: Device, er
 def _log(conn: Connection, job, job_id: UUID, run_id: UUID, message: str, level: str = "info"):
     return record_event(conn, "job.log", account_id=job.account_id, job_id=job_id, run_id=run_id,
                         payload={"level": level, "message": message})
-
-
-@dg.op
-def summarise(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, run_id: UUID,
-              inferred: list[int]) -> None:
-    """Record the run's metrics from its batches: tiles, device-seconds (the batches' compute time),
-    devices; fail the run when batches are left that no device took (its devices were lost)."""
-    job_id = UUID(config.job_id)
-    with db.begin() as conn:
-        left = conn.execute(
-            select(func.count()).select_from(tile_chunks)
-            .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending")
-        ).scalar_one()
-        state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
-        if left and state == "running":
-            raise dg.Failure(description=f"{left} batches were not inferred: the job's devices were lost "
-                                         "(a retry admits it to the devices there are now)")
-        row = conn.execute(
-            select(
-                func.coalesce(func.sum(tile_chunks.c.tiles), 0).label("tiles"),
-                func.coalesce(func.sum(func.extract("epoch", tile_chunks.c.finished_at - tile_chunks.c.started_at)), 0)
-                .label("gpu_seconds"),
-                func.count(func.distinct(tile_chunks.c.device_uuid)).label("devices"),
-            ).where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "done")
-        ).one()
-        metrics = {
-            "tiles": int(row.tiles),
-            "gpu_seconds": round(float(row.gpu_seconds), 3),
-            "devices": row.devices,
-            "tiles_per_gpu_second": round(row.tiles / float(row.gpu_seconds), 2) if row.gpu_seconds else None,
-            # energy and peak memory are per device worker, not per job, now that workers are shared
-            "peak_mem_mb": None,
-            "energy_joules": None,
-        }
-        conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
-    context.add_output_metadata(metrics)
