@@ -6,11 +6,6 @@
   asks the launcher whether the worker is alive, so a killed worker fails its run and frees its slots.
 - `PromptQueuedRunCoordinator` is Dagster's queued run coordinator with a sub-second dequeue interval
   (stock config takes whole seconds: 1 s, an average 0.5 s wait per run; 0 spins a core).
-- `PromptClaimEventLogStorage` is Dagster's Postgres event log storage with one change: a step blocked
-  on a full pool re-checks its claim every `claim_poll_seconds` (0.1 s) instead of backing off from
-  1 s to 15 s, so a device freed by one job is taken by the next queued step within a tenth of a second,
-  and it takes a slot in one statement (Dagster's two-step take lets two simultaneous claimers share one
-  slot: two inference steps on one device).
 
 This module is imported by every Dagster process that loads the instance: keep it light (no torch).
 """
@@ -27,17 +22,11 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-import sqlalchemy as sa
 from dagster import Field, Float
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
-from dagster._core.storage.config import pg_config
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
-from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
-from dagster._utils.concurrency import ConcurrencySlotStatus
-from dagster_postgres.event_log import PostgresEventLogStorage
-from dagster_postgres.utils import pg_url_from_config
 
 WORKER_TAG = "constellation/run_worker"  # "<pid>:<start time in clock ticks>", the worker's identity
 ZYGOTE_START_TIMEOUT_S = 120.0
@@ -192,60 +181,6 @@ def _live_worker(run: DagsterRun) -> int | None:
     if stat is None or stat[0] == "Z" or (ticks not in ("", "0") and stat[1] != int(ticks)):
         return None
     return int(pid_text)
-
-
-class PromptClaimEventLogStorage(PostgresEventLogStorage):
-    """Postgres event log storage whose blocked pool claims are re-checked at a fixed short interval."""
-
-    def __init__(self, *args: Any, claim_poll_seconds: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.claim_poll_seconds = claim_poll_seconds
-
-    @classmethod
-    def config_type(cls) -> dict:
-        return {**pg_config(), "claim_poll_seconds": Field(Float, is_required=False, default_value=0.1)}
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None,
-                          config_value: Mapping[str, Any]) -> PromptClaimEventLogStorage:
-        return cls(
-            inst_data=inst_data,
-            postgres_url=pg_url_from_config(config_value),
-            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
-            claim_poll_seconds=config_value.get("claim_poll_seconds", 0.1),
-        )
-
-    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
-        """Take one free slot row of the pool, atomically.
-
-        Dagster's version selects a free row `FOR UPDATE SKIP LOCKED` and then updates it by id, on
-        an autocommit connection: the row lock ends with the SELECT, so two steps claiming at the
-        same moment can both take the same row and both run — two inference steps on one device
-        (seen in our e2e test, steps starting 30 ms apart). Here the row is chosen and taken in one
-        UPDATE that re-checks it is still free, so exactly one claimer gets each slot.
-        """
-        free_row = (
-            sa.select(ConcurrencySlotsTable.c.id)
-            .where(ConcurrencySlotsTable.c.concurrency_key == concurrency_key,
-                   ConcurrencySlotsTable.c.step_key.is_(None),
-                   ConcurrencySlotsTable.c.deleted.is_(False))
-            .with_for_update(skip_locked=True)
-            .limit(1)
-            .scalar_subquery()
-        )
-        with self.index_connection() as conn:
-            taken = conn.execute(
-                ConcurrencySlotsTable.update()
-                .where(ConcurrencySlotsTable.c.id == free_row, ConcurrencySlotsTable.c.step_key.is_(None))
-                .values(run_id=run_id, step_key=step_key)
-            ).rowcount
-        return ConcurrencySlotStatus.CLAIMED if taken else ConcurrencySlotStatus.BLOCKED
-
-    def claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str, priority: int | None = None):
-        status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
-        if status.is_claimed or status.sleep_interval is not None:
-            return status
-        return status.with_sleep_interval(self.claim_poll_seconds)
 
 
 class PromptQueuedRunCoordinator(QueuedRunCoordinator):

@@ -1,6 +1,6 @@
 """The private Dagster APIs the instance plug-ins and the zygote rely on are still there, as we use
 them. A Dagster upgrade that moves or changes one fails here, by name, before a run fails in the stack.
-(Issue 11 is to make most of them unnecessary.)"""
+(Pools counted per run made the event-log plug-in and its private APIs unnecessary; issue 11.)"""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _private_imports() -> list[tuple[str, str]]:
 
 def test_every_private_name_we_import_still_exists():
     imports = _private_imports()
-    assert len(imports) >= 10, imports  # the scan found them
+    assert len(imports) >= 6, imports  # the scan found them
     missing = [f"{module}.{name}" for module, name in imports
                if not hasattr(importlib.import_module(module), name)]
     assert missing == []
@@ -33,11 +33,7 @@ def test_every_private_name_we_import_still_exists():
 def test_the_private_signatures_we_call_or_override_are_unchanged():
     from dagster._cli.api import _execute_run_command_body
     from dagster._core.run_coordinator import QueuedRunCoordinator
-    from dagster_postgres.event_log import PostgresEventLogStorage
 
-    # PromptClaimEventLogStorage overrides this one to take a slot in one statement.
-    assert list(inspect.signature(PostgresEventLogStorage._claim_concurrency_slot).parameters) == [
-        "self", "concurrency_key", "run_id", "step_key"]
     # The zygote's run workers run this, as `dagster api execute_run` does.
     assert list(inspect.signature(_execute_run_command_body).parameters) == [
         "run_id", "instance", "write_stream_fn", "set_exit_code_on_failure"]

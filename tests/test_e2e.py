@@ -303,7 +303,7 @@ def test_killing_the_run_worker_ends_the_job_and_frees_the_device(stack):
     account = account_in(stack["database_url"], "e2e-kill-worker")
     engine = create_engine(stack["database_url"])
     job_id = _submit(stack, account, mode="serial")  # in-process: the op follows the job in the run worker
-    step = wait_for(lambda: _busy_step(engine, job_id), timeout=JOB_DEADLINE_S, what="a busy step", interval=0.05)
+    wait_for(lambda: _busy_step(engine, job_id), timeout=JOB_DEADLINE_S, what="a busy step", interval=0.05)
     run_id = _job(stack, account, job_id)["dagster_run_id"]
     with DagsterInstance.from_config(stack["dagster_home"]) as instance:
         worker_pid = int(instance.get_run_by_id(run_id).tags["constellation/run_worker"].split(":")[0])
