@@ -78,7 +78,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     engine = create_engine(settings.sync_database_url)
     with engine.connect() as conn:
-        devices = conn.execute(text("SELECT uuid, name FROM gpus ORDER BY name")).all()
+        devices = conn.execute(text("SELECT uuid, name FROM gpus WHERE gone_at IS NULL ORDER BY name")).all()
         model_version = conn.execute(text("SELECT model_version FROM tile_results ORDER BY id DESC LIMIT 1")).scalar()
     if model_version is None:
         raise SystemExit("no tile result yet: let the demo's seeded jobs finish first")
