@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     dagit_port: int = 3000
+    # The Dagster code server of the code location (workspace.yaml names it through these variables).
+    dagster_code_server_host: str = "127.0.0.1"
+    dagster_code_server_port: int = 4266
     usage_port: int = 8081
     # Public base URL of Dagit, used for links from jobs to their runs.
     dagit_url: str | None = None

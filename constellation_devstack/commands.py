@@ -58,6 +58,8 @@ def _stack_env(settings: Settings) -> dict[str, str]:
         "NATS_URL": settings.nats_url,
         "DAGSTER_PG_URL": settings.dagster_storage_url,
         "DAGSTER_HOME": str(_dagster_home(settings)),
+        "DAGSTER_CODE_SERVER_HOST": settings.dagster_code_server_host,
+        "DAGSTER_CODE_SERVER_PORT": str(settings.dagster_code_server_port),
         "USAGE_PORT": str(settings.usage_port),
         "PYTHONUNBUFFERED": "1",
     }
@@ -172,13 +174,23 @@ def dispatcher() -> None:
 
 
 @app.command(context_settings=PASSTHROUGH)
-def wait_ready(ctx: typer.Context, timeout: float = 300) -> None:
+def wait_ready(ctx: typer.Context, timeout: float = 300,
+               code_server: Annotated[bool, typer.Option(help="Also wait for the Dagster code server")] = False) -> None:
     """Wait until the databases are migrated and Dagster's storage exists, then exec the command."""
     settings = get_settings()
     wait_for(lambda: schema_at_head(settings.sync_database_url), timeout=timeout, what="migrations", interval=0.5)
     wait_for(lambda: dagster_storage_ready(settings.dagster_storage_url), timeout=timeout, what="Dagster storage",
              interval=0.5)
+    if code_server:
+        wait_for(lambda: code_server_serving(settings.dagster_code_server_host, settings.dagster_code_server_port),
+                 timeout=timeout, what="the Dagster code server", interval=0.5)
     os.execvp(ctx.args[0], ctx.args)
+
+
+def code_server_serving(host: str, port: int) -> bool:
+    """The code server answers a health check (it has loaded the code location)."""
+    return subprocess.call([str(BIN / "dagster"), "api", "grpc-health-check", "--host", host, "--port", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
 
 
 @app.command()
@@ -247,7 +259,14 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
             f"--port {settings.api_port} --no-access-log",
             priority=30, log_dir=log_dir,
         ),
-        _program("dagster-daemon", f"{dev} wait-ready {BIN / 'dagster-daemon'} run -w workspace.yaml",
+        _program(
+            "code-server",
+            f"{dev} wait-ready {BIN / 'dagster'} code-server start -m constellation_dagster.definitions "
+            f"--location-name constellation_dagster -h {settings.dagster_code_server_host} "
+            f"-p {settings.dagster_code_server_port}",
+            priority=30, log_dir=log_dir,
+        ),
+        _program("dagster-daemon", f"{dev} wait-ready --code-server {BIN / 'dagster-daemon'} run -w workspace.yaml",
                  priority=30, log_dir=log_dir),
         _program("gpu-agent", f"{dev} wait-ready {dev} gpu-agent", priority=30, log_dir=log_dir),
         _program("dispatcher", f"{dev} wait-ready {dev} dispatcher", priority=30, log_dir=log_dir),
@@ -255,7 +274,8 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30, log_dir=log_dir),
         _program(
             "dagster-webserver",
-            f"{dev} wait-ready {BIN / 'dagster-webserver'} -w workspace.yaml -h 127.0.0.1 -p {settings.dagit_port}",
+            f"{dev} wait-ready --code-server {BIN / 'dagster-webserver'} -w workspace.yaml -h 127.0.0.1 "
+            f"-p {settings.dagit_port}",
             priority=30, log_dir=log_dir,
         ),
     ]

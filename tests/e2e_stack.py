@@ -20,6 +20,7 @@ from constellation_core.settings import REPO_ROOT, get_settings
 from constellation_core.waiting import free_port, wait_for
 from constellation_dagster.bootstrap import ensure_model
 from constellation_dagster.models.assets import ModelTrainingConfig
+from constellation_devstack.commands import code_server_serving
 from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
 from tests.conftest import fresh_database_url
 from tests.processes import BIN, ManagedProcess
@@ -39,8 +40,9 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
                   env: dict[str, str] | None = None, serving: int | None = None) -> Iterator[dict]:
     """Start the stack (own databases, Dagster home, ports); yield its addresses and processes.
 
-    The device workers start first; Dagster starts once `serving` devices (default: `simulated`) have
-    registered, since on a cluster (`RAY_ADDRESS`) the code location builds its pools from them."""
+    The device workers start first; the code server once `serving` devices (default: `simulated`) have
+    registered, since on a cluster (`RAY_ADDRESS`) the code location builds its pools from them; the
+    daemon and Dagit once the code server answers."""
     tmp = Path(tempfile.mkdtemp(prefix="constellation-e2e-"))
     # Its own system-of-record database, so the daemon only sees this stack's jobs.
     database_url = fresh_database_url(pg_admin_url, "constellation_e2e", migrated_template)
@@ -55,7 +57,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     init_dagster_storage(home, dagster_url, train_model=False)
     with DagsterInstance.from_config(str(home)) as instance:
         ensure_model(instance, ModelTrainingConfig(epochs=3, train_patches=2000))
-    api_port, dagit_port, usage_port = free_port(), free_port(), free_port()
+    api_port, dagit_port, usage_port, code_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -63,6 +65,8 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         "DAGSTER_PG_URL": dagster_url,
         "DAGSTER_HOME": str(home),
         "DAGIT_PORT": str(dagit_port),
+        "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
+        "DAGSTER_CODE_SERVER_PORT": str(code_port),
         "USAGE_PORT": str(usage_port),
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
@@ -72,6 +76,12 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)], env, tmp),
         ManagedProcess("device-workers", [str(BIN / "constellation-dev"), "device-workers"], env, tmp),
     ]
+    code_server = ManagedProcess(
+        "code-server",
+        [str(BIN / "dagster"), "code-server", "start", "-m", "constellation_dagster.definitions",
+         "--location-name", "constellation_dagster", "-h", "127.0.0.1", "-p", str(code_port)],
+        env, tmp,
+    )
     dagster = [
         ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp),
         ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], env, tmp),
@@ -82,13 +92,16 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
             env, tmp,
         ),
     ]
-    processes = first + dagster
+    processes = [*first, code_server, *dagster]
     try:
         for process in first:
             process.start()
         wanted = serving if serving is not None else simulated
         wait_for(lambda: len(serving_devices(database_url)) >= wanted, timeout=120,
                  what=f"{wanted} device workers to register", interval=0.5)
+        code_server.start()
+        wait_for(lambda: code_server_serving("127.0.0.1", code_port), timeout=120, what="the code server",
+                 interval=0.5)
         for process in dagster:
             process.start()
         api = f"http://127.0.0.1:{api_port}"
