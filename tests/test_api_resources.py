@@ -131,7 +131,7 @@ def _fake_results(engine, job_id) -> int:
         conn.execute(insert(tile_results), [
             {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "class": "water", "confidence": 0.9,
              "device": "Test GPU", "gpu_id": gpu_id, "model_version": "test"} for t in planned[:-1]])
-        conn.execute(insert(steps).values(job_id=job_id, gpu_id=gpu_id, step_key="infer_on_test", pid=1))
+        conn.execute(insert(steps).values(job_id=job_id, gpu_id=gpu_id, step_key="admit_on_test", pid=1))
     return len(planned)
 
 

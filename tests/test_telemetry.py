@@ -28,7 +28,7 @@ def _busy_step(engine, device_index: int):
             aoi=func.ST_GeomFromText("POLYGON((0 0,1 0,1 1,0 1,0 0))", 4326),
         ).returning(jobs.c.id)).scalar_one()
         step_id = conn.execute(insert(steps).values(
-            job_id=job_id, gpu_id=ids[f"SIM-GPU-{device_index}"], step_key="infer_on_sim1", pid=os.getpid(),
+            job_id=job_id, gpu_id=ids[f"SIM-GPU-{device_index}"], step_key="admit_on_sim1", pid=os.getpid(),
         ).returning(steps.c.id)).scalar_one()
     return job_id, step_id
 

@@ -24,7 +24,6 @@ from constellation_dagster.resources import EventBus, GpuFleet, SystemOfRecord
 PLAN_CAP = 100_000
 
 
-
 class TileJobConfig(dg.Config):
     job_id: str
 
@@ -54,8 +53,7 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
     """Start the run (job `running`, the run in `runs`), then cover the job's area with web-mercator
     tiles at its zoom and store each with its footprint, in chunks of the job's batch size.
 
-    One op rather than two: each op of the parallel job is a process of its own, and the device
-    waits for all of them. Idempotent: a retried run finds its tiles already there."""
+    Idempotent: a retried run finds its tiles already there."""
     job_id = UUID(config.job_id)
     run_id = start_run(context, job_id, db, bus)
     with db.begin() as conn:
