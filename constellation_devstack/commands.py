@@ -245,6 +245,12 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
     local = settings.local_dir
     log_dir = local / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    # Logs are for this machine's operator only: the folder 0700, every log 0600 (older ones too);
+    # supervisord's umask (below) makes every file the stack writes private to its owner.
+    log_dir.chmod(0o700)
+    for existing in log_dir.iterdir():
+        if existing.is_file():
+            existing.chmod(0o600)
     dev = BIN / "constellation-dev"
     programs = []
     if local_postgres:
@@ -280,7 +286,8 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         ),
     ]
     return (
-        f"[supervisord]\nnodaemon=true\nlogfile={log_dir / 'supervisord.log'}\npidfile={local / 'supervisord.pid'}\n"
+        f"[supervisord]\nnodaemon=true\numask=077\nlogfile={log_dir / 'supervisord.log'}\n"
+        f"pidfile={local / 'supervisord.pid'}\n"
         f"childlogdir={log_dir}\n\n"
         f"[unix_http_server]\nfile={local / 'supervisor.sock'}\nchmod=0700\n\n"
         f"[supervisorctl]\nserverurl=unix://{local / 'supervisor.sock'}\n\n"
