@@ -38,6 +38,7 @@ from constellation_core.db import sync_engine
 from constellation_core.devices import (
     Device,
     cpu_threads,
+    device_spec,
     from_spec,
     nvml_devices,
     simulated_devices,
@@ -148,12 +149,12 @@ class DeviceHost:
         pin = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
         simulated = int(resources.get(SIM_RESOURCE, 0))
         if simulated:
-            return [(d.uuid, _spec(d), {**pin, "resources": {SIM_RESOURCE: 1}})
+            return [(d.uuid, device_spec(d), {**pin, "resources": {SIM_RESOURCE: 1}})
                     for d in simulated_devices(simulated, tag)]
         if resources.get("GPU"):
             return [(f"{node_id}/gpu{i}", None, {**pin, "num_gpus": 1}) for i in range(int(resources["GPU"]))]
         if local:  # no GPU and nothing declared: the CPU of this machine, as without Ray
-            return [(d.uuid, _spec(d), pin) for d in self.local_devices if d.kind == "cpu"]
+            return [(d.uuid, device_spec(d), pin) for d in self.local_devices if d.kind == "cpu"]
         return []
 
     # -- keeping them alive -------------------------------------------------------------------------
@@ -229,12 +230,6 @@ class DeviceHost:
             self.reconcile()
             self.watch(tick)
             self.learn_uuids()
-
-
-def _spec(device: Device) -> dict:
-    from constellation_core.devices import device_spec
-
-    return device_spec(device)
 
 
 def serve(config: HostConfig, local_devices: list[Device]) -> None:
