@@ -22,6 +22,8 @@ WGS84_NAMES = ("EPSG:4326", "urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:OG
                "urn:ogc:def:crs:EPSG::4326", "CRS84")
 # An area is a few countries at most: bigger ones are refused before any tile is planned.
 MAX_AREA_VERTICES = 100_000
+# A FeatureCollection's polygons are merged into one area: beyond this many it is a data set, not an area.
+MAX_FEATURES = 1_000
 
 
 class InvalidGeometry(ValueError):
@@ -121,6 +123,9 @@ def area_from_geojson(geojson: Any, *, max_deg2: float | None = None) -> Polygon
         features = geojson.get("features")
         if not isinstance(features, list) or not features:
             raise InvalidGeometry("a FeatureCollection needs at least one feature")
+        if len(features) > MAX_FEATURES:
+            raise InvalidGeometry(f"a FeatureCollection may hold at most {MAX_FEATURES} features, not "
+                                  f"{len(features)}; dissolve them into fewer polygons")
         geometries = [f.get("geometry") if isinstance(f, dict) else None for f in features]
     else:
         geometries = [geojson]

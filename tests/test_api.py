@@ -102,6 +102,13 @@ def _nested(depth: int) -> list:
          422, "CRS"),
         ({"zoom": True}, 422, "zoom"),
         ({"zoom": "14"}, 422, "zoom"),
+        ({"area": {"type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [RING]}}] * 1001}},
+         422, "at most 1000 features"),
+        # A thin sliver one degree long at zoom 20: refused from its extent, before any tile is searched.
+        ({"zoom": 20, "area": {"type": "Polygon", "coordinates": [[[6.0, 46.0], [6.0001, 47.0], [6.0002, 47.0],
+                                                                   [6.0001, 46.0], [6.0, 46.0]]]}},
+         422, "over the cap"),
     ],
 )
 def test_bad_job_input_is_a_problem_and_writes_nothing(client, make_account, engine, overrides, status, needle):

@@ -288,3 +288,51 @@ def test_gpu_telemetry_returns_the_recent_samples_the_api_received(client, make_
     assert len(stranger_view) == 3 and all(s["job_id"] is None and s["account_id"] is None for s in stranger_view)
     assert client.get("/gpus/no-such-device/telemetry", headers=admin.headers).status_code == 404
     assert client.get(f"/gpus/{device}/telemetry", params={"seconds": 0}, headers=admin.headers).status_code == 422
+
+
+def test_planning_an_area_does_not_hold_up_other_requests(client, make_account, monkeypatch):
+    """Tile planning runs off the event loop: while one request's planning is still going, `/healthz`
+    (and every other request) is answered."""
+    import threading
+
+    from api.jobs import service
+
+    account = make_account()
+    entered, release = threading.Event(), threading.Event()
+    real_plan = service.plan_tiles
+
+    def slow_plan(*args, **kwargs):
+        entered.set()
+        release.wait(timeout=30)
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(service, "plan_tiles", slow_plan)
+    answers: dict[str, int] = {}
+
+    def call(name: str, method: str, path: str, **kwargs) -> None:
+        answers[name] = client.request(method, path, **kwargs).status_code
+
+    estimate = threading.Thread(target=call, args=("estimate", "POST", "/jobs/estimate"),
+                                kwargs={"json": {"zoom": 14, "area": GENEVA}, "headers": account.headers})
+    estimate.start()
+    try:
+        assert entered.wait(timeout=10), "the estimate never reached the planner"
+        health = threading.Thread(target=call, args=("healthz", "GET", "/healthz"))
+        health.start()
+        health.join(timeout=5)
+        assert answers.get("healthz") == 200, "/healthz waited on another request's tile planning"
+    finally:
+        release.set()
+        estimate.join(timeout=30)
+    assert answers["estimate"] == 200
+
+
+def test_an_area_too_large_for_the_cap_is_refused_quickly_with_the_reason(client, make_account):
+    account = make_account()
+    # One degree of thin sliver at zoom 20: thousands of tile rows (the old planner walked ~10⁹ tiles).
+    sliver = {"type": "Polygon", "coordinates": [[[6.0, 46.0], [6.0001, 47.0], [6.0002, 47.0], [6.0001, 46.0],
+                                                  [6.0, 46.0]]]}
+    answer = client.post("/jobs/estimate", json={"zoom": 20, "area": sliver}, headers=account.headers)
+    assert answer.status_code == 422
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert "over the cap of 500" in answer.json()["detail"]

@@ -62,3 +62,66 @@ def test_tiles_that_only_touch_the_area_are_not_planned():
     # Exactly one z1 tile: the north-west quarter of the world (its edges touch three others).
     area = box(-180, 0, 0, 85.0511)
     assert plan_tiles(area, 1, cap=10) == [Tile(1, 0, 0)]
+
+
+def _star(rnd, cx: float, cy: float, radius: float) -> Polygon:
+    corners = rnd.randint(3, 12)
+    return Polygon([(cx + radius * rnd.uniform(0.2, 1) * math.cos(2 * math.pi * i / corners),
+                     cy + radius * rnd.uniform(0.2, 1) * math.sin(2 * math.pi * i / corners))
+                    for i in range(corners)])
+
+
+def test_random_areas_are_planned_exactly_like_the_brute_force():
+    import random
+
+    rnd = random.Random(20261202)
+    checked = 0
+    while checked < 40:
+        area = _star(rnd, rnd.uniform(-170, 170), rnd.uniform(-70, 70), rnd.uniform(0.05, 3))
+        if not area.is_valid:
+            continue
+        zoom = rnd.randint(4, 9)
+        assert plan_tiles(area, zoom, cap=100_000) == _brute_force(area, zoom), (area.wkt, zoom)
+        checked += 1
+
+
+def _thin_diagonal_sliver() -> Polygon:
+    return Polygon([(6.0, 46.0), (6.3, 46.3), (6.3001, 46.3), (6.0001, 46.0), (6.0, 46.0)])
+
+
+def test_a_thin_diagonal_sliver_costs_its_own_tiles_not_its_bounding_box(monkeypatch):
+    import shapely
+
+    from constellation_core import tiles
+
+    clips = []
+    real_clip = shapely.clip_by_rect
+    monkeypatch.setattr(tiles.shapely, "clip_by_rect", lambda *a: clips.append(a) or real_clip(*a))
+    sliver = _thin_diagonal_sliver()
+    planned = plan_tiles(sliver, 15, cap=5000)
+    assert planned == _brute_force(sliver, 15)
+    # Its bounding box holds about 28 × 40 tiles at z15; the sliver crosses about 70 of them.
+    assert len(planned) < 100
+    assert len(clips) <= 8 * len(planned), f"{len(clips)} clips for {len(planned)} tiles"
+
+
+def test_an_area_over_the_cap_is_refused_before_any_tile_is_searched(monkeypatch):
+    import shapely
+
+    from constellation_core import tiles
+
+    monkeypatch.setattr(tiles.shapely, "clip_by_rect", lambda *a: pytest.fail("searched tiles"))
+    # One degree of sliver at zoom 20 spans ~4,000 rows; a big square needs millions of tiles.
+    tall_sliver = Polygon([(6.0, 46.0), (6.0001, 47.0), (6.0002, 47.0), (6.0001, 46.0), (6.0, 46.0)])
+    with pytest.raises(TooManyTiles, match="over the cap of 2000"):
+        plan_tiles(tall_sliver, 20, cap=2000)
+    with pytest.raises(TooManyTiles, match="over the cap of 5000"):
+        plan_tiles(box(5.0, 45.0, 7.0, 47.0), 16, cap=5000)
+
+
+def test_an_outline_too_costly_to_plan_is_refused_with_a_reason(monkeypatch):
+    from constellation_core import tiles
+
+    monkeypatch.setattr(tiles, "NODES_PER_CAPPED_TILE", 1)
+    with pytest.raises(tiles.TooComplex, match="simplify it"):
+        plan_tiles(_thin_diagonal_sliver(), 15, cap=50)

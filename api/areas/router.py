@@ -16,6 +16,7 @@ from api import access
 from api.deps import CurrentAccount, EngineDep
 from api.errors import InvalidInput
 from api.jobs.schemas import bounded_nesting
+from api.offload import off_loop
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, decode_cursor, encode_cursor
 from constellation_core.geometry import InvalidGeometry, area_from_geojson
 from constellation_core.tables import areas
@@ -71,7 +72,7 @@ def area_geometry(geojson: dict[str, Any]) -> dict[str, Any]:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AreaPublic, name="create")
 async def create_area(body: AreaCreate, account: CurrentAccount, engine: EngineDep) -> AreaPublic:
     """Import an area of interest from GeoJSON; jobs may then name it by `area_id`."""
-    geometry = area_geometry(body.geojson)
+    geometry = await off_loop(area_geometry, body.geojson)
     async with engine.begin() as conn:
         area_id = (await conn.execute(
             insert(areas).values(name=body.name, account_id=account.id,

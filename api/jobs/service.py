@@ -29,12 +29,13 @@ from api.jobs.schemas import (
     TileEstimate,
     TilesPerMinute,
 )
+from api.offload import off_loop
 from api.pagination import Page, decode_cursor, encode_cursor
 from constellation_core.events import Event, queued_event, transition_job_async
 from constellation_core.geometry import InvalidGeometry, area_from_geojson
 from constellation_core.logs import correlation_id
+from constellation_core.tiles import TooComplex, TooManyTiles, plan_tiles
 from constellation_core.vocabulary import JOB_STATES, MODELS
-from constellation_core.tiles import TooManyTiles, plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ async def _insert_job(
             f"unknown model {body.model!r}; known models: {', '.join(sorted(MODELS))}",
             errors=[{"loc": ["body", "model"], "msg": "unknown model", "type": "value_error"}],
         )
-    aoi, tiles_total = plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
+    aoi, tiles_total = await off_loop(plan_area, await _area_geojson(engine, account, body), body.zoom, max_tiles)
     if tiles_total == 0:
         raise InvalidInput("the area covers no tile at this zoom")
     # One statement writes the job and its event: atomic by itself, so no transaction round trips.
@@ -192,7 +193,8 @@ async def summary(engine: AsyncEngine, account: Account) -> JobSummary:
 
 
 def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
-    """The area parsed and its tile count at this zoom; a 422 problem naming `area` otherwise."""
+    """The area parsed and its tile count at this zoom; a 422 problem naming `area` otherwise.
+    CPU work: callers run it through `off_loop`."""
     try:
         aoi = area_from_geojson(area_geojson)
         tiles_total = len(plan_tiles(aoi, zoom, max_tiles))
@@ -203,11 +205,13 @@ def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
             f"{exc}; choose a smaller area or a lower zoom",
             errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_many_tiles"}],
         )
+    except TooComplex as exc:
+        raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_complex"}])
     return aoi, tiles_total
 
 
 async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, max_tiles: int) -> TileEstimate:
-    aoi, tiles = plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
+    aoi, tiles = await off_loop(plan_area, await _area_geojson(engine, account, body), body.zoom, max_tiles)
     async with engine.connect() as conn:
         km2 = await repository.geodesic_area_km2(conn, aoi.wkt)
     return TileEstimate(tiles=tiles, max_tiles=max_tiles, area_km2=round(km2, 3), area=mapping(aoi))
