@@ -36,15 +36,16 @@ $(PY_STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip check
 	@touch $@
 
-# Debian's PostgreSQL with PostGIS, unless already there (or DATABASE_URL points elsewhere for the demo).
+# Debian's PostgreSQL with PostGIS, and PgBouncer in front of it for Dagster's connections, unless
+# already there (or DATABASE_URL points elsewhere for the demo).
 postgres:
-	@if [ -x $(PG_SERVER) ] && [ -f $(POSTGIS) ]; then exit 0; fi; \
+	@if [ -x $(PG_SERVER) ] && [ -f $(POSTGIS) ] && [ -x /usr/sbin/pgbouncer ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
-	  echo "PostgreSQL $(PG_MAJOR) + PostGIS missing: run as root, or install postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-postgis-3"; exit 1; \
+	  echo "PostgreSQL $(PG_MAJOR) + PostGIS or PgBouncer missing: run as root, or install postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-postgis-3 pgbouncer"; exit 1; \
 	fi; \
-	echo "installing postgresql-$(PG_MAJOR) + postgresql-$(PG_MAJOR)-postgis-3 (Debian)"; \
+	echo "installing postgresql-$(PG_MAJOR) + postgresql-$(PG_MAJOR)-postgis-3 + pgbouncer (Debian)"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	  postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-postgis-3 >/dev/null
+	  postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-postgis-3 pgbouncer >/dev/null
 .PHONY: postgres
 
 # Debian's chromium, for the dashboard's browser tests (playwright-core drives it; no browser download).

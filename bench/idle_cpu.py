@@ -23,20 +23,31 @@ from constellation_core.settings import get_settings
 from constellation_devstack.commands import STACK_MARKER, _marker
 
 TICKS = os.sysconf("SC_CLK_TCK")
-GROUPS = ("postgres", "nats-server", "dagster-daemon", "dagster-webserver", "dagster api grpc", "uvicorn",
+GROUPS = ("pgbouncer", "postgres", "nats-server", "dagster-daemon", "dagster-webserver", "dagster api grpc", "uvicorn",
           "dispatcher", "gpu-agent", "usage", "supervisord", "zygote", "ray")
 
 
 def stack_processes(marker: bytes) -> dict[int, str]:
-    found = {}
+    """Processes that carry the marker, and their descendants (Postgres overwrites its backends'
+    environment with their process titles, so those are found through their postmaster)."""
+    found, parents, cmdlines = {}, {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            pid = int(entry.name)
+            cmdlines[pid] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parents[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+                found[pid] = cmdlines[pid]
+        except (OSError, ValueError):
             continue
+    for pid in cmdlines:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor not in found:
+            ancestor = parents.get(ancestor)
+        if ancestor:
+            found[pid] = cmdlines[pid]
     return found
 
 

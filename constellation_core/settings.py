@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     dagster_code_server_host: str = "127.0.0.1"
     dagster_code_server_port: int = 4266
     usage_port: int = 8081
+    # PgBouncer in front of the demo's own Postgres, for Dagster's many short connections.
+    pgbouncer_port: int = 55433
     # Public base URL of Dagit, used for links from jobs to their runs.
     dagit_url: str | None = None
     # Where the API finds the Go usage service it serves under /usage (same origin for clients).

@@ -1,24 +1,27 @@
-"""The fast-path dispatcher: launches a Dagster run the moment a job is queued.
+"""The fast-path dispatcher: launches a Dagster run the moment a job is queued, and terminates it
+the moment the job is canceled.
 
 The dispatch sensor only ticks every ~5 s (the sensor daemon's loop); this process listens for
 `queued` events on NATS and launches runs through Dagit's GraphQL API (dagster-graphql's client) at
 once. The sensor stays as the reconciler: a job this process could not launch (Dagit down, a crash)
 is released to it, or picked up by it after the re-dispatch window. Both go through the one launch
 guard (`claim_launches`); here each job's row stays locked until its launch is through, so no other
-launcher can find the job without its run.
+launcher can find the job without its run. Cancels go the same way: this process asks Dagit to
+terminate the job's live runs; the `terminate_canceled_runs` sensor reconciles what it missed.
 """
 
 import asyncio
 import logging
 from urllib.parse import urlparse
+from uuid import UUID
 
 from dagster import DagsterInstance
-from dagster_graphql import DagsterGraphQLClient
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from sqlalchemy import Engine
 
 from constellation_core.bus import connect
 from constellation_core.events import SUBJECT_ROOT, Event
-from constellation_dagster.inference.dispatch import claim_launches, release
+from constellation_dagster.inference.dispatch import claim_launches, release, runs_to_terminate
 
 log = logging.getLogger(__name__)
 LOCATION = "constellation_dagster"
@@ -66,18 +69,37 @@ def _launch(client: DagsterGraphQLClient, launch) -> bool:
     return True
 
 
+def terminate_canceled(instance: DagsterInstance, client: DagsterGraphQLClient, job_ids: list[UUID]) -> int:
+    """Ask Dagit to stop the live runs of these canceled jobs (a queued run leaves Dagster's queue, a
+    started one gets its cancel); returns how many were asked. A refusal is left to the sensor."""
+    asked = 0
+    for run_id in runs_to_terminate(instance, job_ids):
+        try:
+            client.terminate_run(run_id)
+            asked += 1
+        except (DagsterGraphQLClientError, OSError):
+            log.warning("terminate failed; leaving the run to the terminate sensor", exc_info=True,
+                        extra={"dagster_run_id": run_id})
+    return asked
+
+
 async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
     client = graphql_client(dagit_url)
     instance = DagsterInstance.get()  # $DAGSTER_HOME: the launch guard reads Dagster's runs
     wake = asyncio.Event()
     wake.set()  # launch whatever is already due
+    canceled: set[UUID] = set()
 
     async def on_state(msg) -> None:
         try:
             event = Event.from_bytes(msg.data)
         except ValueError:
             return
-        if event.payload.get("state") == "queued":
+        state = event.payload.get("state")
+        if state == "queued":
+            wake.set()
+        elif state == "canceled" and event.job_id is not None:
+            canceled.add(event.job_id)
             wake.set()
 
     nc = await connect(nats_url, name="constellation-dispatcher")
@@ -86,6 +108,10 @@ async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
         while True:
             await wake.wait()
             wake.clear()
+            if canceled:
+                job_ids = list(canceled)
+                canceled.clear()
+                await asyncio.to_thread(terminate_canceled, instance, client, job_ids)
             await asyncio.to_thread(dispatch_once, engine, instance, client)
     finally:
         await nc.drain()

@@ -16,6 +16,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 from constellation_devstack.nats import NatsServer
+from constellation_devstack.pgbouncer import PgBouncer
 from constellation_devstack.postgres import PostgresCluster
 from constellation_devstack.setup import (
     create_database,
@@ -41,11 +42,15 @@ def _local_nats(settings: Settings) -> NatsServer:
     return NatsServer(settings.local_dir / "nats" / "jetstream", port)
 
 
+def _local_pgbouncer(settings: Settings) -> PgBouncer:
+    return PgBouncer(settings.local_dir / "pgbouncer", settings.pgbouncer_port, settings.sync_database_url)
+
+
 def _dagster_home(settings: Settings) -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or settings.local_dir / "dagster_home")
 
 
-def _stack_env(settings: Settings) -> dict[str, str]:
+def _stack_env(settings: Settings, *, local_postgres: bool) -> dict[str, str]:
     from constellation_core.devices import SIMULATED_ENV, nvml_devices
 
     simulated = {}
@@ -56,7 +61,9 @@ def _stack_env(settings: Settings) -> dict[str, str]:
         **simulated,
         "DATABASE_URL": settings.sync_database_url,
         "NATS_URL": settings.nats_url,
-        "DAGSTER_PG_URL": settings.dagster_storage_url,
+        # Dagster's processes reach their storage through the demo's PgBouncer (see pgbouncer.py).
+        "DAGSTER_PG_URL": (_local_pgbouncer(settings).pooled_url(settings.dagster_storage_url) if local_postgres
+                           else settings.dagster_storage_url),
         "DAGSTER_HOME": str(_dagster_home(settings)),
         "DAGSTER_CODE_SERVER_HOST": settings.dagster_code_server_host,
         "DAGSTER_CODE_SERVER_PORT": str(settings.dagster_code_server_port),
@@ -112,6 +119,15 @@ def postgres() -> None:
     cluster = _local_cluster(get_settings())
     cluster.init()
     argv = cluster.foreground_argv()
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def pgbouncer() -> None:
+    """Run the demo's PgBouncer in the foreground (for the supervisor)."""
+    pooler = _local_pgbouncer(get_settings())
+    pooler.write_config()
+    argv = pooler.argv()
     os.execvp(argv[0], argv)
 
 
@@ -255,6 +271,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
     programs = []
     if local_postgres:
         programs.append(_program("postgres", f"{dev} postgres", priority=10, log_dir=log_dir, stopsignal="INT"))
+        programs.append(_program("pgbouncer", f"{dev} pgbouncer", priority=10, log_dir=log_dir, stopsignal="INT"))
     if local_nats:
         programs.append(_program("nats", f"{dev} nats", priority=10, log_dir=log_dir))
     programs += [
@@ -312,7 +329,7 @@ def demo() -> None:
         _local_cluster(settings).init()  # fail here, visibly, rather than inside the supervisor
     config = settings.local_dir / "supervisord.conf"
     config.write_text(supervisor_config(settings, local_postgres=local_postgres, local_nats=local_nats))
-    os.environ.update(_stack_env(settings))
+    os.environ.update(_stack_env(settings, local_postgres=local_postgres))
     os.environ[STACK_MARKER] = _marker(settings)
     typer.echo(f"starting the stack under supervisord ({config}); logs in {settings.local_dir / 'logs'}")
     supervisor = subprocess.Popen([str(BIN / "supervisord"), "-c", str(config)])

@@ -61,11 +61,16 @@ def init_dagster_storage(home: Path, storage_url: str, *, train_model: bool = Tr
     import os
 
     from dagster import DagsterInstance
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
     from constellation_core.devices import discover
     from constellation_dagster.bootstrap import ensure_model, set_device_pools
 
     os.environ["DAGSTER_PG_URL"] = storage_url
+    # The instance config says not to autocreate (every process would look for the tables each time
+    # it makes an instance): the storages create them here, once.
+    for storage in (PostgresRunStorage, PostgresEventLogStorage, PostgresScheduleStorage):
+        storage(storage_url, should_autocreate_tables=True).dispose()
     with DagsterInstance.from_config(str(home)) as instance:
         instance.get_runs_count()
         set_device_pools(instance, discover())

@@ -17,10 +17,11 @@ from sqlalchemy import create_engine, text
 
 from constellation_core.devices import SIMULATED_ENV
 from constellation_core.settings import REPO_ROOT, get_settings
-from constellation_core.waiting import free_port, wait_for
+from constellation_core.waiting import free_port, port_open, wait_for
 from constellation_dagster.bootstrap import ensure_model
 from constellation_dagster.models.assets import ModelTrainingConfig
 from constellation_devstack.commands import code_server_serving
+from constellation_devstack.pgbouncer import PgBouncer
 from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
 from tests.conftest import fresh_database_url
 from tests.processes import BIN, ManagedProcess
@@ -47,7 +48,11 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     # Its own system-of-record database, so the daemon only sees this stack's jobs.
     database_url = fresh_database_url(pg_admin_url, "constellation_e2e", migrated_template)
     dagster_url = fresh_database_url(pg_admin_url, "dagster_test").replace("+psycopg", "+psycopg2")
+    tmp.chmod(0o711)  # PgBouncer runs as `postgres` (when we are root) and must reach its folder inside
     home = prepare_dagster_home(tmp / "dagster_home")
+    # Dagster's processes reach their storage through PgBouncer, as in `make demo`.
+    pooler = PgBouncer(tmp / "pgbouncer", free_port(), pg_admin_url)
+    pooler.write_config()
     local_dir = tmp / "local"
     patch = pytest.MonkeyPatch()
     # Simulated devices, scheduled like GPUs (own pools, own workers), computing on the CPU.
@@ -62,7 +67,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         **os.environ,
         "DATABASE_URL": database_url,
         "NATS_URL": nats_url,
-        "DAGSTER_PG_URL": dagster_url,
+        "DAGSTER_PG_URL": pooler.pooled_url(dagster_url),
         "DAGSTER_HOME": str(home),
         "DAGIT_PORT": str(dagit_port),
         "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
@@ -72,6 +77,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         **(env or {}),
     }
     first = [
+        ManagedProcess("pgbouncer", pooler.argv(), env, tmp),
         ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp),
         ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)], env, tmp),
         ManagedProcess("device-workers", [str(BIN / "constellation-dev"), "device-workers"], env, tmp),
@@ -96,6 +102,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     try:
         for process in first:
             process.start()
+        wait_for(lambda: port_open("127.0.0.1", pooler.port), timeout=20, what="PgBouncer", interval=0.1)
         wanted = serving if serving is not None else simulated
         wait_for(lambda: len(serving_devices(database_url)) >= wanted, timeout=120,
                  what=f"{wanted} device workers to register", interval=0.5)

@@ -341,6 +341,17 @@ def test_cancel_a_running_job_frees_its_devices(stack):
     assert canceled.status_code == 200 and canceled.json()["state"] == "canceled"
     done_at_cancel = canceled.json()["tiles_done"]
 
+    def run_status() -> str | None:
+        from dagster import RunsFilter
+
+        with DagsterInstance.from_config(stack["dagster_home"]) as instance:
+            records = instance.get_run_records(RunsFilter(tags={"constellation/job_id": job_id}), limit=1)
+        return records[0].dagster_run.status.value if records else None
+
+    # The dispatcher asks Dagit to stop the run at once (the reconciling sensor would take ≥ 10 s).
+    wait_for(lambda: run_status() in ("CANCELING", "CANCELED"), timeout=5,
+             what="the canceled job's Dagster run to be terminated", interval=0.2)
+
     def steps_done():
         with engine.connect() as conn:
             return conn.execute(
@@ -353,6 +364,7 @@ def test_cancel_a_running_job_frees_its_devices(stack):
     # Each device commits at most the batch it was committing: a batch of a canceled job is not stored.
     assert counts.results <= done_at_cancel + 8 * len(SIMULATED), (done_at_cancel, counts)
     assert _job(stack, account, job_id)["state"] == "canceled"
+    wait_for(lambda: run_status() == "CANCELED", timeout=60, what="the Dagster run to end CANCELED", interval=0.5)
 
     next_job = _submit(stack, account, mode="serial", zoom=14)
     assert _wait_terminal(stack, account, next_job)["state"] == "succeeded"

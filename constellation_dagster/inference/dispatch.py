@@ -68,6 +68,11 @@ def live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list[dg.Dags
     return [record.dagster_run for record in records]
 
 
+def runs_to_terminate(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list[str]:
+    """The live runs of these (canceled) jobs that no one has asked to stop yet."""
+    return [run.run_id for run in live_runs(instance, job_ids) if run.status != dg.DagsterRunStatus.CANCELING]
+
+
 def jobs_with_live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> set[UUID]:
     return {UUID(run.tags[JOB_ID_TAG]) for run in live_runs(instance, job_ids)}
 

@@ -8,14 +8,19 @@ from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
 from constellation_core.tables import jobs, runs, steps
-from constellation_dagster.inference.dispatch import claim_launches, live_runs
+from constellation_dagster.inference.dispatch import claim_launches, runs_to_terminate
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
+
+# The dispatcher process launches and terminates runs the moment a job is queued or canceled; the
+# two sensors behind it only reconcile what it missed (it was down, Dagit refused), so they need not
+# tick every second (each tick is a gRPC call into the code server and a few Postgres round trips).
+RECONCILE_INTERVAL_S = 10
 
 
 @dg.sensor(
     jobs=ALL_JOBS,
-    minimum_interval_seconds=1,
+    minimum_interval_seconds=RECONCILE_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Reconciler: launches a run for each queued job the fast-path dispatcher did not (run key = job id).",
 )
@@ -83,9 +88,10 @@ run_outcome_sensors = [
 
 
 @dg.sensor(
-    minimum_interval_seconds=1,
+    minimum_interval_seconds=RECONCILE_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Terminates the Dagster run of a job canceled through the API (or drops it from Dagster's queue).",
+    description="Reconciler: terminates the Dagster run of a job canceled through the API (or drops it from "
+                "Dagster's queue) when the fast-path dispatcher did not.",
 )
 def terminate_canceled_runs(context: dg.SensorEvaluationContext, db: SystemOfRecord) -> dg.SkipReason | None:
     with db.begin() as conn:
@@ -93,9 +99,7 @@ def terminate_canceled_runs(context: dg.SensorEvaluationContext, db: SystemOfRec
             select(jobs.c.id).where(jobs.c.state == "canceled",
                                     jobs.c.finished_at > func.now() - text("interval '10 minutes'"))
         ).scalars().all()
-    terminated = []
-    for run in live_runs(context.instance, list(canceled)) if canceled else []:
-        if run.status != dg.DagsterRunStatus.CANCELING:
-            context.instance.run_coordinator.cancel_run(run.run_id)
-            terminated.append(run.run_id)
+    terminated = runs_to_terminate(context.instance, list(canceled)) if canceled else []
+    for run_id in terminated:
+        context.instance.run_coordinator.cancel_run(run_id)
     return None if terminated else dg.SkipReason("no run to terminate")
