@@ -10,17 +10,18 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from api.errors import install_problem_handlers
-from api.openapi import install_openapi
-from api.health.router import router as health_router
 from api.analytics.router import router as analytics_router
 from api.areas.router import router as areas_router
-from api.events.router import router as events_router
-from api.gpus.router import router as gpus_router
 from api.catalog.router import router as catalog_router
 from api.coverage.router import router as coverage_router
+from api.errors import install_problem_handlers
+from api.events.router import router as events_router
+from api.gpus.router import router as gpus_router
+from api.health.router import router as health_router
 from api.jobs.router import router as jobs_router
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api.offload import planning_pool
+from api.openapi import install_openapi
 from api.stream.hub import StreamHub
 from api.stream.router import router as stream_router
 from api.usage.router import router as usage_router
@@ -51,12 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ensure_stream(app.state.nats.jetstream())
         app.state.usage_client = httpx.AsyncClient(base_url=settings.usage_base_url, timeout=5)
         app.state.hub = StreamHub()
+        planning_pool.start()
         await app.state.hub.start(app.state.nats)
         log.info("api started", extra={"nats": settings.nats_url})
         try:
             yield
         finally:
             await app.state.hub.stop()
+            planning_pool.stop()
             await app.state.usage_client.aclose()
             await app.state.nats.drain()
             await app.state.engine.dispose()

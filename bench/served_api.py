@@ -18,14 +18,18 @@ BIN = Path(sys.executable).parent
 
 
 @contextlib.contextmanager
-def served_api(workers: int = 1) -> Iterator[str]:
-    """Yields the API's base URL (`http://127.0.0.1:<port>`); its stderr goes to a temporary log."""
+def served_api(workers: int = 1, source: Path | None = None) -> Iterator[str]:
+    """Yields the API's base URL (`http://127.0.0.1:<port>`); its stderr goes to a temporary log.
+    `source`: another checkout of the repository (a baseline) whose code the API runs instead."""
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="constellation-bench-")) / "api.log"
+    env = {**os.environ, "LOG_LEVEL": "WARNING"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)  # ahead of this checkout's editable install
     api = subprocess.Popen(
         [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port), "--workers", str(workers),
          "--no-access-log", "--log-level", "warning"],
-        env={**os.environ, "LOG_LEVEL": "WARNING"}, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+        env=env, cwd=source, stdout=subprocess.DEVNULL, stderr=log.open("w"),
     )
     base = f"http://127.0.0.1:{port}"
     try:

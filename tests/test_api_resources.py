@@ -290,23 +290,30 @@ def test_gpu_telemetry_returns_the_recent_samples_the_api_received(client, make_
     assert client.get(f"/gpus/{device}/telemetry", params={"seconds": 0}, headers=admin.headers).status_code == 422
 
 
-def test_planning_an_area_does_not_hold_up_other_requests(client, make_account, monkeypatch):
-    """Tile planning runs off the event loop: while one request's planning is still going, `/healthz`
-    (and every other request) is answered."""
+def _planning_held_until_released(flags, area_geojson, zoom, max_tiles):
+    """Runs in a planning process: says it started, then plans once the test releases it (files, since
+    it is another process)."""
+    import time
+
+    from api.planning import plan_job_area
+
+    (flags / "entered").touch()
+    deadline = time.monotonic() + 30
+    while not (flags / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return plan_job_area(area_geojson, zoom, max_tiles)
+
+
+def test_planning_an_area_does_not_hold_up_other_requests(client, make_account, monkeypatch, tmp_path):
+    """Tile planning runs off the event loop (in a planning process): while one request's planning is
+    still going, `/healthz` (and every other request) is answered."""
+    import functools
     import threading
 
     from api.jobs import service
 
     account = make_account()
-    entered, release = threading.Event(), threading.Event()
-    real_plan = service.plan_tiles
-
-    def slow_plan(*args, **kwargs):
-        entered.set()
-        release.wait(timeout=30)
-        return real_plan(*args, **kwargs)
-
-    monkeypatch.setattr(service, "plan_tiles", slow_plan)
+    monkeypatch.setattr(service, "plan_in_worker", functools.partial(_planning_held_until_released, tmp_path))
     answers: dict[str, int] = {}
 
     def call(name: str, method: str, path: str, **kwargs) -> None:
@@ -316,13 +323,14 @@ def test_planning_an_area_does_not_hold_up_other_requests(client, make_account, 
                                 kwargs={"json": {"zoom": 14, "area": GENEVA}, "headers": account.headers})
     estimate.start()
     try:
-        assert entered.wait(timeout=10), "the estimate never reached the planner"
+        wait_for(lambda: (tmp_path / "entered").exists(), timeout=20, what="the estimate's planning to start",
+                 interval=0.01)
         health = threading.Thread(target=call, args=("healthz", "GET", "/healthz"))
         health.start()
         health.join(timeout=5)
         assert answers.get("healthz") == 200, "/healthz waited on another request's tile planning"
     finally:
-        release.set()
+        (tmp_path / "release").touch()
         estimate.join(timeout=30)
     assert answers["estimate"] == 200
 

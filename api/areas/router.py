@@ -9,16 +9,14 @@ from uuid import UUID
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from shapely.geometry import mapping
 from sqlalchemy import func, insert, literal, select, tuple_
 
-from api import access
+from api import access, planning
 from api.deps import CurrentAccount, EngineDep
 from api.errors import InvalidInput
 from api.jobs.schemas import bounded_nesting
-from api.offload import off_loop
+from api.offload import planning_pool
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, decode_cursor, encode_cursor
-from constellation_core.geometry import InvalidGeometry, area_from_geojson
 from constellation_core.tables import areas
 
 router = APIRouter(prefix="/areas", tags=["areas"])
@@ -62,17 +60,19 @@ def _public(row) -> AreaPublic:
                       bbox=[row.west, row.south, row.east, row.north])
 
 
-def area_geometry(geojson: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return mapping(area_from_geojson(geojson, max_deg2=MAX_AREA_DEG2))
-    except InvalidGeometry as exc:
-        raise InvalidInput(str(exc), errors=[{"loc": ["body", "geojson"], "msg": str(exc), "type": "geometry"}]) from exc
+async def area_geometry(geojson: dict[str, Any]) -> dict[str, Any]:
+    """The area checked and merged (in a planning process), or a 422 problem naming `geojson`."""
+    result = await planning_pool.run(planning.area_geometry, geojson, MAX_AREA_DEG2)
+    if isinstance(result, planning.Refused):
+        raise InvalidInput(result.message, errors=[{"loc": ["body", "geojson"], "msg": result.message,
+                                                    "type": result.kind}])
+    return result
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AreaPublic, name="create")
 async def create_area(body: AreaCreate, account: CurrentAccount, engine: EngineDep) -> AreaPublic:
     """Import an area of interest from GeoJSON; jobs may then name it by `area_id`."""
-    geometry = await off_loop(area_geometry, body.geojson)
+    geometry = await area_geometry(body.geojson)
     async with engine.begin() as conn:
         area_id = (await conn.execute(
             insert(areas).values(name=body.name, account_id=account.id,

@@ -11,6 +11,7 @@ from api import access
 from api.deps import CurrentAccount, EngineDep, PublisherDep, SettingsDep
 from api.jobs import service
 from api.jobs.logs import log_stream
+from api.jobs.repository import SORTS
 from api.jobs.schemas import (
     JobCreate,
     JobDetail,
@@ -21,7 +22,6 @@ from api.jobs.schemas import (
     TileEstimate,
     TileFeatureCollection,
 )
-from api.jobs.repository import SORTS
 from api.metrics import JOBS_SUBMITTED
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 

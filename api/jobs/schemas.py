@@ -8,9 +8,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from constellation_core.vocabulary import DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_MODEL, JOB_MODES, JOB_STATES
 from constellation_core.geometry import check_nesting
 from constellation_core.tiles import MAX_ZOOM, MIN_ZOOM
+from constellation_core.vocabulary import DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_MODEL, JOB_MODES, JOB_STATES
 
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 JobMode = Literal[JOB_MODES]  # type: ignore[valid-type]

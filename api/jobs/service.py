@@ -14,7 +14,7 @@ from sqlalchemy import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import access
+from api import access, planning
 from api.accounts.auth import Account
 from api.errors import Conflict, InvalidInput
 from api.jobs import repository
@@ -29,12 +29,10 @@ from api.jobs.schemas import (
     TileEstimate,
     TilesPerMinute,
 )
-from api.offload import off_loop
+from api.offload import planning_pool
 from api.pagination import Page, decode_cursor, encode_cursor
 from constellation_core.events import Event, queued_event, transition_job_async
-from constellation_core.geometry import InvalidGeometry, area_from_geojson
 from constellation_core.logs import correlation_id
-from constellation_core.tiles import TooComplex, TooManyTiles, plan_tiles
 from constellation_core.vocabulary import JOB_STATES, MODELS
 
 log = logging.getLogger(__name__)
@@ -88,7 +86,7 @@ async def _insert_job(
             f"unknown model {body.model!r}; known models: {', '.join(sorted(MODELS))}",
             errors=[{"loc": ["body", "model"], "msg": "unknown model", "type": "value_error"}],
         )
-    aoi, tiles_total = await off_loop(plan_area, await _area_geojson(engine, account, body), body.zoom, max_tiles)
+    aoi, tiles_total = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     if tiles_total == 0:
         raise InvalidInput("the area covers no tile at this zoom")
     # One statement writes the job and its event: atomic by itself, so no transaction round trips.
@@ -192,26 +190,22 @@ async def summary(engine: AsyncEngine, account: Account) -> JobSummary:
     )
 
 
-def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
-    """The area parsed and its tile count at this zoom; a 422 problem naming `area` otherwise.
-    CPU work: callers run it through `off_loop`."""
-    try:
-        aoi = area_from_geojson(area_geojson)
-        tiles_total = len(plan_tiles(aoi, zoom, max_tiles))
-    except InvalidGeometry as exc:
-        raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "geometry"}])
-    except TooManyTiles as exc:
-        raise InvalidInput(
-            f"{exc}; choose a smaller area or a lower zoom",
-            errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_many_tiles"}],
-        )
-    except TooComplex as exc:
-        raise InvalidInput(str(exc), errors=[{"loc": ["body", "area"], "msg": str(exc), "type": "too_complex"}])
-    return aoi, tiles_total
+# The function the planning processes run (a module attribute, so a test can put a slower one in).
+plan_in_worker = planning.plan_job_area
+
+
+async def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
+    """The area parsed and its tile count at this zoom, computed in a planning process; a 422 problem
+    naming `area` otherwise."""
+    result = await planning_pool.run(plan_in_worker, area_geojson, zoom, max_tiles)
+    if isinstance(result, planning.Refused):
+        raise InvalidInput(result.message, errors=[{"loc": ["body", "area"], "msg": result.message,
+                                                    "type": result.kind}])
+    return result.aoi, result.tiles
 
 
 async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, max_tiles: int) -> TileEstimate:
-    aoi, tiles = await off_loop(plan_area, await _area_geojson(engine, account, body), body.zoom, max_tiles)
+    aoi, tiles = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     async with engine.connect() as conn:
         km2 = await repository.geodesic_area_km2(conn, aoi.wkt)
     return TileEstimate(tiles=tiles, max_tiles=max_tiles, area_km2=round(km2, 3), area=mapping(aoi))
