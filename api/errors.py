@@ -32,6 +32,11 @@ class Unauthorized(Problem):
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="constellation"'})
 
 
+class Forbidden(Problem):
+    status = 403
+    title = "Forbidden"
+
+
 class NotFound(Problem):
     status = 404
     title = "Not found"

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
+from api.admin.router import router as admin_router
 from api.analytics.router import router as analytics_router
 from api.areas.router import router as areas_router
 from api.catalog.router import router as catalog_router
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events_router)
     app.include_router(usage_router)
     app.include_router(analytics_router)
+    app.include_router(admin_router)
     # The dashboard (Next.js static export, `make web`), on the API's origin so it shares the stream.
     if DASHBOARD.is_dir():
         app.mount("/app", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")

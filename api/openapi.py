@@ -30,6 +30,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 DESCRIPTIONS = {
     "401": "Missing, unknown or revoked API key",
+    "403": "The key may not do this (admin routes need an admin key)",
     "404": "No such resource (or another account's)",
     "409": "Conflicts with the resource's state",
     "413": "Body over 1 MiB",
@@ -101,7 +102,7 @@ def install_openapi(app: FastAPI) -> None:
                     statuses.append("404")
                 if method == "post":
                     statuses.append("413")
-                statuses += [s for s in ("409", "503") if s in responses]
+                statuses += [s for s in ("403", "409", "503") if s in responses]
                 for status in statuses:
                     responses[status] = _problem(status)
         app.openapi_schema = doc

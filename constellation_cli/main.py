@@ -7,6 +7,8 @@
     constellation cancel JOB_ID
     constellation logs JOB_ID -f      # Server-Sent Events, resumes with Last-Event-ID
     constellation areas import area.geojson --name Geneva
+    constellation admin create-account field-team     # admins: accounts and keys (see `admin --help`)
+    constellation admin revoke KEY_ID
 
 The API and key come from CONSTELLATION_API_URL and CONSTELLATION_API_KEY (or --api-url/--api-key);
 next to a `make demo` checkout the dev key in .local/dev-api-key is used when no key is given.
@@ -266,3 +268,90 @@ def import_area(
     """Store an area of interest; jobs can then use its id."""
     area = _run(lambda: _call("POST", "/areas", json={"name": name or geojson.stem, "geojson": _read_geojson(geojson)}))
     out.print(f"area [bold]{area['id']}[/] {area['name']} · {area['area_km2']:.1f} km²")
+
+
+admin_app = typer.Typer(help="Accounts and API keys (needs an admin key).", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+def _when(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else "-"
+
+
+def _account(name_or_id: str) -> dict[str, Any]:
+    """The account with this name or id (the listing is small: operators' accounts, not jobs)."""
+    accounts = _call("GET", "/admin/accounts")
+    for account in accounts:
+        if name_or_id in (account["name"], account["id"]):
+            return account
+    raise ApiError(f"no account named or with id {name_or_id!r}")
+
+
+@admin_app.command("accounts")
+def admin_accounts() -> None:
+    """Every account: role, keys in use, disabled or not."""
+    accounts = _run(lambda: _call("GET", "/admin/accounts"))
+    table = Table("id", "name", "role", "keys", "created", "disabled")
+    for a in accounts:
+        table.add_row(a["id"], a["name"], a["role"], str(a["active_keys"]), _when(a["created_at"]),
+                      _when(a["disabled_at"]))
+    out.print(table)
+
+
+@admin_app.command("create-account")
+def admin_create_account(
+    name: Annotated[str, typer.Argument(help="Unique name: letters, digits, '.', '_', '-'")],
+    role: Annotated[str, typer.Option(help="member or admin")] = "member",
+    key: Annotated[bool, typer.Option(help="Also issue its first key (printed once)")] = True,
+) -> None:
+    """Create an account (and, unless --no-key, its first API key)."""
+    account = _run(lambda: _call("POST", "/admin/accounts", json={"name": name, "role": role}))
+    out.print(f"account [bold]{account['name']}[/] ({account['role']}) {account['id']}")
+    if key:
+        _print_issued(_run(lambda: _call("POST", f"/admin/accounts/{account['id']}/keys", json={"name": "first"})))
+
+
+def _print_issued(issued: dict[str, Any]) -> None:
+    out.print(f"key {issued['id']} ({issued['prefix']}…): [bold]{issued['key']}[/]")
+    err.print("[yellow]This is the only time the key is shown: store it now.[/]")
+
+
+@admin_app.command("disable")
+def admin_disable(account: Annotated[str, typer.Argument(help="Account name or id")]) -> None:
+    """Disable an account: its keys stop working at once and its open streams close."""
+    updated = _run(lambda: _call("PATCH", f"/admin/accounts/{_account(account)['id']}", json={"disabled": True}))
+    out.print(f"account [bold]{updated['name']}[/] disabled at {_when(updated['disabled_at'])}")
+
+
+@admin_app.command("enable")
+def admin_enable(account: Annotated[str, typer.Argument(help="Account name or id")]) -> None:
+    """Enable a disabled account (its unrevoked keys work again)."""
+    updated = _run(lambda: _call("PATCH", f"/admin/accounts/{_account(account)['id']}", json={"disabled": False}))
+    out.print(f"account [bold]{updated['name']}[/] enabled")
+
+
+@admin_app.command("keys")
+def admin_keys(account: Annotated[str, typer.Argument(help="Account name or id")]) -> None:
+    """An account's keys (prefix and label; never the keys themselves)."""
+    keys = _run(lambda: _call("GET", f"/admin/accounts/{_account(account)['id']}/keys"))
+    table = Table("id", "prefix", "name", "created", "last used", "revoked")
+    for k in keys:
+        table.add_row(k["id"], k["prefix"] + "…", k["name"] or "", _when(k["created_at"]), _when(k["last_used_at"]),
+                      _when(k["revoked_at"]))
+    out.print(table)
+
+
+@admin_app.command("issue-key")
+def admin_issue_key(
+    account: Annotated[str, typer.Argument(help="Account name or id")],
+    name: Annotated[str | None, typer.Option(help="A label for the key, e.g. ci or laptop")] = None,
+) -> None:
+    """Issue a new key for an account (printed once)."""
+    _print_issued(_run(lambda: _call("POST", f"/admin/accounts/{_account(account)['id']}/keys", json={"name": name})))
+
+
+@admin_app.command("revoke")
+def admin_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `constellation admin keys`)")]) -> None:
+    """Revoke a key: it stops working at once and its open streams close."""
+    revoked = _run(lambda: _call("POST", f"/admin/keys/{key_id}/revoke"))
+    out.print(f"key {revoked['id']} ({revoked['prefix']}…) revoked at {_when(revoked['revoked_at'])}")

@@ -50,6 +50,7 @@ accounts = Table(
     Column("name", Text, nullable=False, unique=True),
     Column("role", Text, nullable=False, server_default="member"),
     _created_at(),
+    Column("disabled_at", DateTime(timezone=True)),  # set while disabled: its keys do not authenticate
     CheckConstraint("role IN ('admin', 'member')", name="accounts_role_check"),
 )
 
@@ -64,6 +65,9 @@ api_keys = Table(
     Column("prefix", Text, nullable=False),
     _created_at(),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("name", Text),  # the operator's label for the key
+    Column("last_used_at", DateTime(timezone=True)),  # refreshed at most every KEY_CACHE_S per key
+    Index("api_keys_account_idx", "account_id", "created_at"),
 )
 
 areas = Table(

@@ -59,10 +59,10 @@ def _step_timeline(stack, job_ids: list[str]) -> str:
     return "\n".join(sorted(lines))
 
 
-def account_in(database_url: str, name: str = "e2e-member") -> AccountKey:
+def account_in(database_url: str, name: str = "e2e-member", role: str = "member") -> AccountKey:
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        account_id = create_account(conn, name)
+        account_id = create_account(conn, name, role)
         key = issue_api_key(conn, account_id)
     engine.dispose()
     return AccountKey(account_id, name, key)
@@ -490,6 +490,19 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     assert "the tile map draws" in done.stdout and "the GPU chart went from" in done.stdout
     assert "a click on the job's bar opened its page" in done.stdout
     assert "ok: a drawn area: Estimated" in done.stdout
+
+
+def test_an_admin_revokes_a_key_on_the_admin_page_and_its_live_channel_closes(stack):
+    """web/e2e/admin.mjs in chromium: an admin creates an account (first key shown once) on the Admin
+    page; a second browser signs in with that key; revoking it closes that browser's live channel, which
+    says so and does not retry."""
+    import subprocess
+
+    admin = account_in(stack["database_url"], "e2e-admin", role="admin")
+    done = subprocess.run(["node", "e2e/admin.mjs", stack["api"], admin.key, "e2e/screenshots"],
+                          cwd=REPO_ROOT / "web", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "revoking it closed that key's live channel" in done.stdout
 
 
 def test_a_run_parked_in_dagsters_queue_past_the_redispatch_window_is_never_launched_twice(stack):

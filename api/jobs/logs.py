@@ -65,6 +65,9 @@ async def log_stream(engine, hub: StreamHub, account: Account, job_id: UUID, aft
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
+            if subscriber.revoked:
+                yield f"event: revoked\ndata: {json.dumps({'detail': subscriber.revoked})}\n\n"
+                return  # a reconnect with the same key gets 401
             if event is None or subscriber.dropped:
                 return  # server shutting down or client too slow: it reconnects with Last-Event-ID
             if not isinstance(event, Event) or not delivered.fresh_live(event):

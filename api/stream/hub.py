@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from api import access
-from api.accounts.auth import Account
+from api.accounts.auth import REVOCATION_SUBJECT, Account, Revocation, forget
 from api.metrics import STREAM_CLIENTS, STREAM_DROPPED
 from constellation_core.events import SUBJECT_ROOT, Event
 from constellation_core.telemetry import GpuSample
@@ -40,6 +40,7 @@ class Subscriber:
         default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_SIZE)
     )
     dropped: bool = False
+    revoked: str | None = None  # why its key stopped working: the client is closed with this reason
 
     def __post_init__(self) -> None:
         if self.topics is None:
@@ -164,7 +165,26 @@ class StreamHub:
         self._subscribers.discard(subscriber)
         STREAM_CLIENTS.set(len(self._subscribers))
 
+    def revoke(self, revocation: Revocation) -> int:
+        """Forget these keys and end the streams that use them (each gets the reason); how many ended."""
+        forget(revocation)
+        ended = 0
+        for subscriber in list(self._subscribers):
+            if revocation.covers(subscriber.account):
+                subscriber.revoked = revocation.reason
+                self.remove(subscriber)
+                if not subscriber.queue.full():
+                    subscriber.queue.put_nowait(None)  # wakes its stream, which sees `revoked`
+                ended += 1
+        return ended
+
     async def _on_message(self, msg: Msg) -> None:
+        if msg.subject == REVOCATION_SUBJECT:
+            try:
+                self.revoke(Revocation.from_bytes(msg.data))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("ignoring a malformed revocation", extra={"subject": msg.subject})
+            return
         try:
             if msg.subject.startswith(f"{SUBJECT_ROOT}.gpus."):
                 message: Event | GpuSample = GpuSample.model_validate_json(msg.data)

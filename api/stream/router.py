@@ -72,6 +72,9 @@ async def stream(
             await send(await _history(engine, account, ("job", job_id) if job_id else ("jobs", None), after))
         control = asyncio.ensure_future(_receive_control(websocket))
         while True:
+            if subscriber.revoked:
+                await websocket.close(code=POLICY_VIOLATION, reason=subscriber.revoked[:120])
+                return
             if subscriber.dropped and subscriber.queue.empty():
                 await websocket.close(code=TRY_AGAIN_LATER,
                                       reason=f"too slow; reconnect with after={delivered.last}")
@@ -88,6 +91,8 @@ async def stream(
                 await websocket.send_json({"type": "heartbeat", "last_event_id": delivered.last})
                 continue
             event = live.result()
+            if subscriber.revoked:
+                continue  # closed at the top of the loop, with the reason
             if event is None:  # the server is shutting down
                 await websocket.close(code=1001)
                 return

@@ -5,7 +5,7 @@ import { apiKey, streamUrl } from "../src/lib/api";
 import { shouldRetry } from "../src/lib/queries";
 import { openLiveEvents } from "../src/live/liveEvents";
 
-export type LiveStatus = "signed-out" | "connecting" | "open" | "reconnecting";
+export type LiveStatus = "signed-out" | "connecting" | "open" | "reconnecting" | "revoked";
 const LiveStatusContext = createContext<LiveStatus>("connecting");
 /** Whether the live channel is up (shown in the navigation bar). */
 export const useLiveStatus = () => useContext(LiveStatusContext);

@@ -7,7 +7,10 @@ import { apiKey } from "../src/lib/api";
 import { palettes, type Mode } from "../src/ui/theme";
 import { useLiveStatus } from "./providers";
 
-const LIVE_TEXT = { "signed-out": "", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…" } as const;
+const LIVE_TEXT = {
+  "signed-out": "", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…",
+  revoked: "Key revoked: sign in again",
+} as const;
 
 const MODE_KEY = "constellation.theme";
 
@@ -19,6 +22,7 @@ const links = [
   ["/app/coverage/", "Coverage"],
   ["/app/usage/", "Usage"],
   ["/app/analytics/", "Analytics"],
+  ["/app/admin/", "Admin"],
 ] as const;
 
 const Nav = styled.nav`

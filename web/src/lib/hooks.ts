@@ -3,10 +3,10 @@
 // channel writes to the same keys).
 import { useInfiniteQuery, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import type { JobFilters } from "../live/queryKeys";
-import { jobKeys } from "../live/queryKeys";
+import { adminKeys, jobKeys } from "../live/queryKeys";
 import { api } from "./api";
 import {
-  analyticsQueries, catalogQueries, coverageQueries, gpuQueries, jobQueries, usageQueries, type Metric, type Window,
+  adminActions, adminQueries, analyticsQueries, catalogQueries, coverageQueries, gpuQueries, jobQueries, usageQueries, type Metric, type Window,
 } from "./queries";
 
 export const useJobs = (filters: JobFilters) => useInfiniteQuery(jobQueries.list(filters));
@@ -36,5 +36,17 @@ export function useCancelJobs() {
       return results.filter((r) => r.error).length;
     },
     onSettled: () => client.invalidateQueries({ queryKey: jobKeys.all }),
+  });
+}
+
+export const useAdminAccounts = () => useQuery(adminQueries.accounts());
+export const useAdminKeys = (accountId: string) => useQuery(adminQueries.keys(accountId));
+
+/** An admin action; every admin view is refetched after it (counts of keys change with revocations). */
+export function useAdminAction<A extends unknown[], R>(action: (...args: A) => Promise<R>) {
+  const client = useQueryClient();
+  return useMutation({
+    mutationFn: (args: A) => action(...args),
+    onSettled: () => client.invalidateQueries({ queryKey: adminKeys.all }),
   });
 }

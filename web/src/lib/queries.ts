@@ -1,7 +1,7 @@
 // One queryOptions factory per resource: pages and the live-events core share keys and fetchers.
 import { infiniteQueryOptions, queryOptions } from "@tanstack/react-query";
 import type { components } from "../api/schema";
-import { TIMELINE_SECONDS, analyticsKeys, catalogKeys, coverageKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
+import { TIMELINE_SECONDS, adminKeys, analyticsKeys, catalogKeys, coverageKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
 import { api } from "./api";
 
 type S = components["schemas"];
@@ -13,6 +13,9 @@ export type GpuSample = S["GpuSample"];
 export type DeviceTimeline = S["DeviceTimeline"];
 export type DeviceBatch = S["DeviceBatch"];
 export type TileCollection = S["TileFeatureCollection"];
+export type AdminAccount = S["AccountAdmin"];
+export type AdminKey = S["KeyPublic"];
+export type IssuedKey = S["KeyIssued"];
 export type Window = "day" | "week" | "month" | "all";
 export type Metric = "gpu_seconds" | "tiles" | "jobs" | "energy";
 
@@ -163,4 +166,32 @@ export const coverageQueries = {
       queryKey: coverageKeys.bbox(bbox),
       queryFn: async ({ signal }) => unwrap(await api.GET("/coverage", { signal, params: { query: { bbox, limit: 20000 } } }), "coverage") as TileCollection,
     }),
+};
+
+/** Accounts and keys, for admins (a member's key gets 403: shown as such). */
+export const adminQueries = {
+  accounts: () =>
+    queryOptions({
+      queryKey: adminKeys.accounts(),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/admin/accounts", { signal }), "accounts"),
+    }),
+  keys: (accountId: string) =>
+    queryOptions({
+      queryKey: adminKeys.keys(accountId),
+      queryFn: async ({ signal }) =>
+        unwrap(await api.GET("/admin/accounts/{account_id}/keys", { signal, params: { path: { account_id: accountId } } }), "keys"),
+      enabled: Boolean(accountId),
+    }),
+};
+
+/** The admin actions, each a call that answers the changed record (or a problem, thrown as ApiError). */
+export const adminActions = {
+  createAccount: async (name: string, role: "admin" | "member") =>
+    unwrap(await api.POST("/admin/accounts", { body: { name, role } }), "the account"),
+  setDisabled: async (accountId: string, disabled: boolean) =>
+    unwrap(await api.PATCH("/admin/accounts/{account_id}", { params: { path: { account_id: accountId } }, body: { disabled } }), "the account"),
+  issueKey: async (accountId: string, name: string | null) =>
+    unwrap(await api.POST("/admin/accounts/{account_id}/keys", { params: { path: { account_id: accountId } }, body: { name } }), "the key"),
+  revokeKey: async (keyId: string) =>
+    unwrap(await api.POST("/admin/keys/{key_id}/revoke", { params: { path: { key_id: keyId } } }), "the key"),
 };

@@ -185,4 +185,20 @@ describe("openLiveEvents", () => {
     expect(statuses).toEqual(["open", "reconnecting", "open"]);
     stop();
   });
+
+  it("stops and reports a revoked key when the server closes with a policy violation", () => {
+    vi.useFakeTimers();
+    const statuses: string[] = [];
+    const sockets: FakeSocket[] = [];
+    const stop = openLiveEvents({
+      url: "ws://api/stream", client: new QueryClient(), reconnectDelayMs: 100, onStatus: (s) => statuses.push(s),
+      connect: (url) => { const socket = new FakeSocket(url); sockets.push(socket); return socket; },
+    });
+    sockets[0].open();
+    sockets[0].onclose?.({ code: 1008 });
+    vi.advanceTimersByTime(1000);
+    expect(statuses).toEqual(["open", "revoked"]);
+    expect(sockets).toHaveLength(1); // the same key would be refused: no reconnect loop
+    stop();
+  });
 });

@@ -189,8 +189,11 @@ export interface LiveEventsOptions {
   client: QueryClient;
   connect?: (url: string) => SocketLike; // a real WebSocket by default
   reconnectDelayMs?: number;
-  onStatus?: (status: "open" | "reconnecting") => void;
+  onStatus?: (status: "open" | "reconnecting" | "revoked") => void;
 }
+
+/** The server closed the socket because the key stopped working (revoked, account disabled). */
+export const POLICY_VIOLATION = 1008;
 
 /** Open the live channel; returns a function that closes it for good. */
 export function openLiveEvents({ url, client, connect, reconnectDelayMs = 1000, onStatus }: LiveEventsOptions): () => void {
@@ -208,8 +211,12 @@ export function openLiveEvents({ url, client, connect, reconnectDelayMs = 1000, 
       const id = applyMessage(client, JSON.parse(data) as ServerMessage);
       if (id !== undefined && id > lastEventId) lastEventId = id;
     };
-    socket.onclose = () => {
+    socket.onclose = ({ code }) => {
       if (closed) return;
+      if (code === POLICY_VIOLATION) {
+        onStatus?.("revoked"); // reconnecting with the same key would be refused: sign in again
+        return;
+      }
       onStatus?.("reconnecting");
       timer = setTimeout(start, reconnectDelayMs);
     };

@@ -35,3 +35,8 @@ export const catalogKeys = {
 export const coverageKeys = {
   bbox: (bbox: string) => ["coverage", bbox] as const,
 };
+export const adminKeys = {
+  all: ["admin"] as const,
+  accounts: () => ["admin", "accounts"] as const,
+  keys: (accountId: string) => ["admin", "keys", accountId] as const,
+};
