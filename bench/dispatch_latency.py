@@ -49,7 +49,8 @@ def main() -> None:
     with demo_api(settings) as client:
         for i in range(args.jobs):
             wait_dagster_idle(settings)
-            with connect(f"ws://{settings.api_host}:{settings.api_port}/stream?api_key={key}") as ws:
+            with connect(f"ws://{settings.api_host}:{settings.api_port}/stream",
+                         additional_headers={"Authorization": f"Bearer {key}"}) as ws:
                 started = time.perf_counter()
                 posted_at = time.time()
                 job_id = client.post("/jobs", json={"name": f"bench {i}", "zoom": 14, "area": AREA,

@@ -39,9 +39,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def client(url: str, job_id: str, latencies: list[float], ready: asyncio.Event, expected: int) -> int:
+async def client(url: str, key: str, job_id: str, latencies: list[float], ready: asyncio.Event,
+                 expected: int) -> int:
     received = 0
-    async with connect(url, max_queue=None) as ws:
+    async with connect(url, max_queue=None, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
         ready.set()
         while received < expected:
             try:
@@ -57,13 +58,13 @@ async def client(url: str, job_id: str, latencies: list[float], ready: asyncio.E
     return received
 
 
-async def run(args, ws_url: str, nats_url: str) -> None:
+async def run(args, ws_url: str, key: str, nats_url: str) -> None:
     job_id = str(uuid.uuid4())
     total = args.rate * args.seconds
     latencies: list[float] = []
     floor: list[float] = []
     readies = [asyncio.Event() for _ in range(args.clients)]
-    clients = [asyncio.create_task(client(ws_url, job_id, latencies, ready, total)) for ready in readies]
+    clients = [asyncio.create_task(client(ws_url, key, job_id, latencies, ready, total)) for ready in readies]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), timeout=60)
 
     nc = await nats.connect(nats_url)
@@ -112,7 +113,7 @@ def main() -> None:
         key = issue_api_key(conn, create_account(conn, f"p2-{uuid.uuid4().hex[:6]}", "admin"))
     engine.dispose()
     with served_api() as base:
-        asyncio.run(run(args, f"{base.replace('http', 'ws', 1)}/stream?api_key={key}", nats_url))
+        asyncio.run(run(args, f"{base.replace('http', 'ws', 1)}/stream", key, nats_url))
 
 if __name__ == "__main__":
     main()

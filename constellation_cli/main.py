@@ -166,7 +166,7 @@ def watch(
 
     job = _run(lambda: _call("GET", f"/jobs/{job_id}"))
     state, done, total, last_id = job["state"], job["tiles_done"], job["tiles_total"] or 0, 0
-    ws_url = _base_url().replace("http", "ws", 1) + f"/stream?job_id={job_id}&api_key={_key()}"
+    ws_url = _base_url().replace("http", "ws", 1) + f"/stream?job_id={job_id}"
     deadline = time.monotonic() + timeout
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
@@ -175,7 +175,8 @@ def watch(
         while state not in TERMINAL_JOB_STATES and time.monotonic() < deadline:
             try:
                 # From event 0 the first time, then from the last one seen: no gap after a drop.
-                with connect(f"{ws_url}&after={last_id}", open_timeout=10) as ws:
+                with connect(f"{ws_url}&after={last_id}", open_timeout=10,
+                             additional_headers={"Authorization": f"Bearer {_key()}"}) as ws:
                     while state not in TERMINAL_JOB_STATES and time.monotonic() < deadline:
                         try:
                             message = json.loads(ws.recv(timeout=30))

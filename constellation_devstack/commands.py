@@ -230,7 +230,7 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
                 "",
                 "Constellation is up" + (" (demo seeded: 3 jobs submitted)" if seeded else " (existing data kept)"),
                 f"  API:        {api_url}   (docs: {api_url}/docs, stream: ws://{settings.api_host}:{settings.api_port}/stream)",
-                f"  Dashboard:  {api_url}/app/signin/?key={key}   (demo: the dev key is filled in)",
+                f"  Dashboard:  {api_url}/app/signin/#key={key}   (demo: the dev key is filled in)",
                 f"  Dagit:      {settings.dagit_base_url}",
                 f"  Usage:      {api_url}/usage/leaderboard (also http://127.0.0.1:{settings.usage_port})",
                 f"  Dev API key (account 'demo', admin): {key}",

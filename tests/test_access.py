@@ -42,12 +42,12 @@ def test_a_job_stream_topic_follows_the_same_rule(client, make_account):
     owner, other, admin = make_account(), make_account(), make_account("admin")
     job_id = client.post("/jobs", json=job_body(), headers=owner.headers).json()["id"]
     for account, answer in ((owner, "subscribed"), (admin, "subscribed"), (other, "error")):
-        with client.websocket_connect(f"/stream?api_key={account.key}") as ws:
+        with client.websocket_connect("/stream", headers=account.headers) as ws:
             ws.send_json({"type": "subscribe", "topic": "logs", "job_id": job_id})
             assert next_message(ws, what="the answer to a subscribe")["type"] == answer
     # On the every-job topic, a member gets their own jobs' events only: the foreign cancel, published
     # first, never comes; the member's own next job does.
-    with client.websocket_connect(f"/stream?api_key={other.key}") as ws:
+    with client.websocket_connect("/stream", headers=other.headers) as ws:
         client.post(f"/jobs/{job_id}/cancel", headers=owner.headers)
         own = client.post("/jobs", json=job_body(), headers=other.headers).json()["id"]
         assert next_message(ws, what="the member's own job's event")["job_id"] == own
@@ -117,11 +117,25 @@ def test_a_refused_stream_says_why_in_a_problem(client, make_account):
 
     owner, other = make_account(), make_account()
     job_id = client.post("/jobs", json=job_body(), headers=owner.headers).json()["id"]
-    for url, status, detail in (("/stream?api_key=cst_not-a-key", 401, "not valid"),
-                                (f"/stream?job_id={job_id}&api_key={other.key}", 404, "no job with id")):
+    for url, headers, status, detail in (
+        ("/stream", {"Authorization": "Bearer cst_not-a-key"}, 401, "not valid"),
+        (f"/stream?job_id={job_id}", other.headers, 404, "no job with id"),
+        # A key in the URL ends up in access logs, proxies and browser history: refused, with the way to do it.
+        (f"/stream?api_key={owner.key}", {}, 401, "subprotocol `bearer.<key>`"),
+    ):
         with pytest.raises(WebSocketDenialResponse) as denied:
-            with client.websocket_connect(url):
+            with client.websocket_connect(url, headers=headers):
                 pass
         response = denied.value
         assert response.status_code == status and response.headers["content-type"] == PROBLEM
         assert detail in response.json()["detail"]
+
+
+def test_a_browser_authenticates_the_stream_with_a_subprotocol_not_the_url(client, make_account):
+    """Browsers cannot set headers on a WebSocket: the dashboard offers `["constellation.v1",
+    "bearer.<key>"]`; the server selects `constellation.v1` (the key is never echoed back)."""
+    owner = make_account()
+    with client.websocket_connect("/stream", subprotocols=["constellation.v1", f"bearer.{owner.key}"]) as ws:
+        assert ws.accepted_subprotocol == "constellation.v1"
+        ws.send_json({"type": "subscribe", "topic": "jobs"})
+        assert next_message(ws, what="the answer to a subscribe")["type"] == "subscribed"

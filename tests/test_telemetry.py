@@ -54,7 +54,7 @@ def test_stream_clients_that_ask_for_gpus_receive_samples(database_url, nats_url
     settings = Settings(database_url=database_url, nats_url=nats_url)
     try:
         with TestClient(create_app(settings)) as client:
-            with client.websocket_connect(f"/stream?gpus=true&api_key={admin.key}") as ws:
+            with client.websocket_connect("/stream?gpus=true", headers=admin.headers) as ws:
                 agent = client.portal.start_task_soon(
                     lambda: run_agent(simulated_devices(2), engine, nats_url, interval=0.2))
                 try:

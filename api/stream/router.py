@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from api import access
 from api.accounts.auth import Account, authenticate, key_from_headers
-from api.errors import Problem, problem_response
+from api.errors import Problem, Unauthorized, problem_response
 from api.events.service import Delivered, history
 from api.stream.hub import Subscriber
 from constellation_core.events import Event
@@ -34,10 +34,12 @@ async def stream(
     websocket: WebSocket,
     job_id: UUID | None = Query(default=None, description="Only this job's events"),
     after: int | None = Query(default=None, ge=0, description="Resume after this event id"),
-    api_key: str | None = Query(default=None, description="For browsers, which cannot set headers"),
+    api_key: str | None = Query(default=None, include_in_schema=False),
     gpus: bool = Query(default=False, description="Also send GPU telemetry samples (1 Hz per device)"),
 ) -> None:
-    """One socket, many subscriptions. The query string sets the first one (every job, or `job_id`;
+    """One socket, many subscriptions, authenticated by `Authorization: Bearer <key>` (or `X-API-Key`),
+    or from a browser by the subprotocols `["constellation.v1", "bearer.<key>"]` (never by the URL).
+    The query string sets the first subscription (every job, or `job_id`;
     `gpus=true` adds telemetry; `after` replays from that event id). Then the client may send
     `{"type": "subscribe" | "unsubscribe", "topic": "jobs" | "job" | "logs" | "gpus", "job_id": …, "after": …}`;
     each is answered with `subscribed` / `unsubscribed` or an `error`. Every event is sent once per
@@ -45,16 +47,21 @@ async def stream(
     processes publish out of order); a replay (`after`) sends history first, then live."""
     engine = websocket.app.state.engine
     hub = websocket.app.state.hub
+    key_protocol, app_protocol = _offered_protocols(websocket)
     try:
+        if api_key is not None:
+            raise Unauthorized("an API key in the URL is not accepted (URLs end up in logs and history): send "
+                               "`Authorization: Bearer <key>`, or from a browser the subprotocol `bearer.<key>`")
         account = await authenticate(
             engine,
-            api_key or key_from_headers(websocket.headers.get("authorization"), websocket.headers.get("x-api-key")),
+            key_from_headers(websocket.headers.get("authorization"), websocket.headers.get("x-api-key"))
+            or key_protocol,
         )
         await _check_job_access(engine, account, job_id)
     except Problem as exc:
         await _refuse(websocket, exc)
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=app_protocol)
     subscriber = Subscriber(account=account, job_id=job_id, gpus=gpus)
     # Subscribe before reading history, then skip live events already sent: no gap, no repeat.
     hub.add(subscriber)
@@ -106,6 +113,19 @@ async def stream(
         if control is not None:
             control.cancel()
         hub.remove(subscriber)
+
+
+# Browsers cannot set headers on a WebSocket: they send the key as a subprotocol, `bearer.<key>`, next
+# to `constellation.v1`, which the server selects (a key is never selected, so never echoed back).
+APP_PROTOCOL = "constellation.v1"
+KEY_PROTOCOL_PREFIX = "bearer."
+
+
+def _offered_protocols(websocket: WebSocket) -> tuple[str | None, str | None]:
+    """The key a browser offered as a subprotocol, and the application protocol to select (if offered)."""
+    offered = websocket.scope.get("subprotocols") or []
+    key = next((p.removeprefix(KEY_PROTOCOL_PREFIX) for p in offered if p.startswith(KEY_PROTOCOL_PREFIX)), None)
+    return key or None, APP_PROTOCOL if APP_PROTOCOL in offered else None
 
 
 async def _refuse(websocket: WebSocket, problem: Problem) -> None:

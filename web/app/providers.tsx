@@ -1,7 +1,7 @@
 "use client";
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { createContext, useContext, useEffect, useState, type ReactNode } from "react";
-import { apiKey, streamUrl } from "../src/lib/api";
+import { apiKey, streamProtocols, streamUrl } from "../src/lib/api";
 import { shouldRetry } from "../src/lib/queries";
 import { openLiveEvents } from "../src/live/liveEvents";
 
@@ -19,7 +19,7 @@ export function Providers({ children }: { children: ReactNode }) {
       setStatus("signed-out");
       return;
     }
-    return openLiveEvents({ url: streamUrl(), client, onStatus: setStatus });
+    return openLiveEvents({ url: streamUrl(), protocols: streamProtocols(), client, onStatus: setStatus });
   }, [client]);
   return (
     <QueryClientProvider client={client}>

@@ -22,7 +22,7 @@ try {
       }
     };
   });
-  await page.goto(`${base}/app/signin/?key=${key}`);
+  await page.goto(`${base}/app/signin/#key=${key}`);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL("**/app/jobs/");
   await page.locator("tr[data-job-id]").first().waitFor({ timeout: 60000 });

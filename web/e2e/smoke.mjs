@@ -25,7 +25,7 @@ let step = "start";
 const fail = (message) => { console.error(`FAIL (${step}) ${message}`); process.exitCode = 1; };
 try {
   const page = await browser.newPage();
-  await page.goto(`${base}/app/signin/?key=${key}`);
+  await page.goto(`${base}/app/signin/#key=${key}`);
   await page.screenshot({ path: `${shots}/signin.png` });
   step = "sign in";
   await page.getByLabel("API key").fill("cst_not-a-key");

@@ -1,6 +1,7 @@
 "use client";
 // Sign in with an API key, kept in this browser's localStorage. `make demo` prints a link that fills
-// in the demo's dev key (`?key=`); nothing is pre-filled otherwise.
+// in the demo's dev key in the URL's fragment (`#key=`: a fragment is never sent to a server, so it is
+// in no server's log); the page takes it and removes it from the address and the history at once.
 import { useEffect, useState } from "react";
 import { api, apiKey, setApiKey } from "../../src/lib/api";
 import { Button, Card, ErrorText, Field, Muted, Page, Title } from "../../src/ui/components";
@@ -12,7 +13,9 @@ export default function SignIn() {
   const [busy, setBusy] = useState(false);
   useEffect(() => {
     setCurrent(apiKey());
-    setKey(apiKey() ?? new URLSearchParams(window.location.search).get("key") ?? "");
+    const handed = new URLSearchParams(window.location.hash.slice(1)).get("key");
+    if (handed) window.history.replaceState(null, "", window.location.pathname);
+    setKey(handed ?? apiKey() ?? "");
   }, []);
 
   async function signIn() {

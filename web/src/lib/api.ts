@@ -36,5 +36,11 @@ export function fieldError(problem: Problem | undefined, field: string): string 
 
 export function streamUrl(): string {
   const scheme = window.location.protocol === "https:" ? "wss" : "ws";
-  return `${scheme}://${window.location.host}/stream?api_key=${encodeURIComponent(apiKey() ?? "")}&gpus=true`;
+  return `${scheme}://${window.location.host}/stream?gpus=true`;
+}
+
+/** The stream's subprotocols: the application's, and the key (a browser cannot set headers on a
+ * WebSocket, and a key in the URL would end up in logs). The server selects only the first. */
+export function streamProtocols(): string[] {
+  return ["constellation.v1", `bearer.${apiKey() ?? ""}`];
 }

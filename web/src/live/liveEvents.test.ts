@@ -151,14 +151,14 @@ describe("openLiveEvents", () => {
     const client = clientWithJob();
     const sockets: FakeSocket[] = [];
     const stop = openLiveEvents({
-      url: "ws://api/stream?api_key=k", client, reconnectDelayMs: 500,
+      url: "ws://api/stream?gpus=true", client, reconnectDelayMs: 500,
       connect: (url) => { const socket = new FakeSocket(url); sockets.push(socket); return socket; },
     });
     sockets[0].send(state(1, "running"));
     sockets[0].send(progress(2, 20));
     sockets[0].drop();
     vi.advanceTimersByTime(500);
-    expect(sockets[1].url).toBe("ws://api/stream?api_key=k&after=2");
+    expect(sockets[1].url).toBe("ws://api/stream?gpus=true&after=2");
     sockets[1].send(progress(2, 20)); // a server replay overlapping what was seen
     sockets[1].send(progress(3, 70));
     sockets[1].send(state(4, "succeeded"));

@@ -185,7 +185,8 @@ export interface SocketLike {
 }
 
 export interface LiveEventsOptions {
-  url: string; // ws://host/stream?api_key=…&gpus=true (no `after`: the channel adds it)
+  url: string; // ws://host/stream?gpus=true (no `after`: the channel adds it)
+  protocols?: string[]; // the key goes here (`bearer.<key>`), never in the URL
   client: QueryClient;
   connect?: (url: string) => SocketLike; // a real WebSocket by default
   reconnectDelayMs?: number;
@@ -196,8 +197,8 @@ export interface LiveEventsOptions {
 export const POLICY_VIOLATION = 1008;
 
 /** Open the live channel; returns a function that closes it for good. */
-export function openLiveEvents({ url, client, connect, reconnectDelayMs = 1000, onStatus }: LiveEventsOptions): () => void {
-  const open = connect ?? ((u: string) => new WebSocket(u) as unknown as SocketLike);
+export function openLiveEvents({ url, protocols, client, connect, reconnectDelayMs = 1000, onStatus }: LiveEventsOptions): () => void {
+  const open = connect ?? ((u: string) => new WebSocket(u, protocols) as unknown as SocketLike);
   let lastEventId = 0;
   let closed = false;
   let socket: SocketLike | null = null;
