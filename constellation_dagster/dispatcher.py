@@ -25,6 +25,7 @@ from constellation_dagster.inference.dispatch import claim_launches, release, ru
 
 log = logging.getLogger(__name__)
 LOCATION = "constellation_dagster"
+RETRY_S = 1.0  # after a failed launch (Dagit down), the next try
 REPOSITORY = "__repository__"
 
 
@@ -33,10 +34,11 @@ def graphql_client(dagit_url: str) -> DagsterGraphQLClient:
     return DagsterGraphQLClient(url.hostname, port_number=url.port, use_https=url.scheme == "https", timeout=10)
 
 
-def dispatch_once(engine: Engine, instance: DagsterInstance, client: DagsterGraphQLClient) -> int:
+def dispatch_once(engine: Engine, instance: DagsterInstance, client: DagsterGraphQLClient) -> tuple[int, int]:
     """Launch every due job, one at a time (each in its own transaction, so a job's row lock is held
-    only through its own launch); returns how many runs were launched. Jobs whose launch failed are
-    handed to the reconciler sensor at the end."""
+    only through its own launch); returns how many runs were launched and how many launches failed.
+    Jobs whose launch failed are released at the end (due again: for this process's next try, or the
+    reconciler sensor's)."""
     launched, failed = 0, []
     while True:
         with engine.begin() as conn:
@@ -51,7 +53,7 @@ def dispatch_once(engine: Engine, instance: DagsterInstance, client: DagsterGrap
     if failed:
         with engine.begin() as conn:
             release(conn, failed)
-    return launched
+    return launched, len(failed)
 
 
 def _launch(client: DagsterGraphQLClient, launch) -> bool:
@@ -77,6 +79,7 @@ def terminate_canceled(instance: DagsterInstance, client: DagsterGraphQLClient, 
         try:
             client.terminate_run(run_id)
             asked += 1
+            log.info("run terminated", extra={"dagster_run_id": run_id})
         except (DagsterGraphQLClientError, OSError):
             log.warning("terminate failed; leaving the run to the terminate sensor", exc_info=True,
                         extra={"dagster_run_id": run_id})
@@ -112,6 +115,8 @@ async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
                 job_ids = list(canceled)
                 canceled.clear()
                 await asyncio.to_thread(terminate_canceled, instance, client, job_ids)
-            await asyncio.to_thread(dispatch_once, engine, instance, client)
+            _, failed = await asyncio.to_thread(dispatch_once, engine, instance, client)
+            if failed:  # Dagit unreachable (starting, restarting): try again shortly, the sensor behind us
+                asyncio.get_running_loop().call_later(RETRY_S, wake.set)
     finally:
         await nc.drain()

@@ -75,7 +75,7 @@ def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, qu
 
     unreachable = graphql_client(f"http://127.0.0.1:{free_port()}")
     with dg.instance_for_test() as instance:
-        assert dispatch_once(engine, instance, unreachable) == 0
+        assert dispatch_once(engine, instance, unreachable) == (0, 1)
     with engine.connect() as conn:
         state, dispatched_at = conn.execute(
             select(jobs.c.state, jobs.c.dispatched_at).where(jobs.c.id == queued_job)).one()
