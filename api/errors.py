@@ -37,6 +37,11 @@ class Forbidden(Problem):
     title = "Forbidden"
 
 
+class MethodNotAllowed(Problem):
+    status = 405
+    title = "Method not allowed"
+
+
 class NotFound(Problem):
     status = 404
     title = "Not found"

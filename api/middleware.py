@@ -46,36 +46,72 @@ class RequestContextMiddleware:
             correlation_id.reset(token)
 
 
-class BodyLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with 413 problem+json, before the app reads them."""
+# What browsers and proxies allow (nginx: 4 × 8 KiB buffers); a key or a cookie is far below it.
+MAX_HEADER_BYTES = 16 * 1024
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with 413 problem+json, before the app reads them: by the
+    declared Content-Length, or for a chunked body (no length) by reading it here, up to the limit.
+    Headers over `max_header_bytes` in all get 431 (WebSocket handshakes are refused the same way)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and sum(
+            len(k) + len(v) for k, v in scope["headers"]
+        ) > self.max_header_bytes:
+            await self._refuse_headers(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)  # the server stops a body at its declared length
             return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
+            await self.app(scope, receive, send)
+            return
+        # Chunked: no length up front. Read it here (at most max_bytes + one chunk), then hand it on.
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+    async def _refuse_headers(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from api.errors import problem_response
+
+        response = problem_response(431, "Request header fields too large",
+                                    f"request headers are limited to {self.max_header_bytes} bytes in all",
+                                    instance=scope["path"])
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            if "websocket.http.response" not in scope.get("extensions", {}):
+                await send({"type": "websocket.close", "code": 1008, "reason": "request headers too large"})
+                return
+            await send({"type": "websocket.http.response.start", "status": 431, "headers": response.raw_headers})
+            await send({"type": "websocket.http.response.body", "body": response.body})
+            return
+        await response(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         from api.errors import problem_response
@@ -86,5 +122,11 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A `receive` that gives these messages first, then the real ones (a disconnect, later)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed

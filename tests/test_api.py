@@ -189,7 +189,7 @@ def test_one_socket_carries_several_subscriptions(client, make_account):
     second = client.post("/jobs", json=job_body(name="second"), headers=owner.headers).json()["id"]
     foreign = client.post("/jobs", json=job_body(), headers=other.headers).json()["id"]
 
-    with client.websocket_connect(f"/stream?job_id={first}&after=0&api_key={owner.key}") as ws:
+    with client.websocket_connect(f"/stream?job_id={first}&after=0", headers=owner.headers) as ws:
         assert next_message(ws)["job_id"] == first  # the replayed `queued` event
         ws.send_json({"type": "subscribe", "topic": "job", "job_id": second, "after": 0})
         assert next_message(ws) == {"type": "subscribed", "topic": "job", "job_id": second}
@@ -219,3 +219,39 @@ def test_a_body_that_is_not_json_at_all_is_a_422_problem(client, make_account):
         assert response.status_code == 422, (path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"][0]["loc"] == ["body"]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413(client, make_account, engine):
+    """A body without a Content-Length (chunked) is counted too: 413, not a parse error."""
+    account = make_account()
+    before = _counts(engine)
+
+    def chunks():
+        for _ in range(40):
+            yield b" " * 65536  # 2.5 MiB in all, over the 1 MiB limit
+
+    answer = client.post("/jobs", content=chunks(), headers={**account.headers, "Content-Type": "application/json"})
+    assert answer.status_code == 413 and answer.headers["content-type"] == PROBLEM, answer.text
+    assert _counts(engine) == before
+
+    def small():
+        yield json.dumps(job_body()).encode()
+
+    accepted = client.post("/jobs", content=small(), headers={**account.headers, "Content-Type": "application/json"})
+    assert accepted.status_code == 201, accepted.text
+
+
+def test_the_wrong_method_on_estimate_is_405_not_a_bad_job_id(client, make_account):
+    account = make_account()
+    wrong = client.get("/jobs/estimate", headers=account.headers)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST", wrong.text
+    assert wrong.headers["content-type"] == PROBLEM
+    for method in ("PUT", "DELETE"):
+        assert client.request(method, "/jobs/estimate", headers=account.headers).status_code == 405
+
+
+def test_oversized_headers_are_refused_with_431(client, make_account):
+    account = make_account()
+    answer = client.get("/jobs", headers={**account.headers, "X-Padding": "x" * 20_000})
+    assert answer.status_code == 431 and answer.headers["content-type"] == PROBLEM, answer.text
+    assert client.get("/jobs", headers={**account.headers, "X-Padding": "x" * 2_000}).status_code == 200

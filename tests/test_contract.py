@@ -26,6 +26,7 @@ from constellation_core.settings import REPO_ROOT
 from constellation_core.waiting import free_port, wait_for
 from tests.conftest import drop_database, fresh_database_url
 from tests.processes import BIN, ManagedProcess
+from tests.samples import job_body
 
 CASES_PER_OPERATION = 40
 schema = schemathesis.openapi.from_path(REPO_ROOT / "openapi" / "spec.yaml")
@@ -82,6 +83,13 @@ def test_usage_is_served_from_the_api_origin_with_its_ownership_rules(served_api
     assert own.status_code == 200 and own.json()["account_name"] == member.name and own.json()["jobs"] == 0
     assert httpx.get(f"{url}/usage/accounts/{other.id}", headers=member.headers).status_code == 404
     assert httpx.get(f"{url}/usage/accounts/{other.id}", headers=admin_headers).status_code == 200
+    # Another tenant has used something; a member's leaderboard is their own row and rank, nobody else's.
+    assert httpx.post(f"{url}/jobs", json=job_body(), headers=other.headers).status_code == 201
     board = httpx.get(f"{url}/usage/leaderboard", params={"metric": "jobs", "limit": 5}, headers=member.headers)
-    assert board.status_code == 200 and board.json()["metric"] == "jobs" and len(board.json()["data"]) <= 5
+    assert board.status_code == 200 and board.json()["metric"] == "jobs"
+    rows = board.json()["data"]
+    assert [row["account_name"] for row in rows] == [member.name]
+    assert rows[0]["rank"] is None or rows[0]["rank"] > 1, "the other tenant used more"
+    everyone = httpx.get(f"{url}/usage/leaderboard", params={"metric": "jobs", "limit": 100}, headers=admin_headers)
+    assert other.name in [row["account_name"] for row in everyone.json()["data"]]
     assert httpx.get(f"{url}/usage/leaderboard").status_code == 401

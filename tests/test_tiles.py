@@ -106,7 +106,6 @@ def test_a_thin_diagonal_sliver_costs_its_own_tiles_not_its_bounding_box(monkeyp
 
 
 def test_an_area_over_the_cap_is_refused_before_any_tile_is_searched(monkeypatch):
-    import shapely
 
     from constellation_core import tiles
 

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api import access
 from api.deps import CurrentAccount, EngineDep, PublisherDep, SettingsDep
+from api.errors import MethodNotAllowed
 from api.jobs import service
 from api.jobs.logs import log_stream
 from api.jobs.repository import SORTS
@@ -94,6 +95,12 @@ async def estimate_job(body: JobEstimate, account: CurrentAccount, engine: Engin
                        settings: SettingsDep) -> TileEstimate:
     """How many tiles an area covers at a zoom, checked as `POST /jobs` would check it; nothing is written."""
     return await service.estimate(engine, account, body, max_tiles=settings.max_tiles_per_job)
+
+
+@router.api_route("/estimate", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def estimate_other_methods() -> None:
+    """`/jobs/estimate` is POST only: without this, GET would reach `/jobs/{job_id}` and be a bad id."""
+    raise MethodNotAllowed("`/jobs/estimate` answers POST only", headers={"Allow": "POST"})
 
 
 @router.get("/{job_id}", response_model=JobDetail, name="get")

@@ -1,7 +1,8 @@
 """/usage: the Go usage service (usage_go), served from the API's origin.
 
 The API authenticates the caller and forwards the request; usage_go reads Postgres and aggregates.
-Members read their own account's usage (admins anyone's); the leaderboard is open to every account.
+Members read their own account's usage (admins anyone's). The leaderboard shows admins every account;
+a member sees their own row and rank only (other tenants' names and usage are not theirs to see).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Usage(BaseModel):
     tiles: int
     gpu_seconds: float = Field(json_schema_extra={"format": "double"})
     energy_joules: float = Field(json_schema_extra={"format": "double"})
+    rank: int | None = Field(default=None, description="On a member's leaderboard: their position (1 = the most; "
+                             "null when beyond the first 100)")
 
 
 class Leaderboard(BaseModel):
@@ -39,7 +42,7 @@ class Leaderboard(BaseModel):
     window: Window
 
 
-async def _forward(request: Request, path: str, params: dict) -> Response:
+async def _fetch(request: Request, path: str, params: dict) -> httpx.Response:
     client: httpx.AsyncClient = request.app.state.usage_client
     try:
         upstream = await client.get(path, params=params)
@@ -47,8 +50,16 @@ async def _forward(request: Request, path: str, params: dict) -> Response:
         raise ServiceUnavailable(f"the usage service is unreachable ({type(exc).__name__}); try again shortly") from exc
     if upstream.status_code >= 500:
         raise ServiceUnavailable(f"the usage service failed ({upstream.status_code}); try again shortly")
+    return upstream
+
+
+async def _forward(request: Request, path: str, params: dict) -> Response:
+    upstream = await _fetch(request, path, params)
     return Response(upstream.content, status_code=upstream.status_code,
                     media_type=upstream.headers.get("content-type", "application/json"))
+
+
+RANKED = 100  # a member's rank is looked up among this many accounts
 
 
 @router.get("/accounts/{account_id}", response_model=Usage, name="account",
@@ -67,5 +78,16 @@ async def leaderboard(
     request: Request, account: CurrentAccount, window: Annotated[Window, Query()] = "all",
     metric: Annotated[Metric, Query()] = "gpu_seconds", limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> Response:
-    """The accounts that used the most, by a metric, over a window."""
-    return await _forward(request, "/usage/leaderboard", {"window": window, "metric": metric, "limit": limit})
+    """The accounts that used the most, by a metric, over a window. A member gets their own row only,
+    with their rank."""
+    if account.is_admin:
+        return await _forward(request, "/usage/leaderboard", {"window": window, "metric": metric, "limit": limit})
+    board = (await _fetch(request, "/usage/leaderboard", {"window": window, "metric": metric, "limit": RANKED})).json()
+    mine = str(account.id)
+    position = next((i for i, row in enumerate(board["data"]) if row["account_id"] == mine), None)
+    if position is None:
+        own, rank = (await _fetch(request, f"/usage/accounts/{mine}", {"window": window})).json(), None
+    else:
+        own, rank = board["data"][position], position + 1
+    return Response(Leaderboard(data=[Usage(**{**own, "rank": rank})], metric=metric, window=window)
+                    .model_dump_json(), media_type="application/json")

@@ -191,8 +191,11 @@ type Usage struct {
 	EnergyJoules float64            `json:"energy_joules"`
 	GpuSeconds   float64            `json:"gpu_seconds"`
 	Jobs         int                `json:"jobs"`
-	Tiles        int                `json:"tiles"`
-	Window       UsageWindow        `json:"window"`
+
+	// Rank On a member's leaderboard: their position (1 = the most; null when beyond the first 100)
+	Rank   *int        `json:"rank,omitempty"`
+	Tiles  int         `json:"tiles"`
+	Window UsageWindow `json:"window"`
 }
 
 // UsageWindow defines model for Usage.Window.

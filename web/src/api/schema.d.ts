@@ -401,7 +401,8 @@ export interface paths {
         };
         /**
          * Leaderboard
-         * @description The accounts that used the most, by a metric, over a window.
+         * @description The accounts that used the most, by a metric, over a window. A member gets their own row only,
+         *     with their rank.
          */
         get: operations["usage-leaderboard"];
         put?: never;
@@ -1428,6 +1429,11 @@ export interface components {
              * Format: double
              */
             energy_joules: number;
+            /**
+             * Rank
+             * @description On a member's leaderboard: their position (1 = the most; null when beyond the first 100)
+             */
+            rank?: number | null;
         };
         /**
          * Problem
