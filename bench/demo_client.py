@@ -3,6 +3,8 @@ demo's area of interest."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from constellation_core.settings import Settings, get_settings
@@ -45,3 +47,21 @@ def wait_dagster_idle(settings: Settings | None = None, timeout: float = 300) ->
         return not data["runsOrError"]["results"]
 
     wait_for(idle, timeout=timeout, what="Dagster to be idle", interval=0.5)
+
+
+LATEST_RUN = "{ runsOrError(limit: 1) { ... on Runs { results { creationTime } } } }"
+
+
+def wait_dagster_quiet(settings: Settings | None = None, quiet_s: float = 30, timeout: float = 600) -> None:
+    """No active run, and no run created for `quiet_s` seconds: after a backlog the export sensors keep
+    launching catch-up exports for a while, which is not what an idle stack costs."""
+    dagit = (settings or get_settings()).dagit_base_url
+    wait_dagster_idle(settings, timeout)
+
+    def quiet() -> bool:
+        data = httpx.post(f"{dagit}/graphql", json={"query": LATEST_RUN}, timeout=10).json()["data"]
+        results = data["runsOrError"]["results"]
+        return not results or time.time() - results[0]["creationTime"] >= quiet_s
+
+    wait_for(quiet, timeout=timeout, what=f"no new Dagster run for {quiet_s:.0f} s", interval=1)
+    wait_dagster_idle(settings, timeout)

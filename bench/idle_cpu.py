@@ -1,7 +1,8 @@
 """The whole stack's CPU while nothing is queued: share of one core over a window, per process.
 
 With `make demo` running and its seeded jobs done: `.local/venv/bin/python bench/idle_cpu.py --seconds 60`.
-It waits until Dagster has no active run, then prints the machine's busy CPU over the window
+It waits until Dagster has no active run and has created none for 30 s (after a backlog the export
+sensors launch catch-up exports for a while), then prints the machine's busy CPU over the window
 (/proc/stat: with nothing else running, that is the stack), and for the processes that carry this
 checkout's stack marker (everything `make demo` started, code servers and run workers included) and
 live through the window, their user + system CPU grouped by program. What short-lived processes used
@@ -17,7 +18,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from demo_client import wait_dagster_idle
+from demo_client import wait_dagster_quiet
 
 from constellation_core.settings import get_settings
 from constellation_devstack.commands import STACK_MARKER, _marker
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
     settings = get_settings()
-    wait_dagster_idle(settings)
+    wait_dagster_quiet(settings)
     marker = f"{STACK_MARKER}={_marker(settings)}".encode()
     before = {pid: cpu_ticks(pid) for pid in stack_processes(marker)}
     busy_before, started = machine_busy_ticks(), time.monotonic()

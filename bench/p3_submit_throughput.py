@@ -39,10 +39,13 @@ def ensure_wrk() -> str:
     raise SystemExit("wrk is missing: apt-get install wrk")
 
 
-def run_wrk(url: str, script: Path | None, seconds: int, connections: int) -> dict[str, float]:
+def run_wrk(url: str, script: Path | None, seconds: int, connections: int,
+            headers: dict[str, str] | None = None) -> dict[str, float]:
     command = [ensure_wrk(), f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if script:
         command += ["-s", str(script)]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
     out = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
     figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "90", "99"):

@@ -22,6 +22,7 @@ import httpx
 from p3_submit_throughput import run_wrk
 from sqlalchemy import create_engine, text
 
+from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.settings import REPO_ROOT
 from constellation_core.waiting import free_port, wait_for
 
@@ -85,6 +86,11 @@ def main() -> None:
             baseline.append((time.perf_counter() - t0) * 1000)
     engine.dispose()
 
+    # usage_go answers only callers with a key (the API forwards its caller's); an admin sees every account.
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        admin = {"Authorization": f"Bearer {issue_api_key(conn, create_account(conn, f'p5-{time.time_ns()}', 'admin'))}"}
+    engine.dispose()
     port = free_port()
     usage = subprocess.Popen([str(REPO_ROOT / "usage_go" / "bin" / "usage")],
                              env={**os.environ, "USAGE_PORT": str(port)}, stdout=subprocess.DEVNULL,
@@ -93,9 +99,9 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, timeout=30, what="usage ready")
         url = f"{base}/usage/leaderboard?window=month&metric=gpu_seconds&limit=10"
-        board = httpx.get(url).json()
-        run_wrk(url, None, 3, 8)  # warm-up
-        loads = {c: run_wrk(url, None, args.seconds, c) for c in args.connections}
+        board = httpx.get(url, headers=admin).json()
+        run_wrk(url, None, 3, 8, admin)  # warm-up
+        loads = {c: run_wrk(url, None, args.seconds, c, admin) for c in args.connections}
     finally:
         usage.terminate()
         usage.wait(10)

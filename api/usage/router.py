@@ -3,6 +3,8 @@
 The API authenticates the caller and forwards the request; usage_go reads Postgres and aggregates.
 Members read their own account's usage (admins anyone's). The leaderboard shows admins every account;
 a member sees their own row and rank only (other tenants' names and usage are not theirs to see).
+usage_go authenticates the caller's key itself (forwarded) and applies the same rule: it answers no one
+without a key, whoever reaches its port.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class Usage(BaseModel):
     tiles: int
     gpu_seconds: float = Field(json_schema_extra={"format": "double"})
     energy_joules: float = Field(json_schema_extra={"format": "double"})
-    rank: int | None = Field(default=None, description="On a member's leaderboard: their position (1 = the most; "
-                             "null when beyond the first 100)")
+    rank: int | None = Field(default=None, description="On the leaderboard: the position (1 = the most); absent "
+                             "for a member's own row beyond the first 100 accounts")
 
 
 class Leaderboard(BaseModel):
@@ -42,10 +44,15 @@ class Leaderboard(BaseModel):
     window: Window
 
 
+# The caller's own key goes on to usage_go, which authenticates it and applies the same rule.
+FORWARDED = ("authorization", "x-api-key", "traceparent", "x-request-id")
+
+
 async def _fetch(request: Request, path: str, params: dict) -> httpx.Response:
     client: httpx.AsyncClient = request.app.state.usage_client
+    headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
     try:
-        upstream = await client.get(path, params=params)
+        upstream = await client.get(path, params=params, headers=headers)
     except httpx.HTTPError as exc:
         raise ServiceUnavailable(f"the usage service is unreachable ({type(exc).__name__}); try again shortly") from exc
     if upstream.status_code >= 500:
@@ -57,9 +64,6 @@ async def _forward(request: Request, path: str, params: dict) -> Response:
     upstream = await _fetch(request, path, params)
     return Response(upstream.content, status_code=upstream.status_code,
                     media_type=upstream.headers.get("content-type", "application/json"))
-
-
-RANKED = 100  # a member's rank is looked up among this many accounts
 
 
 @router.get("/accounts/{account_id}", response_model=Usage, name="account",
@@ -78,16 +82,6 @@ async def leaderboard(
     request: Request, account: CurrentAccount, window: Annotated[Window, Query()] = "all",
     metric: Annotated[Metric, Query()] = "gpu_seconds", limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> Response:
-    """The accounts that used the most, by a metric, over a window. A member gets their own row only,
-    with their rank."""
-    if account.is_admin:
-        return await _forward(request, "/usage/leaderboard", {"window": window, "metric": metric, "limit": limit})
-    board = (await _fetch(request, "/usage/leaderboard", {"window": window, "metric": metric, "limit": RANKED})).json()
-    mine = str(account.id)
-    position = next((i for i, row in enumerate(board["data"]) if row["account_id"] == mine), None)
-    if position is None:
-        own, rank = (await _fetch(request, f"/usage/accounts/{mine}", {"window": window})).json(), None
-    else:
-        own, rank = board["data"][position], position + 1
-    return Response(Leaderboard(data=[Usage(**{**own, "rank": rank})], metric=metric, window=window)
-                    .model_dump_json(), media_type="application/json")
+    """The accounts that used the most, by a metric, over a window, each with its rank. A member gets their
+    own row only (usage_go applies the rule)."""
+    return await _forward(request, "/usage/leaderboard", {"window": window, "metric": metric, "limit": limit})

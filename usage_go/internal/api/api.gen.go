@@ -192,7 +192,7 @@ type Usage struct {
 	GpuSeconds   float64            `json:"gpu_seconds"`
 	Jobs         int                `json:"jobs"`
 
-	// Rank On a member's leaderboard: their position (1 = the most; null when beyond the first 100)
+	// Rank On the leaderboard: the position (1 = the most); absent for a member's own row beyond the first 100 accounts
 	Rank   *int        `json:"rank,omitempty"`
 	Tiles  int         `json:"tiles"`
 	Window UsageWindow `json:"window"`

@@ -3,11 +3,14 @@ package httpapi
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -64,7 +67,8 @@ func (s *Server) Router() http.Handler {
 	r.Handle("/metrics", promhttp.Handler())
 	// The usage routes, their parameters and bodies come from openapi/spec.yaml (internal/api).
 	api.HandlerWithOptions(s, api.ChiServerOptions{
-		BaseRouter: r,
+		BaseRouter:  r,
+		Middlewares: []api.MiddlewareFunc{s.authenticated},
 		ErrorHandlerFunc: func(w http.ResponseWriter, r *http.Request, err error) {
 			writeError(w, r, http.StatusUnprocessableEntity, err.Error())
 		},
@@ -91,6 +95,44 @@ func (s *Server) routed(next http.Handler) http.Handler {
 	})
 }
 
+type callerKey struct{}
+
+// authenticated admits requests that carry a live API key (Authorization: Bearer, or X-API-Key): the
+// API forwards its caller's key, and anyone else on the host needs one too. The caller's account and
+// role go into the request's context; the handlers apply the API's rule (members: their own usage).
+func (s *Server) authenticated(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := strings.TrimSpace(r.Header.Get("X-API-Key"))
+		if scheme, credentials, ok := strings.Cut(r.Header.Get("Authorization"), " "); key == "" && ok &&
+			strings.EqualFold(scheme, "bearer") {
+			key = strings.TrimSpace(credentials)
+		}
+		if key == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="constellation"`)
+			writeError(w, r, http.StatusUnauthorized, "an API key is required (Authorization: Bearer <key> or X-API-Key)")
+			return
+		}
+		sum := sha256.Sum256([]byte(key))
+		caller, err := s.Store.CallerByKeyHash(r.Context(), hex.EncodeToString(sum[:]))
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			w.Header().Set("WWW-Authenticate", `Bearer realm="constellation"`)
+			writeError(w, r, http.StatusUnauthorized, "the API key is not valid (unknown, revoked, or its account is disabled)")
+			return
+		case err != nil:
+			s.Logger.Error("key lookup failed", "err", err)
+			writeError(w, r, http.StatusServiceUnavailable, "cannot check the key now; try again shortly")
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller)))
+	})
+}
+
+func callerOf(r *http.Request) store.Caller {
+	caller, _ := r.Context().Value(callerKey{}).(store.Caller)
+	return caller
+}
+
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
@@ -106,6 +148,10 @@ func (s *Server) UsageAccount(w http.ResponseWriter, r *http.Request, accountID 
 	window := store.All
 	if params.Window != nil {
 		window = store.Window(*params.Window)
+	}
+	if caller := callerOf(r); !caller.Admin && caller.AccountID != accountID.String() {
+		writeError(w, r, http.StatusNotFound, "no such account") // another tenant's: as if absent
+		return
 	}
 	u, err := s.Store.Account(r.Context(), accountID.String(), window, s.Now())
 	s.respond(w, r, toAPI(u), err)
@@ -131,10 +177,23 @@ func (s *Server) UsageLeaderboard(w http.ResponseWriter, r *http.Request, params
 			return
 		}
 	}
+	if caller := callerOf(r); !caller.Admin {
+		// A member sees their own row and rank, never other tenants' names or usage.
+		own, rank, err := s.Store.OwnRank(r.Context(), caller.AccountID, window, metric, s.Now())
+		row := toAPI(own)
+		if rank > 0 {
+			row.Rank = &rank
+		}
+		s.respond(w, r, api.Leaderboard{Data: []api.Usage{row}, Metric: api.LeaderboardMetric(metric),
+			Window: api.LeaderboardWindow(window)}, err)
+		return
+	}
 	board, err := s.Store.Leaderboard(r.Context(), window, metric, limit, s.Now())
 	data := make([]api.Usage, 0, len(board))
-	for _, u := range board {
-		data = append(data, toAPI(u))
+	for i, u := range board {
+		row, rank := toAPI(u), i+1
+		row.Rank = &rank
+		data = append(data, row)
 	}
 	s.respond(w, r, api.Leaderboard{Data: data, Metric: api.LeaderboardMetric(metric), Window: api.LeaderboardWindow(window)}, err)
 }

@@ -141,3 +141,41 @@ func (s *Store) Leaderboard(ctx context.Context, window Window, metric Metric, l
 	}
 	return board, rows.Err()
 }
+
+// Caller is the account an API key belongs to.
+type Caller struct {
+	AccountID string
+	Admin     bool
+}
+
+// CallerByKeyHash finds the live key with this SHA-256 (hex) hash: not revoked, its account not
+// disabled. ErrNotFound otherwise. The same keys and the same rule as the API's.
+func (s *Store) CallerByKeyHash(ctx context.Context, keyHash string) (Caller, error) {
+	var c Caller
+	err := s.db.QueryRow(ctx, `
+		SELECT a.id::text, a.role = 'admin' FROM api_keys k JOIN accounts a ON a.id = k.account_id
+		WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND a.disabled_at IS NULL`, keyHash).Scan(&c.AccountID, &c.Admin)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Caller{}, ErrNotFound
+	}
+	return c, err
+}
+
+// Ranked is how far down the leaderboard a member's rank is looked for.
+const Ranked = 100
+
+// OwnRank is one account's usage and its position on the leaderboard (1 = the most; 0 when beyond
+// the first Ranked accounts).
+func (s *Store) OwnRank(ctx context.Context, accountID string, window Window, metric Metric, now time.Time) (Usage, int, error) {
+	board, err := s.Leaderboard(ctx, window, metric, Ranked, now)
+	if err != nil {
+		return Usage{}, 0, err
+	}
+	for i, u := range board {
+		if u.AccountID == accountID {
+			return u, i + 1, nil
+		}
+	}
+	u, err := s.Account(ctx, accountID, window, now)
+	return u, 0, err
+}

@@ -4,6 +4,8 @@ package testdb
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"sync"
 	"testing"
@@ -48,6 +50,30 @@ func Account(t *testing.T, tx pgx.Tx, name string) string {
 		t.Fatalf("insert account: %v", err)
 	}
 	return id
+}
+
+// AccountWithRole inserts an account with this role ("member" or "admin") and returns its id.
+func AccountWithRole(t *testing.T, tx pgx.Tx, name, role string) string {
+	t.Helper()
+	var id string
+	if err := tx.QueryRow(context.Background(),
+		`INSERT INTO accounts (name, role) VALUES ($1, $2) RETURNING id::text`, name, role).Scan(&id); err != nil {
+		t.Fatalf("insert account: %v", err)
+	}
+	return id
+}
+
+// Key stores an API key for the account (as the API does: its SHA-256, hex) and returns the key.
+func Key(t *testing.T, tx pgx.Tx, accountID string) string {
+	t.Helper()
+	key := "cst_test_" + accountID
+	sum := sha256.Sum256([]byte(key))
+	if _, err := tx.Exec(context.Background(),
+		`INSERT INTO api_keys (account_id, key_hash, prefix) VALUES ($1, $2, $3)`,
+		accountID, hex.EncodeToString(sum[:]), key[:8]); err != nil {
+		t.Fatalf("insert key: %v", err)
+	}
+	return key
 }
 
 // JobWithRun inserts a job for the account and one finished run lasting `seconds`, with `tiles` results.

@@ -32,7 +32,7 @@ export default function Usage() {
             <tbody>
               {board.data.data.map((u, i) => (
                 <tr key={u.account_id}>
-                  <td>{u.rank === null ? "—" : u.rank ?? i + 1}</td>
+                  <td>{u.rank ?? "—"}</td>
                   <td><Button variant="plain" onClick={() => setAccount(u.account_id)} aria-label={`Show ${u.account_name}'s usage`}>{u.account_name}</Button></td>
                   <td align="right">{fmt(u.gpu_seconds)}</td><td align="right">{fmt(u.tiles)}</td><td align="right">{fmt(u.jobs)}</td><td align="right">{fmt(u.energy_joules)}</td>
                 </tr>

@@ -401,8 +401,8 @@ export interface paths {
         };
         /**
          * Leaderboard
-         * @description The accounts that used the most, by a metric, over a window. A member gets their own row only,
-         *     with their rank.
+         * @description The accounts that used the most, by a metric, over a window, each with its rank. A member gets their
+         *     own row only (usage_go applies the rule).
          */
         get: operations["usage-leaderboard"];
         put?: never;
@@ -1431,7 +1431,7 @@ export interface components {
             energy_joules: number;
             /**
              * Rank
-             * @description On a member's leaderboard: their position (1 = the most; null when beyond the first 100)
+             * @description On the leaderboard: the position (1 = the most); absent for a member's own row beyond the first 100 accounts
              */
             rank?: number | null;
         };
