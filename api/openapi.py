@@ -35,9 +35,10 @@ DESCRIPTIONS = {
     "409": "Conflicts with the resource's state",
     "413": "Body over 1 MiB",
     "422": "Invalid input: which field and why",
+    "429": "Over one of the account's limits (see Retry-After)",
     "503": "A service behind the API is unreachable",
 }
-PUBLIC = {"/healthz", "/readyz", "/metrics"}
+PUBLIC = {"/healthz", "/readyz"}
 NOT_FOUND_BY_QUERY = {"/events"}  # ?job_id= of another account's job
 
 
@@ -102,7 +103,7 @@ def install_openapi(app: FastAPI) -> None:
                     statuses.append("404")
                 if method == "post":
                     statuses.append("413")
-                statuses += [s for s in ("403", "409", "503") if s in responses]
+                statuses += [s for s in ("403", "409", "429", "503") if s in responses]
                 for status in statuses:
                     responses[status] = _problem(status)
         app.openapi_schema = doc

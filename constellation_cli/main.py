@@ -356,3 +356,27 @@ def admin_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `
     """Revoke a key: it stops working at once and its open streams close."""
     revoked = _run(lambda: _call("POST", f"/admin/keys/{key_id}/revoke"))
     out.print(f"key {revoked['id']} ({revoked['prefix']}…) revoked at {_when(revoked['revoked_at'])}")
+
+
+@admin_app.command("limits")
+def admin_limits(
+    account: Annotated[str, typer.Argument(help="Account name or id")],
+    max_priority: Annotated[int | None, typer.Option(help="Highest job priority it may ask for")] = None,
+    max_active_jobs: Annotated[int | None, typer.Option(help="Jobs queued or running at once")] = None,
+    max_active_tiles: Annotated[int | None, typer.Option(help="Tiles of its queued or running jobs")] = None,
+    max_streams: Annotated[int | None, typer.Option(help="Open WebSocket/SSE streams")] = None,
+    default: Annotated[list[str] | None, typer.Option(help="Put this limit back to the default (repeatable)")] = None,
+) -> None:
+    """Show an account's limits, or set some (the others keep theirs)."""
+    chosen = _run(lambda: _account(account))
+    given = {name: value for name, value in (("max_priority", max_priority), ("max_active_jobs", max_active_jobs),
+                                              ("max_active_tiles", max_active_tiles), ("max_streams", max_streams))
+             if value is not None}
+    given.update({name: None for name in default or []})
+    if given:
+        chosen = _run(lambda: _call("PATCH", f"/admin/accounts/{chosen['id']}", json={"limits": given}))
+    table = Table("limit", "effective", "override")
+    for name, value in chosen["limits"].items():
+        override = chosen["limit_overrides"].get(name)
+        table.add_row(name, "none" if value is None else str(value), "-" if override is None else str(override))
+    out.print(table)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import weakref
 from functools import lru_cache
 
 from alembic import command
@@ -30,10 +32,33 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
 
 
+# Every engine made here, so a forked child can drop the pooled connections it inherited.
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child (the zygote's run workers, the planning pool): never use the parent's pooled
+    connections — two processes on one socket corrupt both sessions, and after a Postgres restart the
+    inherited ones are dead. `dispose(close=False)` forgets them without closing the parent's (the
+    pattern SQLAlchemy documents for multiprocessing); the child opens its own."""
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
+
+
 @lru_cache
 def sync_engine(database_url: str | None = None) -> Engine:
-    return create_engine(database_url or get_settings().sync_database_url, pool_pre_ping=True)
+    engine = create_engine(database_url or get_settings().sync_database_url, pool_pre_ping=True)
+    _engines.add(engine)
+    return engine
 
 
 def async_engine(database_url: str | None = None, **kwargs) -> AsyncEngine:
-    return create_async_engine(database_url or get_settings().sync_database_url, **kwargs)
+    """Pre-ping on checkout unless told otherwise: a connection that died with a Postgres restart is
+    replaced rather than handed to a request."""
+    engine = create_async_engine(database_url or get_settings().sync_database_url,
+                                 **{"pool_pre_ping": True, **kwargs})
+    _engines.add(engine.sync_engine)
+    return engine

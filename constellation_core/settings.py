@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # checked first: a run that merely waits in Dagster's queue is never launched twice).
     redispatch_after_s: float = Field(default=60.0, gt=0, alias="CONSTELLATION_REDISPATCH_AFTER_S")
     log_level: str = "INFO"
+    # The bearer token a Prometheus scraper presents for GET /metrics (admins' keys work too).
+    metrics_token: str | None = Field(default=None, alias="CONSTELLATION_METRICS_TOKEN")
 
     @property
     def sync_database_url(self) -> str:

@@ -51,6 +51,8 @@ accounts = Table(
     Column("role", Text, nullable=False, server_default="member"),
     _created_at(),
     Column("disabled_at", DateTime(timezone=True)),  # set while disabled: its keys do not authenticate
+    # An operator's overrides of the member defaults (api/accounts/limits.py); {} = the defaults.
+    Column("limits", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     CheckConstraint("role IN ('admin', 'member')", name="accounts_role_check"),
 )
 
@@ -138,6 +140,7 @@ jobs = Table(
     Index("jobs_priority_created_id_idx", text("priority DESC"), text("created_at DESC"), text("id DESC")),
     Index("jobs_name_id_idx", "name", "id"),
     Index("jobs_account_created_idx", "account_id", "created_at"),
+    Index("jobs_account_active_idx", "account_id", postgresql_where=text("state IN ('queued', 'running')")),
     Index(
         "jobs_queued_idx",
         text("priority DESC"),

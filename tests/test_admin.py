@@ -135,3 +135,25 @@ def test_the_cli_creates_an_account_lists_its_keys_and_revokes_one(client, make_
     assert client.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 401
     missing = runner.invoke(cli.app, ["admin", "disable", "no-such-account"])
     assert missing.exit_code == 1 and "no account named" in missing.output
+
+
+def test_the_cli_shows_and_sets_an_accounts_limits(client, make_account, monkeypatch):
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    from constellation_cli import main as cli
+
+    admin, member = make_account("admin"), make_account()
+    client.headers["Authorization"] = f"Bearer {admin.key}"
+    monkeypatch.setattr(cli, "_client", lambda: contextlib.nullcontext(client))
+    runner = CliRunner()
+    shown = runner.invoke(cli.app, ["admin", "limits", member.name, "--max-streams", "3"])
+    assert shown.exit_code == 0, shown.output
+    assert "max_streams" in shown.output and "max_priority" in shown.output
+    row = next(a for a in client.get("/admin/accounts").json() if a["id"] == str(member.id))
+    assert row["limits"]["max_streams"] == 3 and row["limit_overrides"]["max_streams"] == 3
+    reset = runner.invoke(cli.app, ["admin", "limits", member.name, "--default", "max_streams"])
+    assert reset.exit_code == 0, reset.output
+    row = next(a for a in client.get("/admin/accounts").json() if a["id"] == str(member.id))
+    assert row["limits"]["max_streams"] == 20 and row["limit_overrides"]["max_streams"] is None

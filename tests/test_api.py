@@ -152,11 +152,12 @@ def test_members_see_only_their_jobs_and_admins_see_all(client, make_account):
 
 
 def test_metrics_count_submissions(client, make_account):
-    account = make_account()
+    account, admin = make_account(), make_account("admin")
 
     def series() -> dict[tuple, float]:
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples}
+                for family in text_string_to_metric_families(client.get("/metrics", headers=admin.headers).text)
+                for s in family.samples}
 
     created = ("constellation_http_requests_total", (("method", "POST"), ("route", "/jobs"), ("status", "201")))
     before = series()
@@ -255,3 +256,19 @@ def test_oversized_headers_are_refused_with_431(client, make_account):
     answer = client.get("/jobs", headers={**account.headers, "X-Padding": "x" * 20_000})
     assert answer.status_code == 431 and answer.headers["content-type"] == PROBLEM, answer.text
     assert client.get("/jobs", headers={**account.headers, "X-Padding": "x" * 2_000}).status_code == 200
+
+
+def test_metrics_are_for_the_scraper_token_or_an_admin(database_url, nats_url, make_account):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from constellation_core.settings import Settings
+
+    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_METRICS_TOKEN="scrape-me")
+    member = make_account()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=member.headers).status_code == 403
+        assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        scraped = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert scraped.status_code == 200 and "constellation_http_requests_total" in scraped.text

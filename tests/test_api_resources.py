@@ -69,7 +69,7 @@ def test_an_idempotency_key_returns_the_same_job_and_writes_nothing_more(client,
 def test_job_detail_shows_queue_position_runs_and_eta(client, make_account):
     account, other = make_account(), make_account()
     first = client.post("/jobs", json=job_body(priority=5), headers=account.headers).json()
-    urgent = client.post("/jobs", json=job_body(priority=50), headers=other.headers).json()
+    urgent = client.post("/jobs", json=job_body(priority=10), headers=other.headers).json()
     later = client.post("/jobs", json=job_body(priority=5), headers=account.headers).json()
     low = client.post("/jobs", json=job_body(priority=-5), headers=account.headers).json()
 

@@ -10,6 +10,7 @@ from uuid import UUID
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.accounts.limits import UNLIMITED, AccountLimits, effective
 from api.errors import Unauthorized
 from constellation_core.accounts import hash_api_key
 from constellation_core.events import SUBJECT_ROOT
@@ -22,6 +23,7 @@ class Account:
     name: str
     role: str
     key_id: UUID | None = None  # the key this request authenticated with
+    limits: AccountLimits = UNLIMITED  # what it may ask of the fleet (api/accounts/limits.py)
 
     @property
     def is_admin(self) -> bool:
@@ -59,7 +61,7 @@ async def authenticate(engine: AsyncEngine, key: str | None) -> Account:
     if cached is not None and cached[0] > now:
         return cached[1]
     query = (
-        select(accounts.c.id, accounts.c.name, accounts.c.role, api_keys.c.id.label("key_id"))
+        select(accounts.c.id, accounts.c.name, accounts.c.role, accounts.c.limits, api_keys.c.id.label("key_id"))
         .join(api_keys, api_keys.c.account_id == accounts.c.id)
         .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None), accounts.c.disabled_at.is_(None))
     )
@@ -70,7 +72,8 @@ async def authenticate(engine: AsyncEngine, key: str | None) -> Account:
     if row is None:
         _valid_keys.pop(key_hash, None)
         raise Unauthorized("the API key is not valid (unknown, revoked, or its account is disabled)")
-    account = Account(id=row.id, name=row.name, role=row.role, key_id=row.key_id)
+    account = Account(id=row.id, name=row.name, role=row.role, key_id=row.key_id,
+                      limits=effective(row.role, row.limits))
     if len(_valid_keys) >= KEY_CACHE_MAX:
         _valid_keys.clear()
     _valid_keys[key_hash] = (now + KEY_CACHE_S, account)

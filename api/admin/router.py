@@ -16,10 +16,12 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Path, Request, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Text, func, insert, select, update
+from sqlalchemy.dialects.postgresql import array as sa_array
 from sqlalchemy.exc import IntegrityError
 
 from api.accounts.auth import REVOCATION_SUBJECT, Account, Revocation
+from api.accounts.limits import AccountLimits, LimitsUpdate, effective
 from api.deps import CurrentAccount, EngineDep
 from api.errors import Conflict, Forbidden, NotFound
 from constellation_core.accounts import hash_api_key, new_api_key
@@ -48,6 +50,8 @@ class AccountAdmin(BaseModel):
     created_at: datetime
     disabled_at: datetime | None = Field(description="Set while the account is disabled")
     active_keys: int = Field(description="Keys that are not revoked")
+    limits: AccountLimits = Field(description="Its effective limits (the role's defaults and its overrides)")
+    limit_overrides: LimitsUpdate = Field(description="What an operator set for it (null: the default)")
 
 
 class AccountCreate(BaseModel):
@@ -61,6 +65,8 @@ class AccountUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     disabled: bool | None = Field(default=None, description="true: its keys stop working and its streams close")
     role: Role | None = None
+    limits: LimitsUpdate | None = Field(default=None, description="Overrides to set (the fields given; null: back "
+                                        "to the default). Applied within 10 s (the API's key cache)")
 
 
 class KeyPublic(BaseModel):
@@ -86,7 +92,12 @@ def _account_query():
     active = (select(func.count()).where(api_keys.c.account_id == accounts.c.id, api_keys.c.revoked_at.is_(None))
               .scalar_subquery())
     return select(accounts.c.id, accounts.c.name, accounts.c.role, accounts.c.created_at, accounts.c.disabled_at,
-                  active.label("active_keys"))
+                  accounts.c.limits, active.label("active_keys"))
+
+
+def _public(row) -> AccountAdmin:
+    return AccountAdmin(**{**row, "limits": effective(row["role"], row["limits"]),
+                           "limit_overrides": LimitsUpdate(**row["limits"])})
 
 
 KEY_COLUMNS = (api_keys.c.id, api_keys.c.account_id, api_keys.c.name, api_keys.c.prefix, api_keys.c.created_at,
@@ -111,7 +122,7 @@ async def list_accounts(admin: AdminAccount, engine: EngineDep) -> list[AccountA
     """Every account, oldest first."""
     async with engine.connect() as conn:
         rows = (await conn.execute(_account_query().order_by(accounts.c.created_at, accounts.c.name))).mappings()
-        return [AccountAdmin(**row) for row in rows]
+        return [_public(row) for row in rows]
 
 
 @router.post("/accounts", status_code=status.HTTP_201_CREATED, response_model=AccountAdmin, name="create_account",
@@ -126,7 +137,7 @@ async def create_account(body: AccountCreate, admin: AdminAccount, engine: Engin
     except IntegrityError:
         raise Conflict(f"an account named {body.name!r} already exists") from None
     log.info("account created", extra={"account": body.name, "role": body.role, "by": admin.name})
-    return AccountAdmin(**row)
+    return _public(row)
 
 
 @router.patch("/accounts/{account_id}", response_model=AccountAdmin, name="update_account", responses=TAKEN)
@@ -140,6 +151,12 @@ async def update_account(account_id: AccountId, body: AccountUpdate, admin: Admi
         values["disabled_at"] = func.coalesce(accounts.c.disabled_at, func.now()) if body.disabled else None
     if body.role is not None:
         values["role"] = body.role
+    if body.limits is not None:
+        given = body.limits.model_dump(exclude_unset=True)
+        dropped = [name for name, value in given.items() if value is None]
+        merged = accounts.c.limits.op("||")(func.jsonb_build_object(*[
+            part for name, value in given.items() if value is not None for part in (name, value)]))
+        values["limits"] = merged.op("-")(sa_array(dropped, type_=Text)) if dropped else merged
     async with engine.begin() as conn:
         if values:
             found = await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values)
@@ -155,7 +172,7 @@ async def update_account(account_id: AccountId, body: AccountUpdate, admin: Admi
         await _announce(request, Revocation(account_ids=frozenset({account_id}), reason=reason))
     log.info("account updated", extra={"account_id": str(account_id), "by": admin.name,
                                        "disabled": body.disabled, "role": body.role})
-    return AccountAdmin(**row)
+    return _public(row)
 
 
 @router.get("/accounts/{account_id}/keys", response_model=list[KeyPublic], name="list_keys")

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from api.deps import EngineDep
-from api.errors import ServiceUnavailable
+from api.accounts.auth import authenticate, key_from_headers
+from api.deps import EngineDep, SettingsDep
+from api.errors import Forbidden, ServiceUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -40,7 +43,18 @@ async def readyz(request: Request, engine: EngineDep) -> Health:
     return Health(status="ok", checks=checks)
 
 
-@router.get("/metrics", name="metrics", response_class=Response)
-async def metrics() -> Response:
-    """Prometheus metrics."""
+@router.get("/metrics", name="metrics", response_class=Response,
+            responses={403: {"description": "A member's key: metrics are for the scraper token or an admin"}})
+async def metrics(
+    engine: EngineDep, settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Prometheus metrics, for a scraper with the metrics token (`CONSTELLATION_METRICS_TOKEN`, sent as
+    `Authorization: Bearer`) or an admin's key: they name routes, devices and load, not for anyone."""
+    presented = key_from_headers(authorization, x_api_key)
+    token = settings.metrics_token
+    if not (token and presented and hmac.compare_digest(presented, token)):
+        if not (await authenticate(engine, presented)).is_admin:
+            raise Forbidden("metrics are for the metrics token or an admin key")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -22,6 +22,15 @@ async def insert_queued_job(conn: AsyncConnection, **values: Any) -> RowMapping:
     return (await conn.execute(submit_job(**values))).mappings().one()
 
 
+async def active_load(conn: AsyncConnection, account_id: UUID) -> tuple[int, int]:
+    """The account's jobs queued or running, and their tiles not yet done."""
+    row = (await conn.execute(
+        select(func.count(), func.coalesce(func.sum(jobs.c.tiles_total - jobs.c.tiles_done), 0))
+        .where(jobs.c.account_id == account_id, jobs.c.state.in_(("queued", "running")))
+    )).one()
+    return int(row[0]), int(row[1])
+
+
 async def get_job(conn: AsyncConnection, job_id: UUID, *, for_update: bool = False) -> RowMapping | None:
     query = select(*_JOB_COLUMNS).where(jobs.c.id == job_id)
     if for_update:

@@ -43,7 +43,8 @@ IdempotencyKey = Annotated[
 
 @router.post(
     "", status_code=status.HTTP_201_CREATED, response_model=JobPublic, name="create",
-    responses={200: {"model": JobPublic, "description": "A repeat of an earlier request with the same Idempotency-Key"}},
+    responses={200: {"model": JobPublic, "description": "A repeat of an earlier request with the same Idempotency-Key"},
+               429: {"description": "The account has as many jobs or tiles queued or running as it may"}},
 )
 async def create_job(
     body: JobCreate, account: CurrentAccount, engine: EngineDep, settings: SettingsDep, publish: PublisherDep,
@@ -118,7 +119,8 @@ async def job_tiles(job_id: UUID, account: CurrentAccount, engine: EngineDep) ->
 @router.get(
     "/{job_id}/logs", name="logs", response_class=StreamingResponse,
     responses={200: {"description": "Server-Sent Events: `log` and `state` messages, each with its event id",
-                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+               429: {"description": "The account holds as many streams as it may"}},
 )
 async def job_logs(
     job_id: UUID, request: Request, account: CurrentAccount, engine: EngineDep,
@@ -128,6 +130,7 @@ async def job_logs(
     """The job's log lines and state changes, live (SSE); ends after the job's final state."""
     async with engine.connect() as conn:
         await access.require_job(conn, account, job_id)  # 404 for another account's job
+    request.app.state.hub.check_stream_limit(account)
     resume = max(last_event_id or 0, after or 0)
     return StreamingResponse(log_stream(engine, request.app.state.hub, account, job_id, resume), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import access, planning
 from api.accounts.auth import Account
+from api.accounts.limits import TooManyRequests
 from api.errors import Conflict, InvalidInput
 from api.jobs import repository
 from api.jobs.schemas import (
@@ -86,9 +87,22 @@ async def _insert_job(
             f"unknown model {body.model!r}; known models: {', '.join(sorted(MODELS))}",
             errors=[{"loc": ["body", "model"], "msg": "unknown model", "type": "value_error"}],
         )
+    limits = account.limits
+    if limits.max_priority is not None and body.priority > limits.max_priority:
+        message = f"priority {body.priority} is above this account's highest, {limits.max_priority}"
+        raise InvalidInput(message, errors=[{"loc": ["body", "priority"], "msg": message, "type": "limit"}])
+    async with engine.connect() as conn:
+        active_jobs, active_tiles = await repository.active_load(conn, account.id)
+    if limits.max_active_jobs is not None and active_jobs >= limits.max_active_jobs:
+        raise TooManyRequests(f"this account has {active_jobs} jobs queued or running, its limit is "
+                              f"{limits.max_active_jobs}: submit again when some have finished")
     aoi, tiles_total = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     if tiles_total == 0:
         raise InvalidInput("the area covers no tile at this zoom")
+    if limits.max_active_tiles is not None and active_tiles + tiles_total > limits.max_active_tiles:
+        raise TooManyRequests(f"this job's {tiles_total} tiles and the {active_tiles} of this account's queued or "
+                              f"running jobs exceed its limit of {limits.max_active_tiles} tiles: submit again "
+                              "when some have finished")
     # One statement writes the job and its event: atomic by itself, so no transaction round trips.
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 
 from api import access
 from api.accounts.auth import REVOCATION_SUBJECT, Account, Revocation, forget
+from api.accounts.limits import TooManyRequests
 from api.metrics import STREAM_CLIENTS, STREAM_DROPPED
 from constellation_core.events import SUBJECT_ROOT, Event
 from constellation_core.telemetry import GpuSample
@@ -160,6 +161,13 @@ class StreamHub:
     def add(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
         STREAM_CLIENTS.set(len(self._subscribers))
+
+    def check_stream_limit(self, account: Account) -> None:
+        """429 when the account already holds as many streams (WebSocket and SSE alike, in this process)
+        as it may."""
+        limit = account.limits.max_streams
+        if limit is not None and sum(1 for s in self._subscribers if s.account.id == account.id) >= limit:
+            raise TooManyRequests(f"this account has {limit} streams open, its limit: close one first")
 
     def remove(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)

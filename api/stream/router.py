@@ -58,6 +58,7 @@ async def stream(
             or key_protocol,
         )
         await _check_job_access(engine, account, job_id)
+        hub.check_stream_limit(account)
     except Problem as exc:
         await _refuse(websocket, exc)
         return

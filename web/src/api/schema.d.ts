@@ -53,7 +53,8 @@ export interface paths {
         };
         /**
          * Metrics
-         * @description Prometheus metrics.
+         * @description Prometheus metrics, for a scraper with the metrics token (`CONSTELLATION_METRICS_TOKEN`, sent as
+         *     `Authorization: Bearer`) or an admin's key: they name routes, devices and load, not for anyone.
          */
         get: operations["health-metrics"];
         put?: never;
@@ -594,6 +595,10 @@ export interface components {
              * @description Keys that are not revoked
              */
             active_keys: number;
+            /** @description Its effective limits (the role's defaults and its overrides) */
+            limits: components["schemas"]["AccountLimits"];
+            /** @description What an operator set for it (null: the default) */
+            limit_overrides: components["schemas"]["LimitsUpdate"];
         };
         /** AccountCreate */
         AccountCreate: {
@@ -609,6 +614,32 @@ export interface components {
              */
             role?: "admin" | "member";
         };
+        /**
+         * AccountLimits
+         * @description An account's effective limits (null: no limit).
+         */
+        AccountLimits: {
+            /**
+             * Max Priority
+             * @description The highest job priority it may ask for
+             */
+            max_priority?: number | null;
+            /**
+             * Max Active Jobs
+             * @description Jobs it may have queued or running at once
+             */
+            max_active_jobs?: number | null;
+            /**
+             * Max Active Tiles
+             * @description Tiles of its queued or running jobs, not yet done
+             */
+            max_active_tiles?: number | null;
+            /**
+             * Max Streams
+             * @description WebSocket and SSE streams it may hold open at once (per API process)
+             */
+            max_streams?: number | null;
+        };
         /** AccountUpdate */
         AccountUpdate: {
             /**
@@ -618,6 +649,8 @@ export interface components {
             disabled?: boolean | null;
             /** Role */
             role?: ("admin" | "member") | null;
+            /** @description Overrides to set (the fields given; null: back to the default). Applied within 10 s (the API's key cache) */
+            limits?: components["schemas"]["LimitsUpdate"] | null;
         };
         /** AreaCreate */
         AreaCreate: {
@@ -1216,6 +1249,20 @@ export interface components {
              */
             window: "day" | "week" | "month" | "all";
         };
+        /**
+         * LimitsUpdate
+         * @description Overrides for one account: a number sets it, null goes back to the default.
+         */
+        LimitsUpdate: {
+            /** Max Priority */
+            max_priority?: number | null;
+            /** Max Active Jobs */
+            max_active_jobs?: number | null;
+            /** Max Active Tiles */
+            max_active_tiles?: number | null;
+            /** Max Streams */
+            max_streams?: number | null;
+        };
         /** ModelPublic */
         ModelPublic: {
             /** Name */
@@ -1669,7 +1716,10 @@ export interface operations {
     "health-metrics": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1681,6 +1731,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The key may not do this (admin routes need an admin key) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description Invalid input: which field and why */
             422: {
@@ -1807,6 +1875,15 @@ export interface operations {
             };
             /** @description Invalid input: which field and why */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over one of the account's limits (see Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2063,6 +2140,15 @@ export interface operations {
             };
             /** @description Invalid input: which field and why */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over one of the account's limits (see Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
