@@ -41,7 +41,7 @@ def key_from_headers(authorization: str | None, x_api_key: str | None) -> str | 
 
 
 # Valid keys are remembered briefly, so a busy client costs no query per request. Revoking a key or
-# disabling an account forgets it at once in every API process (`announce_revocation`); without that
+# disabling an account forgets it at once in every API process (api/admin/router.py `_announce`); without that
 # message a revoked key would stop working within KEY_CACHE_S. Unknown keys are never cached.
 KEY_CACHE_S = 10.0
 KEY_CACHE_MAX = 10_000
