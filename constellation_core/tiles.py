@@ -63,9 +63,10 @@ def at_least_tiles(part: BaseGeometry, zoom: int) -> int:
     west, south, east, north = part.bounds
     (x0, x1), (y1, y0) = _tile_coords(np.array([west, east]), np.array([south, north]), zoom)
     spans = max(int(math.floor(x1)) - int(math.floor(x0)) - 1, int(math.floor(y1)) - int(math.floor(y0)) - 1, 1)
-    mercator = shapely.transform(part, lambda xy: np.column_stack(_tile_coords(xy[:, 0], xy[:, 1], zoom)))
-    # Edges are straight in lon/lat, curved in mercator: 10 % slack covers the difference at any size
-    # that could be near a cap.
+    # Edges are straight in lon/lat and curve in mercator: cut them into ≤ 0.5° pieces first, so the
+    # mercator polygon follows the true outline; 10 % slack covers what is left.
+    densified = shapely.segmentize(part, 0.5)
+    mercator = shapely.transform(densified, lambda xy: np.column_stack(_tile_coords(xy[:, 0], xy[:, 1], zoom)))
     return max(spans, int(mercator.area * 0.9))
 
 

@@ -124,3 +124,21 @@ def test_an_outline_too_costly_to_plan_is_refused_with_a_reason(monkeypatch):
     monkeypatch.setattr(tiles, "NODES_PER_CAPPED_TILE", 1)
     with pytest.raises(tiles.TooComplex, match="simplify it"):
         plan_tiles(_thin_diagonal_sliver(), 15, cap=50)
+
+
+def test_the_bound_checked_before_planning_never_exceeds_the_tiles_an_area_needs():
+    """Continent-sized triangles (edges straight in lon/lat, curved in mercator): the early refusal
+    must never turn away an area the cap would fit."""
+    import random
+
+    from constellation_core.tiles import at_least_tiles
+
+    rnd = random.Random(7)
+    checked = 0
+    while checked < 30:
+        area = Polygon([(rnd.uniform(-179, 179), rnd.uniform(-84, 84)) for _ in range(3)])
+        if not area.is_valid or area.area < 1:
+            continue
+        zoom = rnd.randint(2, 6)
+        assert at_least_tiles(area, zoom) <= len(plan_tiles(area, zoom, cap=10**6)), (area.wkt, zoom)
+        checked += 1
