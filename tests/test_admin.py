@@ -10,7 +10,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from constellation_core.waiting import wait_for
 from tests.samples import job_body
-from tests.streams import _reader
+from tests.streams import next_message
 
 PROBLEM = "application/problem+json"
 
@@ -75,7 +75,7 @@ def test_a_revoked_key_stops_at_once_and_its_open_socket_closes_with_the_reason(
         revoked = client.post(f"/admin/keys/{_key_id(client, admin, member)}/revoke", headers=admin.headers)
         assert revoked.status_code == 200 and revoked.json()["revoked_at"]
         with pytest.raises(WebSocketDisconnect) as closed:
-            _reader.submit(ws.receive_json).result(timeout=1)
+            next_message(ws, what="the socket to close", timeout=1)
     assert closed.value.code == 1008 and "revoked" in closed.value.reason
     refused = client.get("/jobs", headers=member.headers)
     assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
