@@ -4,10 +4,10 @@ The event loop serves every request, `/healthz` and the live stream: a request t
 stalls them all, and so does one that computes in a thread of the same process (pure-Python parts hold
 the GIL: with planning threads `/healthz` still had a p99 of ~190 ms under a hostile mix). The work
 goes to a small process pool (`concurrent.futures`, spawned: the workers import only geometry code, and
-die with the API even when it is SIGKILLed);
-the planner's cost is bounded before it starts (`constellation_core.tiles`), so a pool of two keeps
-the API responsive while clients send the largest areas they may. Functions and arguments cross by
-pickle: module-level functions, plain data in and out.
+die with the API even when it is SIGKILLed); the planner's cost is bounded before it starts
+(`constellation_core.tiles`), so a pool of two keeps the API responsive while clients send the largest
+areas they may. Functions and arguments cross by pickle: module-level functions, plain data in and
+out; refusals come back as `api.planning.Refused` values, made problems here (`accepted`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any, TypeVar
 
-from api.errors import ServiceUnavailable
+from api.errors import InvalidInput, ServiceUnavailable
+from api.planning import Refused
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -75,6 +76,14 @@ class PlanningPool:
             log.warning("a planning worker died; starting a new pool")
             self.stop()
             raise ServiceUnavailable("the planning worker stopped while planning this area; retry") from None
+
+
+def accepted(result: T | Refused, field: str) -> T:
+    """A planning result, or a 422 problem naming `body.<field>` with the refusal's reason."""
+    if isinstance(result, Refused):
+        raise InvalidInput(result.message, errors=[{"loc": ["body", field], "msg": result.message,
+                                                    "type": result.kind}])
+    return result
 
 
 # The API's pool (started on first use, stopped with the app).

@@ -13,9 +13,8 @@ from sqlalchemy import func, insert, literal, select, tuple_
 
 from api import access, planning
 from api.deps import CurrentAccount, EngineDep
-from api.errors import InvalidInput
 from api.jobs.schemas import bounded_nesting
-from api.offload import planning_pool
+from api.offload import accepted, planning_pool
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, decode_cursor, encode_cursor
 from constellation_core.tables import areas
 
@@ -62,11 +61,7 @@ def _public(row) -> AreaPublic:
 
 async def area_geometry(geojson: dict[str, Any]) -> dict[str, Any]:
     """The area checked and merged (in a planning process), or a 422 problem naming `geojson`."""
-    result = await planning_pool.run(planning.area_geometry, geojson, MAX_AREA_DEG2)
-    if isinstance(result, planning.Refused):
-        raise InvalidInput(result.message, errors=[{"loc": ["body", "geojson"], "msg": result.message,
-                                                    "type": result.kind}])
-    return result
+    return accepted(await planning_pool.run(planning.area_geometry, geojson, MAX_AREA_DEG2), "geojson")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AreaPublic, name="create")

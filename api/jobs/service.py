@@ -30,7 +30,7 @@ from api.jobs.schemas import (
     TileEstimate,
     TilesPerMinute,
 )
-from api.offload import planning_pool
+from api.offload import accepted, planning_pool
 from api.pagination import Page, decode_cursor, encode_cursor
 from constellation_core.events import Event, queued_event, transition_job_async
 from constellation_core.logs import correlation_id
@@ -211,11 +211,8 @@ plan_in_worker = planning.plan_job_area
 async def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
     """The area parsed and its tile count at this zoom, computed in a planning process; a 422 problem
     naming `area` otherwise."""
-    result = await planning_pool.run(plan_in_worker, area_geojson, zoom, max_tiles)
-    if isinstance(result, planning.Refused):
-        raise InvalidInput(result.message, errors=[{"loc": ["body", "area"], "msg": result.message,
-                                                    "type": result.kind}])
-    return result.aoi, result.tiles
+    planned = accepted(await planning_pool.run(plan_in_worker, area_geojson, zoom, max_tiles), "area")
+    return planned.aoi, planned.tiles
 
 
 async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, max_tiles: int) -> TileEstimate:
