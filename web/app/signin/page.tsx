@@ -15,7 +15,8 @@ export default function SignIn() {
     setCurrent(apiKey());
     const handed = new URLSearchParams(window.location.hash.slice(1)).get("key");
     if (handed) window.history.replaceState(null, "", window.location.pathname);
-    setKey(handed ?? apiKey() ?? "");
+    // What someone typed before the page came alive stays: only a handed-over key replaces it.
+    setKey((typed) => handed ?? (typed || apiKey() || ""));
   }, []);
 
   async function signIn() {
