@@ -16,6 +16,9 @@ async function signIn(context, key) {
   const page = await context.newPage();
   page.on("pageerror", (e) => errors.push(`pageerror: ${e.message}`));
   await page.goto(`${base}/app/signin/`);
+  // The page is live (hydrated, its effects run) once the navigation marks it current: fill after that,
+  // or the sign-in form's mount effect would reset the field.
+  await page.locator('nav a[aria-current="page"]').waitFor({ timeout: 15000 });
   await page.getByLabel("API key").fill(key);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL("**/app/jobs/");
