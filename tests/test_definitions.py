@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy import text as sql_text
 
+from constellation_core.devices import simulated_devices
 from constellation_core.tables import jobs
 from constellation_dagster.definitions import defs
-from constellation_core.devices import simulated_devices
 from constellation_dagster.inference.jobs import JOB_ID_TAG, build_jobs
 from constellation_dagster.inference.sensors import dispatch_queued_jobs
 from constellation_dagster.resources import SystemOfRecord
@@ -80,3 +80,52 @@ def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, qu
         state, dispatched_at = conn.execute(
             select(jobs.c.state, jobs.c.dispatched_at).where(jobs.c.id == queued_job)).one()
     assert state == "queued" and dispatched_at is None, "the reconciler sensor will launch it on its next tick"
+
+
+@dg.op
+def _worker_dies():
+    raise RuntimeError("run worker gone")
+
+
+@dg.job
+def _failing_job():
+    _worker_dies()
+
+
+def _job_after_failed_run(engine, database_url, nats_url, job_id, *, batches_done: bool) -> tuple[str, dict]:
+    from constellation_core.tables import tile_chunks
+    from constellation_dagster.inference.sensors import run_outcome_sensors
+    from constellation_dagster.resources import EventBus
+
+    with engine.begin() as conn:
+        conn.execute(sql_text("UPDATE jobs SET state = 'running' WHERE id = :id"), {"id": job_id})
+        conn.execute(insert(tile_chunks), [{"job_id": job_id, "chunk_no": n, "tiles": 32,
+                                            "state": "done" if batches_done or n == 0 else "pending"}
+                                           for n in range(2)])
+    on_failure = next(s for s in run_outcome_sensors if s.name == "job_failed_on_run_failure")
+    with dg.instance_for_test() as instance:
+        result = _failing_job.execute_in_process(instance=instance, raise_on_error=False,
+                                                 tags={JOB_ID_TAG: str(job_id)})
+        context = dg.build_run_status_sensor_context(
+            sensor_name=on_failure.name, dagster_event=result.get_run_failure_event(), dagster_instance=instance,
+            dagster_run=result.dagster_run,
+            resources={"db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url)})
+        on_failure(context)
+    with engine.connect() as conn:
+        state, error = conn.execute(select(jobs.c.state, jobs.c.error).where(jobs.c.id == job_id)).one()
+        payload = conn.execute(sql_text("SELECT payload FROM events WHERE job_id = :id AND type = 'job.state' "
+                                        "ORDER BY seq DESC LIMIT 1"), {"id": job_id}).scalar_one()
+    return state, {"error": error, **payload}
+
+
+def test_a_failed_run_fails_its_job_with_the_reason(engine, database_url, nats_url, queued_job):
+    state, detail = _job_after_failed_run(engine, database_url, nats_url, queued_job, batches_done=False)
+    assert state == "failed"
+    assert "_worker_dies" in detail["error"], detail
+
+
+def test_a_run_that_fails_after_its_last_batch_leaves_the_job_succeeded(engine, database_url, nats_url, queued_job):
+    # e.g. its worker was killed while Dagster wrote the run's last events: nothing is left to retry.
+    state, detail = _job_after_failed_run(engine, database_url, nats_url, queued_job, batches_done=True)
+    assert state == "succeeded"
+    assert "_worker_dies" in detail["run_failure"], detail

@@ -7,7 +7,7 @@ import dagster as dg
 from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
-from constellation_core.tables import jobs, runs, steps
+from constellation_core.tables import jobs, runs, steps, tile_chunks
 from constellation_dagster.inference.dispatch import claim_launches, runs_to_terminate
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
@@ -53,12 +53,21 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSens
         if status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "true":
             context.log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
             return
+        outcome, error = state, None
+        if status == dg.DagsterRunStatus.FAILURE:
+            error = context.dagster_event.message if context.dagster_event else None
         with db.begin() as conn:
+            if status == dg.DagsterRunStatus.FAILURE and _every_batch_done(conn, UUID(job_id)):
+                # The run worker ended after the job's last batch committed (killed, or interrupted
+                # while Dagster wrote its last events): Dagster cannot retry a run with no step left
+                # to run, and the user's job is complete — every tile inferred once.
+                outcome = "succeeded"
+                context.log.info(f"run {run.run_id} failed after every batch of job {job_id} was done: {error}")
             # A re-executed run (run retry) reuses its root run's `runs` row: start_run ran there.
             run_row = conn.execute(
                 update(runs)
                 .where(runs.c.dagster_run_id.in_([run.run_id, run.root_run_id or run.run_id]))
-                .values(state=state, finished_at=func.now())
+                .values(state=outcome, finished_at=func.now())
                 .returning(runs.c.id)
             ).scalar_one_or_none()
             # A step whose process was killed never closed its `steps` row: the device would look
@@ -68,16 +77,25 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str) -> dg.RunStatusSens
                 .values(finished_at=func.now(), metrics=steps.c.metrics.op("||")(
                     func.jsonb_build_object("error", "its process ended without closing the step")))
             )
-            error = None
-            if status == dg.DagsterRunStatus.FAILURE and context.failure_event:
-                error = context.failure_event.message
+            detail = {"dagster_run_id": run.run_id}
+            if error and outcome == "succeeded":
+                detail["run_failure"] = error
             event = transition_job(
-                conn, UUID(job_id), state, run_id=run_row, detail={"dagster_run_id": run.run_id},
-                **({"error": error} if error else {}),
+                conn, UUID(job_id), outcome, run_id=run_row, detail=detail,
+                **({"error": error} if error and outcome == "failed" else {}),
             )
         bus.publish([event], flush=True)
 
     return _sensor
+
+
+def _every_batch_done(conn, job_id: UUID) -> bool:
+    """The job was planned and none of its batches is left."""
+    counts = conn.execute(
+        select(func.count(), func.count().filter(tile_chunks.c.state != "done"))
+        .where(tile_chunks.c.job_id == job_id)
+    ).one()
+    return counts[0] > 0 and counts[1] == 0
 
 
 run_outcome_sensors = [
