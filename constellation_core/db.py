@@ -48,11 +48,16 @@ def _forget_inherited_connections() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
-@lru_cache
-def sync_engine(database_url: str | None = None) -> Engine:
-    engine = create_engine(database_url or get_settings().sync_database_url, pool_pre_ping=True)
+def forget_in_forked_children(engine: Engine) -> Engine:
+    """Have a forked child drop the pooled connections of `engine` it inherited (as `sync_engine`'s)."""
     _engines.add(engine)
     return engine
+
+
+@lru_cache
+def sync_engine(database_url: str | None = None) -> Engine:
+    return forget_in_forked_children(create_engine(database_url or get_settings().sync_database_url,
+                                                   pool_pre_ping=True))
 
 
 def async_engine(database_url: str | None = None, **kwargs) -> AsyncEngine:

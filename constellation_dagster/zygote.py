@@ -63,8 +63,8 @@ def main(preload: list[str]) -> None:
 
 def _instance(instances: dict[str, Any], instance_ref_json: str) -> Any:
     """The Dagster instance of a ref, built once here (its storages check their tables on creation)
-    and inherited by every child. Safe to share across fork: Dagster's Postgres storages use
-    SQLAlchemy's NullPool, so no connection is open between uses."""
+    and inherited by every child. Safe to share across fork: a child drops the pooled connections it
+    inherited (`constellation_core.db.forget_in_forked_children`) and opens its own."""
     if instance_ref_json not in instances:
         from dagster._core.instance import DagsterInstance, InstanceRef
         from dagster._serdes import deserialize_value

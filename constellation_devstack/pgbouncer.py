@@ -62,7 +62,9 @@ class PgBouncer:
             # A client keeps its server connection until it disconnects: Dagster's sessions, LISTEN
             # included, behave exactly as on a direct connection.
             "pool_mode = session\n"
-            "default_pool_size = 40\n"
+            # Each Dagster process keeps a few pooled connections (constellation_dagster/storage.py),
+            # each of up to 8 run workers its own: room for all of them with Postgres's 200.
+            "default_pool_size = 100\n"
             "max_client_conn = 400\n"
             "server_idle_timeout = 120\n"
             # Dagit passes `options=-c statement_timeout=…`; PgBouncer 1.18 cannot forward it.

@@ -10,7 +10,7 @@ import inspect
 
 from constellation_core.settings import REPO_ROOT
 
-USERS = ("constellation_dagster/instance.py", "constellation_dagster/zygote.py")
+USERS = ("constellation_dagster/instance.py", "constellation_dagster/zygote.py", "constellation_dagster/storage.py")
 
 
 def _private_imports() -> list[tuple[str, str]]:

@@ -1,0 +1,76 @@
+"""Constellation's Dagster storages (`constellation_dagster/storage.py`): dagster-postgres's with pooled
+connections and the schema checked once. They override dagster-postgres internals; these tests fail
+loudly when a Dagster upgrade changes what they rely on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+from dagster._core.storage.schedules.sql_schedule_storage import SqlScheduleStorage
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+from sqlalchemy import event
+from sqlalchemy.pool import NullPool, QueuePool
+
+from constellation_dagster.storage import EventLogStorage, RunStorage, ScheduleStorage
+from tests.conftest import drop_database, fresh_database_url
+
+
+@pytest.fixture(scope="module")
+def dagster_pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A Dagster storage database with its tables, as `constellation-dev setup` makes it."""
+    url = fresh_database_url(pg_admin_url, "dagster_test")
+    psycopg2_url = url.replace("postgresql+psycopg://", "postgresql+psycopg2://", 1)
+    for storage in (PostgresRunStorage, PostgresEventLogStorage, PostgresScheduleStorage):
+        storage(psycopg2_url, should_autocreate_tables=True).dispose()
+    yield psycopg2_url
+    drop_database(url)
+
+
+def test_the_storages_override_methods_that_still_exist():
+    for cls, base in ((RunStorage, PostgresRunStorage), (EventLogStorage, PostgresEventLogStorage),
+                      (ScheduleStorage, PostgresScheduleStorage)):
+        overridden = [name for name in vars(cls) if not name.startswith("__") and name not in ("from_config_value",)]
+        missing = [name for name in overridden if not hasattr(base, name)]
+        assert not missing, f"{base.__name__} no longer has {missing}: review constellation_dagster/storage.py"
+    # what the memoized checks wrap is still reflection, called where we expect it
+    assert "get_columns" in SqlRunStorage.has_run_stats_index_cols.__code__.co_names
+    assert "get_table_names" in SqlScheduleStorage._has_instigators_table.__code__.co_names
+
+
+def _queries(engine) -> list[str]:
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: seen.append(statement))
+    return seen
+
+
+def test_run_storage_pools_connections_and_reflects_the_schema_once(dagster_pg_url):
+    stock = PostgresRunStorage(dagster_pg_url, should_autocreate_tables=False)
+    assert isinstance(stock._engine.pool, NullPool)  # what this module exists to change
+
+    storage = RunStorage(dagster_pg_url, should_autocreate_tables=False)
+    assert isinstance(storage._engine.pool, QueuePool)
+    queries = _queries(storage._engine)
+    connections = []
+    event.listen(storage._engine, "connect", lambda *_: connections.append(1))
+    for _ in range(5):
+        storage.get_run_records(limit=1)
+    reflections = [q for q in queries if "pg_catalog.pg_attribute" in q]
+    assert len(reflections) == 1, f"the runs table was reflected {len(reflections)} times in 5 calls"
+    assert len(connections) == 1, f"{len(connections)} connections opened for 5 sequential calls"
+
+
+def test_schedule_and_event_log_storages_check_tables_once(dagster_pg_url):
+    schedules = ScheduleStorage(dagster_pg_url, should_autocreate_tables=False)
+    queries = _queries(schedules._engine)
+    for _ in range(3):
+        schedules.all_instigator_state()
+    assert len([q for q in queries if "pg_catalog.pg_class" in q]) <= 2
+
+    events = EventLogStorage(dagster_pg_url, should_autocreate_tables=False)
+    queries = _queries(events._engine)
+    for _ in range(3):
+        assert events.has_table("concurrency_slots")
+    assert len(queries) == 1
+    events.dispose()
