@@ -33,12 +33,26 @@ def days_to_export(run_start: float | None, run_end: float | None, last_export_d
     return sorted(d.isoformat() for d in days)
 
 
+def covered_by_export(run_start: float | None, run_end: float | None, export_created: float | None,
+                      export_day: date | None) -> bool:
+    """Whether an export already holds the run's results: one created after the run ended, of the
+    run's only day. (After a backlog the run-status sensors catch up on each run's end in turn; without
+    this, every one of them would rewrite the same day.)"""
+    if run_end is None or export_created is None or export_created <= run_end:
+        return False
+    return {_day(t) for t in (run_start, run_end) if t} == {export_day}
+
+
 def _export_requests(instance: dg.DagsterInstance, record: dg.RunRecord | None, *, key: str,
                      after_success: bool):
     """Export every day since the last export, and refresh DuckDB — unless inference runs are still
     active and the last export is recent (the run that ends the backlog, or the backstop, will do it)."""
     last_export = instance.get_run_records(dg.RunsFilter(job_name=analytics_export.name), limit=1)
     last = last_export[0] if last_export else None
+    last_day = date.fromisoformat(last.dagster_run.tags["dagster/partition"]) if last else None
+    if record is not None and last is not None and covered_by_export(
+            record.start_time, record.end_time, last.create_timestamp.timestamp(), last_day):
+        return dg.SkipReason("a later export already holds this run's results")
     if not after_success:
         # A failed or canceled run may end a backlog whose successes were skipped while it ran:
         # export only if some inference run succeeded since the last export.
@@ -49,7 +63,6 @@ def _export_requests(instance: dg.DagsterInstance, record: dg.RunRecord | None, 
     )
     if busy and last is not None and last.create_timestamp.timestamp() > datetime.now(UTC).timestamp() - EXPORT_MAX_AGE_S:
         return dg.SkipReason("inference runs are active; exporting when they finish")
-    last_day = date.fromisoformat(last.dagster_run.tags["dagster/partition"]) if last else None
     days = days_to_export(record.start_time if record else None, record.end_time if record else None, last_day)
     return [
         *(dg.RunRequest(run_key=f"export-{key}-{day}", job_name=analytics_export.name, partition_key=day)
