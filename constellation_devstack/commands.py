@@ -284,7 +284,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         ),
         _program(
             "code-server",
-            f"{dev} wait-ready {BIN / 'dagster'} code-server start -m constellation_dagster.definitions "
+            f"{dev} wait-ready {BIN / 'dagster'} api grpc -m constellation_dagster.definitions "
             f"--location-name constellation_dagster -h {settings.dagster_code_server_host} "
             f"-p {settings.dagster_code_server_port}",
             priority=30, log_dir=log_dir,

@@ -84,7 +84,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     ]
     code_server = ManagedProcess(
         "code-server",
-        [str(BIN / "dagster"), "code-server", "start", "-m", "constellation_dagster.definitions",
+        [str(BIN / "dagster"), "api", "grpc", "-m", "constellation_dagster.definitions",
          "--location-name", "constellation_dagster", "-h", "127.0.0.1", "-p", str(code_port)],
         env, tmp,
     )

@@ -3,8 +3,10 @@
 Under a backlog, exporting after every run would rewrite the same day's Parquet once per job and
 take CPU from inference; the sensor waits until no inference run is active, or until the last
 export is EXPORT_MAX_AGE_S old, and then exports every day since the last export. A backlog may end
-with a failed or canceled run: its end exports the successes skipped meanwhile; and a backstop sensor
-exports any success still unexported every EXPORT_MAX_AGE_S / 2, so none waits for the next run.
+with a failed or canceled run, which exports nothing: a backstop sensor exports any success still
+unexported every EXPORT_MAX_AGE_S / 2, so none waits for the next run. (Each sensor tick is a gRPC
+call into the code server and a few storage queries: with nothing queued, run-status sensors ticking
+every second were most of the idle stack's CPU; exports are not in a hurry.)
 """
 
 from datetime import UTC, date, datetime, timedelta
@@ -15,6 +17,7 @@ from constellation_dagster.analytics.assets import analytics_export, analytics_r
 from constellation_dagster.inference.jobs import ALL_JOBS
 
 EXPORT_MAX_AGE_S = 60
+EXPORT_SENSOR_INTERVAL_S = 5
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED]
 
@@ -43,8 +46,7 @@ def covered_by_export(run_start: float | None, run_end: float | None, export_cre
     return {_day(t) for t in (run_start, run_end) if t} == {export_day}
 
 
-def _export_requests(instance: dg.DagsterInstance, record: dg.RunRecord | None, *, key: str,
-                     after_success: bool):
+def _export_requests(instance: dg.DagsterInstance, record: dg.RunRecord | None, *, key: str):
     """Export every day since the last export, and refresh DuckDB — unless inference runs are still
     active and the last export is recent (the run that ends the backlog, or the backstop, will do it)."""
     last_export = instance.get_run_records(dg.RunsFilter(job_name=analytics_export.name), limit=1)
@@ -53,11 +55,6 @@ def _export_requests(instance: dg.DagsterInstance, record: dg.RunRecord | None, 
     if record is not None and last is not None and covered_by_export(
             record.start_time, record.end_time, last.create_timestamp.timestamp(), last_day):
         return dg.SkipReason("a later export already holds this run's results")
-    if not after_success:
-        # A failed or canceled run may end a backlog whose successes were skipped while it ran:
-        # export only if some inference run succeeded since the last export.
-        if _latest_success(instance, since=last.create_timestamp if last else None) is None:
-            return dg.SkipReason("no inference run succeeded since the last export")
     busy = any(
         instance.get_runs_count(dg.RunsFilter(job_name=job.name, statuses=ACTIVE)) for job in ALL_JOBS
     )
@@ -78,40 +75,18 @@ def _latest_success(instance: dg.DagsterInstance, since: datetime | None) -> dg.
     return max(records, key=lambda r: r.update_timestamp, default=None)
 
 
-def _after_run(context: dg.RunStatusSensorContext, *, after_success: bool):
-    run_id = context.dagster_run.run_id
-    return _export_requests(context.instance, context.instance.get_run_record_by_id(run_id), key=run_id,
-                            after_success=after_success)
-
-
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=ALL_JOBS,
     request_jobs=[analytics_export, analytics_refresh],
-    minimum_interval_seconds=1,
+    minimum_interval_seconds=EXPORT_SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="After inference runs succeed, export their day(s) to Parquet and refresh DuckDB "
                 f"(once the backlog drains, or at least every {EXPORT_MAX_AGE_S} s under load).",
 )
 def export_after_inference(context: dg.RunStatusSensorContext):
-    return _after_run(context, after_success=True)
-
-
-def _export_after_ended(status: dg.DagsterRunStatus) -> dg.RunStatusSensorDefinition:
-    @dg.run_status_sensor(
-        name=f"export_after_inference_{status.value.lower()}",
-        run_status=status,
-        monitored_jobs=ALL_JOBS,
-        request_jobs=[analytics_export, analytics_refresh],
-        minimum_interval_seconds=1,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"When an inference run ends {status.value} and so ends a backlog, export the successes "
-                    "that were skipped while it ran.",
-    )
-    def _sensor(context: dg.RunStatusSensorContext):
-        return _after_run(context, after_success=False)
-
-    return _sensor
+    run_id = context.dagster_run.run_id
+    return _export_requests(context.instance, context.instance.get_run_record_by_id(run_id), key=run_id)
 
 
 @dg.sensor(
@@ -127,12 +102,7 @@ def export_backstop(context: dg.SensorEvaluationContext):
     newest = _latest_success(instance, since=last_export[0].create_timestamp if last_export else None)
     if newest is None:
         return dg.SkipReason("every inference success is exported")
-    return _export_requests(instance, newest, key=f"backstop-{newest.dagster_run.run_id}", after_success=True)
+    return _export_requests(instance, newest, key=f"backstop-{newest.dagster_run.run_id}")
 
 
-export_sensors = [
-    export_after_inference,
-    export_backstop,
-    _export_after_ended(dg.DagsterRunStatus.FAILURE),
-    _export_after_ended(dg.DagsterRunStatus.CANCELED),
-]
+export_sensors = [export_after_inference, export_backstop]
