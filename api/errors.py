@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -112,16 +114,38 @@ def install_problem_handlers(app: FastAPI) -> None:
                                 instance=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer to a body that is not JSON at all (bytes that are not UTF-8, say):
             # invalid input like any other, with the field it concerns.
             return problem_response(422, "Invalid input", "the body is not valid JSON", instance=request.url.path,
                                     errors=[{"loc": ["body"], "msg": "not valid JSON", "type": "json_invalid"}])
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names only the first route on the path; every method the path answers is allowed.
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
         return problem_response(
             exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail),
-            instance=request.url.path, headers=getattr(exc, "headers", None),
+            instance=request.url.path, headers=headers,
         )
+
+
+# Methods a path takes only to refuse them with 405 (see `api.jobs.router.estimate_other_methods`).
+REFUSED_METHODS: dict[str, set[str]] = {"/jobs/estimate": {"GET", "PUT", "PATCH", "DELETE"}}
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods the request's path answers, as an `Allow` header value: each method some route takes
+    for this path (the router asked as it dispatches), less those a path takes only to refuse them."""
+    methods = {"OPTIONS"}
+    for method in PROBED_METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            methods.add(method)
+    return ", ".join(sorted(methods - REFUSED_METHODS.get(request.url.path, set())))
 
 
 _TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Payload too large"}

@@ -251,6 +251,19 @@ def test_the_wrong_method_on_estimate_is_405_not_a_bad_job_id(client, make_accou
         assert client.request(method, "/jobs/estimate", headers=account.headers).status_code == 405
 
 
+def test_options_and_a_wrong_method_name_every_method_the_path_answers(client, make_account):
+    account = make_account()
+    options = client.options("/jobs", headers=account.headers)
+    assert options.status_code == 204 and options.headers["allow"] == "GET, OPTIONS, POST", options.headers
+    wrong = client.delete("/jobs", headers=account.headers)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, OPTIONS, POST", wrong.headers
+    assert wrong.headers["content-type"] == PROBLEM
+    estimate = client.options("/jobs/estimate", headers=account.headers)
+    assert estimate.status_code == 204 and estimate.headers["allow"] == "OPTIONS, POST", estimate.headers
+    one_job = client.options(f"/jobs/{uuid.uuid4()}", headers=account.headers)
+    assert one_job.headers["allow"] == "GET, OPTIONS", one_job.headers
+
+
 def test_oversized_headers_are_refused_with_431(client, make_account):
     account = make_account()
     answer = client.get("/jobs", headers={**account.headers, "X-Padding": "x" * 20_000})

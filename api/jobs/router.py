@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api import access
 from api.deps import CurrentAccount, EngineDep, PublisherDep, SettingsDep
-from api.errors import MethodNotAllowed
+from api.errors import REFUSED_METHODS, MethodNotAllowed
 from api.jobs import service
 from api.jobs.logs import log_stream
 from api.jobs.repository import SORTS
@@ -98,7 +98,7 @@ async def estimate_job(body: JobEstimate, account: CurrentAccount, engine: Engin
     return await service.estimate(engine, account, body, max_tiles=settings.max_tiles_per_job)
 
 
-@router.api_route("/estimate", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+@router.api_route("/estimate", methods=sorted(REFUSED_METHODS["/jobs/estimate"]), include_in_schema=False)
 async def estimate_other_methods() -> None:
     """`/jobs/estimate` is POST only: without this, GET would reach `/jobs/{job_id}` and be a bad id."""
     raise MethodNotAllowed("`/jobs/estimate` answers POST only", headers={"Allow": "POST"})
