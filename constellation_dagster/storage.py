@@ -48,8 +48,16 @@ def _storage_kwargs(config_value: Mapping[str, Any]) -> dict:
             "token_provider": get_token_provider_from_config(config_value)}
 
 
-class _Memo:
-    """Answers about the schema, once per storage object."""
+class _Pooled:
+    """Mixed in before a dagster-postgres storage: its engine pooled, its schema answers memoized."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine = pooled_engine(self)
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value):
+        return cls(inst_data=inst_data, **_storage_kwargs(config_value))
 
     def _memo(self, key: str, answer) -> Any:
         memo = self.__dict__.setdefault("_schema_memo", {})
@@ -58,15 +66,7 @@ class _Memo:
         return memo[key]
 
 
-class RunStorage(_Memo, PostgresRunStorage):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine = pooled_engine(self)
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> RunStorage:
-        return cls(inst_data=inst_data, **_storage_kwargs(config_value))
-
+class RunStorage(_Pooled, PostgresRunStorage):
     def has_run_stats_index_cols(self) -> bool:
         return self._memo("run_stats_index_cols", super().has_run_stats_index_cols)
 
@@ -83,28 +83,12 @@ class RunStorage(_Memo, PostgresRunStorage):
         return self._memo("backfill_tags_table", super().has_backfill_tags_table)
 
 
-class EventLogStorage(_Memo, PostgresEventLogStorage):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine = pooled_engine(self)
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> EventLogStorage:
-        return cls(inst_data=inst_data, **_storage_kwargs(config_value))
-
+class EventLogStorage(_Pooled, PostgresEventLogStorage):
     def has_table(self, table_name: str) -> bool:
         return self._memo(f"table:{table_name}", lambda: super(EventLogStorage, self).has_table(table_name))
 
 
-class ScheduleStorage(_Memo, PostgresScheduleStorage):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine = pooled_engine(self)
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> ScheduleStorage:
-        return cls(inst_data=inst_data, **_storage_kwargs(config_value))
-
+class ScheduleStorage(_Pooled, PostgresScheduleStorage):
     def _has_instigators_table(self, conn: Connection) -> bool:
         return self._memo("instigators_table", lambda: super(ScheduleStorage, self)._has_instigators_table(conn))
 
