@@ -26,7 +26,7 @@ from api.openapi import install_openapi
 from api.stream.hub import StreamHub
 from api.stream.router import router as stream_router
 from api.usage.router import router as usage_router
-from constellation_core.bus import connect, ensure_stream
+from constellation_core.bus import connect, ensure_stream, without_credentials
 from constellation_core.db import async_engine
 from constellation_core.logs import configure_logging
 from constellation_core.settings import REPO_ROOT, Settings, get_settings
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub = StreamHub()
         planning_pool.start()
         await app.state.hub.start(app.state.nats)
-        log.info("api started", extra={"nats": settings.nats_url})
+        log.info("api started", extra={"nats": without_credentials(settings.nats_url)})
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import threading
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client as NATS
@@ -16,6 +17,12 @@ from nats.js.errors import NotFoundError
 from constellation_core.events import STREAM_NAME, SUBJECT_ROOT, Event
 
 STREAM_MAX_AGE_S = 7 * 24 * 3600
+
+
+def without_credentials(url: str) -> str:
+    """The URL to log: a NATS URL may carry a token or user:password."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 async def connect(url: str, *, name: str, **kwargs) -> NATS:

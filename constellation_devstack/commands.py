@@ -50,7 +50,7 @@ def _dagster_home(settings: Settings) -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or settings.local_dir / "dagster_home")
 
 
-def _stack_env(settings: Settings, *, local_postgres: bool) -> dict[str, str]:
+def _stack_env(settings: Settings, *, local_postgres: bool, local_nats: bool) -> dict[str, str]:
     from constellation_core.devices import SIMULATED_ENV, nvml_devices
 
     simulated = {}
@@ -60,7 +60,8 @@ def _stack_env(settings: Settings, *, local_postgres: bool) -> dict[str, str]:
     return {
         **simulated,
         "DATABASE_URL": settings.sync_database_url,
-        "NATS_URL": settings.nats_url,
+        # The demo's NATS refuses anonymous clients: its URL carries the token (see nats.py).
+        "NATS_URL": _local_nats(settings).url if local_nats else settings.nats_url,
         # Dagster's processes reach their storage through the demo's PgBouncer (see pgbouncer.py).
         "DAGSTER_PG_URL": (_local_pgbouncer(settings).pooled_url(settings.dagster_storage_url) if local_postgres
                            else settings.dagster_storage_url),
@@ -104,7 +105,7 @@ def with_services(ctx: typer.Context) -> None:
             "NATS_URL": nats.url,
             "CONSTELLATION_TEST_PG_ADMIN_URL": pg.url(),
         }
-        typer.echo(f"services: Postgres {pg.url()} · NATS {nats.url}", err=True)
+        typer.echo(f"services: Postgres {pg.url()} · NATS {nats.public_url} (token in NATS_URL)", err=True)
         rc = subprocess.call(ctx.args, env=env)
     finally:
         nats.stop()
@@ -329,7 +330,7 @@ def demo() -> None:
         _local_cluster(settings).init()  # fail here, visibly, rather than inside the supervisor
     config = settings.local_dir / "supervisord.conf"
     config.write_text(supervisor_config(settings, local_postgres=local_postgres, local_nats=local_nats))
-    os.environ.update(_stack_env(settings, local_postgres=local_postgres))
+    os.environ.update(_stack_env(settings, local_postgres=local_postgres, local_nats=local_nats))
     os.environ[STACK_MARKER] = _marker(settings)
     typer.echo(f"starting the stack under supervisord ({config}); logs in {settings.local_dir / 'logs'}")
     supervisor = subprocess.Popen([str(BIN / "supervisord"), "-c", str(config)])
