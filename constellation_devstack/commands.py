@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import make_url
 
-from constellation_devstack.nats import NatsServer
+from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, NatsServer
 from constellation_devstack.pgbouncer import PgBouncer
 from constellation_devstack.postgres import PostgresCluster
 from constellation_devstack.setup import (
@@ -60,8 +60,8 @@ def _stack_env(settings: Settings, *, local_postgres: bool, local_nats: bool) ->
     return {
         **simulated,
         "DATABASE_URL": settings.sync_database_url,
-        # The demo's NATS refuses anonymous clients: its URL carries the token (see nats.py).
-        "NATS_URL": _local_nats(settings).url if local_nats else settings.nats_url,
+        # The demo's NATS refuses anonymous clients: each program gets its own user's URL (supervisor_config).
+        "NATS_URL": _local_nats(settings).public_url if local_nats else settings.nats_url,
         # Dagster's processes reach their storage through the demo's PgBouncer (see pgbouncer.py).
         "DAGSTER_PG_URL": (_local_pgbouncer(settings).pooled_url(settings.dagster_storage_url) if local_postgres
                            else settings.dagster_storage_url),
@@ -103,9 +103,11 @@ def with_services(ctx: typer.Context) -> None:
             **os.environ,
             "DATABASE_URL": database_url,
             "NATS_URL": nats.url,
+            # The service users' passwords, so an end-to-end stack runs each process as its own user.
+            NATS_CREDENTIALS_ENV: str(nats.credentials_file),
             "CONSTELLATION_TEST_PG_ADMIN_URL": pg.url(),
         }
-        typer.echo(f"services: Postgres {pg.url()} · NATS {nats.public_url} (token in NATS_URL)", err=True)
+        typer.echo(f"services: Postgres {pg.url()} · NATS {nats.public_url} (admin credentials in NATS_URL)", err=True)
         rc = subprocess.call(ctx.args, env=env)
     finally:
         nats.stop()
@@ -303,6 +305,12 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
             priority=30, log_dir=log_dir,
         ),
     ]
+    if local_nats:  # each program with its own NATS user (nats.py): its URL carries its password
+        nats = _local_nats(settings)
+        programs = [
+            program + (f'environment=NATS_URL="{nats.url_for(PROGRAM_USERS[name])}"\n' if name in PROGRAM_USERS else "")
+            for program, name in ((p, p.split("]", 1)[0].removeprefix("[program:")) for p in programs)
+        ]
     return (
         f"[supervisord]\nnodaemon=true\numask=077\nlogfile={log_dir / 'supervisord.log'}\n"
         f"pidfile={local / 'supervisord.pid'}\n"
@@ -329,6 +337,8 @@ def demo() -> None:
     if local_postgres:
         _local_cluster(settings).init()  # fail here, visibly, rather than inside the supervisor
     config = settings.local_dir / "supervisord.conf"
+    config.touch(mode=0o600)
+    config.chmod(0o600)  # it holds each program's NATS password
     config.write_text(supervisor_config(settings, local_postgres=local_postgres, local_nats=local_nats))
     os.environ.update(_stack_env(settings, local_postgres=local_postgres, local_nats=local_nats))
     os.environ[STACK_MARKER] = _marker(settings)

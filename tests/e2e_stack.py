@@ -3,6 +3,7 @@ Dagster daemon and webserver, dispatcher and GPU agent, on the session's Postgre
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from constellation_core.waiting import free_port, port_open, wait_for
 from constellation_dagster.bootstrap import ensure_model
 from constellation_dagster.models.assets import ModelTrainingConfig
 from constellation_devstack.commands import code_server_serving
+from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, url_for
 from constellation_devstack.pgbouncer import PgBouncer
 from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
 from tests.conftest import fresh_database_url
@@ -34,6 +36,15 @@ def serving_devices(database_url: str) -> list[str]:
             return conn.execute(text("SELECT uuid FROM gpus WHERE gone_at IS NULL ORDER BY uuid")).scalars().all()
     finally:
         engine.dispose()
+
+
+def as_nats_user(env: dict[str, str], program: str) -> dict[str, str]:
+    """`env` with the program's own NATS user, as `make demo` runs it (when `with-services` told us the
+    passwords; the tests themselves connect as admin)."""
+    credentials, user = os.environ.get(NATS_CREDENTIALS_ENV), PROGRAM_USERS.get(program)
+    if not credentials or not user:
+        return env
+    return {**env, "NATS_URL": url_for(env["NATS_URL"], user, json.loads(Path(credentials).read_text())[user])}
 
 
 @contextmanager
@@ -79,23 +90,26 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     first = [
         ManagedProcess("pgbouncer", pooler.argv(), env, tmp),
         ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp),
-        ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)], env, tmp),
-        ManagedProcess("device-workers", [str(BIN / "constellation-dev"), "device-workers"], env, tmp),
+        ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)],
+                       as_nats_user(env, "api"), tmp),
+        ManagedProcess("device-workers", [str(BIN / "constellation-dev"), "device-workers"],
+                       as_nats_user(env, "device-workers"), tmp),
     ]
     code_server = ManagedProcess(
         "code-server",
         [str(BIN / "dagster"), "api", "grpc", "-m", "constellation_dagster.definitions",
          "--location-name", "constellation_dagster", "-h", "127.0.0.1", "-p", str(code_port)],
-        env, tmp,
+        as_nats_user(env, "code-server"), tmp,
     )
     dagster = [
-        ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, tmp),
-        ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], env, tmp),
-        ManagedProcess("gpu-agent", [str(BIN / "constellation-dev"), "gpu-agent"], env, tmp),
+        ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                       as_nats_user(env, "dagster-daemon"), tmp),
+        ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], as_nats_user(env, "dispatcher"), tmp),
+        ManagedProcess("gpu-agent", [str(BIN / "constellation-dev"), "gpu-agent"], as_nats_user(env, "gpu-agent"), tmp),
         ManagedProcess(
             "dagster-webserver",
             [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(dagit_port)],
-            env, tmp,
+            as_nats_user(env, "dagster-webserver"), tmp,
         ),
     ]
     processes = [*first, code_server, *dagster]
