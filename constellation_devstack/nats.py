@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from constellation_core.bus import without_credentials
 from constellation_core.events import STREAM_NAME, SUBJECT_ROOT
 from constellation_core.waiting import port_open, wait_for
 
@@ -42,8 +43,7 @@ PROGRAM_USERS = {"api": "api", "code-server": "dagster", "dagster-daemon": "dags
 
 def url_for(url: str, user: str, password: str) -> str:
     """`url` with `user`'s credentials (any it carried replaced)."""
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://{user}:{password}@{rest.rsplit('@', 1)[-1]}"
+    return without_credentials(url).replace("://", f"://{user}:{password}@", 1)
 
 
 def _permission(allowed: list[str] | None) -> str:
