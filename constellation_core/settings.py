@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -43,6 +44,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # The bearer token a Prometheus scraper presents for GET /metrics (admins' keys work too).
     metrics_token: str | None = Field(default=None, alias="CONSTELLATION_METRICS_TOKEN")
+
+    @model_validator(mode="after")
+    def _local_superuser_password(self) -> Settings:
+        """With no DATABASE_URL given, the default names the demo's own server (`make demo`), which
+        wants a password: its superuser's, from the 0600 file the stack keeps it in (for the operator's
+        tools and benches on this machine; the stack's processes get their own roles' URLs)."""
+        saved = self.local_dir / "postgres" / "credentials.json"  # constellation_devstack/postgres.py
+        if "database_url" not in self.model_fields_set and saved.exists():
+            password = json.loads(saved.read_text()).get("postgres")
+            self.database_url = make_url(self.database_url).set(password=password).render_as_string(
+                hide_password=False)
+        return self
 
     @property
     def sync_database_url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,13 @@ from sqlalchemy.engine import make_url
 
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, NatsServer
 from constellation_devstack.pgbouncer import PgBouncer
-from constellation_devstack.postgres import PostgresCluster
+from constellation_devstack.postgres import (
+    PG_CREDENTIALS_ENV,
+    PROGRAM_ROLES,
+    PostgresCluster,
+    ensure_login_roles,
+    with_login,
+)
 from constellation_devstack.setup import (
     create_database,
     dagster_storage_ready,
@@ -43,7 +50,9 @@ def _local_nats(settings: Settings) -> NatsServer:
 
 
 def _local_pgbouncer(settings: Settings) -> PgBouncer:
-    return PgBouncer(settings.local_dir / "pgbouncer", settings.pgbouncer_port, settings.sync_database_url)
+    dagster = PROGRAM_ROLES["dagster-daemon"]  # only Dagster's processes go through it
+    logins = {dagster: _local_cluster(settings).passwords()[dagster]}
+    return PgBouncer(settings.local_dir / "pgbouncer", settings.pgbouncer_port, settings.sync_database_url, logins)
 
 
 def _dagster_home(settings: Settings) -> Path:
@@ -57,14 +66,14 @@ def _stack_env(settings: Settings, *, local_postgres: bool, local_nats: bool) ->
     if SIMULATED_ENV not in os.environ and not nvml_devices():
         # No GPU here: the demo declares two simulated devices (labelled so everywhere).
         simulated[SIMULATED_ENV] = "2"
+    # The demo's Postgres and NATS refuse anonymous clients: each program gets URLs with its own role's
+    # and user's password (`_credentials_env`); the shared environment has none.
     return {
         **simulated,
-        "DATABASE_URL": settings.sync_database_url,
-        # The demo's NATS refuses anonymous clients: each program gets its own user's URL (supervisor_config).
+        "DATABASE_URL": (_local_cluster(settings).public_url(make_url(settings.database_url).database)
+                         if local_postgres else settings.sync_database_url),
         "NATS_URL": _local_nats(settings).public_url if local_nats else settings.nats_url,
-        # Dagster's processes reach their storage through the demo's PgBouncer (see pgbouncer.py).
-        "DAGSTER_PG_URL": (_local_pgbouncer(settings).pooled_url(settings.dagster_storage_url) if local_postgres
-                           else settings.dagster_storage_url),
+        **({} if local_postgres else {"DAGSTER_PG_URL": settings.dagster_storage_url}),
         "DAGSTER_HOME": str(_dagster_home(settings)),
         "DAGSTER_CODE_SERVER_HOST": settings.dagster_code_server_host,
         "DAGSTER_CODE_SERVER_PORT": str(settings.dagster_code_server_port),
@@ -83,7 +92,8 @@ def with_services(ctx: typer.Context) -> None:
     """Start a throwaway Postgres+PostGIS and NATS (free ports, temp dirs), run a command, stop them.
 
     The command sees DATABASE_URL (a migrated `constellation` database), NATS_URL and
-    CONSTELLATION_TEST_PG_ADMIN_URL (for creating more databases).
+    CONSTELLATION_TEST_PG_ADMIN_URL (for creating more databases), all logging in as superuser/admin, and
+    where the service roles' and users' passwords are (CONSTELLATION_PG_CREDENTIALS, CONSTELLATION_NATS_CREDENTIALS).
     """
     _exit_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="constellation-services-"))
@@ -93,6 +103,7 @@ def with_services(ctx: typer.Context) -> None:
     rc = 1
     try:
         pg.start()
+        pg.ensure_service_roles()
         nats.start()
         database_url = pg.url("constellation")
         create_database(database_url)
@@ -103,11 +114,13 @@ def with_services(ctx: typer.Context) -> None:
             **os.environ,
             "DATABASE_URL": database_url,
             "NATS_URL": nats.url,
-            # The service users' passwords, so an end-to-end stack runs each process as its own user.
+            # The service users' and roles' passwords, so an end-to-end stack runs each process as its own.
             NATS_CREDENTIALS_ENV: str(nats.credentials_file),
+            PG_CREDENTIALS_ENV: str(pg.credentials_file),
             "CONSTELLATION_TEST_PG_ADMIN_URL": pg.url(),
         }
-        typer.echo(f"services: Postgres {pg.url()} · NATS {nats.public_url} (admin credentials in NATS_URL)", err=True)
+        typer.echo(f"services: Postgres {pg.public_url()} · NATS {nats.public_url} (superuser and admin credentials "
+                   "in CONSTELLATION_TEST_PG_ADMIN_URL, DATABASE_URL and NATS_URL)", err=True)
         rc = subprocess.call(ctx.args, env=env)
     finally:
         nats.stop()
@@ -218,6 +231,8 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
     settings = get_settings()
     wait_for(lambda: create_database(settings.sync_database_url) is not None, timeout=120, what="Postgres",
              interval=0.5)
+    if credentials := os.environ.get(PG_CREDENTIALS_ENV):  # the demo's own server: its service roles log in
+        ensure_login_roles(settings.sync_database_url, json.loads(Path(credentials).read_text()))
     prepare_stack(settings, _dagster_home(settings))
     typer.echo("setup: databases migrated, NATS stream and Dagster storage ready")
     if not seed:
@@ -245,18 +260,38 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
     )
 
 
-def _program(name: str, command: str, *, priority: int, log_dir: Path, to_console: bool = False,
-             oneshot: bool = False, stopsignal: str = "TERM") -> str:
+def _credentials_env(settings: Settings, program: str, *, local_postgres: bool, local_nats: bool) -> dict[str, str]:
+    """The URLs that log `program` into the demo's own Postgres and NATS as its own role and user."""
+    env = {}
+    if local_nats and program in PROGRAM_USERS:
+        env["NATS_URL"] = _local_nats(settings).url_for(PROGRAM_USERS[program])
+    if local_postgres and program in PROGRAM_ROLES:
+        role = PROGRAM_ROLES[program]
+        password = _local_cluster(settings).passwords()[role]
+        env["DATABASE_URL"] = with_login(settings.sync_database_url, role, password)
+        storage = with_login(settings.dagster_storage_url, role, password)
+        # Dagster's processes reach their storage through the demo's PgBouncer (see pgbouncer.py);
+        # `setup` creates it directly, and makes the service roles log in with their passwords.
+        env["DAGSTER_PG_URL"] = storage if program == "setup" else _local_pgbouncer(settings).pooled_url(storage)
+        if program == "setup":
+            env[PG_CREDENTIALS_ENV] = str(_local_cluster(settings).credentials_file)
+    return env
+
+
+def _rendered(name: str, command: str, *, priority: int, log_dir: Path, to_console: bool = False,
+             oneshot: bool = False, stopsignal: str = "TERM", environment: dict[str, str] | None = None) -> str:
     logs = (
         "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0"
         if to_console
         else f"stdout_logfile={log_dir / (name + '.log')}\nstdout_logfile_maxbytes=20MB"
     )
     restart = "autorestart=false\nstartsecs=0\nexitcodes=0" if oneshot else "autorestart=true\nstartsecs=2\nstartretries=5"
+    # Values are URLs of URL-safe passwords: no quote, comma or `%` for supervisord to trip on.
+    env = ",".join(f'{key}="{value}"' for key, value in (environment or {}).items())
     return (
         f"[program:{name}]\ncommand={command}\ndirectory={REPO_ROOT}\npriority={priority}\n"
         f"redirect_stderr=true\n{logs}\n{restart}\nstopsignal={stopsignal}\nstopwaitsecs=20\nstopasgroup=true\n"
-        "killasgroup=true\n"
+        "killasgroup=true\n" + (f"environment={env}\n" if env else "")
     )
 
 
@@ -271,46 +306,45 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         if existing.is_file():
             existing.chmod(0o600)
     dev = BIN / "constellation-dev"
+
+    def _program(name: str, command: str, **options) -> str:  # each with its own credentials
+        return _rendered(name, command, log_dir=log_dir, **options, environment=_credentials_env(
+            settings, name, local_postgres=local_postgres, local_nats=local_nats))
+
     programs = []
     if local_postgres:
-        programs.append(_program("postgres", f"{dev} postgres", priority=10, log_dir=log_dir, stopsignal="INT"))
-        programs.append(_program("pgbouncer", f"{dev} pgbouncer", priority=10, log_dir=log_dir, stopsignal="INT"))
+        programs.append(_program("postgres", f"{dev} postgres", priority=10, stopsignal="INT"))
+        programs.append(_program("pgbouncer", f"{dev} pgbouncer", priority=10, stopsignal="INT"))
     if local_nats:
-        programs.append(_program("nats", f"{dev} nats", priority=10, log_dir=log_dir))
+        programs.append(_program("nats", f"{dev} nats", priority=10))
     programs += [
-        _program("setup", f"{dev} setup", priority=20, log_dir=log_dir, to_console=True, oneshot=True),
+        _program("setup", f"{dev} setup", priority=20, to_console=True, oneshot=True),
         _program(
             "api",
             f"{dev} wait-ready {BIN / 'uvicorn'} --factory api.main:app --host {settings.api_host} "
             f"--port {settings.api_port} --no-access-log",
-            priority=30, log_dir=log_dir,
+            priority=30,
         ),
         _program(
             "code-server",
             f"{dev} wait-ready {BIN / 'dagster'} api grpc -m constellation_dagster.definitions "
             f"--location-name constellation_dagster -h {settings.dagster_code_server_host} "
             f"-p {settings.dagster_code_server_port}",
-            priority=30, log_dir=log_dir,
+            priority=30,
         ),
         _program("dagster-daemon", f"{dev} wait-ready --code-server {BIN / 'dagster-daemon'} run -w workspace.yaml",
-                 priority=30, log_dir=log_dir),
-        _program("gpu-agent", f"{dev} wait-ready {dev} gpu-agent", priority=30, log_dir=log_dir),
-        _program("dispatcher", f"{dev} wait-ready {dev} dispatcher", priority=30, log_dir=log_dir),
-        _program("device-workers", f"{dev} wait-ready {dev} device-workers", priority=30, log_dir=log_dir),
-        _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30, log_dir=log_dir),
+                 priority=30),
+        _program("gpu-agent", f"{dev} wait-ready {dev} gpu-agent", priority=30),
+        _program("dispatcher", f"{dev} wait-ready {dev} dispatcher", priority=30),
+        _program("device-workers", f"{dev} wait-ready {dev} device-workers", priority=30),
+        _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30),
         _program(
             "dagster-webserver",
             f"{dev} wait-ready --code-server {BIN / 'dagster-webserver'} -w workspace.yaml -h 127.0.0.1 "
             f"-p {settings.dagit_port}",
-            priority=30, log_dir=log_dir,
+            priority=30,
         ),
     ]
-    if local_nats:  # each program with its own NATS user (nats.py): its URL carries its password
-        nats = _local_nats(settings)
-        programs = [
-            program + (f'environment=NATS_URL="{nats.url_for(PROGRAM_USERS[name])}"\n' if name in PROGRAM_USERS else "")
-            for program, name in ((p, p.split("]", 1)[0].removeprefix("[program:")) for p in programs)
-        ]
     return (
         f"[supervisord]\nnodaemon=true\numask=077\nlogfile={log_dir / 'supervisord.log'}\n"
         f"pidfile={local / 'supervisord.pid'}\n"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from constellation_core.bus import without_credentials
 from constellation_core.events import STREAM_NAME, SUBJECT_ROOT
 from constellation_core.waiting import port_open, wait_for
+from constellation_devstack import credentials
 
 JOB_EVENTS = f"{SUBJECT_ROOT}.jobs.>"
 INBOX = "_INBOX.>"  # JetStream publish acknowledgements come back here
@@ -54,6 +54,20 @@ def _permission(allowed: list[str] | None) -> str:
     return "{allow: [" + ", ".join(json.dumps(subject) for subject in allowed) + "]}"
 
 
+def authorization(passwords: dict[str, str]) -> str:
+    """nats-server's `authorization` block for `USERS`; `passwords` are as the config should read them
+    (a quoted string, or `$VAR` for one from the server's environment, as in infra/nats/nats.conf)."""
+    lines = ["authorization {", "  users = ["]
+    for user, rights in USERS.items():
+        lines.append(f'    {{user: "{user}", password: {passwords[user]}, permissions: {{'
+                     f'publish: {_permission(rights["publish"])}, subscribe: {_permission(rights["subscribe"])}}}}}')
+    return "\n".join([*lines, "  ]", "}", ""])
+
+
+def compose_password_variable(user: str) -> str:
+    return f"NATS_{user.upper()}_PASSWORD"
+
+
 def nats_server_binary() -> str:
     beside_python = Path(sys.executable).parent / "nats-server"
     if beside_python.exists():
@@ -81,16 +95,9 @@ class NatsServer:
 
     def passwords(self) -> dict[str, str]:
         """Each service user's password, made on first use."""
-        path = self.credentials_file
-        known = json.loads(path.read_text()) if path.exists() else {}
-        if set(known) != set(USERS):
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.root.chmod(0o700)
-            known = {user: known.get(user) or secrets.token_urlsafe(24) for user in USERS}
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(known, out)
-        return known
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        return credentials.passwords(self.credentials_file, USERS)
 
     def url_for(self, user: str) -> str:
         """A service's URL (it carries the password: never log it; see `public_url`)."""
@@ -108,13 +115,7 @@ class NatsServer:
         path = self.root / "nats.conf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write("authorization {\n  users = [\n")
-            for user, password in self.passwords().items():
-                rights = USERS[user]
-                out.write(f'    {{user: "{user}", password: "{password}", permissions: {{'
-                          f'publish: {_permission(rights["publish"])}, '
-                          f'subscribe: {_permission(rights["subscribe"])}}}}}\n')
-            out.write("  ]\n}\n")
+            out.write(authorization({user: json.dumps(password) for user, password in self.passwords().items()}))
         return path
 
     def argv(self) -> list[str]:

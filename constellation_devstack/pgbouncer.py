@@ -33,7 +33,10 @@ class PgBouncer:
 
     root: Path
     port: int
-    upstream_url: str  # any URL of the server (host, port and user are taken from it)
+    upstream_url: str  # any URL of the server (its host and port are taken from it)
+    # The roles that may log in through it, with their passwords: PgBouncer checks each client's
+    # password (SCRAM) and logs in upstream with it.
+    logins: dict[str, str]
 
     @property
     def ini(self) -> Path:
@@ -45,9 +48,11 @@ class PgBouncer:
 
     def write_config(self) -> None:
         upstream = make_url(self.upstream_url)
-        user = upstream.username or "postgres"
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "userlist.txt").write_text(f'"{user}" ""\n')
+        userlist = self.root / "userlist.txt"
+        fd = os.open(userlist, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(f'"{role}" "{password}"\n' for role, password in self.logins.items())
         self.ini.write_text(
             "[databases]\n"
             # Every database of the upstream server, under its own name.
@@ -56,9 +61,9 @@ class PgBouncer:
             "listen_addr = 127.0.0.1\n"
             f"listen_port = {self.port}\n"
             "unix_socket_dir =\n"
-            # The upstream's own rules decide (today: trust on 127.0.0.1, see postgres.py).
-            "auth_type = trust\n"
-            f"auth_file = {self.root / 'userlist.txt'}\n"
+            # Every client proves its password, as on the server itself (postgres.py).
+            "auth_type = scram-sha-256\n"
+            f"auth_file = {userlist}\n"
             # A client keeps its server connection until it disconnects: Dagster's sessions, LISTEN
             # included, behave exactly as on a direct connection.
             "pool_mode = session\n"
@@ -74,7 +79,7 @@ class PgBouncer:
         )
         if os.geteuid() == 0:
             pg = pwd.getpwnam("postgres")
-            for path in (self.root, self.ini, self.root / "userlist.txt"):
+            for path in (self.root, self.ini, userlist):
                 os.chown(path, pg.pw_uid, pg.pw_gid)
 
     def argv(self) -> list[str]:

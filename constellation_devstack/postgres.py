@@ -1,19 +1,66 @@
-"""A PostgreSQL cluster in a folder of ours, run as the `postgres` user when we are root."""
+"""A PostgreSQL cluster in a folder of ours, run as the `postgres` user when we are root.
+
+Nobody connects without a password (scram-sha-256, TCP on 127.0.0.1 and the socket alike): the
+superuser's and each service role's are made once (`<root>/credentials.json`, 0600) and handed to each
+process in its own URL. The services get least-privilege roles (`SERVICE_ROLES`; their rights are
+granted by the migrations and by `init_dagster_storage`): the superuser is for set-up, tests and benches.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
 from constellation_core.waiting import wait_for
+from constellation_devstack import credentials
 
 PG_ROOT = Path("/usr/lib/postgresql")
+SUPERUSER = "postgres"
+# The login role of each service (migration 0011 and `init_dagster_storage` grant their rights).
+SERVICE_ROLES = ("constellation_api", "constellation_dagster", "constellation_usage")
+# Which role each program of the stack logs in as (supervisord's names); `setup` migrates, as superuser.
+PROGRAM_ROLES = {"api": "constellation_api", "usage": "constellation_usage", "setup": SUPERUSER,
+                 **{program: "constellation_dagster" for program in (
+                     "code-server", "dagster-daemon", "dagster-webserver", "dispatcher", "device-workers",
+                     "gpu-agent")}}
+PG_CREDENTIALS_ENV = "CONSTELLATION_PG_CREDENTIALS"  # set by `with-services`: the passwords file
+# Only password logins, from anyone, over TCP (127.0.0.1: listen_addresses) and the socket.
+HBA = (
+    "# Written by constellation-dev (postgres.py): every login needs its password.\n"
+    "local all all scram-sha-256\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "host all all ::1/128 scram-sha-256\n"
+)
+
+
+def with_login(url: str, role: str, password: str) -> str:
+    """`url` logging in as `role` with `password`."""
+    return make_url(url).set(username=role, password=password).render_as_string(hide_password=False)
+
+
+def ensure_login_roles(admin_url: str, passwords: dict[str, str]) -> None:
+    """Each role of `passwords` exists and logs in with its password (the superuser's is left alone)."""
+    libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        for role, password in passwords.items():
+            if role == SUPERUSER:
+                continue
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
+                                                                             sql.Literal(password)))
+
 POSTGIS_CONTROL = "postgis.control"
 
 
@@ -62,8 +109,24 @@ class PostgresCluster:
     def log_file(self) -> Path:
         return self.root / "postgres.log"
 
-    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
-        return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
+    @property
+    def credentials_file(self) -> Path:
+        return self.root / "credentials.json"
+
+    def passwords(self) -> dict[str, str]:
+        """The superuser's and each service role's password, made on first use."""
+        return credentials.passwords(self.credentials_file, (SUPERUSER, *SERVICE_ROLES))
+
+    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg", role: str = SUPERUSER) -> str:
+        """A URL that logs in as `role` (the superuser unless told): it carries the password, never log it."""
+        return f"{driver}://{role}:{self.passwords()[role]}@127.0.0.1:{self.port}/{database}"
+
+    def public_url(self, database: str = "postgres") -> str:
+        """The server's address, without credentials (for logs)."""
+        return f"postgresql://127.0.0.1:{self.port}/{database}"
+
+    def ensure_service_roles(self) -> None:
+        ensure_login_roles(self.url(), self.passwords())
 
     def _owned(self, argv: list[str]) -> list[str]:
         # Postgres refuses to run as root: drop to the `postgres` user created by the Debian package.
@@ -86,23 +149,62 @@ class PostgresCluster:
         return (self.data_dir / "PG_VERSION").exists()
 
     def init(self) -> None:
+        """Create the cluster (superuser password set, password logins only) if it does not exist yet;
+        an older one of ours that trusted every local connection gets a password and the rules now."""
         self._prepare_dirs()
+        password = self.passwords()[SUPERUSER]
         if self.initialized:
+            if self._hba.read_text() != HBA:
+                self._set_superuser_password(password)
+                self._write_hba()
             return
+        with self._readable_by_server(password + "\n") as pwfile:
+            subprocess.run(
+                self._owned(
+                    [
+                        str(self.bindir / "initdb"),
+                        "-D", str(self.data_dir),
+                        "-U", SUPERUSER,
+                        f"--pwfile={pwfile}",
+                        "--auth=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--no-locale",
+                    ]
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        self._write_hba()
+
+    @property
+    def _hba(self) -> Path:
+        return self.data_dir / "pg_hba.conf"
+
+    def _write_hba(self) -> None:
+        self._hba.write_text(HBA)
+        if _running_as_root():
+            shutil.chown(self._hba, "postgres", "postgres")
+
+    def _set_superuser_password(self, password: str) -> None:
+        # The server is down (init runs before it starts): single-user mode sets it, no login needed.
+        statement = f"ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"  # token_urlsafe: no quote inside
         subprocess.run(
-            self._owned(
-                [
-                    str(self.bindir / "initdb"),
-                    "-D", str(self.data_dir),
-                    "-U", "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-locale",
-                ]
-            ),
-            check=True,
-            stdout=subprocess.DEVNULL,
+            self._owned([str(self.bindir / "postgres"), "--single", "-D", str(self.data_dir), SUPERUSER]),
+            input=statement.encode(), check=True, stdout=subprocess.DEVNULL,
         )
+
+    @contextlib.contextmanager
+    def _readable_by_server(self, text: str) -> Iterator[str]:
+        """A file holding `text` that only the server's OS user can read, removed afterwards."""
+        fd, path = tempfile.mkstemp(dir=self.root, prefix=".pw-")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            if _running_as_root():
+                shutil.chown(path, "postgres", "postgres")
+            yield path
+        finally:
+            os.unlink(path)
 
     def server_options(self) -> list[str]:
         options = [

@@ -49,6 +49,23 @@ def dagster_storage_ready(url: str) -> bool:
         return conn.execute("SELECT to_regclass('runs') IS NOT NULL").fetchone()[0]
 
 
+DAGSTER_ROLE = "constellation_dagster"  # made by migration 0011
+
+
+def grant_dagster_storage(storage_url: str) -> None:
+    """Dagster's processes log in as `constellation_dagster`: rows of its storage, not its schema
+    (Dagster's schema migrations are an operator's `dagster instance migrate`, as the owner)."""
+    with psycopg.connect(libpq_url(storage_url), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DAGSTER_ROLE,)).fetchone():
+            return  # an external server whose operator manages Dagster's rights
+        role = sql.Identifier(DAGSTER_ROLE)
+        for statement in (
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}",
+            "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {}",
+        ):
+            conn.execute(sql.SQL(statement).format(role))
+
+
 def prepare_dagster_home(home: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(DAGSTER_YAML, home / "dagster.yaml")
@@ -71,6 +88,7 @@ def init_dagster_storage(home: Path, storage_url: str, *, train_model: bool = Tr
     # it makes an instance): the storages create them here, once.
     for storage in (PostgresRunStorage, PostgresEventLogStorage, PostgresScheduleStorage):
         storage(storage_url, should_autocreate_tables=True).dispose()
+    grant_dagster_storage(storage_url)
     with DagsterInstance.from_config(str(home)) as instance:
         instance.get_runs_count()
         set_device_pools(instance, discover())

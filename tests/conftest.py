@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,9 +17,22 @@ from sqlalchemy.engine import make_url
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.db import migrate
+from constellation_devstack.postgres import PG_CREDENTIALS_ENV, with_login
 from constellation_devstack.setup import libpq_url
 
 ADMIN_URL_VAR = "CONSTELLATION_TEST_PG_ADMIN_URL"
+
+
+def role_password(role: str) -> str | None:
+    """A service role's password on the test server (`with-services` says where they are)."""
+    path = os.environ.get(PG_CREDENTIALS_ENV)
+    return json.loads(Path(path).read_text()).get(role) if path else None
+
+
+def role_url(url: str, role: str) -> str:
+    """`url` (on the test server) logging in as the service role `role`, as the stack's processes do."""
+    password = role_password(role)
+    return with_login(url, role, password) if password else url
 
 
 def _require_env(name: str) -> str:
@@ -108,12 +123,13 @@ def make_account(engine: Engine):
 
 @pytest.fixture
 def client(database_url, nats_url):
-    """The API in-process (TestClient) on this test's database and NATS, at most 500 tiles per job."""
+    """The API in-process (TestClient) on this test's database (as the API's own role) and NATS, at
+    most 500 tiles per job."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
     from constellation_core.settings import Settings
 
-    settings = Settings(database_url=database_url, nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
+    settings = Settings(database_url=role_url(database_url, "constellation_api"), nats_url=nats_url, CONSTELLATION_MAX_TILES_PER_JOB=500)
     with TestClient(create_app(settings)) as client:
         yield client

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from dagster import DagsterInstance
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from constellation_core.devices import SIMULATED_ENV
 from constellation_core.settings import REPO_ROOT, get_settings
@@ -24,8 +25,9 @@ from constellation_dagster.models.assets import ModelTrainingConfig
 from constellation_devstack.commands import code_server_serving
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, url_for
 from constellation_devstack.pgbouncer import PgBouncer
+from constellation_devstack.postgres import PROGRAM_ROLES
 from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
-from tests.conftest import fresh_database_url
+from tests.conftest import fresh_database_url, role_password, role_url
 from tests.processes import BIN, ManagedProcess
 
 
@@ -38,13 +40,17 @@ def serving_devices(database_url: str) -> list[str]:
         engine.dispose()
 
 
-def as_nats_user(env: dict[str, str], program: str) -> dict[str, str]:
-    """`env` with the program's own NATS user, as `make demo` runs it (when `with-services` told us the
-    passwords; the tests themselves connect as admin)."""
+def as_service(env: dict[str, str], program: str) -> dict[str, str]:
+    """`env` with the program's own NATS user and Postgres role, as `make demo` runs it (`with-services`
+    tells us their passwords; the tests themselves connect as admin and superuser)."""
+    env = dict(env)
     credentials, user = os.environ.get(NATS_CREDENTIALS_ENV), PROGRAM_USERS.get(program)
-    if not credentials or not user:
-        return env
-    return {**env, "NATS_URL": url_for(env["NATS_URL"], user, json.loads(Path(credentials).read_text())[user])}
+    if credentials and user:
+        env["NATS_URL"] = url_for(env["NATS_URL"], user, json.loads(Path(credentials).read_text())[user])
+    if role := PROGRAM_ROLES.get(program):
+        env["DATABASE_URL"] = role_url(env["DATABASE_URL"], role)
+        env["DAGSTER_PG_URL"] = role_url(env["DAGSTER_PG_URL"], role)
+    return env
 
 
 @contextmanager
@@ -62,7 +68,10 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     tmp.chmod(0o711)  # PgBouncer runs as `postgres` (when we are root) and must reach its folder inside
     home = prepare_dagster_home(tmp / "dagster_home")
     # Dagster's processes reach their storage through PgBouncer, as in `make demo`.
-    pooler = PgBouncer(tmp / "pgbouncer", free_port(), pg_admin_url)
+    admin = make_url(pg_admin_url)
+    dagster_role = PROGRAM_ROLES["dagster-daemon"]
+    pooler = PgBouncer(tmp / "pgbouncer", free_port(), pg_admin_url,
+                       {admin.username: admin.password, dagster_role: role_password(dagster_role) or ""})
     pooler.write_config()
     local_dir = tmp / "local"
     patch = pytest.MonkeyPatch()
@@ -89,27 +98,27 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     }
     first = [
         ManagedProcess("pgbouncer", pooler.argv(), env, tmp),
-        ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp),
+        ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], as_service(env, "usage"), tmp),
         ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)],
-                       as_nats_user(env, "api"), tmp),
+                       as_service(env, "api"), tmp),
         ManagedProcess("device-workers", [str(BIN / "constellation-dev"), "device-workers"],
-                       as_nats_user(env, "device-workers"), tmp),
+                       as_service(env, "device-workers"), tmp),
     ]
     code_server = ManagedProcess(
         "code-server",
         [str(BIN / "dagster"), "api", "grpc", "-m", "constellation_dagster.definitions",
          "--location-name", "constellation_dagster", "-h", "127.0.0.1", "-p", str(code_port)],
-        as_nats_user(env, "code-server"), tmp,
+        as_service(env, "code-server"), tmp,
     )
     dagster = [
         ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                       as_nats_user(env, "dagster-daemon"), tmp),
-        ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], as_nats_user(env, "dispatcher"), tmp),
-        ManagedProcess("gpu-agent", [str(BIN / "constellation-dev"), "gpu-agent"], as_nats_user(env, "gpu-agent"), tmp),
+                       as_service(env, "dagster-daemon"), tmp),
+        ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], as_service(env, "dispatcher"), tmp),
+        ManagedProcess("gpu-agent", [str(BIN / "constellation-dev"), "gpu-agent"], as_service(env, "gpu-agent"), tmp),
         ManagedProcess(
             "dagster-webserver",
             [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(dagit_port)],
-            as_nats_user(env, "dagster-webserver"), tmp,
+            as_service(env, "dagster-webserver"), tmp,
         ),
     ]
     processes = [*first, code_server, *dagster]

@@ -80,3 +80,12 @@ def test_logged_urls_carry_no_credentials():
     assert without_credentials("nats://s3cret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
     assert without_credentials("nats://user:pw@nats:4222") == "nats://nats:4222"
     assert without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_composes_nats_config_has_the_same_users_and_rights_as_the_demos():
+    from constellation_core.settings import REPO_ROOT
+    from constellation_devstack.nats import USERS, authorization, compose_password_variable
+
+    committed = (REPO_ROOT / "infra" / "nats" / "nats.conf").read_text()
+    expected = authorization({user: "$" + compose_password_variable(user) for user in USERS})
+    assert committed.endswith(expected), "regenerate infra/nats/nats.conf from constellation_devstack/nats.py USERS"
