@@ -45,6 +45,8 @@ def main() -> None:
     gaps.sort()
     print(f"{args.jobs} serial jobs (zoom {args.zoom}) on {len({r.device for r in rows})} devices, "
           f"{len(gaps)} gaps between one job's last batch and the next job's first on a device")
+    if not gaps:
+        raise SystemExit("no device ran two of these jobs one after the other: pass more --jobs than devices")
     print(f"idle gap  p50 {statistics.median(gaps):5.2f} s   p95 {gaps[round(0.95 * (len(gaps) - 1))]:5.2f} s   "
           f"max {gaps[-1]:5.2f} s   (goal: p50 ≤ 0.05 s, max ≤ 0.2 s)")
 
