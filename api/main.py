@@ -49,12 +49,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.settings = settings
         app.state.engine = async_engine(settings.sync_database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-        app.state.nats = await connect(settings.nats_url, name="constellation-api")
+        app.state.hub = hub = StreamHub()
+        app.state.nats = await connect(settings.nats_url, name="constellation-api",
+                                       disconnected_cb=hub.on_disconnected, reconnected_cb=hub.on_reconnected)
         await ensure_stream(app.state.nats.jetstream())
         app.state.usage_client = httpx.AsyncClient(base_url=settings.usage_base_url, timeout=5)
-        app.state.hub = StreamHub()
         planning_pool.start()
-        await app.state.hub.start(app.state.nats)
+        await hub.start(app.state.nats, app.state.engine)
         log.info("api started", extra={"nats": without_credentials(settings.nats_url)})
         try:
             yield

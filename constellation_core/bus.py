@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import threading
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +18,7 @@ from nats.js.errors import NotFoundError
 from constellation_core.events import STREAM_NAME, SUBJECT_ROOT, Event
 
 STREAM_MAX_AGE_S = 7 * 24 * 3600
+log = logging.getLogger(__name__)
 
 
 def without_credentials(url: str) -> str:
@@ -47,6 +49,21 @@ async def publish_events(js: JetStreamContext, events: Iterable[Event]) -> None:
     for event in events:
         # The event id doubles as the JetStream message id, so a re-publish is deduplicated.
         await js.publish(event.subject, event.to_bytes(), headers={"Nats-Msg-Id": str(event.id)})
+
+
+async def _publish_until_acknowledged(js: JetStreamContext, events: list[Event]) -> None:
+    """Publish until JetStream acknowledges every event: NATS restarting must not lose an event nor end
+    the publisher (a re-publish is deduplicated by the event id)."""
+    delay = 0.1
+    while True:
+        try:
+            await publish_events(js, events)
+            return
+        except Exception:  # noqa: BLE001 - NATS away or slow: the events wait, in order
+            log.warning("publishing events failed; retrying", extra={"events": len(events), "retry_in_s": delay},
+                        exc_info=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 class BackgroundPublisher:
@@ -85,7 +102,7 @@ class BackgroundPublisher:
         while True:
             events = await self._queue.get()
             try:
-                await publish_events(js, events)
+                await _publish_until_acknowledged(js, events)
             finally:
                 self._queue.task_done()
 

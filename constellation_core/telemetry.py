@@ -10,6 +10,7 @@ the device (from the `steps` table; for real GPUs, NVML's process list must also
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -21,6 +22,8 @@ from sqlalchemy import Engine, select
 from constellation_core.devices import Device
 from constellation_core.events import SUBJECT_ROOT
 from constellation_core.tables import gpus, jobs, steps
+
+log = logging.getLogger(__name__)
 
 FIELDS = (
     "DCGM_FI_DEV_GPU_UTIL",  # %
@@ -138,8 +141,11 @@ async def run_agent(devices: list[Device], engine: Engine, nats_url: str, *, int
     try:
         while True:
             started = loop.time()
-            for sample in await asyncio.to_thread(sample_all, devices, engine):
-                await nc.publish(sample.subject, sample.model_dump_json().encode())
+            try:
+                for sample in await asyncio.to_thread(sample_all, devices, engine):
+                    await nc.publish(sample.subject, sample.model_dump_json().encode())
+            except Exception:  # noqa: BLE001 - Postgres or NATS away for a moment: skip this sample, not the agent
+                log.warning("sampling the devices failed; trying again next interval", exc_info=True)
             await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
     finally:
         await nc.drain()

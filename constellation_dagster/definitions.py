@@ -13,6 +13,7 @@ from constellation_dagster.analytics.sensors import export_sensors
 from constellation_dagster.inference.jobs import ALL_JOBS
 from constellation_dagster.inference.sensors import (
     dispatch_queued_jobs,
+    reconcile_run_outcomes,
     run_outcome_sensors,
     terminate_canceled_runs,
 )
@@ -23,7 +24,8 @@ defs = dg.Definitions(
     assets=[landcover_model, tile_results_parquet, run_metrics_parquet, analytics_duckdb],
     asset_checks=[landcover_model_accuracy],
     jobs=[*ALL_JOBS, analytics_export, analytics_refresh],
-    sensors=[dispatch_queued_jobs, terminate_canceled_runs, *export_sensors, *run_outcome_sensors],
+    sensors=[dispatch_queued_jobs, terminate_canceled_runs, reconcile_run_outcomes, *export_sensors,
+             *run_outcome_sensors],
     resources={
         "db": SystemOfRecord(database_url=dg.EnvVar("DATABASE_URL")),
         "bus": EventBus(nats_url=dg.EnvVar("NATS_URL")),

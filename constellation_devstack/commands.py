@@ -27,6 +27,7 @@ from constellation_devstack.postgres import (
 )
 from constellation_devstack.setup import (
     create_database,
+    create_stream,
     dagster_storage_ready,
     prepare_stack,
     schema_at_head,
@@ -105,6 +106,7 @@ def with_services(ctx: typer.Context) -> None:
         pg.start()
         pg.ensure_service_roles()
         nats.start()
+        create_stream(nats.url)
         database_url = pg.url("constellation")
         create_database(database_url)
         from constellation_core.db import migrate

@@ -96,19 +96,24 @@ def init_dagster_storage(home: Path, storage_url: str, *, train_model: bool = Tr
             ensure_model(instance)
 
 
-def prepare_stack(settings: Settings, dagster_home: Path) -> None:
-    """Databases, migrations, NATS stream, Dagster storage. Idempotent."""
-    create_database(settings.sync_database_url)
-    create_database(settings.dagster_storage_url)
-    migrate(settings.sync_database_url)
+def create_stream(nats_url: str) -> None:
+    """The JetStream stream every event is published to (idempotent)."""
 
     async def _stream() -> None:
-        nc = await connect(settings.nats_url, name="constellation-setup")
+        nc = await connect(nats_url, name="constellation-setup")
         try:
             await ensure_stream(nc.jetstream())
         finally:
             await nc.drain()
 
     asyncio.run(_stream())
+
+
+def prepare_stack(settings: Settings, dagster_home: Path) -> None:
+    """Databases, migrations, NATS stream, Dagster storage. Idempotent."""
+    create_database(settings.sync_database_url)
+    create_database(settings.dagster_storage_url)
+    migrate(settings.sync_database_url)
+    create_stream(settings.nats_url)
     prepare_dagster_home(dagster_home)
     init_dagster_storage(dagster_home, settings.dagster_storage_url)

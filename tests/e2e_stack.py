@@ -146,4 +146,9 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
             process.stop()
         patch.undo()  # later modules must not inherit this stack's environment
         get_settings.cache_clear()
+        if keep := os.environ.get("CONSTELLATION_E2E_KEEP_LOGS"):  # a folder to keep every process's log in
+            for process in processes:
+                if process.log_path.exists():
+                    Path(keep).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(process.log_path, Path(keep) / process.log_path.name)
         shutil.rmtree(tmp, ignore_errors=True)

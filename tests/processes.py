@@ -27,7 +27,7 @@ class ManagedProcess:
         return self.log_dir / f"{self.name}.log"
 
     def start(self) -> ManagedProcess:
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process; a restart appends
         self.process = subprocess.Popen(
             self.argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -129,3 +129,92 @@ def test_a_run_that_fails_after_its_last_batch_leaves_the_job_succeeded(engine, 
     state, detail = _job_after_failed_run(engine, database_url, nats_url, queued_job, batches_done=True)
     assert state == "succeeded"
     assert "_worker_dies" in detail["run_failure"], detail
+
+
+@dg.op
+def _work_done():
+    return 1
+
+
+@dg.job
+def _succeeding_job():
+    _work_done()
+
+
+def _running_with_rows(engine, job_id, dagster_run_ids: list[str]) -> None:
+    from constellation_core.tables import runs
+
+    with engine.begin() as conn:
+        conn.execute(sql_text("UPDATE jobs SET state = 'running', updated_at = now() - interval '5 minutes' "
+                              "WHERE id = :id"), {"id": job_id})
+        conn.execute(insert(runs), [{"job_id": job_id, "dagster_run_id": run_id, "state": "running"}
+                                    for run_id in dagster_run_ids])
+
+
+def _job_outcome(engine, job_id) -> tuple[str, list[str]]:
+    from constellation_core.tables import runs
+
+    with engine.connect() as conn:
+        state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+        run_states = conn.execute(select(runs.c.state).where(runs.c.job_id == job_id)).scalars().all()
+    return state, sorted(run_states)
+
+
+def test_a_retry_that_recorded_a_run_row_of_its_own_succeeds_its_job(engine, database_url, nats_url, queued_job):
+    """A run killed before Dagster recorded its first step re-runs `start_run` in its retry, which then
+    has a `runs` row of its own next to its root's: the retry's success ends the job and both rows."""
+    from constellation_dagster.inference.sensors import run_outcome_sensors
+    from constellation_dagster.resources import EventBus
+
+    on_success = next(s for s in run_outcome_sensors if s.name == "job_succeeded_on_run_success")
+    with dg.instance_for_test() as instance:
+        result = _succeeding_job.execute_in_process(instance=instance, tags={JOB_ID_TAG: str(queued_job)})
+        root_run_id = "00000000-0000-0000-0000-0000000000aa"
+        retry = result.dagster_run._replace(root_run_id=root_run_id, parent_run_id=root_run_id)
+        _running_with_rows(engine, queued_job, [root_run_id, retry.run_id])
+        on_success(dg.build_run_status_sensor_context(
+            sensor_name=on_success.name, dagster_event=result.get_run_success_event(), dagster_instance=instance,
+            dagster_run=retry,
+            resources={"db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url)}))
+    assert _job_outcome(engine, queued_job) == ("succeeded", ["succeeded", "succeeded"])
+
+
+def test_the_reconciler_ends_a_job_whose_run_ended_without_the_run_status_sensor(
+        engine, database_url, nats_url, queued_job, monkeypatch):
+    """A run-status sensor tick that failed is never evaluated again (Dagster moves its cursor on): the
+    reconciler finds running jobs whose latest run has ended and ends them the same way."""
+    from constellation_dagster.inference import sensors
+    from constellation_dagster.resources import EventBus
+
+    monkeypatch.setattr(sensors, "OUTCOME_GRACE_S", 0)
+    resources = {"db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url)}
+    with dg.instance_for_test() as instance:
+        result = _succeeding_job.execute_in_process(instance=instance, tags={JOB_ID_TAG: str(queued_job)})
+        _running_with_rows(engine, queued_job, [result.dagster_run.run_id])
+        sensors.reconcile_run_outcomes(dg.build_sensor_context(instance=instance, resources=resources))
+        assert _job_outcome(engine, queued_job) == ("succeeded", ["succeeded"])
+        again = sensors.reconcile_run_outcomes(dg.build_sensor_context(instance=instance, resources=resources))
+    assert again.skip_message == "no job has been running long", "an ended job is left alone"
+
+
+def test_the_reconciler_runs_a_job_again_when_dagster_never_retried_its_failed_run(
+        engine, database_url, nats_url, queued_job, monkeypatch):
+    """Dagster's retry daemon moves past a failure it could not handle (Postgres away): the run says it
+    will be retried and never is. The reconciler asks for a new run of the job (it carries on from the
+    batches not done), once per failed run."""
+    from constellation_dagster.inference import sensors
+    from constellation_dagster.resources import EventBus
+
+    monkeypatch.setattr(sensors, "OUTCOME_GRACE_S", 0)
+    monkeypatch.setattr(sensors, "RETRY_GRACE_S", 0)
+    resources = {"db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url)}
+    with dg.instance_for_test() as instance:
+        result = _failing_job.execute_in_process(instance=instance, raise_on_error=False,
+                                                 tags={JOB_ID_TAG: str(queued_job), "dagster/will_retry": "true"})
+        _running_with_rows(engine, queued_job, [result.dagster_run.run_id])
+        tick = sensors.reconcile_run_outcomes(dg.build_sensor_context(instance=instance, resources=resources))
+    assert [r.run_key for r in tick.run_requests] == [f"{queued_job}/after/{result.dagster_run.run_id}"]
+    request = tick.run_requests[0]
+    assert request.tags[JOB_ID_TAG] == str(queued_job)
+    assert request.run_config["ops"]["plan_tiles"]["config"]["job_id"] == str(queued_job)
+    assert _job_outcome(engine, queued_job)[0] == "running", "the job carries on"

@@ -72,3 +72,48 @@ def test_events_without_a_sequence_pass_straight_through():
         assert len(released) == 2
 
     run(scenario)
+
+
+def test_events_committed_while_nats_was_away_reach_subscribers_when_it_is_back(engine, database_url, nats_url,
+                                                                               make_account):
+    """NATS keeps nothing for a subscriber that is away: when the API's connection comes back, the hub
+    reads what was committed meanwhile from Postgres (a job state published before its subscription
+    was back would otherwise never reach an open stream)."""
+    import nats as nats_client
+    from sqlalchemy import func, insert
+
+    from api.accounts.auth import Account
+    from api.stream.hub import StreamHub, Subscriber
+    from constellation_core.db import async_engine
+    from constellation_core.events import record_event
+    from constellation_core.tables import jobs
+
+    owner = make_account()
+    with engine.begin() as conn:
+        job_id = conn.execute(insert(jobs).values(
+            name="away", state="running", submitted_by=owner.name, account_id=owner.id, zoom=12,
+            aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
+        ).scalar_one()
+
+    async def main() -> tuple[Event, list[Event]]:
+        nc = await nats_client.connect(nats_url)
+        hub = StreamHub()
+        db = async_engine(database_url)
+        await hub.start(nc, db)
+        subscriber = Subscriber(account=Account(owner.id, owner.name, "member"))
+        hub.add(subscriber)
+        await hub.on_disconnected()
+        with engine.begin() as conn:  # committed and published while this API could not hear NATS
+            committed = record_event(conn, "job.state", account_id=owner.id, job_id=job_id,
+                                     payload={"state": "succeeded"})
+        await hub.on_reconnected()
+        got = []
+        while not subscriber.queue.empty():
+            got.append(subscriber.queue.get_nowait())
+        await hub.stop()
+        await nc.close()
+        await db.dispose()
+        return committed, got
+
+    committed, got = asyncio.run(main())
+    assert [e.id for e in got] == [committed.id]

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from uuid import UUID
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import access
 from api.accounts.auth import REVOCATION_SUBJECT, Account, Revocation, forget
 from api.accounts.limits import TooManyRequests
 from api.metrics import STREAM_CLIENTS, STREAM_DROPPED
 from constellation_core.events import SUBJECT_ROOT, Event
+from constellation_core.tables import events
 from constellation_core.telemetry import GpuSample
 from constellation_core.vocabulary import LOG_EVENT_TYPES
 
@@ -136,6 +141,14 @@ class JobSequencer:
             self._release(event)
 
 
+# After NATS comes back, the events committed since a little before it went away are read from
+# Postgres: their publishers may have sent them before this API's subscription was back (NATS does not
+# keep messages for a subscriber that is away). Subscribers drop the ones they already got.
+BACKFILL_MARGIN_S = 10
+BACKFILL_ID_MARGIN = 10_000
+BACKFILL_LIMIT = 50_000
+
+
 class StreamHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
@@ -143,9 +156,37 @@ class StreamHub:
         # device uuid → its samples of the last few minutes, oldest first (GET /gpus and its telemetry)
         self.recent_gpu_samples: dict[str, deque[GpuSample]] = {}
         self._sequencer = JobSequencer(self._fan_out)
+        self._engine: AsyncEngine | None = None
+        self._last_event_id = 0
+        self._away_since: float | None = None
 
-    async def start(self, nc: NATS) -> None:
+    async def start(self, nc: NATS, engine: AsyncEngine | None = None) -> None:
+        self._engine = engine
         self._subscription = await nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._on_message)
+
+    async def on_disconnected(self) -> None:
+        """NATS callback: from now on, events may pass this API by."""
+        if self._away_since is None:
+            self._away_since = time.time()
+
+    async def on_reconnected(self) -> None:
+        """NATS callback: fan out what was committed while this API was away, from Postgres."""
+        away_since, self._away_since = self._away_since, None
+        if away_since is None or self._engine is None:
+            return
+        since = datetime.fromtimestamp(away_since - BACKFILL_MARGIN_S, UTC)
+        query = (select(events).where(events.c.id > self._last_event_id - BACKFILL_ID_MARGIN, events.c.ts >= since)
+                 .order_by(events.c.id).limit(BACKFILL_LIMIT))
+        try:
+            async with self._engine.connect() as conn:
+                missed = [Event.model_validate(dict(row)) for row in (await conn.execute(query)).mappings()]
+        except Exception:  # noqa: BLE001 - Postgres away too: clients resume from `events` when they reconnect
+            log.warning("reading the events NATS may have missed failed", exc_info=True)
+            return
+        log.info("NATS is back: events committed meanwhile fanned out from Postgres",
+                 extra={"events": len(missed), "since": since.isoformat()})
+        for event in missed:
+            self._accept(event)
 
     async def stop(self) -> None:
         if self._subscription is not None:
@@ -204,10 +245,14 @@ class StreamHub:
             log.warning("ignoring a malformed message", extra={"subject": msg.subject})
             return
         if isinstance(message, Event):
-            for event in self._sequencer.accept(message):
-                self._fan_out(event)
+            self._accept(message)
         else:
             self._fan_out(message)
+
+    def _accept(self, event: Event) -> None:
+        self._last_event_id = max(self._last_event_id, event.id)
+        for ready in self._sequencer.accept(event):
+            self._fan_out(ready)
 
     def _fan_out(self, message: Event | GpuSample) -> None:
         for subscriber in list(self._subscribers):

@@ -1,6 +1,7 @@
 """Dispatch queued jobs to Dagster, and mirror Dagster's run outcomes back onto jobs."""
 
 
+import time
 from uuid import UUID
 
 import dagster as dg
@@ -8,7 +9,7 @@ from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
 from constellation_core.tables import jobs, runs, steps, tile_chunks
-from constellation_dagster.inference.dispatch import claim_launches, runs_to_terminate
+from constellation_dagster.inference.dispatch import claim_launches, plan_launches, runs_to_terminate
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
 
@@ -46,47 +47,128 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) ->
         description=f"Marks the job {state} (and publishes it) when its Dagster run ends {status.value}.",
     )
     def _sensor(context: dg.RunStatusSensorContext, db: SystemOfRecord, bus: EventBus) -> None:
-        run = context.dagster_run
-        job_id = run.tags.get(JOB_ID_TAG)
-        if not job_id:
-            return
-        if status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "true":
-            context.log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
-            return
-        outcome, error = state, None
-        if status == dg.DagsterRunStatus.FAILURE:
-            error = context.dagster_event.message if context.dagster_event else None
-        with db.begin() as conn:
-            if status == dg.DagsterRunStatus.FAILURE and _every_batch_done(conn, UUID(job_id)):
-                # The run worker ended after the job's last batch committed (killed, or interrupted
-                # while Dagster wrote its last events): Dagster cannot retry a run with no step left
-                # to run, and the user's job is complete — every tile inferred once.
-                outcome = "succeeded"
-                context.log.info(f"run {run.run_id} failed after every batch of job {job_id} was done: {error}")
-            # A re-executed run (run retry) reuses its root run's `runs` row: start_run ran there.
-            run_row = conn.execute(
-                update(runs)
-                .where(runs.c.dagster_run_id.in_([run.run_id, run.root_run_id or run.run_id]))
-                .values(state=outcome, finished_at=func.now())
-                .returning(runs.c.id)
-            ).scalar_one_or_none()
-            # A step whose process was killed never closed its `steps` row: the device would look
-            # busy forever. The run has ended, so none of its steps still holds a device.
-            conn.execute(
-                update(steps).where(steps.c.run_id == run_row, steps.c.finished_at.is_(None))
-                .values(finished_at=func.now(), metrics=steps.c.metrics.op("||")(
-                    func.jsonb_build_object("error", "its process ended without closing the step")))
-            )
-            detail = {"dagster_run_id": run.run_id}
-            if error and outcome == "succeeded":
-                detail["run_failure"] = error
-            event = transition_job(
-                conn, UUID(job_id), outcome, run_id=run_row, detail=detail,
-                **({"error": error} if error and outcome == "failed" else {}),
-            )
-        bus.publish([event], flush=True)
+        error = context.dagster_event.message if context.dagster_event else None
+        apply_run_outcome(context.log, db, bus, context.dagster_run, status, error)
 
     return _sensor
+
+
+OUTCOMES = {dg.DagsterRunStatus.SUCCESS: "succeeded", dg.DagsterRunStatus.FAILURE: "failed",
+            dg.DagsterRunStatus.CANCELED: "canceled"}
+
+
+def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun, status: dg.DagsterRunStatus,
+                      error: str | None) -> bool:
+    """Put a finished Dagster run's outcome on its job (and publish it); False when there is nothing to
+    do: no job, a failed run Dagster retries, or the job already ended."""
+    job_id = run.tags.get(JOB_ID_TAG)
+    if not job_id:
+        return False
+    if status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "true":
+        log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
+        return False
+    outcome = OUTCOMES[status]
+    error = error if status == dg.DagsterRunStatus.FAILURE else None
+    with db.begin() as conn:
+        if status == dg.DagsterRunStatus.FAILURE and _every_batch_done(conn, UUID(job_id)):
+            # The run worker ended after the job's last batch committed (killed, or interrupted
+            # while Dagster wrote its last events): Dagster cannot retry a run with no step left
+            # to run, and the user's job is complete — every tile inferred once.
+            outcome = "succeeded"
+            log.info(f"run {run.run_id} failed after every batch of job {job_id} was done: {error}")
+        # A re-executed run (run retry) reuses its root run's `runs` row; one that had to run
+        # `start_run` again (its root failed before recording it) has a row of its own: both end.
+        rows = dict(conn.execute(
+            update(runs)
+            .where(runs.c.dagster_run_id.in_([run.run_id, run.root_run_id or run.run_id]))
+            .values(state=outcome, finished_at=func.now())
+            .returning(runs.c.dagster_run_id, runs.c.id)
+        ).all())
+        run_row = rows.get(run.run_id) or rows.get(run.root_run_id)
+        # A step whose process was killed never closed its `steps` row: the device would look
+        # busy forever. The run has ended, so none of its steps still holds a device.
+        conn.execute(
+            update(steps).where(steps.c.run_id.in_(list(rows.values())), steps.c.finished_at.is_(None))
+            .values(finished_at=func.now(), metrics=steps.c.metrics.op("||")(
+                func.jsonb_build_object("error", "its process ended without closing the step")))
+        )
+        detail = {"dagster_run_id": run.run_id}
+        if error and outcome == "succeeded":
+            detail["run_failure"] = error
+        event = transition_job(
+            conn, UUID(job_id), outcome, run_id=run_row, detail=detail,
+            **({"error": error} if error and outcome == "failed" else {}),
+        )
+    if event is None:
+        return False
+    bus.publish([event], flush=True)
+    return True
+
+
+# A job whose run ended this long ago but still shows `running` missed its run-status sensor (a tick
+# that failed is not evaluated again: Dagster moves the sensor's cursor past it).
+OUTCOME_GRACE_S = 30
+# A failed run Dagster said it would retry, with no retry this long after: the retry is not coming
+# (Dagster's retry daemon moves its cursor past a failure it could not handle, e.g. with Postgres down).
+RETRY_GRACE_S = 120
+
+
+@dg.sensor(
+    jobs=ALL_JOBS,
+    minimum_interval_seconds=RECONCILE_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Reconciler: ends a running job whose latest Dagster run ended when the run-status sensors "
+                "did not, and runs again a job whose failed run Dagster said it would retry but did not.",
+)
+def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfRecord,
+                           bus: EventBus) -> dg.SensorResult | dg.SkipReason:
+    with db.begin() as conn:
+        running = conn.execute(
+            select(jobs.c.id).where(jobs.c.state == "running",
+                                    jobs.c.updated_at < func.now() - text(f"interval '{OUTCOME_GRACE_S} seconds'"))
+        ).scalars().all()
+    if not running:
+        return dg.SkipReason("no job has been running long")
+    latest: dict[str, dg.RunRecord] = {}
+    for record in context.instance.get_run_records(
+            dg.RunsFilter(tags={JOB_ID_TAG: [str(job_id) for job_id in running]})):
+        job_id = record.dagster_run.tags[JOB_ID_TAG]
+        if job_id not in latest or record.create_timestamp > latest[job_id].create_timestamp:
+            latest[job_id] = record
+    ended, unretried = 0, {}
+    for job_id, record in latest.items():
+        run = record.dagster_run
+        finished_at = record.end_time or 0
+        if run.status not in OUTCOMES or time.time() - finished_at < OUTCOME_GRACE_S:
+            continue
+        if run.tags.get("dagster/will_retry") == "true":
+            if time.time() - finished_at >= RETRY_GRACE_S:
+                unretried[UUID(job_id)] = run.run_id
+            continue
+        failure = None
+        if run.status == dg.DagsterRunStatus.FAILURE:
+            failures = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+            failure = failures[-1].dagster_event.message if failures and failures[-1].dagster_event else None
+        if apply_run_outcome(context.log, db, bus, run, run.status, failure):
+            context.log.info(f"job {job_id} had missed the end of its run {run.run_id} ({run.status.value})")
+            ended += 1
+    requests = []
+    if unretried:
+        # A new run carries on from the job's batches that are not done (each batch is done once).
+        with db.begin() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params)
+                .where(jobs.c.id.in_(list(unretried)), jobs.c.state == "running")
+            ).all()
+            launches = plan_launches(conn, context.instance, rows)
+        for launch in launches:
+            failed_run = unretried[launch.job_id]
+            context.log.info(f"job {launch.job_id}: run {failed_run} failed and was never retried; running it again")
+            requests.append(dg.RunRequest(run_key=f"{launch.job_id}/after/{failed_run}", job_name=launch.job_name,
+                                          run_config=launch.run_config, tags=launch.tags))
+    if requests:
+        return dg.SensorResult(run_requests=requests)
+    return dg.SkipReason(f"ended {ended} jobs" if ended else "every running job's run is still going")
 
 
 def _every_batch_done(conn, job_id: UUID) -> bool:
