@@ -3,7 +3,12 @@
 import dagster as dg
 
 from constellation_core.devices import Device
-from constellation_dagster.models.assets import MODEL_ASSET, ModelTrainingConfig, landcover_model, landcover_model_accuracy
+from constellation_dagster.models.assets import (
+    MODEL_ASSET,
+    ModelTrainingConfig,
+    landcover_model,
+    landcover_model_accuracy,
+)
 
 # A device's pool limit is how many jobs it holds at once: the one its worker runs and the next, so
 # the worker goes from one job's last batch to the next job's first without waiting for Dagster.

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from dagster import Field, Float
-from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
+from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 

@@ -206,7 +206,7 @@ def test_the_reconciler_runs_a_job_again_when_dagster_never_retried_its_failed_r
     from constellation_dagster.resources import EventBus
 
     monkeypatch.setattr(sensors, "OUTCOME_GRACE_S", 0)
-    monkeypatch.setattr(sensors, "RETRY_GRACE_S", 0)
+    monkeypatch.setattr(sensors, "RETRY_GRACE_S", 0)  # (the dispatch guard's, as imported by the sensors)
     resources = {"db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url)}
     with dg.instance_for_test() as instance:
         result = _failing_job.execute_in_process(instance=instance, raise_on_error=False,
@@ -218,3 +218,14 @@ def test_the_reconciler_runs_a_job_again_when_dagster_never_retried_its_failed_r
     assert request.tags[JOB_ID_TAG] == str(queued_job)
     assert request.run_config["ops"]["plan_tiles"]["config"]["job_id"] == str(queued_job)
     assert _job_outcome(engine, queued_job)[0] == "running", "the job carries on"
+
+
+def test_a_queued_job_whose_failed_run_dagster_will_retry_is_not_launched_again(engine, database_url, queued_job):
+    """The retry is created moments after the failure: a launch by the reconciling sensor meanwhile
+    would run the job twice at once (seen in the chaos test)."""
+    resources = {"db": SystemOfRecord(database_url=database_url)}
+    with dg.instance_for_test() as instance:
+        _failing_job.execute_in_process(instance=instance, raise_on_error=False,
+                                        tags={JOB_ID_TAG: str(queued_job), "dagster/will_retry": "true"})
+        result = dispatch_queued_jobs(dg.build_sensor_context(instance=instance, resources=resources))
+    assert result.run_requests == []

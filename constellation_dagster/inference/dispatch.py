@@ -8,7 +8,7 @@ run (queued, starting, started or canceling): a run that waits in Dagster's queu
 """
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import dagster as dg
@@ -73,8 +73,22 @@ def runs_to_terminate(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list
     return [run.run_id for run in live_runs(instance, job_ids) if run.status != dg.DagsterRunStatus.CANCELING]
 
 
+# A failed run Dagster said it would retry, with no retry this long after: the retry is not coming
+# (Dagster's retry daemon moves its cursor past a failure it could not handle, e.g. with Postgres down).
+RETRY_GRACE_S = 120
+
+
 def jobs_with_live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> set[UUID]:
-    return {UUID(run.tags[JOB_ID_TAG]) for run in live_runs(instance, job_ids)}
+    """The jobs with a run that may still run — or a failed run Dagster is about to retry: a launch
+    meanwhile would run the job twice at once (its retry starts moments later)."""
+    live = {UUID(run.tags[JOB_ID_TAG]) for run in live_runs(instance, job_ids)}
+    others = [str(job_id) for job_id in job_ids if job_id not in live]
+    if not others:
+        return live
+    retrying = instance.get_run_records(dg.RunsFilter(
+        tags={JOB_ID_TAG: others, "dagster/will_retry": "true"}, statuses=[dg.DagsterRunStatus.FAILURE],
+        updated_after=datetime.now(UTC) - timedelta(seconds=RETRY_GRACE_S)))
+    return live | {UUID(record.dagster_run.tags[JOB_ID_TAG]) for record in retrying}
 
 
 def _claim_due_jobs(conn: Connection, limit: int):

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
 from constellation_core.tables import jobs, runs, steps, tile_chunks
-from constellation_dagster.inference.dispatch import claim_launches, plan_launches, runs_to_terminate
+from constellation_dagster.inference.dispatch import RETRY_GRACE_S, claim_launches, plan_launches, runs_to_terminate
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
 
@@ -108,9 +108,6 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
 # A job whose run ended this long ago but still shows `running` missed its run-status sensor (a tick
 # that failed is not evaluated again: Dagster moves the sensor's cursor past it).
 OUTCOME_GRACE_S = 30
-# A failed run Dagster said it would retry, with no retry this long after: the retry is not coming
-# (Dagster's retry daemon moves its cursor past a failure it could not handle, e.g. with Postgres down).
-RETRY_GRACE_S = 120
 
 
 @dg.sensor(

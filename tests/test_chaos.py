@@ -1,0 +1,323 @@
+"""Chaos: while a backlog drains on two devices, SIGKILL each part of the stack in turn — a device worker,
+a run worker, the Dagster daemon, the dispatcher, the API, NATS and Postgres — restarting what a
+supervisor would restart. Afterwards every job has succeeded with each of its tiles exactly once, no job
+ever had two live Dagster runs, every state change is an `events` row that reached a stream client
+resuming across the API's death, no pool slot or step is left held, and nothing outlives the stack.
+
+It brings its own Postgres and NATS (it kills them); everything is on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from websockets.sync.client import connect as ws_connect
+
+from constellation_core.db import migrate
+from constellation_core.devices import simulated_devices
+from constellation_core.vocabulary import TERMINAL_JOB_STATES
+from constellation_core.waiting import Timeout, free_port, wait_for
+from constellation_devstack.nats import NATS_CREDENTIALS_ENV, NatsServer
+from constellation_devstack.postgres import PG_CREDENTIALS_ENV, PostgresCluster
+from tests.conftest import fresh_database_url
+from tests.e2e_stack import running_stack
+from tests.samples import GENEVA
+from tests.test_e2e import _step_timeline, account_in
+
+pytestmark = pytest.mark.e2e
+JOBS = 20
+DEVICES = simulated_devices(2)
+DRAIN_DEADLINE_S = 300
+KILL_GAP_S = 3  # between one kill's recovery and the next
+
+
+@contextlib.contextmanager
+def own_services() -> Iterator[tuple[PostgresCluster, NatsServer, str]]:
+    """A Postgres and a NATS of this test alone, and a migrated template database on it."""
+    tmp = Path(tempfile.mkdtemp(prefix="constellation-chaos-"))
+    tmp.chmod(0o755)  # the postgres user must reach its data folder inside
+    pg = PostgresCluster(tmp / "postgres", free_port(), tuned_for_tests=True)
+    nats = NatsServer(tmp / "nats" / "jetstream", free_port())
+    patch = pytest.MonkeyPatch()
+    try:
+        pg.start()
+        pg.ensure_service_roles()
+        nats.start()
+        template = fresh_database_url(pg.url(), "constellation_template")
+        migrate(template)
+        # The stack's processes log in as their own roles and users of these servers.
+        patch.setenv(PG_CREDENTIALS_ENV, str(pg.credentials_file))
+        patch.setenv(NATS_CREDENTIALS_ENV, str(nats.credentials_file))
+        yield pg, nats, make_url(template).database
+    finally:
+        patch.undo()
+        nats.stop()
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ResumingClient(threading.Thread):
+    """A stream client of one account that reconnects with `after=<last id>` whenever it is cut."""
+
+    def __init__(self, ws_base: str, headers: dict[str, str]):
+        super().__init__(daemon=True)
+        self.ws_base, self.headers = ws_base, headers
+        self.received: list[dict] = []
+        self.last = 0
+        self.reconnects = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                with ws_connect(f"{self.ws_base}/stream?after={self.last}", additional_headers=self.headers,
+                                open_timeout=5) as ws:
+                    while not self.done.is_set():
+                        try:
+                            message = json.loads(ws.recv(timeout=1))
+                        except TimeoutError:
+                            continue
+                        if isinstance(message.get("id"), int):
+                            self.received.append(message)
+                            self.last = max(self.last, message["id"])
+            except Exception:  # noqa: BLE001 - the API or NATS died under it: resume
+                self.reconnects += 1
+                self.done.wait(0.5)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    return f"{pid} (gone)"
+
+
+def _stack_processes(marker: str) -> list[int]:
+    """Processes (not zombies) that carry the stack's environment marker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.timeout(DRAIN_DEADLINE_S + 300)
+def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_nothing():
+    started = time.monotonic()
+
+    def say(what: str) -> None:  # the test's own timeline, for a failure's report (-s shows it live)
+        print(f"chaos +{time.monotonic() - started:6.1f}s {what}", flush=True)
+
+    figures: dict[str, object] = {"jobs": JOBS}
+    with own_services() as (pg, nats, template):
+        with running_stack(pg.url(), nats.url, template, simulated=len(DEVICES)) as stack:
+            marker = f"CONSTELLATION_LOCAL_DIR={stack['local_dir']}"
+            processes = {p.name: p for p in stack["processes"]}
+            engine = create_engine(stack["database_url"], pool_pre_ping=True)
+            account = account_in(stack["database_url"], "chaos")
+            client = ResumingClient(stack["ws"], account.headers)
+            client.start()
+            job_ids, submit_s = [], []
+            for i in range(JOBS):
+                sent = time.monotonic()
+                response = httpx.post(f"{stack['api']}/jobs", headers=account.headers, timeout=30, json={
+                    "name": f"chaos-{i}", "zoom": 16, "area": GENEVA, "batch_size": 8,
+                    "mode": "parallel" if i % 2 else "serial", "priority": i % 3})
+                submit_s.append(time.monotonic() - sent)
+                assert response.status_code == 201, response.text
+                job_ids.append(response.json()["id"])
+            say(f"{JOBS} jobs submitted (slowest POST /jobs {max(submit_s):.2f} s)")
+
+            def unfinished() -> int:
+                with engine.connect() as conn:
+                    return conn.execute(text("SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND state NOT IN "
+                                             "('succeeded', 'failed', 'canceled')"), {"ids": job_ids}).scalar_one()
+
+            def busy_device_worker() -> int | None:
+                with engine.connect() as conn:
+                    return conn.execute(text(
+                        "SELECT (g.spec->>'worker_pid')::int FROM steps s JOIN gpus g ON g.id = s.gpu_id "
+                        "JOIN jobs j ON j.id = s.job_id WHERE s.finished_at IS NULL AND j.tiles_done > 0 "
+                        "AND j.id = ANY(:ids) LIMIT 1"), {"ids": job_ids}).scalar()
+
+            def running_run_worker() -> int | None:
+                with DagsterInstance.from_config(stack["dagster_home"]) as instance:
+                    for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+                        tag = record.dagster_run.tags.get("constellation/run_worker")
+                        if tag:
+                            return int(tag.split(":")[0])
+                return None
+
+            def restart(name: str) -> None:
+                process = processes[name]
+                _kill(process.process.pid)
+                process.process.wait(timeout=10)
+                process.start()
+
+            def restart_postgres() -> None:
+                postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+                backends = _children(postmaster)
+                for pid in (postmaster, *backends):
+                    _kill(pid)
+                wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in (postmaster, *backends)),
+                         timeout=20, what="Postgres's processes to die", interval=0.1)
+                wait_for(lambda: pg.start() or True, timeout=60, what="Postgres to start again", interval=0.5)
+
+            def restart_nats() -> None:
+                _kill(nats._process.pid)
+                nats._process.wait(timeout=10)
+                nats.start()
+
+            kills = [
+                ("a device worker", lambda: _kill(wait_for(busy_device_worker, timeout=120,
+                                                            what="a busy device worker", interval=0.1))),
+                ("a run worker", lambda: _kill(wait_for(running_run_worker, timeout=120,
+                                                         what="a running run worker", interval=0.2))),
+                ("the Dagster daemon", lambda: restart("dagster-daemon")),
+                ("the dispatcher", lambda: restart("dispatcher")),
+                ("the API", lambda: restart("api")),
+                ("NATS", restart_nats),
+                ("Postgres", restart_postgres),
+            ]
+            done_kills = []
+            for what, kill in kills:
+                if unfinished() == 0:
+                    break
+                say(f"killing {what} ({unfinished()} jobs unfinished)")
+                kill()
+                done_kills.append(what)
+                # The API answers again before the next blow (it is what users and the client reach).
+                wait_for(lambda: httpx.get(f"{stack['api']}/readyz", timeout=2).status_code == 200, timeout=60,
+                         what=f"the API to be ready after killing {what}", interval=0.2)
+                threading.Event().wait(KILL_GAP_S)
+            figures["kills"] = done_kills
+
+            def logs() -> str:
+                return "\n".join(f"--- {p.name}\n{p.log_tail(30)}" for p in stack["processes"])
+
+            say("every kill done; waiting for the backlog to drain")
+            try:
+                wait_for(lambda: unfinished() == 0, timeout=DRAIN_DEADLINE_S, what="every job to end", interval=1)
+            except Exception as exc:  # noqa: BLE001
+                with engine.connect() as conn:
+                    stuck = conn.execute(text("SELECT id, state, tiles_done, tiles_total, dispatched_at FROM jobs "
+                                              "WHERE id = ANY(:ids) AND state NOT IN ('succeeded', 'failed', "
+                                              "'canceled')"), {"ids": job_ids}).all()
+                pytest.fail(f"{exc}\nunfinished: {stuck}\n{logs()}\n"
+                            f"{_step_timeline(stack, [str(row.id) for row in stuck])}")
+            say("drained")
+            figures["drain_s"] = round(time.monotonic() - started, 1)
+
+            with engine.connect() as conn:
+                states = dict(conn.execute(text("SELECT id::text, state FROM jobs WHERE id = ANY(:ids)"),
+                                           {"ids": job_ids}).all())
+                counts = conn.execute(text(
+                    "SELECT j.id::text, (SELECT count(*) FROM tiles t WHERE t.job_id = j.id) AS planned, "
+                    "(SELECT count(*) FROM tile_results r WHERE r.job_id = j.id) AS results, "
+                    "(SELECT count(DISTINCT (z, x, y)) FROM tile_results r WHERE r.job_id = j.id) AS distinct_tiles "
+                    "FROM jobs j WHERE j.id = ANY(:ids)"), {"ids": job_ids}).all()
+                state_events = conn.execute(text(
+                    "SELECT id, job_id::text, payload->>'state' AS state FROM events "
+                    "WHERE job_id = ANY(:ids) AND type = 'job.state' ORDER BY id"), {"ids": job_ids}).all()
+                open_steps = conn.execute(text("SELECT count(*) FROM steps WHERE job_id = ANY(:ids) "
+                                               "AND finished_at IS NULL"), {"ids": job_ids}).scalar_one()
+            figures["terminal"] = sum(state in TERMINAL_JOB_STATES for state in states.values())
+            figures["succeeded"] = sum(state == "succeeded" for state in states.values())
+            figures["duplicates"] = sum(c.results - c.distinct_tiles for c in counts)
+            figures["missing_tiles"] = sum(c.planned - c.distinct_tiles for c in counts)
+
+            # The client saw every state change once (it may still be catching up after the drain).
+            wanted = {e.id for e in state_events}
+
+            def client_caught_up() -> bool:
+                return wanted <= {m["id"] for m in list(client.received)}
+
+            with contextlib.suppress(Exception):
+                wait_for(client_caught_up, timeout=30, what="the stream client to catch up", interval=0.2)
+            client.done.set()
+            client.join(timeout=10)
+            seen = [m["id"] for m in client.received if m["type"] == "job.state"]
+            figures["lost_events"] = len(wanted - set(seen))
+            figures["events_received_twice"] = len(seen) - len(set(seen))
+            figures["stream_reconnects"] = client.reconnects
+
+            with DagsterInstance.from_config(stack["dagster_home"]) as instance:
+                held = {d.pool: instance.event_log_storage.get_concurrency_info(d.pool).claimed_slots
+                        for d in DEVICES}
+                overlapping = []
+                for job_id in job_ids:
+                    runs = sorted((r for r in instance.get_run_records(RunsFilter(
+                        tags={"constellation/job_id": job_id}))), key=lambda r: r.start_time or 0)
+                    for earlier, later in zip(runs, runs[1:]):
+                        if later.start_time and (earlier.end_time is None or later.start_time < earlier.end_time):
+                            overlapping.append([(r.dagster_run.run_id[:8], r.dagster_run.status.value, r.start_time,
+                                                 r.end_time, {k: v for k, v in r.dagster_run.tags.items()
+                                                              if k.startswith("dagster/")})
+                                                for r in (earlier, later)])
+            figures["held_slots"] = sum(len(slots) for slots in held.values())
+            figures["open_steps"] = open_steps
+            figures["overlapping_runs"] = len(overlapping)
+            print(f"\nchaos figures: {json.dumps(figures)}")
+
+            problems = []
+            if figures["succeeded"] != JOBS:
+                failed = [job_id for job_id, state in states.items() if state != "succeeded"]
+                with engine.connect() as conn:
+                    reasons = conn.execute(text("SELECT job_id, payload FROM events WHERE job_id = ANY(:ids) "
+                                                "AND type = 'job.state' ORDER BY id"), {"ids": failed}).all()
+                problems.append(f"jobs that did not succeed: {reasons}\n{_step_timeline(stack, failed)}")
+            if figures["duplicates"] or figures["missing_tiles"]:
+                problems.append(f"tiles not done exactly once: {counts}")
+            if len(done_kills) != len(kills):
+                problems.append(f"the backlog drained before every kill: {done_kills}")
+            for job_id in job_ids:
+                job_states = [e.state for e in state_events if e.job_id == job_id]
+                if not (job_states and job_states[0] == "queued" and "running" in job_states
+                        and job_states[-1] in TERMINAL_JOB_STATES):
+                    problems.append(f"job {job_id} changed state as {job_states}")
+            if figures["lost_events"] or figures["events_received_twice"]:
+                problems.append("the resuming stream client did not get every state change once")
+            if figures["held_slots"] or open_steps:
+                problems.append(f"held pool slots {held}, open steps {open_steps}")
+            if overlapping:
+                problems.append(f"jobs with two live runs at once: {overlapping}")
+            engine.dispose()
+            if problems:
+                pytest.fail("\n".join(problems) + f"\n{logs()}")
+        # Nothing it started outlives the stack: no orphan of a killed parent is left running.
+        try:
+            wait_for(lambda: not _stack_processes(marker), timeout=30, what="the stack's processes to be gone")
+        except Timeout:
+            pytest.fail(f"orphans: {[_cmdline(pid) for pid in _stack_processes(marker)]}")
