@@ -99,6 +99,16 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
             conn, UUID(job_id), outcome, run_id=run_row, detail=detail,
             **({"error": error} if error and outcome == "failed" else {}),
         )
+        if event is not None:
+            # The job has ended: an earlier run of it that ended unseen (killed, then run again by the
+            # reconciler) holds no device and runs no more either.
+            conn.execute(update(runs).where(runs.c.job_id == UUID(job_id), runs.c.state == "running")
+                         .values(state="failed", finished_at=func.now()))
+            conn.execute(
+                update(steps).where(steps.c.job_id == UUID(job_id), steps.c.finished_at.is_(None))
+                .values(finished_at=func.now(), metrics=steps.c.metrics.op("||")(
+                    func.jsonb_build_object("error", "its run ended without closing the step")))
+            )
     if event is None:
         return False
     bus.publish([event], flush=True)
