@@ -26,6 +26,7 @@ from constellation_core.waiting import wait_for
 from constellation_devstack import credentials
 
 PG_ROOT = Path("/usr/lib/postgresql")
+POSTGIS_CONTROL = "postgis.control"
 SUPERUSER = "postgres"
 # The login role of each service (migration 0011 and `init_dagster_storage` grant their rights).
 SERVICE_ROLES = ("constellation_api", "constellation_dagster", "constellation_usage")
@@ -60,8 +61,6 @@ def ensure_login_roles(admin_url: str, passwords: dict[str, str]) -> None:
             verb = "ALTER" if exists else "CREATE"
             conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
                                                                              sql.Literal(password)))
-
-POSTGIS_CONTROL = "postgis.control"
 
 
 def find_pg_bindir() -> Path:

@@ -121,8 +121,17 @@ try {
   const bars = Number(await timeline.getAttribute("data-bars"));
   const lanes = await page.locator('[data-testid="device-timeline"] g[data-device]').count();
   await page.screenshot({ path: `${shots}/gpus-timeline.png` });
-  await jobBar.click({ force: true });
-  await page.waitForURL((url) => url.searchParams.get("id") === jobId, { timeout: 15000 });
+  // The timeline redraws as samples and events arrive: a bar located just before a redraw is detached
+  // by the time it is clicked (seen under load in CI). Locate it afresh for each of three clicks.
+  for (let attempt = 1; ; attempt++) {
+    await page.locator(`[data-testid="device-timeline"] rect[data-job="${jobId}"]`).first().click({ force: true });
+    try {
+      await page.waitForURL((url) => url.searchParams.get("id") === jobId, { timeout: 5000 });
+      break;
+    } catch (error) {
+      if (attempt === 3) throw error;
+    }
+  }
   console.log(`ok: the device timeline draws ${bars} batches on ${lanes} lanes; a click on the job's bar opened its page`);
 
   // Every other page renders its content (screenshots for people to look at).
