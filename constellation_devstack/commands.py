@@ -402,17 +402,7 @@ def _sweep(settings: Settings) -> list[int]:
     Dagster's code servers run in sessions of their own, out of reach of the supervisor's process
     groups, and can outlive it; the marker (inherited by every descendant) finds them all.
     """
-    wanted = f"{STACK_MARKER}={_marker(settings)}".encode()
-    mine = {os.getpid(), os.getppid()}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in mine:
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
+    found = processes_carrying(f"{STACK_MARKER}={_marker(settings)}")
     for pid in found:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
@@ -426,6 +416,22 @@ def _sweep(settings: Settings) -> list[int]:
         for pid in found:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def processes_carrying(env_entry: str) -> list[int]:
+    """The live processes (not zombies; not this one nor its parent) with `env_entry` (`NAME=value`) in
+    their environment: everything a stack started, since each descendant inherits it."""
+    wanted, mine = env_entry.encode(), {os.getpid(), os.getppid()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
     return found
 
 

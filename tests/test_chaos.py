@@ -30,6 +30,7 @@ from constellation_core.db import migrate
 from constellation_core.devices import simulated_devices
 from constellation_core.vocabulary import TERMINAL_JOB_STATES
 from constellation_core.waiting import Timeout, free_port, wait_for
+from constellation_devstack.commands import processes_carrying
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, NatsServer
 from constellation_devstack.postgres import PG_CREDENTIALS_ENV, PostgresCluster
 from tests.conftest import fresh_database_url
@@ -119,20 +120,6 @@ def _cmdline(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
     return f"{pid} (gone)"
-
-
-def _stack_processes(marker: str) -> list[int]:
-    """Processes (not zombies) that carry the stack's environment marker."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError, IndexError):
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.timeout(DRAIN_DEADLINE_S + 300)
@@ -322,6 +309,6 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
     # Nothing the stack started outlives it: no orphan of a killed parent is left running (the Postgres
     # and NATS this test restarted carry the marker too; they are stopped by now).
     try:
-        wait_for(lambda: not _stack_processes(marker), timeout=30, what="the stack's processes to be gone")
+        wait_for(lambda: not processes_carrying(marker), timeout=30, what="the stack's processes to be gone")
     except Timeout:
-        pytest.fail(f"orphans: {[_cmdline(pid) for pid in _stack_processes(marker)]}")
+        pytest.fail(f"orphans: {[_cmdline(pid) for pid in processes_carrying(marker)]}")

@@ -4,6 +4,8 @@ compromised API cannot change the schema or read Dagster's storage; the usage se
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -69,7 +71,7 @@ def test_only_dagsters_role_reads_dagsters_storage(pg_admin_url, database_url, t
 def test_each_program_of_the_demo_logs_in_as_its_own_role(tmp_path):
     settings = Settings(CONSTELLATION_LOCAL_DIR=tmp_path)
     config = supervisor_config(settings, local_postgres=True, local_nats=False)
-    superuser_password = __import__("json").loads((tmp_path / "postgres" / "credentials.json").read_text())["postgres"]
+    superuser_password = json.loads((tmp_path / "postgres" / "credentials.json").read_text())["postgres"]
     for section in config.split("[program:")[1:]:
         name = section.split("]", 1)[0]
         urls = [make_url(value.split('"', 1)[0]) for value in section.split('URL="')[1:]]
