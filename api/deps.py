@@ -16,11 +16,15 @@ from constellation_core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def get_engine(request: Request) -> AsyncEngine:
+# Dependencies are `async def` even when they never await: FastAPI runs a plain `def` dependency in
+# its thread pool, a thread hop per request for a dictionary lookup.
+
+
+async def get_engine(request: Request) -> AsyncEngine:
     return request.app.state.engine
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -53,4 +57,8 @@ class EventPublisher:
             log.warning("could not publish events to NATS", exc_info=True, extra={"event_ids": [e.id for e in events]})
 
 
-PublisherDep = Annotated[EventPublisher, Depends(EventPublisher)]
+async def get_publisher(request: Request) -> EventPublisher:
+    return EventPublisher(request)
+
+
+PublisherDep = Annotated[EventPublisher, Depends(get_publisher)]

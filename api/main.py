@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
-        app.state.engine = async_engine(settings.sync_database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        app.state.engine = async_engine(settings.sync_database_url, pool_size=30, max_overflow=0, pool_pre_ping=True)
         app.state.hub = hub = StreamHub()
         app.state.nats = await connect(settings.nats_url, name="constellation-api",
                                        disconnected_cb=hub.on_disconnected, reconnected_cb=hub.on_reconnected)

@@ -18,21 +18,17 @@ import argparse
 import math
 import multiprocessing
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
-from served_api import served_api
+from served_api import checkouts, served_api
 from sqlalchemy import create_engine
 from websockets.sync.client import connect as ws_connect
 
 from constellation_core.accounts import create_account, issue_api_key
-from constellation_core.settings import REPO_ROOT, get_settings
+from constellation_core.settings import get_settings
 from constellation_core.waiting import wait_for
 
 
@@ -131,26 +127,14 @@ def main() -> None:
     with engine.begin() as conn:
         key = issue_api_key(conn, create_account(conn, f"hostile-{uuid.uuid4().hex[:6]}"))
     engine.dispose()
-    checkouts: list[tuple[str, Path | None]] = [("this checkout", None)]
-    worktree = None
-    if args.baseline:
-        worktree = Path(tempfile.mkdtemp(prefix="constellation-baseline-")) / "tree"
-        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(worktree), args.baseline],
-                       check=True, capture_output=True)
-        checkouts.insert(0, (f"baseline {args.baseline}", worktree))
-    try:
-        for label, source in checkouts:
+    with checkouts(args.baseline) as sources:
+        for label, source in sources:
             with served_api(source=source) as base:
                 idle, busy, answers = measure(base, key, args.seconds)
             print(f"{label}")
             print(f"  /healthz idle           {_summary(idle)}")
             print(f"  /healthz hostile mix    {_summary(busy)}")
             print("  hostile requests answered: " + ", ".join(f"{k} ×{v}" for k, v in sorted(answers.items())))
-    finally:
-        if worktree is not None:
-            subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
-            shutil.rmtree(worktree.parent, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

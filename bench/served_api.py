@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from constellation_core.settings import REPO_ROOT
 from constellation_core.waiting import free_port, wait_for
 
 BIN = Path(sys.executable).parent
@@ -38,3 +40,20 @@ def served_api(workers: int = 1, source: Path | None = None) -> Iterator[str]:
     finally:
         api.terminate()
         api.wait(30)
+
+
+@contextlib.contextmanager
+def checkouts(baseline: str | None) -> Iterator[list[tuple[str, Path | None]]]:
+    """[(label, source)] for `served_api`: this checkout, preceded by a git worktree of `baseline` (a
+    commit) when one is given; the worktree is removed afterwards."""
+    if baseline is None:
+        yield [("this checkout", None)]
+        return
+    worktree = Path(tempfile.mkdtemp(prefix="constellation-baseline-")) / "tree"
+    subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(worktree), baseline],
+                   check=True, capture_output=True)
+    try:
+        yield [(f"baseline {baseline}", worktree), ("this checkout", None)]
+    finally:
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+        shutil.rmtree(worktree.parent, ignore_errors=True)

@@ -87,6 +87,8 @@ def plan_tiles(aoi: BaseGeometry, zoom: int, cap: int) -> list[Tile]:
     found: set[Tile] = set()
     parts = _parts(aoi)
     for part in parts:
+        if _bounding_box_tiles(part, zoom) <= cap:
+            continue  # no tighter bound needed (it costs a densify and a projection of the outline)
         bound = at_least_tiles(part, zoom)
         if bound > cap:
             raise TooManyTiles(bound, cap)
@@ -94,6 +96,14 @@ def plan_tiles(aoi: BaseGeometry, zoom: int, cap: int) -> list[Tile]:
     for part in parts:
         budget = _quadtree(part, zoom, cap, found, budget)
     return sorted(found)
+
+
+def _bounding_box_tiles(part: BaseGeometry, zoom: int) -> int:
+    """The tiles of the part's bounding box at this zoom: an upper bound of the tiles it needs."""
+    west, south, east, north = part.bounds
+    top_left = mercantile.tile(west, north, zoom)
+    bottom_right = mercantile.tile(min(east, 180.0 - 1e-9), max(south, -85.0511287798), zoom)
+    return (bottom_right.x - top_left.x + 1) * (bottom_right.y - top_left.y + 1)
 
 
 def _lon(x: int, n: int) -> float:

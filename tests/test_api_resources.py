@@ -3,6 +3,9 @@ filters, idempotent submission, areas, tiles/coverage GeoJSON, events, GPUs."""
 
 from __future__ import annotations
 
+import functools
+import math
+import threading
 import uuid
 
 from shapely.geometry import box, shape
@@ -293,46 +296,82 @@ def test_gpu_telemetry_returns_the_recent_samples_the_api_received(client, make_
 def _planning_held_until_released(flags, area_geojson, zoom, max_tiles):
     """Runs in a planning process: says it started, then plans once the test releases it (files, since
     it is another process)."""
+    import os
     import time
 
     from api.planning import plan_job_area
 
     (flags / "entered").touch()
+    (flags / f"entered-{os.getpid()}").touch()
     deadline = time.monotonic() + 30
     while not (flags / "release").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return plan_job_area(area_geojson, zoom, max_tiles)
 
 
+# Geneva's outline with more positions than the API plans on its event loop (api.planning.cheap_to_plan).
+DETAILED_GENEVA = {"type": "Polygon", "coordinates": [[
+    [6.14 + 0.01 * math.cos(2 * math.pi * i / 100), 46.20 + 0.01 * math.sin(2 * math.pi * i / 100)]
+    for i in [*range(100), 0]
+]]}
+
+
+def _hold_planning(monkeypatch, flags):
+    from api.jobs import service
+
+    monkeypatch.setattr(service, "plan_in_worker", functools.partial(_planning_held_until_released, flags))
+
+
+def _call_in_thread(client, answers: dict, name: str, method: str, path: str, **kwargs) -> threading.Thread:
+    def call() -> None:
+        answers[name] = client.request(method, path, **kwargs).status_code
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
 def test_planning_an_area_does_not_hold_up_other_requests(client, make_account, monkeypatch, tmp_path):
     """Tile planning runs off the event loop (in a planning process): while one request's planning is
     still going, `/healthz` (and every other request) is answered."""
-    import functools
-    import threading
-
-    from api.jobs import service
-
     account = make_account()
-    monkeypatch.setattr(service, "plan_in_worker", functools.partial(_planning_held_until_released, tmp_path))
+    _hold_planning(monkeypatch, tmp_path)
     answers: dict[str, int] = {}
-
-    def call(name: str, method: str, path: str, **kwargs) -> None:
-        answers[name] = client.request(method, path, **kwargs).status_code
-
-    estimate = threading.Thread(target=call, args=("estimate", "POST", "/jobs/estimate"),
-                                kwargs={"json": {"zoom": 14, "area": GENEVA}, "headers": account.headers})
-    estimate.start()
+    estimate = _call_in_thread(client, answers, "estimate", "POST", "/jobs/estimate",
+                               json={"zoom": 14, "area": DETAILED_GENEVA}, headers=account.headers)
     try:
         wait_for(lambda: (tmp_path / "entered").exists(), timeout=20, what="the estimate's planning to start",
                  interval=0.01)
-        health = threading.Thread(target=call, args=("healthz", "GET", "/healthz"))
-        health.start()
-        health.join(timeout=5)
+        _call_in_thread(client, answers, "healthz", "GET", "/healthz").join(timeout=5)
         assert answers.get("healthz") == 200, "/healthz waited on another request's tile planning"
     finally:
         (tmp_path / "release").touch()
         estimate.join(timeout=30)
     assert answers["estimate"] == 200
+
+
+def test_a_small_area_is_not_queued_behind_large_ones(client, make_account, monkeypatch, tmp_path):
+    """While large areas occupy every planning process, a job on a small area (planned at once, in
+    well under a millisecond) is still accepted."""
+    from api.offload import PLANNING_PROCESSES
+
+    account = make_account()
+    _hold_planning(monkeypatch, tmp_path)
+    answers: dict[str, int] = {}
+    large = [_call_in_thread(client, answers, f"large {i}", "POST", "/jobs/estimate",
+                             json={"zoom": 14, "area": DETAILED_GENEVA}, headers=account.headers)
+             for i in range(PLANNING_PROCESSES)]
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("entered-*"))) == PLANNING_PROCESSES, timeout=20,
+                 what="every planning process to hold a large area", interval=0.01)
+        _call_in_thread(client, answers, "small", "POST", "/jobs", json=job_body(),
+                        headers=account.headers).join(timeout=10)
+        assert answers.get("small") == 201, "a small area's job waited for the planning processes"
+    finally:
+        (tmp_path / "release").touch()
+        for thread in large:
+            thread.join(timeout=30)
+    assert [answers[f"large {i}"] for i in range(PLANNING_PROCESSES)] == [200] * PLANNING_PROCESSES
 
 
 def test_an_area_too_large_for_the_cap_is_refused_quickly_with_the_reason(client, make_account):

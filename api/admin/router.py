@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 Role = Literal["admin", "member"]
 
 
-def _admin(account: CurrentAccount) -> Account:
+async def _admin(account: CurrentAccount) -> Account:
     if not account.is_admin:
         raise Forbidden("managing accounts and keys needs an admin key")
     return account

@@ -10,25 +10,21 @@ from uuid import UUID
 from sqlalchemy import RowMapping, func, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from constellation_core.events import submit_job
+from constellation_core.events import SUBMIT_JOB
 from constellation_core.tables import areas, events, gpus, jobs, runs, steps
 
 _JOB_COLUMNS = [c for c in jobs.c if c.name != "aoi"] + [func.ST_AsGeoJSON(jobs.c.aoi).label("aoi_geojson")]
 
 
-async def insert_queued_job(conn: AsyncConnection, **values: Any) -> RowMapping:
-    """The job and its `queued` event in one statement (one round trip, atomic on its own): the
-    submission path's only write."""
-    return (await conn.execute(submit_job(**values))).mappings().one()
-
-
-async def active_load(conn: AsyncConnection, account_id: UUID) -> tuple[int, int]:
-    """The account's jobs queued or running, and their tiles not yet done."""
-    row = (await conn.execute(
-        select(func.count(), func.coalesce(func.sum(jobs.c.tiles_total - jobs.c.tiles_done), 0))
-        .where(jobs.c.account_id == account_id, jobs.c.state.in_(("queued", "running")))
-    )).one()
-    return int(row[0]), int(row[1])
+async def insert_queued_job(
+    conn: AsyncConnection, *, max_active_jobs: int | None, max_active_tiles: int | None, **values: Any,
+) -> RowMapping:
+    """The job and its `queued` event in one statement (one round trip, atomic on its own), written
+    only while the account's queued and running jobs stay within the limits: the submission path's
+    only query. The row's `id` is NULL when a limit refused the job; `active_jobs` and `active_tiles`
+    are the account's load before it either way."""
+    return (await conn.execute(SUBMIT_JOB, {**values, "max_active_jobs": max_active_jobs,
+                                            "max_active_tiles": max_active_tiles})).mappings().one()
 
 
 async def get_job(conn: AsyncConnection, job_id: UUID, *, for_update: bool = False) -> RowMapping | None:

@@ -91,23 +91,17 @@ async def _insert_job(
     if limits.max_priority is not None and body.priority > limits.max_priority:
         message = f"priority {body.priority} is above this account's highest, {limits.max_priority}"
         raise InvalidInput(message, errors=[{"loc": ["body", "priority"], "msg": message, "type": "limit"}])
-    async with engine.connect() as conn:
-        active_jobs, active_tiles = await repository.active_load(conn, account.id)
-    if limits.max_active_jobs is not None and active_jobs >= limits.max_active_jobs:
-        raise TooManyRequests(f"this account has {active_jobs} jobs queued or running, its limit is "
-                              f"{limits.max_active_jobs}: submit again when some have finished")
     aoi, tiles_total = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     if tiles_total == 0:
         raise InvalidInput("the area covers no tile at this zoom")
-    if limits.max_active_tiles is not None and active_tiles + tiles_total > limits.max_active_tiles:
-        raise TooManyRequests(f"this job's {tiles_total} tiles and the {active_tiles} of this account's queued or "
-                              f"running jobs exceed its limit of {limits.max_active_tiles} tiles: submit again "
-                              "when some have finished")
-    # One statement writes the job and its event: atomic by itself, so no transaction round trips.
+    # One statement checks the limits and writes the job and its event: atomic by itself, so no
+    # transaction round trips.
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = await repository.insert_queued_job(
             conn,
+            max_active_jobs=limits.max_active_jobs,
+            max_active_tiles=limits.max_active_tiles,
             aoi=aoi.wkt,
             name=body.name,
             params={k: getattr(body, k) for k in PARAM_KEYS},
@@ -121,6 +115,14 @@ async def _insert_job(
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
+    if row["id"] is None:
+        active_jobs, active_tiles = row["active_jobs"], row["active_tiles"]
+        if limits.max_active_jobs is not None and active_jobs >= limits.max_active_jobs:
+            raise TooManyRequests(f"this account has {active_jobs} jobs queued or running, its limit is "
+                                  f"{limits.max_active_jobs}: submit again when some have finished")
+        raise TooManyRequests(f"this job's {tiles_total} tiles and the {active_tiles} of this account's queued or "
+                              f"running jobs exceed its limit of {limits.max_active_tiles} tiles: submit again "
+                              "when some have finished")
     event = queued_event(row)
     log.info("job submitted", extra={"job_id": str(row["id"]), "tiles": tiles_total, "account": account.name})
     return to_public(row, dagit_url), event
@@ -209,9 +211,13 @@ plan_in_worker = planning.plan_job_area
 
 
 async def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
-    """The area parsed and its tile count at this zoom, computed in a planning process; a 422 problem
-    naming `area` otherwise."""
-    planned = accepted(await planning_pool.run(plan_in_worker, area_geojson, zoom, max_tiles), "area")
+    """The area parsed and its tile count at this zoom, computed here when that is certainly cheap and
+    in a planning process otherwise; a 422 problem naming `area` when it cannot be planned."""
+    if planning.cheap_to_plan(area_geojson, zoom):
+        planned = planning.plan_job_area(area_geojson, zoom, max_tiles)
+    else:
+        planned = await planning_pool.run(plan_in_worker, area_geojson, zoom, max_tiles)
+    planned = accepted(planned, "area")
     return planned.aoi, planned.tiles
 
 
