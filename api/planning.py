@@ -3,6 +3,7 @@ plain data out, refusals as values (they cross a process boundary by pickle)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,11 @@ class Refused:
 
 @dataclass(frozen=True)
 class Planned:
-    aoi_wkb: bytes
-    tiles: int
+    """A planned area, ready to store and to show: nothing about it is left to compute on the event loop."""
 
-    @property
-    def aoi(self):
-        return shapely.from_wkb(self.aoi_wkb)
+    aoi_wkb: bytes  # the area as one geometry (WKB, EPSG:4326)
+    tiles: int
+    geojson: str  # the area as GeoJSON text
 
 
 # An area this small is planned on the event loop, in well under a millisecond: a process round trip
@@ -85,7 +85,8 @@ def plan_job_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int) -> Pl
     """The area parsed (one Polygon/MultiPolygon) and how many tiles cover it at this zoom."""
     try:
         aoi = area_from_geojson(area_geojson)
-        return Planned(shapely.to_wkb(aoi), len(plan_tiles(aoi, zoom, max_tiles)))
+        tiles = len(plan_tiles(aoi, zoom, max_tiles))
+        return Planned(shapely.to_wkb(aoi), tiles, json.dumps(mapping(aoi), separators=(",", ":")))
     except InvalidGeometry as exc:
         return Refused("geometry", str(exc))
     except TooManyTiles as exc:

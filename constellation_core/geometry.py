@@ -110,6 +110,7 @@ def area_from_geojson(geojson: Any, *, max_deg2: float | None = None) -> Polygon
     type, validity and size (vertices; square degrees when `max_deg2` is given), or InvalidGeometry."""
     if not isinstance(geojson, dict):
         raise InvalidGeometry("the area must be a GeoJSON object")
+    check_nesting(geojson)  # before anything walks it recursively
     crs = geojson.get("crs")
     if crs is not None:
         properties = crs.get("properties") if isinstance(crs, dict) else None

@@ -350,6 +350,41 @@ def test_planning_an_area_does_not_hold_up_other_requests(client, make_account, 
     assert answers["estimate"] == 200
 
 
+def _parsing_held_until_released(flags, body: bytes):
+    """Runs in a planning process: parses a request body once the test releases it."""
+    import json
+    import time
+
+    (flags / "entered").touch()
+    deadline = time.monotonic() + 30
+    while not (flags / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return json.loads(body)
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(client, make_account, monkeypatch, tmp_path):
+    """A megabyte of coordinates is parsed in a planning process: while it is, `/healthz` is answered."""
+    from api import offload
+
+    account = make_account()
+    monkeypatch.setattr(offload, "parse_in_worker", functools.partial(_parsing_held_until_released, tmp_path))
+    ring = [[6.14 + 0.01 * math.cos(2 * math.pi * i / 4000), 46.20 + 0.01 * math.sin(2 * math.pi * i / 4000)]
+            for i in range(4000)]
+    area = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+    answers: dict[str, int] = {}
+    estimate = _call_in_thread(client, answers, "estimate", "POST", "/jobs/estimate",
+                               json={"zoom": 14, "area": area}, headers=account.headers)
+    try:
+        wait_for(lambda: (tmp_path / "entered").exists(), timeout=20, what="the body's parsing to start",
+                 interval=0.01)
+        _call_in_thread(client, answers, "healthz", "GET", "/healthz").join(timeout=5)
+        assert answers.get("healthz") == 200, "/healthz waited on another request's JSON parsing"
+    finally:
+        (tmp_path / "release").touch()
+        estimate.join(timeout=30)
+    assert answers["estimate"] == 200
+
+
 def test_a_small_area_is_not_queued_behind_large_ones(client, make_account, monkeypatch, tmp_path):
     """While large areas occupy every planning process, a job on a small area (planned at once, in
     well under a millisecond) is still accepted."""

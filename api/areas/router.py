@@ -8,17 +8,16 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, insert, literal, select, tuple_
 
 from api import access, planning
 from api.deps import CurrentAccount, EngineDep
-from api.jobs.schemas import bounded_nesting
-from api.offload import accepted, planning_pool
+from api.offload import OffloadedJSONRoute, accepted, planning_pool
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page, decode_cursor, encode_cursor
 from constellation_core.tables import areas
 
-router = APIRouter(prefix="/areas", tags=["areas"])
+router = APIRouter(prefix="/areas", tags=["areas"], route_class=OffloadedJSONRoute)
 
 # A stored area is a few countries at most.
 MAX_AREA_DEG2 = 2_000.0
@@ -30,8 +29,6 @@ class AreaCreate(BaseModel):
     geojson: dict[str, Any] = Field(
         description="A GeoJSON Polygon/MultiPolygon geometry, or a Feature or FeatureCollection of them "
                     "(their union), in lon/lat (EPSG:4326 / CRS84)")
-
-    _not_too_deep = field_validator("geojson", mode="before")(bounded_nesting)
 
 
 class AreaPublic(BaseModel):

@@ -85,8 +85,8 @@ async def list_jobs(
     return list((await conn.execute(query)).mappings())
 
 
-async def geodesic_area_km2(conn: AsyncConnection, wkt: str) -> float:
-    query = select(func.ST_Area(func.geography(func.ST_GeomFromText(wkt, 4326))) / 1e6)
+async def geodesic_area_km2(conn: AsyncConnection, wkb: bytes) -> float:
+    query = select(func.ST_Area(func.geography(func.ST_GeomFromWKB(wkb, 4326))) / 1e6)
     return float((await conn.execute(query)).scalar_one())
 
 

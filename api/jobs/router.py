@@ -24,9 +24,10 @@ from api.jobs.schemas import (
     TileFeatureCollection,
 )
 from api.metrics import JOBS_SUBMITTED
+from api.offload import OffloadedJSONRoute
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=OffloadedJSONRoute)
 JobSort = Literal[tuple(SORTS)]  # type: ignore[valid-type]
 
 
@@ -93,9 +94,10 @@ async def job_summary(account: CurrentAccount, engine: EngineDep) -> JobSummary:
 
 @router.post("/estimate", response_model=TileEstimate, name="estimate")
 async def estimate_job(body: JobEstimate, account: CurrentAccount, engine: EngineDep,
-                       settings: SettingsDep) -> TileEstimate:
+                       settings: SettingsDep) -> Response:
     """How many tiles an area covers at a zoom, checked as `POST /jobs` would check it; nothing is written."""
-    return await service.estimate(engine, account, body, max_tiles=settings.max_tiles_per_job)
+    content = await service.estimate(engine, account, body, max_tiles=settings.max_tiles_per_job)
+    return Response(content, media_type="application/json")
 
 
 @router.api_route("/estimate", methods=sorted(REFUSED_METHODS["/jobs/estimate"]), include_in_schema=False)

@@ -8,7 +8,6 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from constellation_core.geometry import check_nesting
 from constellation_core.tiles import MAX_ZOOM, MIN_ZOOM
 from constellation_core.vocabulary import DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_MODEL, JOB_MODES, JOB_STATES
 
@@ -16,20 +15,19 @@ JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 JobMode = Literal[JOB_MODES]  # type: ignore[valid-type]
 
 
-def bounded_nesting(value: Any) -> Any:
-    """Refuse GeoJSON nested deeper than any area is, before anything walks it recursively."""
-    check_nesting(value)  # InvalidGeometry is a ValueError: a 422 naming the field
-    return value
-
-
 class GeoJSONArea(BaseModel):
     """What a GeoJSON file holds, in lon/lat (EPSG:4326 / CRS84): a Polygon or MultiPolygon geometry, a
     Feature of one, or a FeatureCollection of them; several features make one area, their union."""
 
+    # Only `type` is checked here; the rest is kept as it came (extra fields, not copied or walked) and
+    # checked where the area is planned (`constellation_core.geometry.area_from_geojson`): a large
+    # area's megabyte of coordinates costs the event loop nothing beyond its JSON parse.
     model_config = ConfigDict(extra="allow")
     type: str = Field(description="Polygon, MultiPolygon, Feature or FeatureCollection")
 
-    _not_too_deep = model_validator(mode="before")(bounded_nesting)
+    def as_geojson(self) -> dict[str, Any]:
+        """The GeoJSON object as sent (a shallow copy; `model_dump` would copy every coordinate)."""
+        return {"type": self.type, **(self.model_extra or {})}
 
 
 class JobBase(BaseModel):

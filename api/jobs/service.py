@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from shapely.geometry import mapping
 from sqlalchemy import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -47,8 +46,9 @@ async def create_job(
 ) -> tuple[JobPublic, Event | None]:
     """The new job and its `queued` event; with an Idempotency-Key already used by this account
     for the same request, the job it created and no event (nothing is written)."""
-    request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    request_hash = None
     if idempotency_key is not None:
+        request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
         async with engine.connect() as conn:
             replay = await _replay(conn, account, idempotency_key, request_hash, dagit_url)
         if replay is not None:
@@ -80,7 +80,7 @@ async def _replay(conn, account: Account, key: str, request_hash: str, dagit_url
 
 async def _insert_job(
     engine: AsyncEngine, account: Account, body: JobCreate, *, max_tiles: int, dagit_url: str,
-    idempotency_key: str | None, request_hash: str,
+    idempotency_key: str | None, request_hash: str | None,
 ) -> tuple[JobPublic, Event]:
     if body.model not in MODELS:
         raise InvalidInput(
@@ -91,7 +91,8 @@ async def _insert_job(
     if limits.max_priority is not None and body.priority > limits.max_priority:
         message = f"priority {body.priority} is above this account's highest, {limits.max_priority}"
         raise InvalidInput(message, errors=[{"loc": ["body", "priority"], "msg": message, "type": "limit"}])
-    aoi, tiles_total = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
+    planned = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
+    tiles_total = planned.tiles
     if tiles_total == 0:
         raise InvalidInput("the area covers no tile at this zoom")
     # One statement checks the limits and writes the job and its event: atomic by itself, so no
@@ -102,7 +103,7 @@ async def _insert_job(
             conn,
             max_active_jobs=limits.max_active_jobs,
             max_active_tiles=limits.max_active_tiles,
-            aoi=aoi.wkt,
+            aoi_wkb=planned.aoi_wkb,
             name=body.name,
             params={k: getattr(body, k) for k in PARAM_KEYS},
             priority=body.priority,
@@ -131,7 +132,7 @@ async def _insert_job(
 async def _area_geojson(engine: AsyncEngine, account: Account, body: AreaChoice) -> dict[str, Any]:
     """The request's area: its GeoJSON, or the stored area it names (if the account may use it)."""
     if body.area is not None:
-        return body.area.model_dump()
+        return body.area.as_geojson()
     async with engine.connect() as conn:
         found = await repository.get_area_geojson(conn, body.area_id)
     if found is None or not access.may_see(account, found[0]):
@@ -210,7 +211,7 @@ async def summary(engine: AsyncEngine, account: Account) -> JobSummary:
 plan_in_worker = planning.plan_job_area
 
 
-async def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
+async def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int) -> planning.Planned:
     """The area parsed and its tile count at this zoom, computed here when that is certainly cheap and
     in a planning process otherwise; a 422 problem naming `area` when it cannot be planned."""
     if planning.cheap_to_plan(area_geojson, zoom):
@@ -218,14 +219,17 @@ async def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int):
     else:
         planned = await planning_pool.run(plan_in_worker, area_geojson, zoom, max_tiles)
     planned = accepted(planned, "area")
-    return planned.aoi, planned.tiles
+    return planned
 
 
-async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, max_tiles: int) -> TileEstimate:
-    aoi, tiles = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
+async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, max_tiles: int) -> bytes:
+    """The estimate as the JSON of a `TileEstimate`, its `area` spliced in as the planning process wrote
+    it (a detailed area is megabytes: parsing it back to serialize it again would stall the event loop)."""
+    planned = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     async with engine.connect() as conn:
-        km2 = await repository.geodesic_area_km2(conn, aoi.wkt)
-    return TileEstimate(tiles=tiles, max_tiles=max_tiles, area_km2=round(km2, 3), area=mapping(aoi))
+        km2 = await repository.geodesic_area_km2(conn, planned.aoi_wkb)
+    head = TileEstimate.model_construct(tiles=planned.tiles, max_tiles=max_tiles, area_km2=round(km2, 3))
+    return head.model_dump_json(exclude={"area"}).encode()[:-1] + b',"area":' + planned.geojson.encode() + b"}"
 
 
 async def job_tiles(engine: AsyncEngine, account: Account, job_id: UUID) -> str:
