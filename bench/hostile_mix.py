@@ -4,8 +4,9 @@ Issue 12: "no request may stall other requests". Starts the API (this checkout, 
 `--baseline REF` also that commit's code, side by side on the same database) and for each: probes
 `GET /healthz` back to back for `--seconds`, idle; then again while clients send, in a loop, what
 froze the API before — a thin diagonal sliver at zoom 18 (`POST /jobs/estimate`), a 20,000-vertex
-polygon, a FeatureCollection of 900 polygons, coordinates nested 400 deep — and a client opens and
-drops WebSockets on `/stream`. Each hostile client is its own process at the lowest CPU priority (they
+polygon, a FeatureCollection of 900 polygons, coordinates nested 400 deep — a client opens and
+drops WebSockets on `/stream`, and one submits ten jobs on the 20,000-vertex polygon and then lists
+them (`GET /jobs`, each job carrying its area). Each hostile client is its own process at the lowest CPU priority (they
 stand for other machines). Prints p50 / p99 / max of the probe and how many hostile requests were
 answered (by status). Goal: p99 ≤ 50 ms during the mix.
 
@@ -74,6 +75,17 @@ def _hostile(base: str, key: str, name: str, body: dict, stop, answers) -> None:
             answers.put(f"{name}: {client.post('/jobs/estimate', json=body).status_code}")
 
 
+def _listing(base: str, key: str, stop, answers) -> None:
+    """Ten jobs on the 20k-vertex area, then their page, again and again (each job carries its area)."""
+    os.nice(CLIENT_NICENESS)
+    body = {"name": "detailed", **hostile_bodies()["20k vertices"]}
+    with httpx.Client(base_url=base, timeout=300, headers={"Authorization": f"Bearer {key}"}) as client:
+        for _ in range(10):
+            answers.put(f"POST /jobs 20k vertices: {client.post('/jobs', json=body).status_code}")
+        while not stop.is_set():
+            answers.put(f"GET /jobs of 20k-vertex jobs: {client.get('/jobs', params={'limit': 10}).status_code}")
+
+
 def _sockets(base: str, key: str, stop, answers) -> None:
     os.nice(CLIENT_NICENESS)
     url = base.replace("http://", "ws://") + "/stream"
@@ -99,6 +111,7 @@ def measure(base: str, key: str, seconds: float) -> tuple[list[float], list[floa
     clients = [context.Process(target=_hostile, args=(base, key, name, body, stop, answers), daemon=True)
                for name, body in hostile_bodies().items()]
     clients.append(context.Process(target=_sockets, args=(base, key, stop, answers), daemon=True))
+    clients.append(context.Process(target=_listing, args=(base, key, stop, answers), daemon=True))
     for client in clients:
         client.start()
     wait_for(lambda: answers.qsize() >= len(clients), timeout=120, what="every hostile client's first answer")

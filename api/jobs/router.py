@@ -23,6 +23,7 @@ from api.jobs.schemas import (
     TileEstimate,
     TileFeatureCollection,
 )
+from api.json_text import json_response
 from api.metrics import JOBS_SUBMITTED
 from api.offload import OffloadedJSONRoute
 from api.pagination import DEFAULT_LIMIT, Cursor, Limit, Page
@@ -49,20 +50,18 @@ IdempotencyKey = Annotated[
 )
 async def create_job(
     body: JobCreate, account: CurrentAccount, engine: EngineDep, settings: SettingsDep, publish: PublisherDep,
-    response: Response, idempotency_key: IdempotencyKey = None,
-) -> JobPublic:
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Submit a tile-inference job. Answers at once; a Dagster run is launched for it shortly after."""
     job, event = await service.create_job(
         engine, account, body, max_tiles=settings.max_tiles_per_job, dagit_url=settings.dagit_base_url,
         idempotency_key=idempotency_key,
     )
     if event is None:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotent-Replayed"] = "true"
-        return job
+        return json_response(job, status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"})
     JOBS_SUBMITTED.inc()
     await publish(event)
-    return job
+    return json_response(job, status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=Page[JobPublic], name="list")
@@ -76,14 +75,14 @@ async def list_jobs(
     sort: Annotated[JobSort, Query(description="`-created_at` newest first (default), `created_at` oldest first, "
                                                "`-priority` highest priority first, `name` A to Z")] = "-created_at",
     cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT,
-) -> Page[JobPublic]:
+) -> Response:
     """Jobs in `sort` order (newest first by default): members see their own, admins everyone's.
     A cursor is valid only with the sort it came from."""
-    return await service.list_jobs(
+    return json_response(await service.list_jobs(
         engine, account, states=state, submitted_by=submitted_by, created_after=created_after,
         created_before=created_before, name_contains=q, sort=sort, cursor=cursor, limit=limit,
         dagit_url=settings.dagit_base_url,
-    )
+    ))
 
 
 @router.get("/summary", response_model=JobSummary, name="summary")
@@ -96,8 +95,7 @@ async def job_summary(account: CurrentAccount, engine: EngineDep) -> JobSummary:
 async def estimate_job(body: JobEstimate, account: CurrentAccount, engine: EngineDep,
                        settings: SettingsDep) -> Response:
     """How many tiles an area covers at a zoom, checked as `POST /jobs` would check it; nothing is written."""
-    content = await service.estimate(engine, account, body, max_tiles=settings.max_tiles_per_job)
-    return Response(content, media_type="application/json")
+    return json_response(await service.estimate(engine, account, body, max_tiles=settings.max_tiles_per_job))
 
 
 @router.api_route("/estimate", methods=sorted(REFUSED_METHODS["/jobs/estimate"]), include_in_schema=False)
@@ -107,9 +105,9 @@ async def estimate_other_methods() -> None:
 
 
 @router.get("/{job_id}", response_model=JobDetail, name="get")
-async def get_job(job_id: UUID, account: CurrentAccount, engine: EngineDep, settings: SettingsDep) -> JobDetail:
+async def get_job(job_id: UUID, account: CurrentAccount, engine: EngineDep, settings: SettingsDep) -> Response:
     """A job's state and progress, its runs and their devices, queue position and ETA."""
-    return await service.get_job(engine, account, job_id, dagit_url=settings.dagit_base_url)
+    return json_response(await service.get_job(engine, account, job_id, dagit_url=settings.dagit_base_url))
 
 
 @router.get("/{job_id}/tiles", response_model=TileFeatureCollection, response_class=GeoJSONResponse, name="tiles")
@@ -144,8 +142,8 @@ async def job_logs(
 )
 async def cancel_job(
     job_id: UUID, account: CurrentAccount, engine: EngineDep, settings: SettingsDep, publish: PublisherDep
-) -> JobPublic:
+) -> Response:
     """Cancel a queued or running job; its device is free again within one batch."""
     job, event = await service.cancel_job(engine, account, job_id, dagit_url=settings.dagit_base_url)
     await publish(event)
-    return job
+    return json_response(job)

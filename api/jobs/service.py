@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -29,8 +28,9 @@ from api.jobs.schemas import (
     TileEstimate,
     TilesPerMinute,
 )
+from api.json_text import page_json, with_json_fields
 from api.offload import accepted, planning_pool
-from api.pagination import Page, decode_cursor, encode_cursor
+from api.pagination import decode_cursor, encode_cursor
 from constellation_core.events import Event, queued_event, transition_job_async
 from constellation_core.logs import correlation_id
 from constellation_core.vocabulary import JOB_STATES, MODELS
@@ -43,9 +43,9 @@ PARAM_KEYS = ("model", "batch_size", "mode")
 async def create_job(
     engine: AsyncEngine, account: Account, body: JobCreate, *, max_tiles: int, dagit_url: str,
     idempotency_key: str | None = None,
-) -> tuple[JobPublic, Event | None]:
-    """The new job and its `queued` event; with an Idempotency-Key already used by this account
-    for the same request, the job it created and no event (nothing is written)."""
+) -> tuple[bytes, Event | None]:
+    """The new job (its JSON) and its `queued` event; with an Idempotency-Key already used by this
+    account for the same request, the job it created and no event (nothing is written)."""
     request_hash = None
     if idempotency_key is not None:
         request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
@@ -66,7 +66,7 @@ async def create_job(
         return replay, None
 
 
-async def _replay(conn, account: Account, key: str, request_hash: str, dagit_url: str) -> JobPublic | None:
+async def _replay(conn, account: Account, key: str, request_hash: str, dagit_url: str) -> bytes | None:
     row = await repository.get_job_by_idempotency_key(conn, account.id, key)
     if row is None:
         return None
@@ -75,13 +75,13 @@ async def _replay(conn, account: Account, key: str, request_hash: str, dagit_url
             "this Idempotency-Key was already used for a different request; use a new key for a new job",
             errors=[{"loc": ["header", "Idempotency-Key"], "msg": "key reused with another body", "type": "idempotency"}],
         )
-    return to_public(row, dagit_url)
+    return job_json(row, dagit_url)
 
 
 async def _insert_job(
     engine: AsyncEngine, account: Account, body: JobCreate, *, max_tiles: int, dagit_url: str,
     idempotency_key: str | None, request_hash: str | None,
-) -> tuple[JobPublic, Event]:
+) -> tuple[bytes, Event]:
     if body.model not in MODELS:
         raise InvalidInput(
             f"unknown model {body.model!r}; known models: {', '.join(sorted(MODELS))}",
@@ -126,7 +126,7 @@ async def _insert_job(
                               "when some have finished")
     event = queued_event(row)
     log.info("job submitted", extra={"job_id": str(row["id"]), "tiles": tiles_total, "account": account.name})
-    return to_public(row, dagit_url), event
+    return job_json(row, dagit_url), event
 
 
 async def _area_geojson(engine: AsyncEngine, account: Account, body: AreaChoice) -> dict[str, Any]:
@@ -140,7 +140,8 @@ async def _area_geojson(engine: AsyncEngine, account: Account, body: AreaChoice)
     return found[1]
 
 
-async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str) -> JobDetail:
+async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str) -> bytes:
+    """The JSON of the job's `JobDetail`."""
     async with engine.connect() as conn:
         row = _visible(await repository.get_job(conn, job_id), account, job_id)
         runs = await repository.job_runs(conn, job_id)
@@ -148,19 +149,20 @@ async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_
         rate = await repository.latest_rate(conn, job_id) if row["state"] == "running" else None
     public = to_public(row, dagit_url)
     remaining = (row["tiles_total"] or 0) - row["tiles_done"]
-    return JobDetail(
-        **public.model_dump(),
+    detail = JobDetail(
+        **dict(public),
         runs=[RunPublic(**run, dagit_url=f"{dagit_url}/runs/{run['dagster_run_id']}") for run in runs],
         queue_position=position,
         tiles_per_s=rate,
         eta_seconds=round(remaining / rate, 1) if rate else None,
     )
+    return with_json_fields(detail, area=row["aoi_geojson"])
 
 
 async def list_jobs(engine: AsyncEngine, account: Account, *, states: list[str] | None, submitted_by: str | None,
                     created_after: datetime | None, created_before: datetime | None, name_contains: str | None = None,
-                    sort: str = "-created_at", cursor: str | None, limit: int, dagit_url: str) -> Page[JobPublic]:
-    """One page of jobs in `sort` order; members see their own, admins everyone's."""
+                    sort: str = "-created_at", cursor: str | None, limit: int, dagit_url: str) -> bytes:
+    """The JSON of one `Page[JobPublic]` in `sort` order; members see their own jobs, admins everyone's."""
     names, _ = repository.SORTS[sort]
     after = _decode_job_cursor(cursor, sort, names)
     async with engine.connect() as conn:
@@ -174,7 +176,7 @@ async def list_jobs(engine: AsyncEngine, account: Account, *, states: list[str] 
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(sort, *(last[n].isoformat() if n == "created_at" else last[n] for n in names))
-    return Page[JobPublic](data=[to_public(r, dagit_url) for r in page], next_cursor=next_cursor)
+    return page_json([job_json(r, dagit_url) for r in page], next_cursor)
 
 
 _PARSE = {"created_at": datetime.fromisoformat, "id": UUID, "priority": int, "name": str}
@@ -223,13 +225,12 @@ async def plan_area(area_geojson: dict[str, Any], zoom: int, max_tiles: int) -> 
 
 
 async def estimate(engine: AsyncEngine, account: Account, body: JobEstimate, *, max_tiles: int) -> bytes:
-    """The estimate as the JSON of a `TileEstimate`, its `area` spliced in as the planning process wrote
-    it (a detailed area is megabytes: parsing it back to serialize it again would stall the event loop)."""
+    """The JSON of a `TileEstimate`, its `area` as the planning process wrote it (`api.json_text`)."""
     planned = await plan_area(await _area_geojson(engine, account, body), body.zoom, max_tiles)
     async with engine.connect() as conn:
         km2 = await repository.geodesic_area_km2(conn, planned.aoi_wkb)
-    head = TileEstimate.model_construct(tiles=planned.tiles, max_tiles=max_tiles, area_km2=round(km2, 3))
-    return head.model_dump_json(exclude={"area"}).encode()[:-1] + b',"area":' + planned.geojson.encode() + b"}"
+    head = TileEstimate(tiles=planned.tiles, max_tiles=max_tiles, area_km2=round(km2, 3), area={})
+    return with_json_fields(head, area=planned.geojson)
 
 
 async def job_tiles(engine: AsyncEngine, account: Account, job_id: UUID) -> str:
@@ -240,8 +241,8 @@ async def job_tiles(engine: AsyncEngine, account: Account, job_id: UUID) -> str:
 
 async def cancel_job(
     engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str
-) -> tuple[JobPublic, Event]:
-    """Cancel a queued or running job. Its inference steps stop after their current batch, and a
+) -> tuple[bytes, Event]:
+    """Cancel a queued or running job (its JSON, and its event). Its inference steps stop after their current batch, and a
     sensor terminates its Dagster run."""
     async with engine.begin() as conn:
         row = _visible(await repository.get_job(conn, job_id, for_update=True), account, job_id)
@@ -250,7 +251,7 @@ async def cancel_job(
             raise Conflict(f"job {job_id} is already {row['state']}")
         row = await repository.get_job(conn, job_id)
     log.info("job canceled", extra={"job_id": str(job_id), "account": account.name})
-    return to_public(row, dagit_url), event
+    return job_json(row, dagit_url), event
 
 
 def _visible(row: RowMapping | None, account: Account, job_id: UUID) -> RowMapping:
@@ -258,7 +259,13 @@ def _visible(row: RowMapping | None, account: Account, job_id: UUID) -> RowMappi
     return row
 
 
+def job_json(row: RowMapping, dagit_url: str) -> bytes:
+    """The JSON of the row's `JobPublic`, its `area` as PostGIS wrote it (`api.json_text`)."""
+    return with_json_fields(to_public(row, dagit_url), area=row["aoi_geojson"])
+
+
 def to_public(row: RowMapping, dagit_url: str) -> JobPublic:
+    """The row's `JobPublic`, its `area` left empty: `job_json` puts the area's text in."""
     params = row["params"] or {}
     total = row["tiles_total"] or 0
     run_id = row["dagster_run_id"]
@@ -275,7 +282,7 @@ def to_public(row: RowMapping, dagit_url: str) -> JobPublic:
         tiles_total=row["tiles_total"],
         tiles_done=row["tiles_done"],
         progress=(row["tiles_done"] / total) if total else 0.0,
-        area=json.loads(row["aoi_geojson"]),
+        area={},
         area_id=row["area_id"],
         dagster_run_id=run_id,
         dagit_url=f"{dagit_url}/runs/{run_id}" if run_id else None,
