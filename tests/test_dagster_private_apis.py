@@ -52,3 +52,25 @@ def test_the_prompt_coordinator_dequeues_at_a_fraction_of_a_second():
     data = ConfigurableClassData("constellation_dagster.instance", "PromptQueuedRunCoordinator", "{}")
     coordinator = PromptQueuedRunCoordinator.from_config_value(data, {"dequeue_interval_seconds": 0.2})
     assert coordinator.dequeue_interval_seconds == 0.2
+
+
+def test_dagsters_retry_daemon_honours_will_retry_when_it_comes_to_a_failure():
+    """The reconciling sensor runs a job again itself after setting `dagster/will_retry` to false on
+    the failed run (constellation_dagster.inference.sensors.RELAUNCHED_TAG): Dagster's retry daemon
+    must read that tag when it comes to the failure, or a late retry would run the job twice at once."""
+    import dagster as dg
+    from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
+
+    @dg.op
+    def fails() -> None:
+        raise RuntimeError("boom")
+
+    @dg.job
+    def failing() -> None:
+        fails()
+
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
+        run_id = failing.execute_in_process(instance=instance, raise_on_error=False).dagster_run.run_id
+        assert should_retry(instance.get_run_by_id(run_id), instance) is True
+        instance.add_run_tags(run_id, {"dagster/will_retry": "false"})  # as the reconciler does
+        assert should_retry(instance.get_run_by_id(run_id), instance) is False

@@ -213,7 +213,10 @@ def test_the_reconciler_runs_a_job_again_when_dagster_never_retried_its_failed_r
                                                  tags={JOB_ID_TAG: str(queued_job), "dagster/will_retry": "true"})
         _running_with_rows(engine, queued_job, [result.dagster_run.run_id])
         tick = sensors.reconcile_run_outcomes(dg.build_sensor_context(instance=instance, resources=resources))
+        failed_tags = instance.get_run_by_id(result.dagster_run.run_id).tags
     assert [r.run_key for r in tick.run_requests] == [f"{queued_job}/after/{result.dagster_run.run_id}"]
+    # Dagster's retry daemon, should it come back to this failure now, leaves it alone (one live run).
+    assert failed_tags["dagster/will_retry"] == "false" and failed_tags[sensors.RELAUNCHED_TAG] == "true"
     request = tick.run_requests[0]
     assert request.tags[JOB_ID_TAG] == str(queued_job)
     assert request.run_config["ops"]["plan_tiles"]["config"]["job_id"] == str(queued_job)

@@ -75,7 +75,9 @@ def runs_to_terminate(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list
 
 # A failed run Dagster said it would retry, with no retry this long after: the retry is not coming
 # (Dagster's retry daemon moves its cursor past a failure it could not handle, e.g. with Postgres down).
-RETRY_GRACE_S = 120
+# Its retry comes within seconds, or once the daemon is back (~20 s here after a kill); the reconciling
+# sensor then runs the job again itself and first tells Dagster not to retry (`sensors.RELAUNCHED_TAG`).
+RETRY_GRACE_S = 45
 
 
 def jobs_with_live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> set[UUID]:

@@ -119,6 +119,12 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
 # that failed is not evaluated again: Dagster moves the sensor's cursor past it).
 OUTCOME_GRACE_S = 30
 
+# On a failed run the reconciler runs again itself: Dagster's `dagster/will_retry` is set to false on it
+# (its retry daemon reads that tag before retrying, so a late retry cannot run the job twice at once),
+# and this tag says a new run was asked for (asked again, deduplicated by run key, should that fail).
+RELAUNCHED_TAG = "constellation/relaunched"
+WILL_RETRY_TAG = "dagster/will_retry"
+
 
 @dg.sensor(
     jobs=ALL_JOBS,
@@ -148,7 +154,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
         finished_at = record.end_time or 0
         if run.status not in OUTCOMES or time.time() - finished_at < OUTCOME_GRACE_S:
             continue
-        if run.tags.get("dagster/will_retry") == "true":
+        if run.tags.get(WILL_RETRY_TAG) == "true" or run.tags.get(RELAUNCHED_TAG) == "true":
             if time.time() - finished_at >= RETRY_GRACE_S:
                 unretried[UUID(job_id)] = run.run_id
             continue
@@ -170,6 +176,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
             launches = plan_launches(conn, context.instance, rows)
         for launch in launches:
             failed_run = unretried[launch.job_id]
+            context.instance.add_run_tags(failed_run, {WILL_RETRY_TAG: "false", RELAUNCHED_TAG: "true"})
             context.log.info(f"job {launch.job_id}: run {failed_run} failed and was never retried; running it again")
             requests.append(dg.RunRequest(run_key=f"{launch.job_id}/after/{failed_run}", job_name=launch.job_name,
                                           run_config=launch.run_config, tags=launch.tags))
