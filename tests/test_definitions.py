@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import dagster as dg
 import pytest
 from sqlalchemy import func, insert, select
@@ -213,10 +215,14 @@ def test_the_reconciler_runs_a_job_again_when_dagster_never_retried_its_failed_r
                                                  tags={JOB_ID_TAG: str(queued_job), "dagster/will_retry": "true"})
         _running_with_rows(engine, queued_job, [result.dagster_run.run_id])
         tick = sensors.reconcile_run_outcomes(dg.build_sensor_context(instance=instance, resources=resources))
-        failed_tags = instance.get_run_by_id(result.dagster_run.run_id).tags
+        failed = instance.get_run_by_id(result.dagster_run.run_id)
+        # The failed-run sensor coming to the failure late (its daemon was down) leaves the job running.
+        late = sensors.apply_run_outcome(logging.getLogger("test"), resources["db"], resources["bus"], failed,
+                                         dg.DagsterRunStatus.FAILURE, "run worker gone")
     assert [r.run_key for r in tick.run_requests] == [f"{queued_job}/after/{result.dagster_run.run_id}"]
     # Dagster's retry daemon, should it come back to this failure now, leaves it alone (one live run).
-    assert failed_tags["dagster/will_retry"] == "false" and failed_tags[sensors.RELAUNCHED_TAG] == "true"
+    assert failed.tags["dagster/will_retry"] == "false" and failed.tags[sensors.RELAUNCHED_TAG] == "true"
+    assert late is False
     request = tick.run_requests[0]
     assert request.tags[JOB_ID_TAG] == str(queued_job)
     assert request.run_config["ops"]["plan_tiles"]["config"]["job_id"] == str(queued_job)

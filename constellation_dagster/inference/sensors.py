@@ -53,6 +53,18 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) ->
     return _sensor
 
 
+# On a failed run the reconciler runs again itself: Dagster's `dagster/will_retry` is set to false on it
+# (its retry daemon reads that tag before retrying, so a late retry cannot run the job twice at once),
+# and this tag says a new run was asked for (asked again, deduplicated by run key, should that fail).
+RELAUNCHED_TAG = "constellation/relaunched"
+WILL_RETRY_TAG = "dagster/will_retry"
+
+
+def retry_pending(run: dg.DagsterRun) -> bool:
+    """Whether another run of this failed run's job is coming: Dagster's retry, or the reconciler's."""
+    return run.tags.get(WILL_RETRY_TAG) == "true" or run.tags.get(RELAUNCHED_TAG) == "true"
+
+
 OUTCOMES = {dg.DagsterRunStatus.SUCCESS: "succeeded", dg.DagsterRunStatus.FAILURE: "failed",
             dg.DagsterRunStatus.CANCELED: "canceled"}
 
@@ -64,7 +76,8 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
     job_id = run.tags.get(JOB_ID_TAG)
     if not job_id:
         return False
-    if status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "true":
+    if status == dg.DagsterRunStatus.FAILURE and retry_pending(run):
+        # (A run-status sensor may come to the failure late, after the reconciler ran the job again.)
         log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
         return False
     outcome = OUTCOMES[status]
@@ -119,11 +132,6 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
 # that failed is not evaluated again: Dagster moves the sensor's cursor past it).
 OUTCOME_GRACE_S = 30
 
-# On a failed run the reconciler runs again itself: Dagster's `dagster/will_retry` is set to false on it
-# (its retry daemon reads that tag before retrying, so a late retry cannot run the job twice at once),
-# and this tag says a new run was asked for (asked again, deduplicated by run key, should that fail).
-RELAUNCHED_TAG = "constellation/relaunched"
-WILL_RETRY_TAG = "dagster/will_retry"
 
 
 @dg.sensor(
@@ -154,7 +162,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
         finished_at = record.end_time or 0
         if run.status not in OUTCOMES or time.time() - finished_at < OUTCOME_GRACE_S:
             continue
-        if run.tags.get(WILL_RETRY_TAG) == "true" or run.tags.get(RELAUNCHED_TAG) == "true":
+        if retry_pending(run):
             if time.time() - finished_at >= RETRY_GRACE_S:
                 unretried[UUID(job_id)] = run.run_id
             continue
