@@ -23,7 +23,7 @@ help:
 	@echo "make stop    stop what 'make demo' started"
 	@echo "make generate regenerate openapi/spec.yaml from the API, then the TS and Go clients from it"
 
-install: $(PY_STAMP) postgres $(USAGE_BIN) $(WEB_STAMP) chromium
+install: $(PY_STAMP) postgres $(USAGE_BIN) $(WEB_STAMP) chromium prometheus
 
 # Node: the web workspace's exact tree from its lock file.
 $(WEB_STAMP): web/package.json web/package-lock.json
@@ -55,6 +55,14 @@ chromium:
 	echo "installing chromium (Debian)"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 .PHONY: chromium
+
+# Debian's Prometheus: `make demo` scrapes the stack with it, the e2e tests query it.
+prometheus:
+	@if [ -x /usr/bin/prometheus ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "prometheus missing: run as root, or apt-get install prometheus"; exit 1; fi; \
+	echo "installing prometheus (Debian)"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+.PHONY: prometheus
 
 $(USAGE_BIN): $(GO_SRC)
 	cd usage_go && go build -o bin/usage ./cmd/usage

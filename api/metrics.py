@@ -11,4 +11,6 @@ LATENCY = Histogram(
 )
 JOBS_SUBMITTED = Counter("constellation_jobs_submitted_total", "Jobs accepted by POST /jobs")
 STREAM_CLIENTS = Gauge("constellation_stream_clients", "Connected WebSocket stream clients")
+# Read from Postgres when scraped (every API process sees the same figures; the job table is the truth).
+JOBS_BY_STATE = Gauge("constellation_jobs", "Jobs in each state, all accounts", ["state"])
 STREAM_DROPPED = Counter("constellation_stream_clients_dropped_total", "Stream clients dropped for being too slow")

@@ -128,8 +128,38 @@ def sample_all(devices: list[Device], engine: Engine) -> list[GpuSample]:
     ]
 
 
-async def run_agent(devices: list[Device], engine: Engine, nats_url: str, *, interval: float = 1.0) -> None:
-    """Sample every device every `interval` seconds and publish, until cancelled."""
+class DcgmExporter:
+    """The latest samples as Prometheus gauges under DCGM exporter's metric and label names (`gpu`,
+    `UUID`, `modelName`, `Hostname`), so the community DCGM Grafana board works unchanged; simulated
+    devices carry `simulated="true"`. A field a device has no sensor for is left out, not zero."""
+
+    def __init__(self, registry=None) -> None:
+        from prometheus_client import REGISTRY, Gauge
+
+        self.registry = registry or REGISTRY
+        labels = ["gpu", "UUID", "modelName", "Hostname", "simulated"]
+        self.gauges = {name: Gauge(name, f"DCGM field {name} (as dcgm-exporter names it)", labels,
+                                   registry=self.registry) for name in FIELDS}
+
+    def update(self, devices: list[Device], samples: list[GpuSample]) -> None:
+        import socket
+
+        by_uuid = {d.uuid: d for d in devices}
+        for sample in samples:
+            device = by_uuid.get(sample.device_uuid)
+            labels = {"gpu": str(device.index if device else 0), "UUID": sample.device_uuid,
+                      "modelName": sample.name, "Hostname": (device.node if device and device.node else
+                                                             socket.gethostname()),
+                      "simulated": str(sample.simulated).lower()}
+            for name, value in sample.fields.items():
+                if name in self.gauges and value is not None:
+                    self.gauges[name].labels(**labels).set(value)
+
+
+async def run_agent(devices: list[Device], engine: Engine, nats_url: str, *, interval: float = 1.0,
+                    exporter: DcgmExporter | None = None) -> None:
+    """Sample every device every `interval` seconds and publish (and export, given an exporter),
+    until cancelled."""
     from constellation_core.bus import connect
 
     if any(d.kind == "cuda" for d in devices):
@@ -142,7 +172,10 @@ async def run_agent(devices: list[Device], engine: Engine, nats_url: str, *, int
         while True:
             started = loop.time()
             try:
-                for sample in await asyncio.to_thread(sample_all, devices, engine):
+                samples = await asyncio.to_thread(sample_all, devices, engine)
+                if exporter is not None:
+                    exporter.update(devices, samples)
+                for sample in samples:
                     await nc.publish(sample.subject, sample.model_dump_json().encode())
             except Exception:  # noqa: BLE001 - Postgres or NATS away for a moment: skip this sample, not the agent
                 log.warning("sampling the devices failed; trying again next interval", exc_info=True)

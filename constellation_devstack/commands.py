@@ -16,6 +16,8 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import make_url
 
+from constellation_core.settings import REPO_ROOT, Settings, get_settings
+from constellation_core.waiting import free_port, wait_for
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, NatsServer
 from constellation_devstack.pgbouncer import PgBouncer
 from constellation_devstack.postgres import (
@@ -25,6 +27,7 @@ from constellation_devstack.postgres import (
     ensure_login_roles,
     with_login,
 )
+from constellation_devstack.prometheus import PrometheusServer, Target
 from constellation_devstack.setup import (
     create_database,
     create_stream,
@@ -32,8 +35,6 @@ from constellation_devstack.setup import (
     prepare_stack,
     schema_at_head,
 )
-from constellation_core.settings import REPO_ROOT, Settings, get_settings
-from constellation_core.waiting import free_port, wait_for
 
 app = typer.Typer(help="Run Constellation's local stack.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -48,6 +49,14 @@ def _local_cluster(settings: Settings) -> PostgresCluster:
 def _local_nats(settings: Settings) -> NatsServer:
     port = int(settings.nats_url.rsplit(":", 1)[1])
     return NatsServer(settings.local_dir / "nats" / "jetstream", port)
+
+
+def _local_prometheus(settings: Settings) -> PrometheusServer:
+    """The demo's Prometheus: it scrapes the API (with its token), the GPU agent and the usage service."""
+    return PrometheusServer(settings.local_dir / "prometheus", settings.prometheus_port, [
+        Target("api", [f"127.0.0.1:{settings.api_port}"], token=True),
+        Target("gpu-agent", [f"127.0.0.1:{settings.gpu_agent_metrics_port}"]),
+    ])
 
 
 def _local_pgbouncer(settings: Settings) -> PgBouncer:
@@ -150,6 +159,13 @@ def pgbouncer() -> None:
 
 
 @app.command()
+def prometheus() -> None:
+    """Run the demo's Prometheus in the foreground (for the supervisor)."""
+    argv = _local_prometheus(get_settings()).argv()
+    os.execvp(argv[0], argv)
+
+
+@app.command()
 def nats() -> None:
     """Run the demo's NATS with JetStream in the foreground (for the supervisor)."""
     server = _local_nats(get_settings())
@@ -160,19 +176,26 @@ def nats() -> None:
 
 @app.command()
 def gpu_agent(interval: Annotated[float, typer.Option(help="Seconds between samples")] = 1.0) -> None:
-    """Sample every device (NVML, or the honest figures of simulated/CPU devices) and publish to NATS."""
+    """Sample every device (NVML, or the honest figures of simulated/CPU devices), publish to NATS and
+    export to Prometheus (DCGM exporter's names, on 127.0.0.1:`gpu_agent_metrics_port`)."""
     import asyncio
+
+    from prometheus_client import start_http_server
 
     from constellation_core.db import sync_engine
     from constellation_core.devices import discover
     from constellation_core.logs import configure_logging
-    from constellation_core.telemetry import run_agent
+    from constellation_core.telemetry import DcgmExporter, run_agent
 
     settings = get_settings()
     configure_logging("gpu-agent", settings.log_level)
     devices = discover()
-    typer.echo(f"gpu-agent: sampling {', '.join(d.label for d in devices)} every {interval}s")
-    asyncio.run(run_agent(devices, sync_engine(settings.sync_database_url), settings.nats_url, interval=interval))
+    exporter = DcgmExporter()
+    start_http_server(settings.gpu_agent_metrics_port, addr="127.0.0.1")
+    typer.echo(f"gpu-agent: sampling {', '.join(d.label for d in devices)} every {interval}s; metrics on "
+               f"127.0.0.1:{settings.gpu_agent_metrics_port}")
+    asyncio.run(run_agent(devices, sync_engine(settings.sync_database_url), settings.nats_url, interval=interval,
+                          exporter=exporter))
 
 
 @app.command()
@@ -277,6 +300,8 @@ def _credentials_env(settings: Settings, program: str, *, local_postgres: bool, 
         env["DAGSTER_PG_URL"] = storage if program == "setup" else _local_pgbouncer(settings).pooled_url(storage)
         if program == "setup":
             env[PG_CREDENTIALS_ENV] = str(_local_cluster(settings).credentials_file)
+    if program == "api" and not settings.metrics_token:  # the token Prometheus scrapes /metrics with
+        env["CONSTELLATION_METRICS_TOKEN"] = _local_prometheus(settings).token()
     return env
 
 
@@ -337,6 +362,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         _program("dagster-daemon", f"{dev} wait-ready --code-server {BIN / 'dagster-daemon'} run -w workspace.yaml",
                  priority=30),
         _program("gpu-agent", f"{dev} wait-ready {dev} gpu-agent", priority=30),
+        _program("prometheus", f"{dev} prometheus", priority=30),
         _program("dispatcher", f"{dev} wait-ready {dev} dispatcher", priority=30),
         _program("device-workers", f"{dev} wait-ready {dev} device-workers", priority=30),
         _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30),

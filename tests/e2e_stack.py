@@ -26,6 +26,7 @@ from constellation_devstack.commands import code_server_serving
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, url_for
 from constellation_devstack.pgbouncer import PgBouncer
 from constellation_devstack.postgres import PROGRAM_ROLES
+from constellation_devstack.prometheus import PrometheusServer, Target
 from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
 from tests.conftest import fresh_database_url, role_password, role_url
 from tests.processes import BIN, ManagedProcess
@@ -83,6 +84,12 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     with DagsterInstance.from_config(str(home)) as instance:
         ensure_model(instance, ModelTrainingConfig(epochs=3, train_patches=2000))
     api_port, dagit_port, usage_port, code_port = free_port(), free_port(), free_port(), free_port()
+    agent_metrics_port = free_port()
+    # Prometheus scrapes the API (with the metrics token) and the GPU agent's exporter, as in `make demo`.
+    prometheus = PrometheusServer(tmp / "prometheus", free_port(), [
+        Target("api", [f"127.0.0.1:{api_port}"], token=True),
+        Target("gpu-agent", [f"127.0.0.1:{agent_metrics_port}"]),
+    ])
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -93,6 +100,8 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
         "DAGSTER_CODE_SERVER_PORT": str(code_port),
         "USAGE_PORT": str(usage_port),
+        "GPU_AGENT_METRICS_PORT": str(agent_metrics_port),
+        "CONSTELLATION_METRICS_TOKEN": prometheus.token(),
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
@@ -123,6 +132,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     ]
     processes = [*first, code_server, *dagster]
     try:
+        prometheus.start()
         for process in first:
             process.start()
         wait_for(lambda: port_open("127.0.0.1", pooler.port), timeout=20, what="PgBouncer", interval=0.1)
@@ -138,8 +148,9 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=60, what="API ready")
         yield {"api": api, "ws": f"ws://127.0.0.1:{api_port}", "dagit": f"http://127.0.0.1:{dagit_port}",
                "processes": processes, "database_url": database_url, "dagster_home": str(home),
-               "local_dir": local_dir}
+               "local_dir": local_dir, "prometheus": prometheus.url}
     finally:
+        prometheus.stop()
         for process in processes:
             if process.process is not None and not process.alive():
                 print(f"--- {process.name} exited early; its log:\n{process.log_tail()}")
@@ -147,8 +158,8 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         patch.undo()  # later modules must not inherit this stack's environment
         get_settings.cache_clear()
         if keep := os.environ.get("CONSTELLATION_E2E_KEEP_LOGS"):  # a folder to keep every process's log in
-            for process in processes:
-                if process.log_path.exists():
+            for log in [*(p.log_path for p in processes), tmp / "prometheus" / "prometheus.log"]:
+                if log.exists():
                     Path(keep).mkdir(parents=True, exist_ok=True)
-                    shutil.copy(process.log_path, Path(keep) / process.log_path.name)
+                    shutil.copy(log, Path(keep) / log.name)
         shutil.rmtree(tmp, ignore_errors=True)

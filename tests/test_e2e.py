@@ -174,6 +174,30 @@ def test_dagit_lists_the_code_location(stack):
     assert wait_for(loaded, timeout=90, what="Dagit to load the code location")
 
 
+def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry(stack):
+    """The stack's Prometheus scrapes the API (with the metrics token) and the GPU agent: after a job,
+    its query API has the job counts by state and each device's telemetry under DCGM exporter's names
+    and labels, simulated devices labelled so."""
+    prometheus = stack["prometheus"]
+
+    def query(promql: str) -> list[dict]:
+        answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql}, timeout=10).json()
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    wait_for(lambda: {r["metric"]["job"]: r["value"][1] for r in query("up")} == {
+        "prometheus": "1", "api": "1", "gpu-agent": "1"}, timeout=60, what="every target scraped and up")
+    wait_for(lambda: query('constellation_jobs{state="succeeded"} >= 1'), timeout=60,
+             what="a succeeded job counted in Prometheus")
+    utilization = wait_for(lambda: len(found := query("DCGM_FI_DEV_GPU_UTIL")) == len(SIMULATED) and found,
+                           timeout=60, what="every device's utilization in Prometheus")
+    for series in utilization:
+        labels = series["metric"]
+        assert {"gpu", "UUID", "modelName", "Hostname"} <= set(labels), labels
+        assert labels["simulated"] == "true"
+    assert query("DCGM_FI_DEV_FB_USED"), "the devices' memory in use"
+
+
 def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):
     account = account_in(stack["database_url"], "e2e-five")
     submitted = {}
