@@ -52,10 +52,12 @@ def _local_nats(settings: Settings) -> NatsServer:
 
 
 def _local_prometheus(settings: Settings) -> PrometheusServer:
-    """The demo's Prometheus: it scrapes the API (with its token), the GPU agent and the usage service."""
+    """The demo's Prometheus: it scrapes the API (with its token), the GPU agent's exporter and the usage
+    service."""
     return PrometheusServer(settings.local_dir / "prometheus", settings.prometheus_port, [
         Target("api", [f"127.0.0.1:{settings.api_port}"], token=True),
         Target("gpu-agent", [f"127.0.0.1:{settings.gpu_agent_metrics_port}"]),
+        Target("usage", [f"127.0.0.1:{settings.usage_port}"]),
     ])
 
 
@@ -276,6 +278,8 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
                 f"  Dashboard:  {api_url}/app/signin/#key={key}   (demo: the dev key is filled in)",
                 f"  Dagit:      {settings.dagit_base_url}",
                 f"  Usage:      {api_url}/usage/leaderboard (also http://127.0.0.1:{settings.usage_port})",
+                f"  Prometheus: http://127.0.0.1:{settings.prometheus_port}   (the API, GPU telemetry as DCGM "
+                f"names; 15 days in {settings.local_dir}/prometheus)",
                 f"  Dev API key (account 'demo', admin): {key}",
                 f"  Try:        curl -H 'Authorization: Bearer {key}' {api_url}/readyz",
                 f"  Logs:       {settings.local_dir}/logs/     Stop: Ctrl-C or `make stop`",

@@ -89,6 +89,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     prometheus = PrometheusServer(tmp / "prometheus", free_port(), [
         Target("api", [f"127.0.0.1:{api_port}"], token=True),
         Target("gpu-agent", [f"127.0.0.1:{agent_metrics_port}"]),
+        Target("usage", [f"127.0.0.1:{usage_port}"]),
     ])
     env = {
         **os.environ,

@@ -175,7 +175,8 @@ def test_dagit_lists_the_code_location(stack):
 
 
 def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry(stack):
-    """The stack's Prometheus scrapes the API (with the metrics token) and the GPU agent: after a job,
+    """The stack's Prometheus scrapes the API (with the metrics token), the GPU agent and the usage
+    service: after a job,
     its query API has the job counts by state and each device's telemetry under DCGM exporter's names
     and labels, simulated devices labelled so."""
     prometheus = stack["prometheus"]
@@ -186,7 +187,7 @@ def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry
         return answer["data"]["result"]
 
     wait_for(lambda: {r["metric"]["job"]: r["value"][1] for r in query("up")} == {
-        "prometheus": "1", "api": "1", "gpu-agent": "1"}, timeout=60, what="every target scraped and up")
+        "prometheus": "1", "api": "1", "gpu-agent": "1", "usage": "1"}, timeout=60, what="every target scraped and up")
     wait_for(lambda: query('constellation_jobs{state="succeeded"} >= 1'), timeout=60,
              what="a succeeded job counted in Prometheus")
     utilization = wait_for(lambda: len(found := query("DCGM_FI_DEV_GPU_UTIL")) == len(SIMULATED) and found,
