@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.accounts.auth import Account, authenticate, key_from_headers
+from api.metrics import NATS_PUBLISH_FAILURES
 from constellation_core.bus import publish_events
 from constellation_core.events import Event
 from constellation_core.settings import Settings
@@ -54,6 +55,7 @@ class EventPublisher:
         try:
             await publish_events(self._nats.jetstream(), events)
         except Exception:  # noqa: BLE001 - see class docstring
+            NATS_PUBLISH_FAILURES.inc(len(events))
             log.warning("could not publish events to NATS", exc_info=True, extra={"event_ids": [e.id for e in events]})
 
 

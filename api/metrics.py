@@ -14,3 +14,9 @@ STREAM_CLIENTS = Gauge("constellation_stream_clients", "Connected WebSocket stre
 # Read from Postgres when scraped (every API process sees the same figures; the job table is the truth).
 JOBS_BY_STATE = Gauge("constellation_jobs", "Jobs in each state, all accounts", ["state"])
 STREAM_DROPPED = Counter("constellation_stream_clients_dropped_total", "Stream clients dropped for being too slow")
+EVENT_LAG = Histogram(
+    "constellation_stream_event_lag_seconds", "An event's commit (its `ts`) to its send on a live WebSocket",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+NATS_PUBLISH_FAILURES = Counter("constellation_nats_publish_failures_total",
+                                "Events the API could not publish to NATS (stream clients resume from Postgres)")

@@ -29,9 +29,10 @@ class Settings(BaseSettings):
     dagster_code_server_host: str = "127.0.0.1"
     dagster_code_server_port: int = 4266
     usage_port: int = 8081
-    # Prometheus (started by `make demo`) and the GPU agent's exporter it scrapes.
+    # Prometheus (started by `make demo`) and the exporters it scrapes besides the API's /metrics.
     prometheus_port: int = 9090
     gpu_agent_metrics_port: int = 9400  # dcgm-exporter's port
+    dispatcher_metrics_port: int = 9401
     # PgBouncer in front of the demo's own Postgres, for Dagster's many short connections.
     pgbouncer_port: int = 55433
     # Public base URL of Dagit, used for links from jobs to their runs.

@@ -12,11 +12,14 @@ terminate the job's live runs; the `terminate_canceled_runs` sensor reconciles w
 
 import asyncio
 import logging
+import time
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 from uuid import UUID
 
 from dagster import DagsterInstance
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine
 
 from constellation_core.bus import connect
@@ -26,6 +29,13 @@ from constellation_dagster.inference.dispatch import claim_launches, release, ru
 log = logging.getLogger(__name__)
 LOCATION = "constellation_dagster"
 RETRY_S = 1.0  # after a failed launch (Dagit down), the next try
+
+# Exported on 127.0.0.1:`dispatcher_metrics_port` (`constellation-dev dispatcher`), scraped by Prometheus.
+LAUNCHES = Counter("constellation_run_launches_total", "Runs the dispatcher asked Dagit for, by outcome", ["outcome"])
+LAUNCH_SECONDS = Histogram("constellation_run_launch_duration_seconds", "One launch through Dagit's GraphQL API",
+                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+QUEUE_WAIT = Histogram("constellation_job_queue_wait_seconds", "A job's submission to its run's launch", ["mode"],
+                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
 REPOSITORY = "__repository__"
 
 
@@ -57,15 +67,21 @@ def dispatch_once(engine: Engine, instance: DagsterInstance, client: DagsterGrap
 
 
 def _launch(client: DagsterGraphQLClient, launch) -> bool:
+    started = time.monotonic()
     try:
         run_id = client.submit_job_execution(
             launch.job_name, repository_location_name=LOCATION, repository_name=REPOSITORY,
             run_config=launch.run_config, tags=launch.tags,
         )
     except Exception:  # noqa: BLE001 - the reconciler sensor takes the job instead
+        LAUNCHES.labels(outcome="failed").inc()
         log.warning("launch failed; leaving the job to the dispatch sensor", exc_info=True,
                     extra={"job_id": str(launch.job_id)})
         return False
+    LAUNCHES.labels(outcome="launched").inc()
+    LAUNCH_SECONDS.observe(time.monotonic() - started)
+    if launch.created_at is not None:
+        QUEUE_WAIT.labels(mode=launch.mode).observe(max(0.0, (datetime.now(UTC) - launch.created_at).total_seconds()))
     log.info("run launched", extra={"job_id": str(launch.job_id), "dagster_run_id": run_id,
                                     "dagster_job": launch.job_name})
     return True

@@ -52,12 +52,13 @@ def _local_nats(settings: Settings) -> NatsServer:
 
 
 def _local_prometheus(settings: Settings) -> PrometheusServer:
-    """The demo's Prometheus: it scrapes the API (with its token), the GPU agent's exporter and the usage
-    service."""
+    """The demo's Prometheus: it scrapes the API (with its token), the GPU agent's exporter, the usage
+    service and the dispatcher."""
     return PrometheusServer(settings.local_dir / "prometheus", settings.prometheus_port, [
         Target("api", [f"127.0.0.1:{settings.api_port}"], token=True),
         Target("gpu-agent", [f"127.0.0.1:{settings.gpu_agent_metrics_port}"]),
         Target("usage", [f"127.0.0.1:{settings.usage_port}"]),
+        Target("dispatcher", [f"127.0.0.1:{settings.dispatcher_metrics_port}"]),
     ])
 
 
@@ -223,12 +224,15 @@ def dispatcher() -> None:
     """Launch a Dagster run the moment a job is queued (the dispatch sensor reconciles behind it)."""
     import asyncio
 
+    from prometheus_client import start_http_server
+
     from constellation_core.db import sync_engine
     from constellation_core.logs import configure_logging
     from constellation_dagster.dispatcher import run_dispatcher
 
     settings = get_settings()
     configure_logging("dispatcher", settings.log_level)
+    start_http_server(settings.dispatcher_metrics_port, addr="127.0.0.1")  # launches and queue waits
     asyncio.run(run_dispatcher(sync_engine(settings.sync_database_url), settings.nats_url, settings.dagit_base_url))
 
 

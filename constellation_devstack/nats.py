@@ -20,7 +20,7 @@ from pathlib import Path
 
 from constellation_core.bus import without_credentials
 from constellation_core.events import STREAM_NAME, SUBJECT_ROOT
-from constellation_core.waiting import port_open, wait_for
+from constellation_core.waiting import port_open, terminate, wait_for
 from constellation_devstack import credentials
 
 JOB_EVENTS = f"{SUBJECT_ROOT}.jobs.>"
@@ -132,9 +132,4 @@ class NatsServer:
         wait_for(lambda: port_open("127.0.0.1", self.port), timeout=timeout, what=f"NATS on port {self.port}")
 
     def stop(self) -> None:
-        if self._process and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+        terminate(self._process)

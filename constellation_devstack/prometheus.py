@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from constellation_core.waiting import port_open, wait_for
+from constellation_core.waiting import port_open, terminate, wait_for
 from constellation_devstack import credentials
 
 BINARY = "/usr/bin/prometheus"
@@ -95,9 +95,4 @@ class PrometheusServer:
             return False
 
     def stop(self) -> None:
-        if self._process and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+        terminate(self._process)

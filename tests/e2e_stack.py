@@ -84,12 +84,13 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     with DagsterInstance.from_config(str(home)) as instance:
         ensure_model(instance, ModelTrainingConfig(epochs=3, train_patches=2000))
     api_port, dagit_port, usage_port, code_port = free_port(), free_port(), free_port(), free_port()
-    agent_metrics_port = free_port()
+    agent_metrics_port, dispatcher_metrics_port = free_port(), free_port()
     # Prometheus scrapes the API (with the metrics token) and the GPU agent's exporter, as in `make demo`.
     prometheus = PrometheusServer(tmp / "prometheus", free_port(), [
         Target("api", [f"127.0.0.1:{api_port}"], token=True),
         Target("gpu-agent", [f"127.0.0.1:{agent_metrics_port}"]),
         Target("usage", [f"127.0.0.1:{usage_port}"]),
+        Target("dispatcher", [f"127.0.0.1:{dispatcher_metrics_port}"]),
     ])
     env = {
         **os.environ,
@@ -102,6 +103,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         "DAGSTER_CODE_SERVER_PORT": str(code_port),
         "USAGE_PORT": str(usage_port),
         "GPU_AGENT_METRICS_PORT": str(agent_metrics_port),
+        "DISPATCHER_METRICS_PORT": str(dispatcher_metrics_port),
         "CONSTELLATION_METRICS_TOKEN": prometheus.token(),
         "PYTHONUNBUFFERED": "1",
         **(env or {}),

@@ -293,19 +293,25 @@ def test_gpu_telemetry_returns_the_recent_samples_the_api_received(client, make_
     assert client.get(f"/gpus/{device}/telemetry", params={"seconds": 0}, headers=admin.headers).status_code == 422
 
 
-def _planning_held_until_released(flags, area_geojson, zoom, max_tiles):
-    """Runs in a planning process: says it started, then plans once the test releases it (files, since
-    it is another process)."""
+def _enter_and_wait_for_release(flags) -> None:
+    """In a planning process: say it started (`entered`, `entered-<pid>`), then wait for the test's
+    `release` (files, since it is another process)."""
     import os
     import time
-
-    from api.planning import plan_job_area
 
     (flags / "entered").touch()
     (flags / f"entered-{os.getpid()}").touch()
     deadline = time.monotonic() + 30
     while not (flags / "release").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _planning_held_until_released(flags, area_geojson, zoom, max_tiles):
+    """Runs in a planning process: says it started, then plans once the test releases it (files, since
+    it is another process)."""
+    from api.planning import plan_job_area
+
+    _enter_and_wait_for_release(flags)
     return plan_job_area(area_geojson, zoom, max_tiles)
 
 
@@ -331,34 +337,36 @@ def _call_in_thread(client, answers: dict, name: str, method: str, path: str, **
     return thread
 
 
+def _healthz_answered_while_held(client, account, flags, area: dict, held: str) -> None:
+    """An estimate of `area` whose `held` work waits in a planning process for the test: `/healthz` is
+    answered meanwhile, and the estimate once released."""
+    answers: dict[str, int] = {}
+    estimate = _call_in_thread(client, answers, "estimate", "POST", "/jobs/estimate",
+                               json={"zoom": 14, "area": area}, headers=account.headers)
+    try:
+        wait_for(lambda: (flags / "entered").exists(), timeout=20, what=f"the estimate's {held} to start",
+                 interval=0.01)
+        _call_in_thread(client, answers, "healthz", "GET", "/healthz").join(timeout=5)
+        assert answers.get("healthz") == 200, f"/healthz waited on another request's {held}"
+    finally:
+        (flags / "release").touch()
+        estimate.join(timeout=30)
+    assert answers["estimate"] == 200
+
+
 def test_planning_an_area_does_not_hold_up_other_requests(client, make_account, monkeypatch, tmp_path):
     """Tile planning runs off the event loop (in a planning process): while one request's planning is
     still going, `/healthz` (and every other request) is answered."""
     account = make_account()
     _hold_planning(monkeypatch, tmp_path)
-    answers: dict[str, int] = {}
-    estimate = _call_in_thread(client, answers, "estimate", "POST", "/jobs/estimate",
-                               json={"zoom": 14, "area": DETAILED_GENEVA}, headers=account.headers)
-    try:
-        wait_for(lambda: (tmp_path / "entered").exists(), timeout=20, what="the estimate's planning to start",
-                 interval=0.01)
-        _call_in_thread(client, answers, "healthz", "GET", "/healthz").join(timeout=5)
-        assert answers.get("healthz") == 200, "/healthz waited on another request's tile planning"
-    finally:
-        (tmp_path / "release").touch()
-        estimate.join(timeout=30)
-    assert answers["estimate"] == 200
+    _healthz_answered_while_held(client, account, tmp_path, DETAILED_GENEVA, "tile planning")
 
 
 def _parsing_held_until_released(flags, body: bytes):
     """Runs in a planning process: parses a request body once the test releases it."""
     import json
-    import time
 
-    (flags / "entered").touch()
-    deadline = time.monotonic() + 30
-    while not (flags / "release").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _enter_and_wait_for_release(flags)
     return json.loads(body)
 
 
@@ -371,18 +379,7 @@ def test_a_large_body_is_parsed_off_the_event_loop(client, make_account, monkeyp
     ring = [[6.14 + 0.01 * math.cos(2 * math.pi * i / 4000), 46.20 + 0.01 * math.sin(2 * math.pi * i / 4000)]
             for i in range(4000)]
     area = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
-    answers: dict[str, int] = {}
-    estimate = _call_in_thread(client, answers, "estimate", "POST", "/jobs/estimate",
-                               json={"zoom": 14, "area": area}, headers=account.headers)
-    try:
-        wait_for(lambda: (tmp_path / "entered").exists(), timeout=20, what="the body's parsing to start",
-                 interval=0.01)
-        _call_in_thread(client, answers, "healthz", "GET", "/healthz").join(timeout=5)
-        assert answers.get("healthz") == 200, "/healthz waited on another request's JSON parsing"
-    finally:
-        (tmp_path / "release").touch()
-        estimate.join(timeout=30)
-    assert answers["estimate"] == 200
+    _healthz_answered_while_held(client, account, tmp_path, area, "JSON parsing")
 
 
 def test_a_small_area_is_not_queued_behind_large_ones(client, make_account, monkeypatch, tmp_path):

@@ -175,10 +175,10 @@ def test_dagit_lists_the_code_location(stack):
 
 
 def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry(stack):
-    """The stack's Prometheus scrapes the API (with the metrics token), the GPU agent and the usage
-    service: after a job,
-    its query API has the job counts by state and each device's telemetry under DCGM exporter's names
-    and labels, simulated devices labelled so."""
+    """The stack's Prometheus scrapes the API (with the metrics token), the GPU agent, the usage service
+    and the dispatcher: after a job, its query API has the job counts by state, the dispatcher's launches
+    and queue waits, and each device's telemetry under DCGM exporter's names and labels, simulated
+    devices labelled so."""
     prometheus = stack["prometheus"]
 
     def query(promql: str) -> list[dict]:
@@ -187,7 +187,13 @@ def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry
         return answer["data"]["result"]
 
     wait_for(lambda: {r["metric"]["job"]: r["value"][1] for r in query("up")} == {
-        "prometheus": "1", "api": "1", "gpu-agent": "1", "usage": "1"}, timeout=60, what="every target scraped and up")
+        "prometheus": "1", "api": "1", "gpu-agent": "1", "usage": "1", "dispatcher": "1"}, timeout=60,
+        what="every target scraped and up")
+    # A job of its own, launched by the dispatcher now that Dagit is up (the stack's first job may have
+    # been launched by the dispatch sensor while Dagit was still starting).
+    account = account_in(stack["database_url"])
+    job = _wait_terminal(stack, account, _submit(stack, account, area=GENEVA, zoom=14))
+    assert job["state"] == "succeeded"
     wait_for(lambda: query('constellation_jobs{state="succeeded"} >= 1'), timeout=60,
              what="a succeeded job counted in Prometheus")
     utilization = wait_for(lambda: len(found := query("DCGM_FI_DEV_GPU_UTIL")) == len(SIMULATED) and found,
@@ -197,6 +203,9 @@ def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry
         assert {"gpu", "UUID", "modelName", "Hostname"} <= set(labels), labels
         assert labels["simulated"] == "true"
     assert query("DCGM_FI_DEV_FB_USED"), "the devices' memory in use"
+    wait_for(lambda: query('constellation_run_launches_total{outcome="launched"} >= 1'), timeout=30,
+             what="the dispatcher's launches in Prometheus")
+    assert query("constellation_job_queue_wait_seconds_count >= 1"), "queue waits, by mode"
 
 
 def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
@@ -14,6 +15,7 @@ from api import access
 from api.accounts.auth import Account, authenticate, key_from_headers
 from api.errors import Problem, Unauthorized, problem_response
 from api.events.service import Delivered, history
+from api.metrics import EVENT_LAG
 from api.stream.hub import Subscriber
 from constellation_core.events import Event
 from constellation_core.telemetry import GpuSample
@@ -73,6 +75,8 @@ async def stream(
             if delivered.fresh_live(event) if live else delivered.fresh(event):
                 await websocket.send_text(event.model_dump_json())
                 delivered.mark(event)
+                if live:
+                    EVENT_LAG.observe(max(0.0, (datetime.now(UTC) - event.ts).total_seconds()))
 
     control: asyncio.Future | None = None
     try:

@@ -44,6 +44,8 @@ class Launch:
     job_name: str
     run_config: dict
     tags: dict[str, str]
+    mode: str = "parallel"
+    created_at: datetime | None = None  # the job's submission (its queue wait ends at the launch)
 
 
 def claim_launches(
@@ -98,7 +100,8 @@ def _claim_due_jobs(conn: Connection, limit: int):
     first; marks them asked for now."""
     window = timedelta(seconds=get_settings().redispatch_after_s)
     due = (
-        select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params)
+        select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params,
+               jobs.c.created_at)
         .where(
             jobs.c.state == "queued",
             jobs.c.dagster_run_id.is_(None),
@@ -143,6 +146,8 @@ def plan_launches(conn: Connection, instance: dg.DagsterInstance, rows) -> list[
                     CORRELATION_TAG: row.correlation_id or "",
                     "dagster/priority": str(row.priority),
                 },
+                mode=row.params.get("mode", "parallel"),
+                created_at=getattr(row, "created_at", None),
             )
         )
     return launches
