@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from websockets.sync.client import connect as ws_connect
@@ -30,6 +30,7 @@ from constellation_core.db import migrate
 from constellation_core.devices import simulated_devices
 from constellation_core.vocabulary import TERMINAL_JOB_STATES
 from constellation_core.waiting import Timeout, free_port, wait_for
+from constellation_dagster.instance import WORKER_TAG
 from constellation_devstack.commands import processes_carrying
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, NatsServer
 from constellation_devstack.postgres import PG_CREDENTIALS_ENV, PostgresCluster
@@ -99,6 +100,26 @@ class ResumingClient(threading.Thread):
             except Exception:  # noqa: BLE001 - the API or NATS died under it: resume
                 self.reconnects += 1
                 self.done.wait(0.5)
+
+
+_TERMINAL = {DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED}
+
+
+def _terminal_events(instance, record) -> list[tuple[float, int | None, str]]:
+    return [(e.timestamp, e.dagster_event.pid if e.dagster_event else None, e.user_message[:80])
+            for e in instance.all_logs(record.dagster_run.run_id, of_type=_TERMINAL)]
+
+
+def _stopped_being_live(instance, record) -> float | None:
+    """When a run stopped running: the last end its own run worker wrote; when the worker wrote none
+    (it died), the first end anyone wrote for it. Not the run record's end time: when Postgres restarts
+    under a run worker's last write, Dagster's monitor later marks the long-dead run failed again."""
+    worker_pid = record.dagster_run.tags.get(WORKER_TAG, "").split(":")[0]
+    ends = _terminal_events(instance, record)
+    own = [ts for ts, pid, _ in ends if worker_pid and str(pid) == worker_pid]
+    if own:
+        return max(own)
+    return min((ts for ts, _, _ in ends), default=record.end_time)
 
 
 def _kill(pid: int) -> None:
@@ -271,10 +292,13 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
                     runs = sorted((r for r in instance.get_run_records(RunsFilter(
                         tags={"constellation/job_id": job_id}))), key=lambda r: r.start_time or 0)
                     for earlier, later in zip(runs, runs[1:]):
-                        if later.start_time and (earlier.end_time is None or later.start_time < earlier.end_time):
+                        earlier_end = _stopped_being_live(instance, earlier)
+                        if later.start_time and (earlier_end is None or later.start_time < earlier_end):
                             overlapping.append([(r.dagster_run.run_id[:8], r.dagster_run.status.value, r.start_time,
-                                                 r.end_time, {k: v for k, v in r.dagster_run.tags.items()
-                                                              if k.startswith("dagster/")})
+                                                 _stopped_being_live(instance, r), r.end_time,
+                                                 {k: v for k, v in r.dagster_run.tags.items()
+                                                  if k.startswith("dagster/") or k == WORKER_TAG},
+                                                 _terminal_events(instance, r))
                                                 for r in (earlier, later)])
             figures["held_slots"] = sum(len(slots) for slots in held.values())
             figures["open_steps"] = open_steps

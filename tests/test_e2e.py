@@ -191,7 +191,7 @@ def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry
         what="every target scraped and up")
     # A job of its own, launched by the dispatcher now that Dagit is up (the stack's first job may have
     # been launched by the dispatch sensor while Dagit was still starting).
-    account = account_in(stack["database_url"])
+    account = account_in(stack["database_url"], "e2e-metrics")
     job = _wait_terminal(stack, account, _submit(stack, account, area=GENEVA, zoom=14))
     assert job["state"] == "succeeded"
     wait_for(lambda: query('constellation_jobs{state="succeeded"} >= 1'), timeout=60,
