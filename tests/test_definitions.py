@@ -229,6 +229,33 @@ def test_the_reconciler_runs_a_job_again_when_dagster_never_retried_its_failed_r
     assert _job_outcome(engine, queued_job)[0] == "running", "the job carries on"
 
 
+def test_the_reconciler_runs_a_job_again_when_dagsters_retry_could_not_be_created(
+        engine, database_url, nats_url, queued_job, monkeypatch):
+    """Dagster's retry daemon, failing to create a retry (Postgres restarting), notes "Failed to retry
+    run" on the failed run and sets `dagster/will_retry` to false: the job is not over (seen in the
+    chaos test), the reconciler runs it again; a run whose retry tag is missing (a failure written while
+    Postgres restarted) is undecided, not failed."""
+    from constellation_dagster.inference import sensors
+    from constellation_dagster.resources import EventBus
+
+    monkeypatch.setattr(sensors, "OUTCOME_GRACE_S", 0)
+    monkeypatch.setattr(sensors, "RETRY_GRACE_S", 0)
+    resources = {"db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url)}
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
+        result = _failing_job.execute_in_process(instance=instance, raise_on_error=False,
+                                                 tags={JOB_ID_TAG: str(queued_job)})
+        run_id = result.dagster_run.run_id
+        instance.report_engine_event("Failed to retry run", instance.get_run_by_id(run_id))
+        instance.add_run_tags(run_id, {"dagster/will_retry": "false"})
+        _running_with_rows(engine, queued_job, [run_id])
+        tick = sensors.reconcile_run_outcomes(dg.build_sensor_context(instance=instance, resources=resources))
+        untagged = instance.get_run_by_id(run_id).with_tags({})  # as if the tag write was lost
+    assert [r.run_key for r in tick.run_requests] == [f"{queued_job}/after/{run_id}"]
+    assert _job_outcome(engine, queued_job)[0] == "running", "the job carries on"
+    assert sensors.retry_pending(untagged, retries_enabled=True)
+    assert not sensors.retry_pending(untagged, retries_enabled=False)
+
+
 def test_a_queued_job_whose_failed_run_dagster_will_retry_is_not_launched_again(engine, database_url, queued_job):
     """The retry is created moments after the failure: a launch by the reconciling sensor meanwhile
     would run the job twice at once (seen in the chaos test)."""

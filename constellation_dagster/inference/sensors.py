@@ -48,7 +48,8 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) ->
     )
     def _sensor(context: dg.RunStatusSensorContext, db: SystemOfRecord, bus: EventBus) -> None:
         error = context.dagster_event.message if context.dagster_event else None
-        apply_run_outcome(context.log, db, bus, context.dagster_run, status, error)
+        apply_run_outcome(context.log, db, bus, context.dagster_run, status, error,
+                          retries_enabled=context.instance.run_retries_enabled)
 
     return _sensor
 
@@ -60,9 +61,25 @@ RELAUNCHED_TAG = "constellation/relaunched"
 WILL_RETRY_TAG = "dagster/will_retry"
 
 
-def retry_pending(run: dg.DagsterRun) -> bool:
-    """Whether another run of this failed run's job is coming: Dagster's retry, or the reconciler's."""
-    return run.tags.get(WILL_RETRY_TAG) == "true" or run.tags.get(RELAUNCHED_TAG) == "true"
+def retry_pending(run: dg.DagsterRun, retries_enabled: bool = False) -> bool:
+    """Whether another run of this failed run's job may be coming: Dagster's retry, or the reconciler's.
+    With Dagster's run retries on, a failed run without `dagster/will_retry` is undecided, not final:
+    the retry daemon sets the tag when it comes to the failure (one written while Postgres restarted
+    can lack it)."""
+    undecided = "true" if retries_enabled else "false"
+    return run.tags.get(WILL_RETRY_TAG, undecided) == "true" or run.tags.get(RELAUNCHED_TAG) == "true"
+
+
+# The engine event Dagster's retry daemon writes on a failed run when its retry could not be created
+# (it then sets `dagster/will_retry` to false): the job is not over, the reconciler runs it again.
+RETRY_FAILED_MESSAGE = "Failed to retry run"
+
+
+def retry_failed(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    return run.tags.get(RELAUNCHED_TAG) != "true" and any(
+        entry.user_message == RETRY_FAILED_MESSAGE or (
+            entry.dagster_event is not None and entry.dagster_event.message == RETRY_FAILED_MESSAGE)
+        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT))
 
 
 OUTCOMES = {dg.DagsterRunStatus.SUCCESS: "succeeded", dg.DagsterRunStatus.FAILURE: "failed",
@@ -70,13 +87,13 @@ OUTCOMES = {dg.DagsterRunStatus.SUCCESS: "succeeded", dg.DagsterRunStatus.FAILUR
 
 
 def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun, status: dg.DagsterRunStatus,
-                      error: str | None) -> bool:
+                      error: str | None, retries_enabled: bool = False) -> bool:
     """Put a finished Dagster run's outcome on its job (and publish it); False when there is nothing to
     do: no job, a failed run Dagster retries, or the job already ended."""
     job_id = run.tags.get(JOB_ID_TAG)
     if not job_id:
         return False
-    if status == dg.DagsterRunStatus.FAILURE and retry_pending(run):
+    if status == dg.DagsterRunStatus.FAILURE and retry_pending(run, retries_enabled):
         # (A run-status sensor may come to the failure late, after the reconciler ran the job again.)
         log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
         return False
@@ -162,7 +179,9 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
         finished_at = record.end_time or 0
         if run.status not in OUTCOMES or time.time() - finished_at < OUTCOME_GRACE_S:
             continue
-        if retry_pending(run):
+        retries = context.instance.run_retries_enabled
+        if run.status == dg.DagsterRunStatus.FAILURE and (retry_pending(run, retries)
+                                                          or retry_failed(context.instance, run)):
             if time.time() - finished_at >= RETRY_GRACE_S:
                 unretried[UUID(job_id)] = run.run_id
             continue
@@ -170,7 +189,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
         if run.status == dg.DagsterRunStatus.FAILURE:
             failures = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
             failure = failures[-1].dagster_event.message if failures and failures[-1].dagster_event else None
-        if apply_run_outcome(context.log, db, bus, run, run.status, failure):
+        if apply_run_outcome(context.log, db, bus, run, run.status, failure, retries_enabled=retries):
             context.log.info(f"job {job_id} had missed the end of its run {run.run_id} ({run.status.value})")
             ended += 1
     requests = []
