@@ -289,8 +289,10 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
                         for d in DEVICES}
                 overlapping = []
                 for job_id in job_ids:
+                    # A run that never started (e.g. failed by Dagster's start timeout) was never live.
                     runs = sorted((r for r in instance.get_run_records(RunsFilter(
-                        tags={"constellation/job_id": job_id}))), key=lambda r: r.start_time or 0)
+                        tags={"constellation/job_id": job_id})) if r.start_time is not None),
+                        key=lambda r: r.start_time)
                     for earlier, later in zip(runs, runs[1:]):
                         earlier_end = _stopped_being_live(instance, earlier)
                         if later.start_time and (earlier_end is None or later.start_time < earlier_end):
