@@ -80,6 +80,7 @@ def runs_to_terminate(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list
 # Its retry comes within seconds, or once the daemon is back (~20 s here after a kill); the reconciling
 # sensor then runs the job again itself and first tells Dagster not to retry (`sensors.RELAUNCHED_TAG`).
 RETRY_GRACE_S = 45
+WILL_RETRY_TAG = "dagster/will_retry"  # Dagster's: whether its retry daemon will retry a failed run
 
 
 def jobs_with_live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> set[UUID]:
@@ -90,7 +91,7 @@ def jobs_with_live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> se
     if not others:
         return live
     retrying = instance.get_run_records(dg.RunsFilter(
-        tags={JOB_ID_TAG: others, "dagster/will_retry": "true"}, statuses=[dg.DagsterRunStatus.FAILURE],
+        tags={JOB_ID_TAG: others, WILL_RETRY_TAG: "true"}, statuses=[dg.DagsterRunStatus.FAILURE],
         updated_after=datetime.now(UTC) - timedelta(seconds=RETRY_GRACE_S)))
     return live | {UUID(record.dagster_run.tags[JOB_ID_TAG]) for record in retrying}
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text, update
 
 from constellation_core.events import transition_job
 from constellation_core.tables import jobs, runs, steps, tile_chunks
-from constellation_dagster.inference.dispatch import RETRY_GRACE_S, claim_launches, plan_launches, runs_to_terminate
+from constellation_dagster.inference.dispatch import RETRY_GRACE_S, WILL_RETRY_TAG, claim_launches, plan_launches, runs_to_terminate
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
 
@@ -58,7 +58,6 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) ->
 # (its retry daemon reads that tag before retrying, so a late retry cannot run the job twice at once),
 # and this tag says a new run was asked for (asked again, deduplicated by run key, should that fail).
 RELAUNCHED_TAG = "constellation/relaunched"
-WILL_RETRY_TAG = "dagster/will_retry"
 
 
 def retry_pending(run: dg.DagsterRun, retries_enabled: bool = False) -> bool:
@@ -174,12 +173,12 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
         if job_id not in latest or record.create_timestamp > latest[job_id].create_timestamp:
             latest[job_id] = record
     ended, unretried = 0, {}
+    retries = context.instance.run_retries_enabled
     for job_id, record in latest.items():
         run = record.dagster_run
         finished_at = record.end_time or 0
         if run.status not in OUTCOMES or time.time() - finished_at < OUTCOME_GRACE_S:
             continue
-        retries = context.instance.run_retries_enabled
         if run.status == dg.DagsterRunStatus.FAILURE and (retry_pending(run, retries)
                                                           or retry_failed(context.instance, run)):
             if time.time() - finished_at >= RETRY_GRACE_S:
