@@ -126,3 +126,13 @@ def publisher(url: str) -> BackgroundPublisher:
             _publishers[url] = BackgroundPublisher(url)
             atexit.register(_publishers[url].flush)
         return _publishers[url]
+
+
+def flush_publishers(timeout: float = 10) -> None:
+    """Send what this process's publishers still hold, for a process that ends without its atexit
+    handlers (a run worker forked from the zygote ends with `os._exit`)."""
+    for bus in list(_publishers.values()):
+        try:
+            bus.flush(timeout)
+        except Exception:  # noqa: BLE001 - NATS away: the events are in Postgres (the API backfills them)
+            log.warning("events still unpublished at exit", exc_info=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,8 @@ from constellation_core.devices import Device, device_spec, discover
 from constellation_core.events import Event
 from constellation_core.tables import gpus, jobs, steps, tile_chunks
 from constellation_ray.worker import wake
+
+log = logging.getLogger(__name__)
 
 
 class SystemOfRecord(dg.ConfigurableResource):
@@ -40,19 +43,27 @@ class EventBus(dg.ConfigurableResource):
     """NATS JetStream. Publish only events whose transaction has committed.
 
     Publishing does not block (a background connection sends in order); `flush` waits for the
-    acknowledgements, which ops and sensors do before they finish.
+    acknowledgements, which ops and sensors do before they finish. NATS being away never fails the
+    work: the events are committed in Postgres already, they wait in the publisher while it lives, and
+    the API's stream fans out from Postgres what it missed when NATS is back.
     """
 
     nats_url: str
 
     def publish(self, events: Iterable[Event | None], *, flush: bool = False) -> None:
-        bus = publisher(self.nats_url)
-        bus.publish(events)
+        try:
+            publisher(self.nats_url).publish(events)
+        except Exception:  # noqa: BLE001 - see the class's docstring
+            log.warning("NATS is out of reach: events not published (they are in Postgres)", exc_info=True)
+            return
         if flush:
-            bus.flush()
+            self.flush()
 
     def flush(self) -> None:
-        publisher(self.nats_url).flush()
+        try:
+            publisher(self.nats_url).flush()
+        except Exception:  # noqa: BLE001 - see the class's docstring
+            log.warning("NATS did not acknowledge the events in time: they wait in the publisher", exc_info=True)
 
 
 @dataclass(frozen=True)

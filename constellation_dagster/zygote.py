@@ -3,27 +3,32 @@ one child per Dagster run.
 
 A stock Dagster run worker is a fresh interpreter (`dagster api execute_run`) that imports Dagster and
 loads the code location before its first op starts (the model and PyTorch live in the device workers,
-`constellation_ray`, not in run workers). Forking from a process that has done all of that takes milliseconds; the child then runs the
-run exactly as `dagster api execute_run` would (`_execute_run_command_body`: run monitoring, engine
-events and SIGINT as the cancel signal all behave the same).
+`constellation_ray`, not in run workers). Forking from a process that has done all of that takes
+milliseconds; the child then runs the run exactly as `dagster api execute_run` would
+(`_execute_run_command_body`: run monitoring, engine events and SIGINT as the cancel signal all
+behave the same).
 
 Every op of our jobs runs in the run worker (the in-process executor): there are no step processes,
 so no multiprocessing forkserver either.
 
 Protocol (with `WarmRunLauncher`): one JSON line per run on stdin, `{"run_id", "instance_ref"}`;
-the zygote answers with one line, the child's pid. It exits when its stdin closes (the launching
-process went away); runs already forked go on to their end. Nothing CUDA is touched before a fork.
+the zygote answers with one line, the child's pid. It exits when its stdin closes or its parent
+changes (the launching process went away); runs already forked go on to their end. Nothing CUDA is
+touched before a fork.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import importlib
 import json
 import os
+import select
 import signal
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 # What run workers find imported (the zygote preloads them).
 WARM_MODULES = ("constellation_dagster.definitions",)
@@ -31,11 +36,13 @@ WARM_MODULES = ("constellation_dagster.definitions",)
 # What a run worker imports beyond the code location (Dagster's run-execution machinery).
 RUN_WORKER_MODULES = ("dagster._cli.api", "dagster._core.execution.api", "dagster._core.instance")
 
+PARENT_CHECK_S = 1.0
+
 
 def main(preload: list[str]) -> None:
     # Keep the protocol's pipes off fds 0/1: every run worker forked from here gets /dev/null for
     # stdin and our stderr for stdout.
-    requests = os.fdopen(os.dup(0), "r", buffering=1)
+    requests = os.fdopen(os.dup(0), "rb", buffering=0)
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -46,11 +53,14 @@ def main(preload: list[str]) -> None:
         importlib.import_module(module)
     # Children are reaped by the kernel; a run worker's pid disappears from /proc when it exits.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # `kill -USR1` prints every thread's Python stack to stderr (the launching process's log), here
+    # and in each run worker: what a stuck process is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     gc.freeze()  # what is imported stays shared with the children, untouched by their collector
     replies.write("ready\n")
 
     instances: dict[str, Any] = {}
-    for line in requests:
+    for line in _lines_while_parent_lives(requests):
         request = json.loads(line)
         instance = _instance(instances, request["instance_ref"])
         pid = os.fork()
@@ -59,6 +69,21 @@ def main(preload: list[str]) -> None:
             replies.close()
             os._exit(_run_in_child(request["run_id"], instance))
         replies.write(f"{pid}\n")
+
+
+def _lines_while_parent_lives(requests: BinaryIO) -> Iterator[str]:
+    """The request lines, until stdin closes or the launching process is gone: its death closes our
+    stdin, unless a process it forked still holds the pipe; a zygote never outlives its launcher."""
+    parent, pending = os.getppid(), b""
+    while os.getppid() == parent:
+        ready, _, _ = select.select([requests], [], [], PARENT_CHECK_S)
+        if not ready:
+            continue
+        chunk = os.read(requests.fileno(), 1 << 16)
+        if not chunk:
+            return
+        *lines, pending = (pending + chunk).split(b"\n")
+        yield from (line.decode() for line in lines)
 
 
 def _instance(instances: dict[str, Any], instance_ref_json: str) -> Any:
@@ -90,6 +115,10 @@ def _run_in_child(run_id: str, instance: Any) -> int:
 
         traceback.print_exc()
     finally:
+        # `os._exit` skips atexit: send the run's last events now.
+        from constellation_core.bus import flush_publishers
+
+        flush_publishers()
         sys.stdout.flush()
         sys.stderr.flush()
     return code

@@ -143,6 +143,22 @@ def _cmdline(pid: int) -> str:
     return f"{pid} (gone)"
 
 
+def _orphan_report(pid: int) -> str:
+    """What an orphan is and is doing: its parent and state, and (for our Python processes, which dump
+    their threads' stacks on SIGUSR1 into their stderr) the end of its stderr, read through /proc
+    (the stack's log folder is gone by now; the file stays readable while the process holds it)."""
+    report = f"- {_cmdline(pid)}"
+    with contextlib.suppress(OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        age_s = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        report = f"- pid {pid} (parent {fields[1]}, state {fields[0]}, {age_s:.0f} s old): {_cmdline(pid)}"
+        os.kill(pid, signal.SIGUSR1)
+        threading.Event().wait(1)
+        stderr = Path(f"/proc/{pid}/fd/2").read_bytes()[-6000:].decode(errors="replace")
+        report += f"\n  its stderr ends:\n{stderr}"
+    return report
+
+
 @pytest.mark.timeout(DRAIN_DEADLINE_S + 300)
 def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_nothing():
     started = time.monotonic()
@@ -337,4 +353,8 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
     try:
         wait_for(lambda: not processes_carrying(marker), timeout=30, what="the stack's processes to be gone")
     except Timeout:
-        pytest.fail(f"orphans: {[_cmdline(pid) for pid in processes_carrying(marker)]}")
+        orphans = processes_carrying(marker)
+        report = "\n".join(_orphan_report(pid) for pid in orphans)
+        for pid in orphans:
+            _kill(pid)
+        pytest.fail(f"orphans:\n{report}")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import dagster as dg
 import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy import text as sql_text
+from sqlalchemy.exc import OperationalError
 
 from constellation_core.devices import simulated_devices
 from constellation_core.tables import jobs
 from constellation_dagster.definitions import defs
 from constellation_dagster.inference.jobs import JOB_ID_TAG, build_jobs
+from constellation_dagster.inference.ops import plan_tiles
 from constellation_dagster.inference.sensors import dispatch_queued_jobs
 from constellation_dagster.resources import SystemOfRecord
 
@@ -265,3 +268,60 @@ def test_a_queued_job_whose_failed_run_dagster_will_retry_is_not_launched_again(
                                         tags={JOB_ID_TAG: str(queued_job), "dagster/will_retry": "true"})
         result = dispatch_queued_jobs(dg.build_sensor_context(instance=instance, resources=resources))
     assert result.run_requests == []
+
+
+# -- Postgres outages inside ops -------------------------------------------------------------------
+
+_outages: list[Exception] = []
+
+
+class _PostgresAwayAtFirst(SystemOfRecord):
+    """The system of record, but the first `begin`s meet the errors queued in `_outages` (a refused
+    connection is what an op meets while Postgres restarts)."""
+
+    @contextlib.contextmanager
+    def begin(self):
+        if _outages:
+            raise _outages.pop(0)
+        with super().begin() as conn:
+            yield conn
+
+
+@dg.job
+def _planning():
+    plan_tiles()
+
+
+def _plan_through(monkeypatch, database_url, nats_url, job_id, errors: list[Exception]) -> dg.ExecuteInProcessResult:
+    from constellation_dagster.inference import ops
+    from constellation_dagster.resources import EventBus
+
+    monkeypatch.setattr(ops, "OUTAGE_RETRY_WAIT_S", 0.1)
+    _outages[:] = errors
+    with dg.instance_for_test() as instance:
+        return _planning.execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"ops": {"plan_tiles": {"config": {"job_id": str(job_id)}}}},
+            resources={"db": _PostgresAwayAtFirst(database_url=database_url), "bus": EventBus(nats_url=nats_url)})
+
+
+def _refused() -> OperationalError:
+    return OperationalError("SELECT 1", {}, Exception('connection to server at "127.0.0.1" failed: Connection refused'))
+
+
+def test_an_op_that_loses_postgres_runs_again_in_its_run_and_the_job_goes_on(
+        engine, database_url, nats_url, queued_job, monkeypatch):
+    result = _plan_through(monkeypatch, database_url, nats_url, queued_job, [_refused(), _refused()])
+    assert result.success, result.get_run_failure_event()
+    assert len(result.filter_events(lambda e: e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 2
+    with engine.connect() as conn:
+        state, planned = conn.execute(select(jobs.c.state, jobs.c.tiles_total).where(jobs.c.id == queued_job)).one()
+    assert (state, planned) == ("running", result.output_for_node("plan_tiles", "planned"))
+    assert planned > 0
+
+
+def test_an_op_that_fails_for_another_reason_is_not_run_again(engine, database_url, nats_url, queued_job, monkeypatch):
+    result = _plan_through(monkeypatch, database_url, nats_url, queued_job, [ValueError("a bug, not an outage")])
+    assert not result.success
+    assert not result.filter_events(lambda e: e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert "a bug, not an outage" in str(result.get_step_failure_events()[0].step_failure_data.error)

@@ -4,6 +4,8 @@ No `from __future__ import annotations` here: Dagster reads the annotations at d
 """
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 import dagster as dg
@@ -11,6 +13,7 @@ from shapely import wkt
 from sqlalchemy import Connection, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from constellation_core.devices import Device, device_spec, from_spec
 from constellation_core.events import record_event, transition_job
@@ -24,8 +27,35 @@ from constellation_dagster.resources import EventBus, GpuFleet, SystemOfRecord
 PLAN_CAP = 100_000
 
 
+# An op that loses Postgres (a restart, a failover) runs again in its run after a pause rather than
+# failing: Dagster's run retries do not cover a run that failed in an op (`retry_on_asset_or_op_failure`
+# is off, so a genuine failure ends the job at once). Twenty tries three seconds apart ride out a minute.
+OUTAGE_RETRIES = 20
+OUTAGE_RETRY_WAIT_S = 3.0
+
+
 class TileJobConfig(dg.Config):
     job_id: str
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an error says Postgres was out of reach (refused, restarted under a query), not that
+    the work itself failed."""
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+@contextmanager
+def through_outages() -> Iterator[None]:
+    """Run an op's body so that an outage of Postgres asks Dagster to run the op again (in the same
+    run, `OUTAGE_RETRY_WAIT_S` later) instead of failing it. Every op is safe to run again: planning
+    and admission are idempotent or recorded in one transaction, and following resumes."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        raise dg.RetryRequested(max_retries=OUTAGE_RETRIES, seconds_to_wait=OUTAGE_RETRY_WAIT_S) from exc
 
 
 def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, bus: EventBus) -> UUID:
@@ -54,39 +84,38 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
     tiles at its zoom and store each with its footprint, in chunks of the job's batch size.
 
     Idempotent: a retried run finds its tiles already there."""
-    job_id = UUID(config.job_id)
-    run_id = start_run(context, job_id, db, bus)
-    with db.begin() as conn:
-        job = conn.execute(
-            select(jobs.c.zoom, jobs.c.account_id, jobs.c.params, func.ST_AsText(jobs.c.aoi).label("aoi"))
-            .where(jobs.c.id == job_id)
-        ).one()
-        batch = int(job.params.get("batch_size", DEFAULT_BATCH_SIZE))
-        planned = plan_tile_grid(wkt.loads(job.aoi), job.zoom, PLAN_CAP)
-        rows = [
-            {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "chunk_no": i // batch,
-             "footprint": func.ST_GeomFromText(t.footprint.wkt, 4326)}
-            for i, t in enumerate(planned)
-        ]
-        for start in range(0, len(rows), 1000):
-            conn.execute(pg_insert(tiles).values(rows[start:start + 1000]).on_conflict_do_nothing())
-        chunks = [{"job_id": job_id, "chunk_no": n, "tiles": min(batch, len(planned) - n * batch)}
-                  for n in range(math.ceil(len(planned) / batch))]
-        if chunks:
-            conn.execute(pg_insert(tile_chunks).values(chunks).on_conflict_do_nothing())
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(tiles_total=len(planned)))
-        event = record_event(
-            conn, "job.log", account_id=job.account_id, job_id=job_id, run_id=run_id,
-            payload={"level": "info", "message": f"planned {len(planned)} tiles at zoom {job.zoom} "
-                                                 f"in {len(chunks)} batches of {batch}"},
-        )
-    bus.publish([event], flush=True)
-    context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom},
-                                output_name="planned")
+    with through_outages():
+        job_id = UUID(config.job_id)
+        run_id = start_run(context, job_id, db, bus)
+        with db.begin() as conn:
+            job = conn.execute(
+                select(jobs.c.zoom, jobs.c.account_id, jobs.c.params, func.ST_AsText(jobs.c.aoi).label("aoi"))
+                .where(jobs.c.id == job_id)
+            ).one()
+            batch = int(job.params.get("batch_size", DEFAULT_BATCH_SIZE))
+            planned = plan_tile_grid(wkt.loads(job.aoi), job.zoom, PLAN_CAP)
+            rows = [
+                {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "chunk_no": i // batch,
+                 "footprint": func.ST_GeomFromText(t.footprint.wkt, 4326)}
+                for i, t in enumerate(planned)
+            ]
+            for start in range(0, len(rows), 1000):
+                conn.execute(pg_insert(tiles).values(rows[start:start + 1000]).on_conflict_do_nothing())
+            chunks = [{"job_id": job_id, "chunk_no": n, "tiles": min(batch, len(planned) - n * batch)}
+                      for n in range(math.ceil(len(planned) / batch))]
+            if chunks:
+                conn.execute(pg_insert(tile_chunks).values(chunks).on_conflict_do_nothing())
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(tiles_total=len(planned)))
+            event = record_event(
+                conn, "job.log", account_id=job.account_id, job_id=job_id, run_id=run_id,
+                payload={"level": "info", "message": f"planned {len(planned)} tiles at zoom {job.zoom} "
+                                                     f"in {len(chunks)} batches of {batch}"},
+            )
+        bus.publish([event], flush=True)
+        context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom},
+                                    output_name="planned")
     yield dg.Output(run_id, "run_id")
     yield dg.Output(len(planned), "planned")
-
-
 
 
 def make_admit_op(device: Device) -> dg.OpDefinition:
@@ -103,13 +132,16 @@ def make_admit_op(device: Device) -> dg.OpDefinition:
     )
     def admit(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
               gpus: GpuFleet, run_id: UUID, planned: int) -> dict:
-        model_path, model_version = latest_model(context.instance)
         job_id = UUID(config.job_id)
-        with db.begin() as conn:
-            job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
-            step_id = gpus.admit(conn, job_id=job_id, run_id=run_id, device=device, step_key=context.op_handle.name,
-                                 model_version=model_version, model_uri=str(model_path))
-            bus.publish([_log(conn, job, job_id, run_id, f"{device.label}: admitted (model {model_version})")])
+        with through_outages():
+            model_path, model_version = latest_model(context.instance)
+            with db.begin() as conn:  # (one transaction: an op run again after an outage admits once)
+                job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
+                step_id = gpus.admit(conn, job_id=job_id, run_id=run_id, device=device,
+                                     step_key=context.op_handle.name, model_version=model_version,
+                                     model_uri=str(model_path))
+                event = _log(conn, job, job_id, run_id, f"{device.label}: admitted (model {model_version})")
+        bus.publish([event])
         return {"step_id": str(step_id), "device": device_spec(device)}
 
     return admit
@@ -123,41 +155,50 @@ def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRec
     record the run's metrics from the batches: tiles, device-seconds (compute time), devices."""
     job_id = UUID(config.job_id)
     steps_on = [(UUID(a["step_id"]), from_spec(a["device"])) for a in admitted]
-    outcome, error = None, None
-    try:
-        outcome = gpus.follow(db, job_id, steps_on)
+    with through_outages():
+        try:
+            outcome = gpus.follow(db, job_id, steps_on)
+        except Exception as exc:
+            if not is_outage(exc):  # (an outage: the op runs again and follows on, its steps open)
+                _close_steps(context, db, bus, job_id, run_id, steps_on, None, repr(exc))
+            raise
+        except BaseException as exc:  # canceled (SIGINT), or the run worker asked to stop
+            _close_steps(context, db, bus, job_id, run_id, steps_on, None, repr(exc))
+            raise
+        _close_steps(context, db, bus, job_id, run_id, steps_on, outcome, outcome.error)
         if outcome.error:
             raise dg.Failure(description=outcome.error)
-    except BaseException as exc:
-        error = repr(exc)
-        raise
-    finally:
         with db.begin() as conn:
-            job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
-            events = []
-            for step_id, device in steps_on:
-                figures = close_step(conn, step_id, job_id, device, error)
-                line = (f"{device.label}: {figures['tiles']} tiles in {figures['compute_seconds']:.2f} s on the device "
-                        f"({figures['tiles_per_s'] or 0:.0f} tiles/s)")
-                if outcome is not None and outcome.stopped_because:
-                    line += f"; {outcome.stopped_because}"
-                if error:
-                    line += f"; failed: {error}"
-                context.log.info(line)
-                events.append(_log(conn, job, job_id, run_id, line, level="error" if error else "info"))
-        bus.publish(events, flush=True)
-    with db.begin() as conn:
-        left = conn.execute(
-            select(func.count()).select_from(tile_chunks)
-            .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending")
-        ).scalar_one()
-        state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
-        if left and state == "running":
-            raise dg.Failure(description=f"{left} batches were not inferred: {outcome.stopped_because}")
-        metrics = run_metrics(conn, job_id)
-        conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
+            left = conn.execute(
+                select(func.count()).select_from(tile_chunks)
+                .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending")
+            ).scalar_one()
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+            if left and state == "running":
+                raise dg.Failure(description=f"{left} batches were not inferred: {outcome.stopped_because}")
+            metrics = run_metrics(conn, job_id)
+            conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
     context.add_output_metadata(metrics)
     return metrics["tiles"]
+
+
+def _close_steps(context: dg.OpExecutionContext, db: SystemOfRecord, bus: EventBus, job_id: UUID, run_id: UUID,
+                 steps_on: list[tuple[UUID, Device]], outcome, error: str | None) -> None:
+    """Close the job's steps on its devices with their figures, and log one line per device."""
+    with db.begin() as conn:
+        job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
+        events = []
+        for step_id, device in steps_on:
+            figures = close_step(conn, step_id, job_id, device, error)
+            line = (f"{device.label}: {figures['tiles']} tiles in {figures['compute_seconds']:.2f} s on the device "
+                    f"({figures['tiles_per_s'] or 0:.0f} tiles/s)")
+            if outcome is not None and outcome.stopped_because:
+                line += f"; {outcome.stopped_because}"
+            if error:
+                line += f"; failed: {error}"
+            context.log.info(line)
+            events.append(_log(conn, job, job_id, run_id, line, level="error" if error else "info"))
+    bus.publish(events, flush=True)
 
 
 def run_metrics(conn: Connection, job_id: UUID) -> dict:
