@@ -12,6 +12,7 @@ PG_MAJOR  := 15
 PG_SERVER := /usr/lib/postgresql/$(PG_MAJOR)/bin/postgres
 POSTGIS   := /usr/share/postgresql/$(PG_MAJOR)/extension/postgis.control
 USAGE_BIN := usage_go/bin/usage
+JAEGER_BIN := tools/jaeger/bin/jaeger
 GO_SRC    := $(shell find usage_go -name '*.go' -not -path '*/bin/*') usage_go/go.mod usage_go/go.sum
 WEB_STAMP := web/node_modules/.package-lock.json
 
@@ -23,7 +24,7 @@ help:
 	@echo "make stop    stop what 'make demo' started"
 	@echo "make generate regenerate openapi/spec.yaml from the API, then the TS and Go clients from it"
 
-install: $(PY_STAMP) postgres $(USAGE_BIN) $(WEB_STAMP) chromium prometheus
+install: $(PY_STAMP) postgres $(USAGE_BIN) $(JAEGER_BIN) $(WEB_STAMP) chromium prometheus
 
 # Node: the web workspace's exact tree from its lock file.
 $(WEB_STAMP): web/package.json web/package-lock.json
@@ -67,6 +68,11 @@ prometheus:
 $(USAGE_BIN): $(GO_SRC)
 	cd usage_go && go build -o bin/usage ./cmd/usage
 
+# Jaeger v2, the trace store of `make demo` and the e2e tests, built from the Go module proxy at the
+# version tools/jaeger/go.mod pins (a few minutes the first time; Go's build cache keeps it after).
+$(JAEGER_BIN): tools/jaeger/go.mod tools/jaeger/go.sum
+	cd tools/jaeger && go build -trimpath -o bin/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+
 # The dashboard: a static export the API serves under /app.
 WEB_SRC := $(shell find web/app web/src -type f 2>/dev/null) web/next.config.mjs web/package-lock.json
 web/out/index.html: $(WEB_STAMP) $(WEB_SRC)
@@ -74,7 +80,7 @@ web/out/index.html: $(WEB_STAMP) $(WEB_SRC)
 
 web: web/out/index.html
 
-demo: $(PY_STAMP) $(USAGE_BIN) web/out/index.html $(if $(DATABASE_URL),,postgres)
+demo: $(PY_STAMP) $(USAGE_BIN) $(JAEGER_BIN) web/out/index.html prometheus $(if $(DATABASE_URL),,postgres)
 	$(DEV) demo
 
 stop:
@@ -108,4 +114,4 @@ check-generated: $(PY_STAMP) $(WEB_STAMP)
 	$(PY) -m contract.drift
 
 clean:
-	rm -rf $(VENV) usage_go/bin web/node_modules web/out web/.next
+	rm -rf $(VENV) usage_go/bin tools/jaeger/bin web/node_modules web/out web/.next

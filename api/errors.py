@@ -64,6 +64,11 @@ class PayloadTooLarge(Problem):
     title = "Payload too large"
 
 
+class UnsupportedMediaType(Problem):
+    status = 415
+    title = "Unsupported media type"
+
+
 class ServiceUnavailable(Problem):
     status = 503
     title = "Service unavailable"

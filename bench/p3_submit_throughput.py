@@ -1,7 +1,8 @@
 """P3: POST /jobs throughput and latency under load from wrk, on loopback.
 
     make install && .local/venv/bin/constellation-dev with-services -- \
-        .local/venv/bin/python bench/p3_submit_throughput.py [--workers 2] [--seconds 20] [--connections 64]
+        .local/venv/bin/python bench/p3_submit_throughput.py [--workers 2] [--seconds 20] [--connections 64] \
+        [--baseline REF] [--tracing]
 
 Runs against throwaway Postgres+PostGIS and NATS (`with-services`), with the API under uvicorn (N
 worker processes) and wrk (Debian's `wrk`, installed if missing) as the load. Each request is a real
@@ -24,6 +25,8 @@ from sqlalchemy import create_engine, func, select, update
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.tables import accounts, jobs
+from constellation_core.waiting import free_port
+from constellation_devstack.jaeger import JaegerServer
 from served_api import checkouts, served_api
 
 BODY = ('{"name": "p3", "zoom": 14, "mode": "serial", "area": {"type": "Polygon", "coordinates": '
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--baseline", help="a commit whose API to measure the same way, side by side")
+    parser.add_argument("--tracing", action="store_true",
+                        help="measure with tracing off and on (spans to a Jaeger of its own), side by side")
     args = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL")
     if not database_url or not os.environ.get("CONSTELLATION_TEST_PG_ADMIN_URL"):
@@ -85,10 +90,16 @@ def main() -> None:
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     )
     results = []
+    jaeger = JaegerServer(tmp / "jaeger", free_port(), free_port(), free_port(), free_port()) if args.tracing else None
     try:
+        if jaeger:
+            jaeger.start()
         with checkouts(args.baseline) as sources:
-            for label, source in sources:
-                with served_api(workers=args.workers, source=source) as base:
+            runs = [(f"{label}, tracing {'on' if traced else 'off'}" if jaeger else label, source,
+                     jaeger.otel_env() if traced else {"OTEL_SDK_DISABLED": "true"})
+                    for label, source in sources for traced in ((False, True) if jaeger else (False,))]
+            for label, source, env in runs:
+                with served_api(workers=args.workers, source=source, env=env) as base:
                     run_wrk(f"{base}/healthz", None, 3, args.connections)  # warm-up
                     health = run_wrk(f"{base}/healthz", None, args.seconds, args.connections)
                     with engine.connect() as conn:
@@ -98,6 +109,8 @@ def main() -> None:
                         created = conn.execute(select(func.count()).select_from(jobs)).scalar_one() - before
                 results.append((label, health, submit, created))
     finally:
+        if jaeger:
+            jaeger.stop()
         engine.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -111,6 +124,10 @@ def main() -> None:
         print(f"  jobs written {created} for {submit['requests']:.0f} completed requests (wrk counts only those "
               "answered within its 5 s timeout)")
         print(f"  POST /jobs ÷ ceiling  {submit['rps'] / health['rps']:.2f}   (goal: ≥ 2000 req/s with p99 ≤ 50 ms)")
+    if jaeger:
+        for (off_label, _, off, _), (on_label, _, on, _) in zip(results[::2], results[1::2], strict=True):
+            print(f"tracing on ÷ off, POST /jobs req/s: {on['rps'] / off['rps']:.3f}   p99 {off['p99_ms']:.1f} → "
+                  f"{on['p99_ms']:.1f} ms   (goal: lose ≤ 3 %)")
 
 if __name__ == "__main__":
     main()

@@ -20,12 +20,13 @@ BIN = Path(sys.executable).parent
 
 
 @contextlib.contextmanager
-def served_api(workers: int = 1, source: Path | None = None) -> Iterator[str]:
+def served_api(workers: int = 1, source: Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
     """Yields the API's base URL (`http://127.0.0.1:<port>`); its stderr goes to a temporary log.
-    `source`: another checkout of the repository (a baseline) whose code the API runs instead."""
+    `source`: another checkout of the repository (a baseline) whose code the API runs instead; `env`:
+    variables on top of this process's (e.g. the OTEL_* that turn tracing on)."""
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="constellation-bench-")) / "api.log"
-    env = {**os.environ, "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "LOG_LEVEL": "WARNING", **(env or {})}
     if source is not None:
         env["PYTHONPATH"] = str(source)  # ahead of this checkout's editable install
     api = subprocess.Popen(

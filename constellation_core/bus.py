@@ -14,7 +14,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
 
+from constellation_core import tracing
 from constellation_core.events import STREAM_NAME, SUBJECT_ROOT, Event
 
 STREAM_MAX_AGE_S = 7 * 24 * 3600
@@ -45,19 +47,29 @@ async def ensure_stream(js: JetStreamContext) -> None:
         await js.add_stream(config)
 
 
-async def publish_events(js: JetStreamContext, events: Iterable[Event]) -> None:
+async def publish_events(js: JetStreamContext, events: Iterable[Event], traceparent: str | None = None) -> None:
+    """Publish each event, in a producer span (a child of `traceparent`, else of the current span)
+    whose context travels in the message's headers."""
+    parent = tracing.context_from(traceparent) if traceparent else None
     for event in events:
-        # The event id doubles as the JetStream message id, so a re-publish is deduplicated.
-        await js.publish(event.subject, event.to_bytes(), headers={"Nats-Msg-Id": str(event.id)})
+        with tracing.tracer.start_as_current_span(
+                f"publish {SUBJECT_ROOT}", context=parent, kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "nats", "messaging.operation.type": "publish",
+                            "messaging.destination.name": event.subject, "messaging.message.id": str(event.id),
+                            "constellation.event.type": event.type,
+                            **({"constellation.job.id": str(event.job_id)} if event.job_id else {})}):
+            # The event id doubles as the JetStream message id, so a re-publish is deduplicated.
+            headers = tracing.inject_into({"Nats-Msg-Id": str(event.id)})
+            await js.publish(event.subject, event.to_bytes(), headers=headers)
 
 
-async def _publish_until_acknowledged(js: JetStreamContext, events: list[Event]) -> None:
+async def _publish_until_acknowledged(js: JetStreamContext, events: list[Event], traceparent: str | None) -> None:
     """Publish until JetStream acknowledges every event: NATS restarting must not lose an event nor end
     the publisher (a re-publish is deduplicated by the event id)."""
     delay = 0.1
     while True:
         try:
-            await publish_events(js, events)
+            await publish_events(js, events, traceparent)
             return
         except Exception:  # noqa: BLE001 - NATS away or slow: the events wait, in order
             log.warning("publishing events failed; retrying", extra={"events": len(events), "retry_in_s": delay},
@@ -76,7 +88,7 @@ class BackgroundPublisher:
     def __init__(self, url: str) -> None:
         self.url = url
         self._loop = asyncio.new_event_loop()
-        self._queue: asyncio.Queue[list[Event]] | None = None
+        self._queue: asyncio.Queue[tuple[list[Event], str | None]] | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         threading.Thread(target=self._run, name="nats-publisher", daemon=True).start()
@@ -100,16 +112,17 @@ class BackgroundPublisher:
         self._queue = asyncio.Queue()
         self._ready.set()
         while True:
-            events = await self._queue.get()
+            events, traceparent = await self._queue.get()
             try:
-                await _publish_until_acknowledged(js, events)
+                await _publish_until_acknowledged(js, events, traceparent)
             finally:
                 self._queue.task_done()
 
     def publish(self, events: Iterable[Event]) -> None:
+        """Queue the events; their publish spans are children of the caller's current span."""
         batch = [e for e in events if e is not None]
         if batch:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, batch)
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (batch, tracing.current_traceparent()))
 
     def flush(self, timeout: float = 10) -> None:
         asyncio.run_coroutine_threadsafe(self._queue.join(), self._loop).result(timeout)

@@ -92,10 +92,10 @@ WITH load AS (
     FROM jobs WHERE account_id = :account_id AND state IN ('queued', 'running')
 ), new_job AS (
     INSERT INTO jobs (name, params, priority, zoom, submitted_by, account_id, area_id, aoi, tiles_total,
-                      correlation_id, idempotency_key, request_hash, state, event_seq)
+                      correlation_id, traceparent, idempotency_key, request_hash, state, event_seq)
     SELECT :name, :params, :priority, :zoom, :submitted_by, :account_id, :area_id,
-           ST_GeomFromWKB(:aoi_wkb, 4326), :tiles_total, :correlation_id, :idempotency_key, :request_hash,
-           'queued', 1
+           ST_GeomFromWKB(:aoi_wkb, 4326), :tiles_total, :correlation_id, :traceparent, :idempotency_key,
+           :request_hash, 'queued', 1
     FROM load
     WHERE (CAST(:max_active_jobs AS bigint) IS NULL OR load.active_jobs < :max_active_jobs)
       AND (CAST(:max_active_tiles AS bigint) IS NULL OR load.active_tiles + :tiles_total <= :max_active_tiles)

@@ -1,4 +1,5 @@
-"""Structured JSON logs with a correlation id that follows a request into its Dagster run."""
+"""Structured JSON logs with a correlation id that follows a request into its Dagster run, and the
+trace and span ids of the span a line was logged in."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import sys
 from contextvars import ContextVar
 
+from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
@@ -34,9 +36,16 @@ class _RedactFilter(logging.Filter):
 
 
 class _CorrelationFilter(logging.Filter):
+    """Each line carries the request's correlation id and, inside a traced span, its `trace_id` and
+    `span_id` (W3C hex): a log line leads to its span in the trace store, and back."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "correlation_id", None):
             record.correlation_id = correlation_id.get()
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid and not getattr(record, "trace_id", None):
+            record.trace_id = format(context.trace_id, "032x")
+            record.span_id = format(context.span_id, "016x")
         return True
 
 

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     prometheus_port: int = 9090
     gpu_agent_metrics_port: int = 9400  # dcgm-exporter's port
     dispatcher_metrics_port: int = 9401
+    # Jaeger (started by `make demo`): OTLP/HTTP in, its query API read by GET /jobs/{id}/trace.
+    jaeger_otlp_port: int = 4318
+    jaeger_query_port: int = 16686
+    jaeger_query_grpc_port: int = 16685
+    jaeger_health_port: int = 13133
+    # Where the API reads traces (Jaeger's query API); default: the demo's Jaeger on this machine.
+    jaeger_query_url: str | None = None
     # PgBouncer in front of the demo's own Postgres, for Dagster's many short connections.
     pgbouncer_port: int = 55433
     # Public base URL of Dagit, used for links from jobs to their runs.
@@ -84,6 +91,10 @@ class Settings(BaseSettings):
     @property
     def dagit_base_url(self) -> str:
         return self.dagit_url or f"http://127.0.0.1:{self.dagit_port}"
+
+    @property
+    def jaeger_query_base_url(self) -> str:
+        return self.jaeger_query_url or f"http://127.0.0.1:{self.jaeger_query_port}"
 
 
 @lru_cache

@@ -126,6 +126,8 @@ jobs = Table(
     Column("dispatched_at", DateTime(timezone=True)),
     Column("dagster_run_id", Text),
     Column("correlation_id", Text),
+    # The W3C trace context of the submitting request: every span of the job joins its trace (0012).
+    Column("traceparent", Text),
     Column("error", Text),
     # POST /jobs with an Idempotency-Key returns the job the key first created (per account).
     Column("idempotency_key", Text),
@@ -256,6 +258,8 @@ steps = Table(
     # The model the job's batches run with on this device (the device worker loads each version once).
     Column("model_version", Text),
     Column("model_uri", Text),
+    # The span that admitted the job to this device: the parent of the device's batch spans (0012).
+    Column("traceparent", Text),
     Index("steps_gpu_started_idx", "gpu_id", "started_at"),
     Index("steps_open_idx", "gpu_id", "started_at", postgresql_where=text("finished_at IS NULL")),
     Index("steps_job_id_idx", "job_id"),

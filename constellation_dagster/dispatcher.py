@@ -19,12 +19,14 @@ from uuid import UUID
 
 from dagster import DagsterInstance
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from opentelemetry.trace import StatusCode
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine
 
+from constellation_core import tracing
 from constellation_core.bus import connect
 from constellation_core.events import SUBJECT_ROOT, Event
-from constellation_dagster.inference.dispatch import claim_launches, release, runs_to_terminate
+from constellation_dagster.inference.dispatch import claim_launches, dispatch_span, release, runs_to_terminate
 
 log = logging.getLogger(__name__)
 LOCATION = "constellation_dagster"
@@ -67,11 +69,20 @@ def dispatch_once(engine: Engine, instance: DagsterInstance, client: DagsterGrap
 
 
 def _launch(client: DagsterGraphQLClient, launch) -> bool:
+    """Ask Dagit for the job's run, in a `dispatch` span of the job's trace."""
+    with dispatch_span(launch, "dispatcher") as (span, tags):
+        launched = _submit(client, launch, tags)
+        if not launched:
+            span.set_status(StatusCode.ERROR, "Dagit refused the launch (left to the reconciler)")
+        return launched
+
+
+def _submit(client: DagsterGraphQLClient, launch, tags: dict[str, str]) -> bool:
     started = time.monotonic()
     try:
         run_id = client.submit_job_execution(
             launch.job_name, repository_location_name=LOCATION, repository_name=REPOSITORY,
-            run_config=launch.run_config, tags=launch.tags,
+            run_config=launch.run_config, tags=tags,
         )
     except Exception:  # noqa: BLE001 - the reconciler sensor takes the job instead
         LAUNCHES.labels(outcome="failed").inc()
@@ -103,6 +114,7 @@ def terminate_canceled(instance: DagsterInstance, client: DagsterGraphQLClient, 
 
 
 async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
+    tracing.setup("constellation-dispatcher")
     client = graphql_client(dagit_url)
     instance = DagsterInstance.get()  # $DAGSTER_HOME: the launch guard reads Dagster's runs
     wake = asyncio.Event()

@@ -14,6 +14,7 @@ import dagster as dg
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from constellation_core import tracing
 from constellation_core.bus import publisher
 from constellation_core.db import sync_engine
 from constellation_core.devices import Device, device_spec, discover
@@ -116,6 +117,7 @@ class GpuFleet(dg.ConfigurableResource):
             pg_insert(steps).values(
                 job_id=job_id, run_id=run_id, gpu_id=gpu_id, step_key=step_key, pid=worker_pid or os.getpid(),
                 model_version=model_version, model_uri=model_uri,
+                traceparent=tracing.current_traceparent(),  # the device's batch spans are its children
             ).returning(steps.c.id)
         ).scalar_one()
         wake(conn, device.uuid)

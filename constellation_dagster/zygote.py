@@ -19,6 +19,7 @@ touched before a fork.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import importlib
@@ -107,7 +108,7 @@ def _run_in_child(run_id: str, instance: Any) -> int:
         from dagster._cli.api import _execute_run_command_body
         from dagster._utils.interrupts import capture_interrupts
 
-        with capture_interrupts(), instance:
+        with capture_interrupts(), instance, _run_span(instance, run_id):
             code = _execute_run_command_body(run_id, instance, lambda _event: None,
                                              set_exit_code_on_failure=False)
     except BaseException:  # noqa: BLE001 - the run's failure is already in Dagster's event log
@@ -115,13 +116,35 @@ def _run_in_child(run_id: str, instance: Any) -> int:
 
         traceback.print_exc()
     finally:
-        # `os._exit` skips atexit: send the run's last events now.
+        # `os._exit` skips atexit: send the run's last events and spans now.
+        from constellation_core import tracing
         from constellation_core.bus import flush_publishers
 
         flush_publishers()
+        tracing.flush()
         sys.stdout.flush()
         sys.stderr.flush()
     return code
+
+
+def _run_span(instance: Any, run_id: str) -> contextlib.AbstractContextManager:
+    """The run's span in its job's trace (the ops' spans are its children), when tracing is on. Set
+    up here, after the fork: the zygote itself never starts the exporter's thread."""
+    from constellation_core import tracing
+    from constellation_dagster.inference.jobs import JOB_ID_TAG
+    from constellation_dagster.inference.ops import TRACEPARENT_TAG
+
+    if not tracing.setup("constellation-run-worker"):
+        return contextlib.nullcontext()
+    try:
+        run = instance.get_run_by_id(run_id)
+    except Exception:  # noqa: BLE001 - Postgres away: the run goes on (and fails or retries) untraced
+        return contextlib.nullcontext()
+    if run is None:
+        return contextlib.nullcontext()
+    return tracing.span_of_job(f"run {run.job_name}", run.tags.get(TRACEPARENT_TAG), job_id=run.tags.get(JOB_ID_TAG),
+                               attributes={"dagster.run_id": run_id, "dagster.job": run.job_name,
+                                           "dagster.parent_run_id": run.parent_run_id, "process.pid": os.getpid()})
 
 
 if __name__ == "__main__":

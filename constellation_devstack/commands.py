@@ -18,6 +18,8 @@ from sqlalchemy.engine import make_url
 
 from constellation_core.settings import REPO_ROOT, Settings, get_settings
 from constellation_core.waiting import free_port, wait_for
+from constellation_devstack.jaeger import CONFIG as JAEGER_CONFIG
+from constellation_devstack.jaeger import JaegerServer, jaeger_binary, otel_env
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, NatsServer
 from constellation_devstack.pgbouncer import PgBouncer
 from constellation_devstack.postgres import (
@@ -49,6 +51,12 @@ def _local_cluster(settings: Settings) -> PostgresCluster:
 def _local_nats(settings: Settings) -> NatsServer:
     port = int(settings.nats_url.rsplit(":", 1)[1])
     return NatsServer(settings.local_dir / "nats" / "jetstream", port)
+
+
+def _local_jaeger(settings: Settings) -> JaegerServer:
+    """The demo's Jaeger (its ports from the settings)."""
+    return JaegerServer(settings.local_dir / "jaeger", settings.jaeger_otlp_port, settings.jaeger_query_port,
+                        settings.jaeger_query_grpc_port, settings.jaeger_health_port)
 
 
 def _local_prometheus(settings: Settings) -> PrometheusServer:
@@ -284,6 +292,8 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
                 f"  Usage:      {api_url}/usage/leaderboard (also http://127.0.0.1:{settings.usage_port})",
                 f"  Prometheus: http://127.0.0.1:{settings.prometheus_port}   (the API, GPU telemetry as DCGM "
                 f"names; 15 days in {settings.local_dir}/prometheus)",
+                f"  Traces:     Jaeger's API http://127.0.0.1:{settings.jaeger_query_port}/api/traces?service="
+                "constellation-api   (a job's waterfall is on its page in the dashboard)",
                 f"  Dev API key (account 'demo', admin): {key}",
                 f"  Try:        curl -H 'Authorization: Bearer {key}' {api_url}/readyz",
                 f"  Logs:       {settings.local_dir}/logs/     Stop: Ctrl-C or `make stop`",
@@ -310,6 +320,10 @@ def _credentials_env(settings: Settings, program: str, *, local_postgres: bool, 
             env[PG_CREDENTIALS_ENV] = str(_local_cluster(settings).credentials_file)
     if program == "api" and not settings.metrics_token:  # the token Prometheus scrapes /metrics with
         env["CONSTELLATION_METRICS_TOKEN"] = _local_prometheus(settings).token()
+    if program == "jaeger":
+        env.update(_local_jaeger(settings).env())
+    elif program not in ("postgres", "pgbouncer", "nats", "prometheus"):  # every traced process
+        env.update(otel_env(_local_jaeger(settings).otlp_url))
     return env
 
 
@@ -371,6 +385,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
                  priority=30),
         _program("gpu-agent", f"{dev} wait-ready {dev} gpu-agent", priority=30),
         _program("prometheus", f"{dev} prometheus", priority=30),
+        _program("jaeger", f"{jaeger_binary()} --config={JAEGER_CONFIG}", priority=20),
         _program("dispatcher", f"{dev} wait-ready {dev} dispatcher", priority=30),
         _program("device-workers", f"{dev} wait-ready {dev} device-workers", priority=30),
         _program("usage", f"{dev} wait-ready {REPO_ROOT / 'usage_go' / 'bin' / 'usage'}", priority=30),

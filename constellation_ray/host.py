@@ -59,6 +59,9 @@ class HostConfig:
     demo_imagery_dir: str
     ray_address: str | None = None
     torch_threads: int | None = None
+    # The host's OpenTelemetry settings (`OTEL_*`), for workers on any node of the cluster.
+    otel_env: tuple[tuple[str, str], ...] = field(default_factory=lambda: tuple(
+        (k, v) for k, v in os.environ.items() if k.startswith("OTEL_")))
 
 
 def start_ray(config: HostConfig, local_devices: list[Device]) -> None:
@@ -90,6 +93,7 @@ class DeviceActor:
         from constellation_ray.worker import DeviceWorker
 
         configure_logging("device-worker")
+        os.environ.update(dict(config.otel_env))
         device = from_spec(spec) if spec is not None else _assigned_gpu()
         threads = config.torch_threads
         self.worker = DeviceWorker(device, config.database_url, config.nats_url, config.demo_imagery_dir,

@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
+from constellation_core import tracing
 from constellation_core.bus import publisher
 from constellation_core.db import sync_engine
 from constellation_core.devices import Device, device_spec
@@ -78,6 +79,7 @@ class Admission:
     model_version: str
     model_uri: str
     imagery: str | None
+    traceparent: str | None = None  # the span that admitted the job here (else the job's)
 
 
 @dataclass
@@ -108,6 +110,7 @@ class WorkerStats:
 class DeviceWorker:
     def __init__(self, device: Device, database_url: str, nats_url: str, demo_imagery_dir: str,
                  *, host: str, ray_node_id: str | None = None, torch_threads: int | None = None) -> None:
+        tracing.setup("constellation-device-worker")
         self.device = device
         self.database_url = database_url
         self.nats_url = nats_url
@@ -192,13 +195,20 @@ class DeviceWorker:
         self._stop.set()
 
     def _commit_and_publish(self, bus, batch: ClaimedBatch, classes, confidences, interval) -> None:
-        """On the writer thread: commits, and so progress events, go out in the order batches ran."""
-        try:
-            event = self._commit(batch, classes, confidences, interval)
-        except Exception:  # noqa: BLE001 - _commit failed the step; the batch is pending again
-            return
-        if event is not None:
-            bus.publish([event])
+        """On the writer thread: commits, and so progress events, go out in the order batches ran.
+        The batch's time on the device and its commit are spans of the job's trace."""
+        a = batch.admission
+        attributes = {"constellation.device.uuid": self.device.uuid, "constellation.device.name": self.device.label,
+                      "constellation.batch": batch.chunk_no, "constellation.tiles": len(batch.tiles)}
+        tracing.record_span("infer batch", a.traceparent, *interval, job_id=a.job_id, attributes={
+            **attributes, "constellation.batch.ms": round((interval[1] - interval[0]).total_seconds() * 1000, 2)})
+        with tracing.span_of_job("commit batch", a.traceparent, job_id=a.job_id, attributes=attributes):
+            try:
+                event = self._commit(batch, classes, confidences, interval)
+            except Exception:  # noqa: BLE001 - _commit failed the step; the batch is pending again
+                return
+            if event is not None:
+                bus.publish([event])
 
     def _feed(self, ready: queue.Queue) -> None:
         """Claim and read the next batch while the device computes the current one."""
@@ -245,7 +255,8 @@ class DeviceWorker:
             chunk = (
                 select(tile_chunks.c.job_id, tile_chunks.c.chunk_no, steps.c.id.label("step_id"), steps.c.run_id,
                        steps.c.model_version, steps.c.model_uri, jobs.c.account_id, jobs.c.tiles_total,
-                       jobs.c.params["imagery"].astext.label("imagery"))
+                       jobs.c.params["imagery"].astext.label("imagery"),
+                       func.coalesce(steps.c.traceparent, jobs.c.traceparent).label("traceparent"))
                 .select_from(
                     tile_chunks.join(jobs, jobs.c.id == tile_chunks.c.job_id)
                     .join(steps, steps.c.job_id == tile_chunks.c.job_id)
@@ -268,7 +279,7 @@ class DeviceWorker:
                 return None
             first = rows[0]
             admission = Admission(first.step_id, first.job_id, first.run_id, first.account_id, first.tiles_total,
-                                  first.model_version, first.model_uri, first.imagery)
+                                  first.model_version, first.model_uri, first.imagery, first.traceparent)
             return ClaimedBatch(conn, transaction, admission, first.chunk_no, rows)
         except BaseException:
             conn.close()

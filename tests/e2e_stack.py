@@ -23,6 +23,7 @@ from constellation_core.waiting import free_port, port_open, wait_for
 from constellation_dagster.bootstrap import ensure_model
 from constellation_dagster.models.assets import ModelTrainingConfig
 from constellation_devstack.commands import code_server_serving
+from constellation_devstack.jaeger import JaegerServer
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, url_for
 from constellation_devstack.pgbouncer import PgBouncer
 from constellation_devstack.postgres import PROGRAM_ROLES
@@ -92,8 +93,12 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         Target("usage", [f"127.0.0.1:{usage_port}"]),
         Target("dispatcher", [f"127.0.0.1:{dispatcher_metrics_port}"]),
     ])
+    # Jaeger keeps every process's spans, as in `make demo`; the API reads a job's trace from it.
+    jaeger = JaegerServer(tmp / "jaeger", free_port(), free_port(), free_port(), free_port())
     env = {
         **os.environ,
+        **jaeger.otel_env(),
+        "JAEGER_QUERY_URL": jaeger.query_url,
         "DATABASE_URL": database_url,
         "NATS_URL": nats_url,
         "DAGSTER_PG_URL": pooler.pooled_url(dagster_url),
@@ -136,6 +141,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     processes = [*first, code_server, *dagster]
     try:
         prometheus.start()
+        jaeger.start()
         for process in first:
             process.start()
         wait_for(lambda: port_open("127.0.0.1", pooler.port), timeout=20, what="PgBouncer", interval=0.1)
@@ -151,9 +157,10 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=60, what="API ready")
         yield {"api": api, "ws": f"ws://127.0.0.1:{api_port}", "dagit": f"http://127.0.0.1:{dagit_port}",
                "processes": processes, "database_url": database_url, "dagster_home": str(home),
-               "local_dir": local_dir, "prometheus": prometheus.url}
+               "local_dir": local_dir, "prometheus": prometheus.url, "jaeger": jaeger.query_url}
     finally:
         prometheus.stop()
+        jaeger.stop()
         for process in processes:
             if process.process is not None and not process.alive():
                 print(f"--- {process.name} exited early; its log:\n{process.log_tail()}")
@@ -161,7 +168,8 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         patch.undo()  # later modules must not inherit this stack's environment
         get_settings.cache_clear()
         if keep := os.environ.get("CONSTELLATION_E2E_KEEP_LOGS"):  # a folder to keep every process's log in
-            for log in [*(p.log_path for p in processes), tmp / "prometheus" / "prometheus.log"]:
+            for log in [*(p.log_path for p in processes), tmp / "prometheus" / "prometheus.log",
+                        tmp / "jaeger" / "jaeger.log"]:
                 if log.exists():
                     Path(keep).mkdir(parents=True, exist_ok=True)
                     shutil.copy(log, Path(keep) / log.name)

@@ -208,6 +208,77 @@ def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry
     assert query("constellation_job_queue_wait_seconds_count >= 1"), "queue waits, by mode"
 
 
+def test_a_job_is_one_trace_from_its_submit_request_to_every_batch_on_every_device(stack):
+    """With tracing on (as in `make demo`: every process sends its spans to the stack's Jaeger), a job's
+    spans from the API, Postgres queries, NATS publishes, the dispatcher, the Dagster run worker and its
+    ops, the device workers and the sensor that ends it form one tree under the submit request, read
+    back through GET /jobs/{id}/trace; another member cannot read it."""
+    account = account_in(stack["database_url"], "e2e-trace")
+    job_id = _submit(stack, account, area=GENEVA, zoom=15, batch_size=8, mode="parallel")
+    assert _wait_terminal(stack, account, job_id)["state"] == "succeeded"
+    engine = create_engine(stack["database_url"])
+    with engine.connect() as conn:
+        batches = dict(conn.execute(text("SELECT chunk_no, device_uuid FROM tile_chunks WHERE job_id = :id"),
+                                    {"id": job_id}).all())
+    engine.dispose()
+
+    def complete_trace() -> dict | None:  # spans reach Jaeger within seconds of their end
+        response = httpx.get(f"{stack['api']}/jobs/{job_id}/trace", headers=account.headers, timeout=10)
+        if response.status_code != 200:
+            return None
+        found = response.json()
+        names = [span["name"] for span in found["spans"]]
+        if "end job" in names and names.count("infer batch") >= len(batches):
+            return found
+        return None
+
+    found = wait_for(complete_trace, timeout=60, what=f"job {job_id}'s trace in Jaeger", interval=1)
+    spans = {span["span_id"]: span for span in found["spans"]}
+    print("\n".join(f"{s['start_ms']:9.1f} {s['duration_ms']:8.1f} ms  {s['service']:<30} {s['name']}  {s['attributes']}"
+                    for s in found["spans"]))  # the tree, for a failure's report (-s shows it)
+    roots = [span for span in spans.values() if span["parent_id"] not in spans]
+    assert [(r["service"], r["name"]) for r in roots] == [("constellation-api", "POST /jobs")], roots
+
+    def named(name: str, service: str | None = None) -> list[dict]:
+        return [s for s in spans.values() if s["name"] == name and (service is None or s["service"] == service)]
+
+    def ancestors(span: dict) -> list[str]:
+        chain = []
+        while span["parent_id"] in spans:
+            span = spans[span["parent_id"]]
+            chain.append(span["name"])
+        return chain
+
+    submit_queries = [s for s in spans.values() if s["service"] == "constellation-api"
+                      and s["attributes"].get("db.system") == "postgresql"]
+    assert submit_queries, "the submit request's Postgres queries"
+    published = [s for s in spans.values() if s["attributes"].get("messaging.system") == "nats"]
+    assert {s["service"] for s in published} >= {"constellation-api", "constellation-run-worker",
+                                                   "constellation-device-worker", "constellation-dagster-sensors"}
+    assert len(named("queue wait")) == 1
+    (dispatch,) = named("dispatch")  # by the dispatcher, or the reconciler if Dagit was not up yet
+    (run,) = named("run tile_inference", "constellation-run-worker")
+    assert "dispatch" in ancestors(run) and run["attributes"]["constellation.job.id"] == job_id
+    for op in ("plan tiles", "infer", *(f"admit on {d.label}" for d in SIMULATED)):
+        (span,) = named(op, "constellation-run-worker")
+        assert ancestors(span)[0] == "run tile_inference", (op, ancestors(span))
+    batch_spans = named("infer batch", "constellation-device-worker")
+    assert sorted((s["attributes"]["constellation.batch"], s["attributes"]["constellation.device.uuid"])
+                  for s in batch_spans) == sorted(batches.items()), "one span per batch, on its device"
+    assert all(s["attributes"]["constellation.tiles"] > 0 and s["duration_ms"] > 0 for s in batch_spans)
+    labels = {d.uuid: d.label for d in SIMULATED}
+    assert all(spans[s["parent_id"]]["name"] == f"admit on {labels[s['attributes']['constellation.device.uuid']]}"
+               for s in batch_spans), "each batch is a child of its job's admission to its device"
+    assert len(named("commit batch", "constellation-device-worker")) == len(batches)
+    (end,) = named("end job", "constellation-dagster-sensors")
+    assert end["attributes"]["constellation.job.state"] == "succeeded"
+    assert not [s for s in spans.values() if s["error"]], "no failed span in a job that went well"
+    assert dispatch["start_ms"] < run["start_ms"] < end["start_ms"]
+
+    stranger = account_in(stack["database_url"], "e2e-trace-stranger")
+    assert httpx.get(f"{stack['api']}/jobs/{job_id}/trace", headers=stranger.headers).status_code == 404
+
+
 def test_five_jobs_on_two_devices_never_oversubscribe_a_device(stack):
     account = account_in(stack["database_url"], "e2e-five")
     submitted = {}
@@ -492,7 +563,8 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     """In Debian's chromium via playwright-core (web/e2e/smoke.mjs): sign in; watch a long job run
     with a moving progress bar and cancel it from Jobs; upload a GeoJSON area on Submit (tile count
     estimated), see the job reach `succeeded` on Jobs and its page, its footprints drawn on the tile
-    map and a clicked tile's result; the GPU charts receive points; Overview, Coverage (map), Usage
+    map and a clicked tile's result, its trace drawn as a waterfall from the browser's submit to each
+    batch; the GPU charts receive points; Overview, Coverage (map), Usage
     (usage_go) and Analytics render; a bad area's reason shows next to the field. Screenshots of
     every page: web/e2e/screenshots/."""
     import subprocess
@@ -523,6 +595,7 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     assert "the tile map draws" in done.stdout and "the GPU chart went from" in done.stdout
     assert "a click on the job's bar opened its page" in done.stdout
     assert "ok: a drawn area: Estimated" in done.stdout
+    assert "the job's trace drawn as a waterfall" in done.stdout and "job-trace.png" in shots
 
 
 def test_an_admin_revokes_a_key_on_the_admin_page_and_its_live_channel_closes(stack):

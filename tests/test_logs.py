@@ -25,3 +25,19 @@ def test_the_access_log_line_of_a_stream_connection_carries_no_key(capsys):
     finally:
         logging.getLogger().handlers[:] = []
     assert "cst_Bbvqnf15" not in line["message"] and "api_key=[redacted]" in line["message"]
+
+
+def test_a_line_logged_inside_a_span_carries_its_trace_and_span_ids(capsys):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    configure_logging("test")
+    try:
+        with TracerProvider().get_tracer("test").start_as_current_span("plan tiles") as span:
+            logging.getLogger("constellation").info("planned 63 tiles")
+        logging.getLogger("constellation").info("outside any span")
+        inside, outside = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:])
+    finally:
+        logging.getLogger().handlers[:] = []
+    context = span.get_span_context()
+    assert (inside["trace_id"], inside["span_id"]) == (f"{context.trace_id:032x}", f"{context.span_id:016x}")
+    assert "trace_id" not in outside

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api import access
 from api.deps import CurrentAccount, EngineDep, PublisherDep, SettingsDep
 from api.errors import REFUSED_METHODS, MethodNotAllowed
-from api.jobs import service
+from api.jobs import service, trace
 from api.jobs.logs import log_stream
 from api.jobs.repository import SORTS
 from api.jobs.schemas import (
@@ -20,6 +20,7 @@ from api.jobs.schemas import (
     JobPublic,
     JobState,
     JobSummary,
+    JobTrace,
     TileEstimate,
     TileFeatureCollection,
 )
@@ -108,6 +109,15 @@ async def estimate_other_methods() -> None:
 async def get_job(job_id: UUID, account: CurrentAccount, engine: EngineDep, settings: SettingsDep) -> Response:
     """A job's state and progress, its runs and their devices, queue position and ETA."""
     return json_response(await service.get_job(engine, account, job_id, dagit_url=settings.dagit_base_url))
+
+
+@router.get("/{job_id}/trace", response_model=JobTrace, name="trace",
+            responses={404: {"description": "No such job, or no trace of it (tracing off, or not stored yet)"},
+                       503: {"description": "The trace store did not answer"}})
+async def job_trace(job_id: UUID, account: CurrentAccount, engine: EngineDep, request: Request) -> JobTrace:
+    """The job's trace, one span per step of its life: the submit request, its wait in the queue, the
+    dispatch, the Dagster run and its ops, each batch on each device, the events it published, its end."""
+    return await trace.job_trace(engine, request.app.state.trace_client, account, job_id)
 
 
 @router.get("/{job_id}/tiles", response_model=TileFeatureCollection, response_class=GeoJSONResponse, name="tiles")

@@ -141,3 +141,26 @@ class TileFeatureCollection(BaseModel):
     type: Literal["FeatureCollection"]
     features: list[TileFeature]
     truncated: bool = Field(default=False, description="More tiles matched than `limit`")
+
+
+class TraceSpan(BaseModel):
+    """One span of a job's trace, timed from the trace's first span."""
+
+    span_id: str
+    parent_id: str | None = Field(description="The span this one is a child of (None for the trace's root)")
+    name: str
+    service: str = Field(description="The process that recorded it (its OpenTelemetry `service.name`)")
+    start_ms: float = Field(description="Milliseconds after the trace's first span started")
+    duration_ms: float
+    error: bool
+    attributes: dict[str, str | int | float | bool]
+
+
+class JobTrace(BaseModel):
+    """A job's trace as its trace store keeps it: the submit request, the queue wait, dispatch, the
+    Dagster run and its ops, each batch on each device, the events published and the job's end."""
+
+    trace_id: str
+    started_at: datetime
+    duration_ms: float
+    spans: list[TraceSpan] = Field(description="Ordered by start")

@@ -33,6 +33,7 @@ from api.offload import accepted, planning_pool
 from api.pagination import decode_cursor, encode_cursor
 from constellation_core.events import Event, queued_event, transition_job_async
 from constellation_core.logs import correlation_id
+from constellation_core.tracing import current_traceparent
 from constellation_core.vocabulary import JOB_STATES, MODELS
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ async def _insert_job(
             area_id=body.area_id,
             tiles_total=tiles_total,
             correlation_id=correlation_id.get(),
+            traceparent=current_traceparent(),  # the job's later spans join this request's trace
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
@@ -143,7 +145,7 @@ async def _area_geojson(engine: AsyncEngine, account: Account, body: AreaChoice)
 async def get_job(engine: AsyncEngine, account: Account, job_id: UUID, *, dagit_url: str) -> bytes:
     """The JSON of the job's `JobDetail`."""
     async with engine.connect() as conn:
-        row = _visible(await repository.get_job(conn, job_id), account, job_id)
+        row = visible(await repository.get_job(conn, job_id), account, job_id)
         runs = await repository.job_runs(conn, job_id)
         position = await repository.queue_position(conn, row) if row["state"] == "queued" else None
         rate = await repository.latest_rate(conn, job_id) if row["state"] == "running" else None
@@ -245,7 +247,7 @@ async def cancel_job(
     """Cancel a queued or running job (its JSON, and its event). Its inference steps stop after their current batch, and a
     sensor terminates its Dagster run."""
     async with engine.begin() as conn:
-        row = _visible(await repository.get_job(conn, job_id, for_update=True), account, job_id)
+        row = visible(await repository.get_job(conn, job_id, for_update=True), account, job_id)
         event = await transition_job_async(conn, job_id, "canceled", detail={"by": account.name})
         if event is None:
             raise Conflict(f"job {job_id} is already {row['state']}")
@@ -254,7 +256,7 @@ async def cancel_job(
     return job_json(row, dagit_url), event
 
 
-def _visible(row: RowMapping | None, account: Account, job_id: UUID) -> RowMapping:
+def visible(row: RowMapping | None, account: Account, job_id: UUID) -> RowMapping:
     access.require(account, row["account_id"] if row else None, row is not None, "job", job_id)
     return row
 

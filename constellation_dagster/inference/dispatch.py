@@ -7,13 +7,17 @@ else (row lock, `SKIP LOCKED`), not claimed within the re-dispatch window, and h
 run (queued, starting, started or canceling): a run that waits in Dagster's queue is never doubled.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import dagster as dg
+from opentelemetry.trace import Span, SpanKind
 from sqlalchemy import Connection, func, select, update
 
+from constellation_core import tracing
 from constellation_core.devices import choose_device
 from constellation_core.settings import get_settings
 from constellation_core.tables import gpus, jobs, steps
@@ -26,6 +30,7 @@ from constellation_dagster.inference.jobs import (
     serial_job_name,
     tile_inference,
 )
+from constellation_dagster.inference.ops import TRACEPARENT_TAG
 
 DISPATCH_BATCH = 100
 # A Dagster run in one of these may still run its job: while one exists, the job gets no other run.
@@ -102,7 +107,7 @@ def _claim_due_jobs(conn: Connection, limit: int):
     window = timedelta(seconds=get_settings().redispatch_after_s)
     due = (
         select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params,
-               jobs.c.created_at)
+               jobs.c.created_at, jobs.c.traceparent)
         .where(
             jobs.c.state == "queued",
             jobs.c.dagster_run_id.is_(None),
@@ -146,6 +151,7 @@ def plan_launches(conn: Connection, instance: dg.DagsterInstance, rows) -> list[
                     ACCOUNT_TAG: row.submitted_by,
                     CORRELATION_TAG: row.correlation_id or "",
                     "dagster/priority": str(row.priority),
+                    **({TRACEPARENT_TAG: row.traceparent} if getattr(row, "traceparent", None) else {}),
                 },
                 mode=row.params.get("mode", "parallel"),
                 created_at=getattr(row, "created_at", None),
@@ -170,3 +176,13 @@ def _device_load(conn: Connection, instance: dg.DagsterInstance) -> dict[str, in
         load[device.uuid] = load.get(device.uuid, 0) + instance.get_runs_count(
             dg.RunsFilter(job_name=serial_job_name(device), statuses=LIVE_RUN_STATUSES))
     return load
+
+
+@contextmanager
+def dispatch_span(launch: Launch, by: str) -> Iterator[tuple[Span, dict[str, str]]]:
+    """A `dispatch` span in the job's trace, and the launch's tags carrying its context (so the run's
+    spans are its children), for the block that asks Dagster for the run."""
+    with tracing.span_of_job("dispatch", launch.tags.get(TRACEPARENT_TAG), job_id=launch.job_id,
+                             kind=SpanKind.CLIENT,
+                             attributes={"dagster.job": launch.job_name, "constellation.dispatched_by": by}) as span:
+        yield span, {**launch.tags, **({TRACEPARENT_TAG: tracing.current_traceparent()} if span.is_recording() else {})}

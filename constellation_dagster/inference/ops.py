@@ -4,17 +4,20 @@ No `from __future__ import annotations` here: Dagster reads the annotations at d
 """
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
 
 import dagster as dg
+from opentelemetry import trace
 from shapely import wkt
 from sqlalchemy import Connection, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from constellation_core import tracing
 from constellation_core.devices import Device, device_spec, from_spec
 from constellation_core.events import record_event, transition_job
 from constellation_core.tables import jobs, runs, steps, tile_chunks, tiles
@@ -34,8 +37,22 @@ OUTAGE_RETRIES = 20
 OUTAGE_RETRY_WAIT_S = 3.0
 
 
+# The run tag carrying the job's trace context (`jobs.traceparent`, or the dispatch span's).
+TRACEPARENT_TAG = "constellation/traceparent"
+
+
 class TileJobConfig(dg.Config):
     job_id: str
+
+
+def op_span(context: dg.OpExecutionContext, name: str, job_id: UUID, **attributes: object):
+    """The op's span in its job's trace: a child of the run's span where the run worker traces its
+    run (`constellation_dagster.zygote`), else of the context the run's tags carry."""
+    inside_run_span = trace.get_current_span().get_span_context().is_valid
+    return tracing.span_of_job(
+        name, None if inside_run_span else context.run.tags.get(TRACEPARENT_TAG), job_id=job_id,
+        attributes={"dagster.run_id": context.run_id, "dagster.op": context.op_handle.name,
+                    "dagster.retry_number": context.retry_number, **attributes})
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -84,14 +101,21 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
     tiles at its zoom and store each with its footprint, in chunks of the job's batch size.
 
     Idempotent: a retried run finds its tiles already there."""
-    with through_outages():
-        job_id = UUID(config.job_id)
+    job_id = UUID(config.job_id)
+    began = time.time()
+    with through_outages(), op_span(context, "plan tiles", job_id) as span:
         run_id = start_run(context, job_id, db, bus)
         with db.begin() as conn:
             job = conn.execute(
-                select(jobs.c.zoom, jobs.c.account_id, jobs.c.params, func.ST_AsText(jobs.c.aoi).label("aoi"))
+                select(jobs.c.zoom, jobs.c.account_id, jobs.c.params, jobs.c.created_at, jobs.c.traceparent,
+                       func.ST_AsText(jobs.c.aoi).label("aoi"))
                 .where(jobs.c.id == job_id)
             ).one()
+        if context.run.parent_run_id is None and context.retry_number == 0:
+            # The job's wait: from its submission to its first run's start (the first op).
+            tracing.record_span("queue wait", job.traceparent, job.created_at, began, job_id=job_id,
+                                attributes={"constellation.job.mode": job.params.get("mode")})
+        with db.begin() as conn:
             batch = int(job.params.get("batch_size", DEFAULT_BATCH_SIZE))
             planned = plan_tile_grid(wkt.loads(job.aoi), job.zoom, PLAN_CAP)
             rows = [
@@ -112,6 +136,8 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
                                                      f"in {len(chunks)} batches of {batch}"},
             )
         bus.publish([event], flush=True)
+        span.set_attributes({"constellation.tiles": len(planned), "constellation.batches": len(chunks),
+                             "constellation.zoom": job.zoom})
         context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom},
                                     output_name="planned")
     yield dg.Output(run_id, "run_id")
@@ -133,7 +159,8 @@ def make_admit_op(device: Device) -> dg.OpDefinition:
     def admit(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
               gpus: GpuFleet, run_id: UUID, planned: int) -> dict:
         job_id = UUID(config.job_id)
-        with through_outages():
+        with through_outages(), op_span(context, f"admit on {device.label}", job_id,
+                                        **{"constellation.device.uuid": device.uuid}):
             model_path, model_version = latest_model(context.instance)
             with db.begin() as conn:  # (one transaction: an op run again after an outage admits once)
                 job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
@@ -155,7 +182,7 @@ def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRec
     record the run's metrics from the batches: tiles, device-seconds (compute time), devices."""
     job_id = UUID(config.job_id)
     steps_on = [(UUID(a["step_id"]), from_spec(a["device"])) for a in admitted]
-    with through_outages():
+    with through_outages(), op_span(context, "infer", job_id, **{"constellation.devices": len(steps_on)}):
         try:
             outcome = gpus.follow(db, job_id, steps_on)
         except Exception as exc:

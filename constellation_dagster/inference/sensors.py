@@ -7,10 +7,19 @@ from uuid import UUID
 import dagster as dg
 from sqlalchemy import func, select, text, update
 
+from constellation_core import tracing
 from constellation_core.events import transition_job
 from constellation_core.tables import jobs, runs, steps, tile_chunks
-from constellation_dagster.inference.dispatch import RETRY_GRACE_S, WILL_RETRY_TAG, claim_launches, plan_launches, runs_to_terminate
+from constellation_dagster.inference.dispatch import (
+    RETRY_GRACE_S,
+    WILL_RETRY_TAG,
+    claim_launches,
+    dispatch_span,
+    plan_launches,
+    runs_to_terminate,
+)
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
+from constellation_dagster.inference.ops import TRACEPARENT_TAG
 from constellation_dagster.resources import EventBus, SystemOfRecord
 
 # The dispatcher process launches and terminates runs the moment a job is queued or canceled; the
@@ -32,9 +41,17 @@ def dispatch_queued_jobs(context: dg.SensorEvaluationContext, db: SystemOfRecord
         _, launches = claim_launches(conn, context.instance)
     return dg.SensorResult(run_requests=[
         dg.RunRequest(run_key=str(launch.job_id), job_name=launch.job_name, run_config=launch.run_config,
-                      tags=launch.tags)
+                      tags=traced_dispatch(launch, "reconciler"))
         for launch in launches
     ])
+
+
+
+def traced_dispatch(launch, by: str) -> dict[str, str]:
+    """The launch's tags, carrying the context of a `dispatch` span in the job's trace."""
+    tracing.setup("constellation-dagster-sensors")
+    with dispatch_span(launch, by) as (_, tags):
+        return tags
 
 
 def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) -> dg.RunStatusSensorDefinition:
@@ -98,6 +115,19 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
         return False
     outcome = OUTCOMES[status]
     error = error if status == dg.DagsterRunStatus.FAILURE else None
+    tracing.setup("constellation-dagster-sensors")
+    with tracing.span_of_job("end job", run.tags.get(TRACEPARENT_TAG), job_id=job_id,
+                             attributes={"dagster.run_id": run.run_id, "dagster.run_status": status.value}) as span:
+        event = _end_job(log, db, run, job_id, status, outcome, error)
+        span.set_attribute("constellation.job.state", event.payload["state"] if event else "unchanged")
+        if event is None:
+            return False
+        bus.publish([event], flush=True)
+    return True
+
+
+def _end_job(log, db: SystemOfRecord, run: dg.DagsterRun, job_id: str, status: dg.DagsterRunStatus, outcome: str,
+             error: str | None):
     with db.begin() as conn:
         if status == dg.DagsterRunStatus.FAILURE and _every_batch_done(conn, UUID(job_id)):
             # The run worker ended after the job's last batch committed (killed, or interrupted
@@ -138,10 +168,7 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
                 .values(finished_at=func.now(), metrics=steps.c.metrics.op("||")(
                     func.jsonb_build_object("error", "its run ended without closing the step")))
             )
-    if event is None:
-        return False
-    bus.publish([event], flush=True)
-    return True
+    return event
 
 
 # A job whose run ended this long ago but still shows `running` missed its run-status sensor (a tick
@@ -196,7 +223,8 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
         # A new run carries on from the job's batches that are not done (each batch is done once).
         with db.begin() as conn:
             rows = conn.execute(
-                select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params)
+                select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params,
+                       jobs.c.traceparent)
                 .where(jobs.c.id.in_(list(unretried)), jobs.c.state == "running")
             ).all()
             launches = plan_launches(conn, context.instance, rows)
@@ -205,7 +233,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
             context.instance.add_run_tags(failed_run, {WILL_RETRY_TAG: "false", RELAUNCHED_TAG: "true"})
             context.log.info(f"job {launch.job_id}: run {failed_run} failed and was never retried; running it again")
             requests.append(dg.RunRequest(run_key=f"{launch.job_id}/after/{failed_run}", job_name=launch.job_name,
-                                          run_config=launch.run_config, tags=launch.tags))
+                                          run_config=launch.run_config, tags=traced_dispatch(launch, "recovery")))
     if requests:
         return dg.SensorResult(run_requests=requests)
     return dg.SkipReason(f"ended {ended} jobs" if ended else "every running job's run is still going")

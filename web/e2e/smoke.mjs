@@ -99,6 +99,17 @@ try {
   await checkNames(page, "Job detail");
   console.log(`ok: the tile map draws ${drawn} footprints; clicked tile: ${infoText}`);
 
+  // The job's trace as a waterfall: the submit request, the run and its ops, each batch on its device, the end.
+  step = "trace waterfall";
+  const waterfall = page.getByRole("table", { name: "Trace waterfall" });
+  await page.waitForFunction(() => ["POST /jobs", "run tile_inference_on_", "infer batch", "end job"].every((name) =>
+    [...document.querySelectorAll('[aria-label="Trace waterfall"] [role=row]')].some((row) => row.dataset.span.startsWith(name))),
+  null, { timeout: 60000 });
+  const spanRows = await waterfall.getByRole("row").count();
+  await page.getByRole("region", { name: "Trace" }).scrollIntoViewIfNeeded();
+  await page.getByRole("region", { name: "Trace" }).screenshot({ path: `${shots}/job-trace.png` });
+  console.log(`ok: the job's trace drawn as a waterfall of ${spanRows} spans (${shots}/job-trace.png)`);
+
   // The GPU page's charts receive points from the stream (1 Hz per device).
   step = "GPU charts";
   await page.goto(`${base}/app/gpus/`);

@@ -150,6 +150,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/jobs/{job_id}/trace": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Trace
+         * @description The job's trace, one span per step of its life: the submit request, its wait in the queue, the
+         *     dispatch, the Dagster run and its ops, each batch on each device, the events it published, its end.
+         */
+        get: operations["jobs-trace"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/jobs/{job_id}/tiles": {
         parameters: {
             query?: never;
@@ -556,6 +577,26 @@ export interface paths {
          * @description Revoke a key: it stops working at once, and its open streams close with the reason. Idempotent.
          */
         post: operations["admin-revoke_key"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/traces": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Export
+         * @description Spans recorded by the dashboard (an OTLP/HTTP `ExportTraceServiceRequest`), relayed to the trace store.
+         */
+        post: operations["traces-export"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1163,6 +1204,27 @@ export interface components {
              */
             tiles_per_minute: components["schemas"]["TilesPerMinute"][];
         };
+        /**
+         * JobTrace
+         * @description A job's trace as its trace store keeps it: the submit request, the queue wait, dispatch, the
+         *     Dagster run and its ops, each batch on each device, the events published and the job's end.
+         */
+        JobTrace: {
+            /** Trace Id */
+            trace_id: string;
+            /**
+             * Started At
+             * Format: date-time
+             */
+            started_at: string;
+            /** Duration Ms */
+            duration_ms: number;
+            /**
+             * Spans
+             * @description Ordered by start
+             */
+            spans: components["schemas"]["TraceSpan"][];
+        };
         /** KeyCreate */
         KeyCreate: {
             /**
@@ -1447,6 +1509,39 @@ export interface components {
             minute: string;
             /** Tiles */
             tiles: number;
+        };
+        /**
+         * TraceSpan
+         * @description One span of a job's trace, timed from the trace's first span.
+         */
+        TraceSpan: {
+            /** Span Id */
+            span_id: string;
+            /**
+             * Parent Id
+             * @description The span this one is a child of (None for the trace's root)
+             */
+            parent_id: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Service
+             * @description The process that recorded it (its OpenTelemetry `service.name`)
+             */
+            service: string;
+            /**
+             * Start Ms
+             * @description Milliseconds after the trace's first span started
+             */
+            start_ms: number;
+            /** Duration Ms */
+            duration_ms: number;
+            /** Error */
+            error: boolean;
+            /** Attributes */
+            attributes: {
+                [key: string]: string | number | boolean;
+            };
         };
         /** Usage */
         Usage: {
@@ -2031,6 +2126,67 @@ export interface operations {
             };
             /** @description Invalid input: which field and why */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "jobs-trace": {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobTrace"];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource (or another account's) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A service behind the API is unreachable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3314,6 +3470,75 @@ export interface operations {
             };
             /** @description Invalid input: which field and why */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "traces-export": {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": Record<string, never>;
+                "application/x-protobuf": string;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an OTLP body */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A service behind the API is unreachable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

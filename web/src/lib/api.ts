@@ -13,7 +13,8 @@ export function setApiKey(key: string | null): void {
   else window.localStorage.removeItem(KEY);
 }
 
-export const api = createClient<paths>({ baseUrl: "" });
+// `fetch` looked up at each call, so the tracing instrumentation (`tracing.ts`) sees every request.
+export const api = createClient<paths>({ baseUrl: "", fetch: (request) => globalThis.fetch(request) });
 api.use({
   onRequest({ request }) {
     const key = apiKey();

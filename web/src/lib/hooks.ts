@@ -14,6 +14,7 @@ export const useJobSummary = () => useQuery(jobQueries.summary());
 export const useJob = (id: string) => useQuery(jobQueries.detail(id));
 export const useJobEvents = (id: string) => useQuery(jobQueries.events(id));
 /** The job's tiles; refetched every 5 s while `live` (results land in batches). */
+export const useJobTrace = (id: string, live: boolean) => useQuery(jobQueries.trace(id, live));
 export const useJobTiles = (id: string, live: boolean) =>
   useQuery({ ...jobQueries.tiles(id), refetchInterval: live ? 5000 : false });
 export const useGpus = () => useQuery(gpuQueries.list());

@@ -13,6 +13,8 @@ export type GpuSample = S["GpuSample"];
 export type DeviceTimeline = S["DeviceTimeline"];
 export type DeviceBatch = S["DeviceBatch"];
 export type TileCollection = S["TileFeatureCollection"];
+export type JobTrace = S["JobTrace"];
+export type TraceSpan = S["TraceSpan"];
 export type AdminAccount = S["AccountAdmin"];
 export type AdminKey = S["KeyPublic"];
 export type IssuedKey = S["KeyIssued"];
@@ -81,6 +83,18 @@ export const jobQueries = {
           after = Number(page.next_cursor);
         }
       },
+    }),
+  trace: (id: string, live: boolean) =>
+    queryOptions({
+      queryKey: jobKeys.trace(id),
+      enabled: Boolean(id),
+      queryFn: async ({ signal }) => unwrap(await api.GET("/jobs/{job_id}/trace", { signal, params: { path: { job_id: id } } }), "the job's trace"),
+      // Spans reach the trace store a second or so after they end: follow a live job, and an ended one
+      // until its last span (the job's end) is in (for a minute at most).
+      refetchInterval: (query) =>
+        live || (!query.state.data?.spans.some((s) => s.name === "end job") && query.state.dataUpdateCount < 12) ? 5_000 : false,
+      retry: (failures, error) => (error instanceof ApiError && error.status === 404 ? failures < 6 : shouldRetry(failures, error)),
+      retryDelay: 2_000,
     }),
   tiles: (id: string) =>
     queryOptions({

@@ -14,6 +14,7 @@ export const jobKeys = {
   detail: (id: string) => [...jobKeys.details(), id] as const,
   events: (id: string) => [...jobKeys.all, "events", id] as const,
   tiles: (id: string) => [...jobKeys.all, "tiles", id] as const,
+  trace: (id: string) => [...jobKeys.all, "trace", id] as const,
 };
 /** How far back the device timeline reaches (seconds). */
 export const TIMELINE_SECONDS = 300;

@@ -3,11 +3,12 @@
 // (footprints coloured by class or confidence; click a tile for its result, run and device), runs.
 import { useQueryClient } from "@tanstack/react-query";
 import { useEffect, useMemo, useState } from "react";
-import { useCancelJobs, useJob, useJobEvents, useJobTiles } from "../../../src/lib/hooks";
+import { useCancelJobs, useJob, useJobEvents, useJobTiles, useJobTrace } from "../../../src/lib/hooks";
 import { jobKeys } from "../../../src/live/queryKeys";
 import { LOG_EVENT_TYPES } from "../../../src/lib/vocabulary";
 import { MapView, classColors, type TileFeature } from "../../../src/components/MapView";
 import { ColorBySelect, TileInfo, type ColorBy } from "../../../src/components/TileInfo";
+import { TraceWaterfall } from "../../../src/components/TraceWaterfall";
 import { Button, Card, ErrorState, ErrorText, Loading, Muted, Page, Progress, StateBadge, Title, formatSeconds } from "../../../src/ui/components";
 
 
@@ -19,12 +20,16 @@ export default function JobDetail() {
   const events = useJobEvents(id === "-" ? "" : id);
   const running = job.data?.state === "running" || job.data?.state === "queued";
   const tiles = useJobTiles(id === "-" ? "" : id, running);
+  const trace = useJobTrace(id === "-" ? "" : id, running);
   const cancel = useCancelJobs();
   const [colorBy, setColorBy] = useState<ColorBy>("class");
   const [selected, setSelected] = useState<Record<string, unknown> | null>(null);
   const state = job.data?.state;
   useEffect(() => {
-    if (id && id !== "-" && state) void client.invalidateQueries({ queryKey: jobKeys.tiles(id) });
+    if (id && id !== "-" && state) {
+      void client.invalidateQueries({ queryKey: jobKeys.tiles(id) });
+      void client.invalidateQueries({ queryKey: jobKeys.trace(id) });
+    }
   }, [state, id, client]);
 
   const timeline = useMemo(() => (events.data ?? []).filter((e) => e.type === "job.state"), [events.data]);
@@ -91,6 +96,10 @@ export default function JobDetail() {
           {j.dagit_url && <p><a href={j.dagit_url}>Open in Dagit</a></p>}
         </Card>
       </div>
+      <Card aria-label="Trace">
+        <h2>Trace</h2>
+        {trace.isPending ? <Loading what="the trace" /> : trace.isError ? <ErrorState error={trace.error} /> : <TraceWaterfall trace={trace.data} />}
+      </Card>
       <Card aria-label="Logs">
         <h2>Logs</h2>
         {events.isPending ? <Loading what="logs" /> : events.isError ? <ErrorState error={events.error} /> : logs.length === 0 ? <Muted>No log lines yet.</Muted> : (
