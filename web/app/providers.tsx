@@ -3,12 +3,9 @@ import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { createContext, useContext, useEffect, useState, type ReactNode } from "react";
 import { apiKey, streamProtocols, streamUrl } from "../src/lib/api";
 import { shouldRetry } from "../src/lib/queries";
-import { startTracing } from "../src/lib/tracing";
 import { openLiveEvents } from "../src/live/liveEvents";
 
 export type LiveStatus = "signed-out" | "connecting" | "open" | "reconnecting" | "revoked";
-startTracing(); // before the first request (a no-op while the static export renders)
-
 const LiveStatusContext = createContext<LiveStatus>("connecting");
 /** Whether the live channel is up (shown in the navigation bar). */
 export const useLiveStatus = () => useContext(LiveStatusContext);

@@ -99,12 +99,15 @@ try {
   await checkNames(page, "Job detail");
   console.log(`ok: the tile map draws ${drawn} footprints; clicked tile: ${infoText}`);
 
-  // The job's trace as a waterfall: the submit request, the run and its ops, each batch on its device, the end.
+  // The job's trace as a waterfall: this browser's submit request at its root, then the API's, the run and
+  // its ops, each batch on its device, the end.
   step = "trace waterfall";
   const waterfall = page.getByRole("table", { name: "Trace waterfall" });
-  await page.waitForFunction(() => ["POST /jobs", "run tile_inference_on_", "infer batch", "end job"].every((name) =>
-    [...document.querySelectorAll('[aria-label="Trace waterfall"] [role=row]')].some((row) => row.dataset.span.startsWith(name))),
-  null, { timeout: 60000 });
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('[aria-label="Trace waterfall"] [role=row]')];
+    return rows[0]?.dataset.service === "constellation-web" && rows[0]?.dataset.span === "POST /jobs" &&
+      ["run tile_inference_on_", "infer batch", "end job"].every((name) => rows.some((row) => row.dataset.span.startsWith(name)));
+  }, null, { timeout: 60000 });
   const spanRows = await waterfall.getByRole("row").count();
   await page.getByRole("region", { name: "Trace" }).scrollIntoViewIfNeeded();
   await page.getByRole("region", { name: "Trace" }).screenshot({ path: `${shots}/job-trace.png` });

@@ -1,6 +1,7 @@
 // The typed API client (openapi-fetch over the generated contract types), same origin as the API.
 import createClient from "openapi-fetch";
 import type { paths } from "../api/schema";
+import { startTracing, tracingMiddleware } from "./tracing";
 
 const KEY = "constellation.apiKey";
 
@@ -13,8 +14,9 @@ export function setApiKey(key: string | null): void {
   else window.localStorage.removeItem(KEY);
 }
 
-// `fetch` looked up at each call, so the tracing instrumentation (`tracing.ts`) sees every request.
-export const api = createClient<paths>({ baseUrl: "", fetch: (request) => globalThis.fetch(request) });
+export const api = createClient<paths>({ baseUrl: "" });
+startTracing(apiKey); // a no-op while the static export renders
+api.use(tracingMiddleware);
 api.use({
   onRequest({ request }) {
     const key = apiKey();
