@@ -292,7 +292,8 @@ def _planning():
     plan_tiles()
 
 
-def _plan_through(monkeypatch, database_url, nats_url, job_id, errors: list[Exception]) -> dg.ExecuteInProcessResult:
+def _plan_through(monkeypatch, database_url, nats_url, job_id, errors: list[Exception],
+                  tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
     from constellation_dagster.inference import ops
     from constellation_dagster.resources import EventBus
 
@@ -300,7 +301,7 @@ def _plan_through(monkeypatch, database_url, nats_url, job_id, errors: list[Exce
     _outages[:] = errors
     with dg.instance_for_test() as instance:
         return _planning.execute_in_process(
-            instance=instance, raise_on_error=False,
+            instance=instance, raise_on_error=False, tags=tags,
             run_config={"ops": {"plan_tiles": {"config": {"job_id": str(job_id)}}}},
             resources={"db": _PostgresAwayAtFirst(database_url=database_url), "bus": EventBus(nats_url=nats_url)})
 
@@ -325,3 +326,35 @@ def test_an_op_that_fails_for_another_reason_is_not_run_again(engine, database_u
     assert not result.success
     assert not result.filter_events(lambda e: e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert "a bug, not an outage" in str(result.get_step_failure_events()[0].step_failure_data.error)
+
+
+@pytest.fixture(scope="session")
+def finished_spans():
+    """Spans this process records (the SDK with an in-memory exporter as the global provider)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+def test_a_retried_op_shows_its_failed_attempt_and_the_retry_in_the_jobs_trace(
+        database_url, nats_url, queued_job, monkeypatch, finished_spans):
+    from constellation_dagster.inference.ops import TRACEPARENT_TAG
+
+    finished_spans.clear()
+    submit = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # the submit request's span
+    result = _plan_through(monkeypatch, database_url, nats_url, queued_job, [_refused()], {TRACEPARENT_TAG: submit})
+    assert result.success
+    plans = [s for s in finished_spans.get_finished_spans() if s.name == "plan tiles"]
+    assert [(s.attributes["dagster.retry_number"], s.status.is_ok) for s in plans] == [(0, False), (1, True)]
+    assert "Connection refused" in plans[0].events[0].attributes["exception.message"]
+    assert {(s.context.trace_id, s.parent.span_id) for s in plans} == {(0x4bf92f3577b34da6a3ce929d0e0e4736,
+                                                                         0x00f067aa0ba902b7)}
+    (wait,) = [s for s in finished_spans.get_finished_spans() if s.name == "queue wait"]
+    assert wait.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736, "the job's wait, once, in its trace"

@@ -75,8 +75,9 @@ def through_outages() -> Iterator[None]:
         raise dg.RetryRequested(max_retries=OUTAGE_RETRIES, seconds_to_wait=OUTAGE_RETRY_WAIT_S) from exc
 
 
-def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, bus: EventBus) -> UUID:
-    """Mark the job running and record this Dagster run in `runs`."""
+def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, bus: EventBus) -> tuple[UUID, bool]:
+    """Mark the job running and record this Dagster run in `runs`; True when this started the job
+    (it was queued: not a retry, nor an op run again)."""
     with db.begin() as conn:
         run_id = conn.execute(
             pg_insert(runs)
@@ -89,7 +90,7 @@ def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, 
             dagster_run_id=context.run_id,
         )
     bus.publish([event])
-    return run_id
+    return run_id, event is not None
 
 
 @dg.op(
@@ -104,15 +105,14 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
     job_id = UUID(config.job_id)
     began = time.time()
     with through_outages(), op_span(context, "plan tiles", job_id) as span:
-        run_id = start_run(context, job_id, db, bus)
+        run_id, started = start_run(context, job_id, db, bus)
         with db.begin() as conn:
             job = conn.execute(
                 select(jobs.c.zoom, jobs.c.account_id, jobs.c.params, jobs.c.created_at, jobs.c.traceparent,
                        func.ST_AsText(jobs.c.aoi).label("aoi"))
                 .where(jobs.c.id == job_id)
             ).one()
-        if context.run.parent_run_id is None and context.retry_number == 0:
-            # The job's wait: from its submission to its first run's start (the first op).
+        if started:  # the job's wait, once: from its submission to the start of its first run
             tracing.record_span("queue wait", job.traceparent, job.created_at, began, job_id=job_id,
                                 attributes={"constellation.job.mode": job.params.get("mode")})
         with db.begin() as conn:
