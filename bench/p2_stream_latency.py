@@ -1,7 +1,7 @@
 """P2: event published by an op → received by WebSocket clients, at a given rate and fan-out.
 
     make install && .local/venv/bin/constellation-dev with-services -- \
-        .local/venv/bin/python bench/p2_stream_latency.py [--clients 50] [--rate 500] [--seconds 10]
+        .local/venv/bin/python bench/p2_stream_latency.py [--clients 50] [--rate 500] [--seconds 10] [--tracing]
 
 Runs against throwaway Postgres and NATS (`with-services`) and the API under uvicorn. N clients
 subscribe to `/stream` (all jobs, as admins). A publisher sends `job.progress` events to JetStream
@@ -18,18 +18,22 @@ import asyncio
 import json
 import os
 import statistics
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import nats
+from served_api import served_api
 from sqlalchemy import create_engine
 from websockets.asyncio.client import connect
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.bus import publish_events
 from constellation_core.events import SUBJECT_ROOT, Event
-from served_api import served_api
+from constellation_core.waiting import free_port
+from constellation_devstack.jaeger import JaegerServer
 
 FIRST_ID = 10**15
 
@@ -104,6 +108,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--tracing", action="store_true",
+                        help="run with the API's tracing off, then on (spans to a Jaeger of its own)")
     args = parser.parse_args()
     database_url, nats_url = os.environ.get("DATABASE_URL"), os.environ.get("NATS_URL")
     if not database_url or not os.environ.get("CONSTELLATION_TEST_PG_ADMIN_URL"):
@@ -112,8 +118,20 @@ def main() -> None:
     with engine.begin() as conn:
         key = issue_api_key(conn, create_account(conn, f"p2-{uuid.uuid4().hex[:6]}", "admin"))
     engine.dispose()
-    with served_api() as base:
-        asyncio.run(run(args, f"{base.replace('http', 'ws', 1)}/stream", key, nats_url))
+    if not args.tracing:
+        with served_api() as base:
+            asyncio.run(run(args, f"{base.replace('http', 'ws', 1)}/stream", key, nats_url))
+        return
+    jaeger = JaegerServer(Path(tempfile.mkdtemp(prefix="constellation-p2-")), free_port(), free_port(), free_port(),
+                          free_port())
+    jaeger.start()
+    try:
+        for label, env in (("tracing off", {"OTEL_SDK_DISABLED": "true"}), ("tracing on", jaeger.otel_env())):
+            print(f"-- the API with {label}")
+            with served_api(env=env) as base:
+                asyncio.run(run(args, f"{base.replace('http', 'ws', 1)}/stream", key, nats_url))
+    finally:
+        jaeger.stop()
 
 if __name__ == "__main__":
     main()

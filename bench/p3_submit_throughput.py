@@ -22,13 +22,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from served_api import checkouts, served_api
 from sqlalchemy import create_engine, func, select, update
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.tables import accounts, jobs
 from constellation_core.waiting import free_port
 from constellation_devstack.jaeger import JaegerServer
-from served_api import checkouts, served_api
 
 BODY = ('{"name": "p3", "zoom": 14, "mode": "serial", "area": {"type": "Polygon", "coordinates": '
         '[[[6.10, 46.18], [6.12, 46.18], [6.12, 46.20], [6.10, 46.20], [6.10, 46.18]]]}}')

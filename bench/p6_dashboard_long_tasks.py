@@ -18,8 +18,8 @@ Synthetic events (ids above any real one) are not written to `events`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -31,13 +31,13 @@ from datetime import UTC, datetime, timedelta
 from queue import Queue
 
 import nats
+from served_api import served_api
 from sqlalchemy import create_engine, func, insert, text
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.events import Event
 from constellation_core.settings import REPO_ROOT
 from constellation_core.tables import jobs
-from served_api import served_api
 
 PHASES = ("idle", "load", "load+scroll")  # the browser script's windows, in order
 FIRST_ID = 10**15

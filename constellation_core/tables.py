@@ -113,6 +113,8 @@ jobs = Table(
     _created_at(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True)),
+    # When its first batch was done (0013): the submit → first batch wait.
+    Column("first_batch_at", DateTime(timezone=True)),
     Column("submitted_by", Text, nullable=False),
     Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
     Column("area_id", UUID(as_uuid=True), ForeignKey("areas.id")),

@@ -17,16 +17,18 @@ from datetime import UTC, datetime
 from urllib.parse import urlparse
 from uuid import UUID
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from opentelemetry.trace import StatusCode
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Engine
 
 from constellation_core import tracing
 from constellation_core.bus import connect
 from constellation_core.events import SUBJECT_ROOT, Event
 from constellation_dagster.inference.dispatch import claim_launches, dispatch_span, release, runs_to_terminate
+from constellation_dagster.inference.jobs import DEVICE_TAG, DEVICES, PARALLEL_JOB
 
 log = logging.getLogger(__name__)
 LOCATION = "constellation_dagster"
@@ -39,6 +41,30 @@ LAUNCH_SECONDS = Histogram("constellation_run_launch_duration_seconds", "One lau
 QUEUE_WAIT = Histogram("constellation_job_queue_wait_seconds", "A job's submission to its run's launch", ["mode"],
                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
 REPOSITORY = "__repository__"
+IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+class PoolSaturation:
+    """Each device pool's slots, read from Dagster at scrape: its limit, and the runs holding one (a
+    run holds a slot of every pool it uses from its start to its end: a parallel run every device's,
+    a serial run its device's; runs waiting in Dagster's queue hold none)."""
+
+    def __init__(self, instance: DagsterInstance) -> None:
+        self.instance = instance
+
+    def collect(self):
+        limit = GaugeMetricFamily("constellation_pool_slots", "A device pool's slots (jobs it holds at once)",
+                                  labels=["pool", "device"])
+        used = GaugeMetricFamily("constellation_pool_slots_in_use", "A device pool's slots held by runs",
+                                 labels=["pool", "device"])
+        runs = self.instance.get_runs(RunsFilter(statuses=IN_PROGRESS))
+        for device in DEVICES:
+            info = self.instance.event_log_storage.get_concurrency_info(device.pool)
+            limit.add_metric([device.pool, device.uuid], info.slot_count)
+            used.add_metric([device.pool, device.uuid], sum(
+                1 for run in runs if run.job_name == PARALLEL_JOB or run.tags.get(DEVICE_TAG) == device.uuid))
+        yield limit
+        yield used
 
 
 def graphql_client(dagit_url: str) -> DagsterGraphQLClient:
@@ -117,6 +143,7 @@ async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
     tracing.setup("constellation-dispatcher")
     client = graphql_client(dagit_url)
     instance = DagsterInstance.get()  # $DAGSTER_HOME: the launch guard reads Dagster's runs
+    REGISTRY.register(PoolSaturation(instance))
     wake = asyncio.Event()
     wake.set()  # launch whatever is already due
     canceled: set[UUID] = set()

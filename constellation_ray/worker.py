@@ -339,7 +339,9 @@ class DeviceWorker:
             conn.execute(update(steps).where(steps.c.id == a.step_id).values(tiles=steps.c.tiles + inserted))
             done = conn.execute(
                 update(jobs).where(jobs.c.id == a.job_id)
-                .values(tiles_done=jobs.c.tiles_done + inserted).returning(jobs.c.tiles_done)
+                .values(tiles_done=jobs.c.tiles_done + inserted,
+                        first_batch_at=func.coalesce(jobs.c.first_batch_at, func.clock_timestamp()))
+                .returning(jobs.c.tiles_done)
             ).scalar_one()
             event = record_event(
                 conn, "job.progress", account_id=a.account_id, job_id=a.job_id, run_id=a.run_id,

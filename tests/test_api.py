@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 
-from constellation_core.tables import events, jobs
+from constellation_core.tables import events, gpus, jobs, steps
 from tests.samples import job_body
 from tests.streams import next_message
 
@@ -165,6 +166,45 @@ def test_metrics_count_submissions(client, make_account):
     after = series()
     assert after[("constellation_jobs_submitted_total", ())] == before[("constellation_jobs_submitted_total", ())] + 1
     assert after[created] == before.get(created, 0) + 1
+
+
+def test_metrics_read_the_jobs_lifecycle_and_the_devices_tiles_from_the_database(client, make_account, engine):
+    """Counters every API process reports alike: jobs that entered each stage, by mode (from `events`),
+    and each device's tiles (from its steps); a job's cancel counts once."""
+    account, admin = make_account(), make_account("admin")
+
+    def series() -> dict[tuple, float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(client.get("/metrics", headers=admin.headers).text)
+                for s in family.samples}
+
+    serial = ("constellation_job_lifecycle_total", (("event", "submitted"), ("mode", "serial")))
+    canceled = ("constellation_job_lifecycle_total", (("event", "canceled"), ("mode", "serial")))
+    queued = ("constellation_jobs", (("state", "queued"),))
+    before = series()
+    job = client.post("/jobs", json=job_body(mode="serial"), headers=account.headers).json()
+    client.post("/jobs", json=job_body(mode="serial"), headers=account.headers)
+    client.post(f"/jobs/{job['id']}/cancel", headers=account.headers)
+    after = series()
+    assert after[serial] == before.get(serial, 0) + 2
+    assert after[canceled] == before.get(canceled, 0) + 1
+    assert after[queued] == before.get(queued, 0) + 1
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        gpu = conn.execute(insert(gpus).values(uuid="GPU-metrics-1", name="Test GPU").returning(gpus.c.id)).scalar_one()
+        conn.execute(insert(steps), [{"job_id": job["id"], "gpu_id": gpu, "step_key": "admit", "pid": 1, "tiles": n,
+                                      "started_at": now, "finished_at": now + timedelta(seconds=s)}
+                                     for n, s in ((40, 7), (24, 70))])
+        conn.execute(update(jobs).where(jobs.c.id == job["id"])
+                     .values(first_batch_at=jobs.c.created_at + timedelta(seconds=2)))
+    figures = series()
+    assert figures[("constellation_device_tiles_total", (("device", "GPU-metrics-1"), ("name", "Test GPU")))] == 64
+    steps_under = {le: figures[("constellation_step_duration_seconds_bucket", (("device", "GPU-metrics-1"), ("le", le)))]
+                   for le in ("5.0", "10.0", "120.0")}
+    assert steps_under == {"5.0": 0, "10.0": 1, "120.0": 2}
+    wait = {le: figures[("constellation_job_first_batch_wait_seconds_bucket", (("le", le), ("mode", "serial")))]
+            for le in ("1.0", "2.5", "+Inf")}
+    assert wait["2.5"] - wait["1.0"] >= 1 and wait["+Inf"] >= 1
 
 
 def test_cancel_a_queued_job_once(client, make_account, engine):

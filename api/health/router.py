@@ -7,14 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from api.accounts.auth import authenticate, key_from_headers
 from api.deps import EngineDep, SettingsDep
 from api.errors import Forbidden, ServiceUnavailable
-from api.metrics import JOBS_BY_STATE
-from constellation_core.tables import jobs
-from constellation_core.vocabulary import JOB_STATES
+from api.metrics import DATABASE_FIGURES
 
 router = APIRouter(tags=["health"])
 
@@ -61,7 +59,5 @@ async def metrics(
         if not (await authenticate(engine, presented)).is_admin:
             raise Forbidden("metrics are for the metrics token or an admin key")
     async with engine.connect() as conn:
-        counts = dict((await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))).all())
-    for state in JOB_STATES:
-        JOBS_BY_STATE.labels(state=state).set(counts.get(state, 0))
+        await DATABASE_FIGURES.refresh(conn, settings.local_dir / "analytics")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

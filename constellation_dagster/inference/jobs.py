@@ -19,6 +19,7 @@ from constellation_dagster.inference.ops import infer, make_admit_op, plan_tiles
 JOB_ID_TAG = "constellation/job_id"
 ACCOUNT_TAG = "constellation/account"
 CORRELATION_TAG = "constellation/correlation_id"
+DEVICE_TAG = "constellation/device"  # a serial job's (and so its runs') device
 PARALLEL_JOB = "tile_inference"
 
 
@@ -50,7 +51,7 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
             name=serial_job_name(device),
             description=f"Plan an area's tiles and run the CNN over them on {device.label} alone.",
             executor_def=dg.in_process_executor,
-            tags={"constellation/mode": "serial", "constellation/device": device.uuid},
+            tags={"constellation/mode": "serial", DEVICE_TAG: device.uuid},
         )
         def serial() -> None:
             run_id, planned = plan_tiles()
