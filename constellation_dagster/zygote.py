@@ -38,6 +38,9 @@ WARM_MODULES = ("constellation_dagster.definitions",)
 RUN_WORKER_MODULES = ("dagster._cli.api", "dagster._core.execution.api", "dagster._core.instance")
 
 PARENT_CHECK_S = 1.0
+# How long a run worker waits, as it ends, for NATS to take its last events and the trace store its
+# last spans (each; both away when the whole stack has stopped).
+EXIT_FLUSH_S = 3.0
 
 
 def main(preload: list[str]) -> None:
@@ -120,8 +123,8 @@ def _run_in_child(run_id: str, instance: Any) -> int:
         from constellation_core import tracing
         from constellation_core.bus import flush_publishers
 
-        flush_publishers()
-        tracing.flush()
+        flush_publishers(EXIT_FLUSH_S)
+        tracing.flush(EXIT_FLUSH_S)
         sys.stdout.flush()
         sys.stderr.flush()
     return code
