@@ -68,7 +68,8 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        request = json.dumps({"run_id": run.run_id, "instance_ref": serialize_value(self._instance.get_ref())})
+        request = json.dumps({"run_id": run.run_id, "job_name": run.job_name, "tags": dict(run.tags),
+                              "instance_ref": serialize_value(self._instance.get_ref())})
         with self._lock:
             pid = self._fork(request)
         identity = f"{pid}:{_start_ticks(pid) or 0}"

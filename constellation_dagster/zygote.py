@@ -11,8 +11,8 @@ behave the same).
 Every op of our jobs runs in the run worker (the in-process executor): there are no step processes,
 so no multiprocessing forkserver either.
 
-Protocol (with `WarmRunLauncher`): one JSON line per run on stdin, `{"run_id", "instance_ref"}`;
-the zygote answers with one line, the child's pid. It exits when its stdin closes or its parent
+Protocol (with `WarmRunLauncher`): one JSON line per run on stdin, `{"run_id", "job_name", "tags",
+"instance_ref"}`; the zygote answers with one line, the child's pid. It exits when its stdin closes or its parent
 changes (the launching process went away); runs already forked go on to their end. Nothing CUDA is
 touched before a fork.
 """
@@ -71,7 +71,7 @@ def main(preload: list[str]) -> None:
         if pid == 0:
             requests.close()
             replies.close()
-            os._exit(_run_in_child(request["run_id"], instance))
+            os._exit(_run_in_child(request, instance))
         replies.write(f"{pid}\n")
 
 
@@ -104,14 +104,15 @@ def _instance(instances: dict[str, Any], instance_ref_json: str) -> Any:
     return instances[instance_ref_json]
 
 
-def _run_in_child(run_id: str, instance: Any) -> int:
+def _run_in_child(request: dict, instance: Any) -> int:
+    run_id = request["run_id"]
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     code = 1
     try:
         from dagster._cli.api import _execute_run_command_body
         from dagster._utils.interrupts import capture_interrupts
 
-        with capture_interrupts(), instance, _run_span(instance, run_id):
+        with capture_interrupts(), instance, _run_span(run_id, request.get("job_name"), request.get("tags") or {}):
             code = _execute_run_command_body(run_id, instance, lambda _event: None,
                                              set_exit_code_on_failure=False)
     except BaseException:  # noqa: BLE001 - the run's failure is already in Dagster's event log
@@ -130,24 +131,20 @@ def _run_in_child(run_id: str, instance: Any) -> int:
     return code
 
 
-def _run_span(instance: Any, run_id: str) -> contextlib.AbstractContextManager:
-    """The run's span in its job's trace (the ops' spans are its children), when tracing is on. Set
-    up here, after the fork: the zygote itself never starts the exporter's thread."""
+def _run_span(run_id: str, job_name: str | None, tags: dict[str, str]) -> contextlib.AbstractContextManager:
+    """The run's span in its job's trace (the ops' spans are its children), when tracing is on; the
+    launcher sent the run's tags with the request (no query here). Set up after the fork: the zygote
+    itself never starts the exporter's thread."""
     from constellation_core import tracing
     from constellation_dagster.inference.jobs import JOB_ID_TAG
     from constellation_dagster.inference.ops import TRACEPARENT_TAG
 
     if not tracing.setup("constellation-run-worker"):
         return contextlib.nullcontext()
-    try:
-        run = instance.get_run_by_id(run_id)
-    except Exception:  # noqa: BLE001 - Postgres away: the run goes on (and fails or retries) untraced
-        return contextlib.nullcontext()
-    if run is None:
-        return contextlib.nullcontext()
-    return tracing.span_of_job(f"run {run.job_name}", run.tags.get(TRACEPARENT_TAG), job_id=run.tags.get(JOB_ID_TAG),
-                               attributes={"dagster.run_id": run_id, "dagster.job": run.job_name,
-                                           "dagster.parent_run_id": run.parent_run_id, "process.pid": os.getpid()})
+    return tracing.span_of_job(f"run {job_name}", tags.get(TRACEPARENT_TAG), job_id=tags.get(JOB_ID_TAG),
+                               attributes={"dagster.run_id": run_id, "dagster.job": job_name,
+                                           "dagster.parent_run_id": tags.get("dagster/parent_run_id"),
+                                           "process.pid": os.getpid()})
 
 
 if __name__ == "__main__":

@@ -185,12 +185,9 @@ def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRec
     with through_outages(), op_span(context, "infer", job_id, **{"constellation.devices": len(steps_on)}):
         try:
             outcome = gpus.follow(db, job_id, steps_on)
-        except Exception as exc:
+        except BaseException as exc:  # a failure, a cancel (SIGINT), the run worker asked to stop
             if not is_outage(exc):  # (an outage: the op runs again and follows on, its steps open)
                 _close_steps(context, db, bus, job_id, run_id, steps_on, None, repr(exc))
-            raise
-        except BaseException as exc:  # canceled (SIGINT), or the run worker asked to stop
-            _close_steps(context, db, bus, job_id, run_id, steps_on, None, repr(exc))
             raise
         _close_steps(context, db, bus, job_id, run_id, steps_on, outcome, outcome.error)
         if outcome.error:
