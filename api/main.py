@@ -18,6 +18,7 @@ from api.catalog.router import router as catalog_router
 from api.coverage.router import router as coverage_router
 from api.errors import install_problem_handlers
 from api.events.router import router as events_router
+from api.fleet.router import router as fleet_router
 from api.gpus.router import router as gpus_router
 from api.health.router import router as health_router
 from api.jobs.router import router as jobs_router
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ensure_stream(app.state.nats.jetstream())
         app.state.usage_client = httpx.AsyncClient(base_url=settings.usage_base_url, timeout=5)
         app.state.trace_client = httpx.AsyncClient(base_url=settings.jaeger_query_base_url, timeout=5)
+        app.state.prometheus_client = httpx.AsyncClient(base_url=settings.prometheus_base_url, timeout=5)
         if traced:
             trace_queries(app.state.engine.sync_engine, app.state.engine.url.database)
             HTTPXClientInstrumentor.instrument_client(app.state.usage_client)
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             planning_pool.stop()
             await app.state.usage_client.aclose()
             await app.state.trace_client.aclose()
+            await app.state.prometheus_client.aclose()
             await app.state.nats.drain()
             await app.state.engine.dispose()
 
@@ -101,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(areas_router)
     app.include_router(gpus_router)
+    app.include_router(fleet_router)
     app.include_router(coverage_router)
     app.include_router(catalog_router)
     app.include_router(events_router)

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     usage_port: int = 8081
     # Prometheus (started by `make demo`) and the exporters it scrapes besides the API's /metrics.
     prometheus_port: int = 9090
+    # Where the API reads metric history (Prometheus's query API); default: the demo's Prometheus.
+    prometheus_url: str | None = None
     gpu_agent_metrics_port: int = 9400  # dcgm-exporter's port
     dispatcher_metrics_port: int = 9401
     # Jaeger (started by `make demo`): OTLP/HTTP in, its query API read by GET /jobs/{id}/trace.
@@ -91,6 +93,10 @@ class Settings(BaseSettings):
     @property
     def dagit_base_url(self) -> str:
         return self.dagit_url or f"http://127.0.0.1:{self.dagit_port}"
+
+    @property
+    def prometheus_base_url(self) -> str:
+        return self.prometheus_url or f"http://127.0.0.1:{self.prometheus_port}"
 
     @property
     def jaeger_query_base_url(self) -> str:

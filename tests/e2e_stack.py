@@ -99,6 +99,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         **os.environ,
         **jaeger.otel_env(),
         "JAEGER_QUERY_URL": jaeger.query_url,
+        "PROMETHEUS_URL": prometheus.url,
         "DATABASE_URL": database_url,
         "NATS_URL": nats_url,
         "DAGSTER_PG_URL": pooler.pooled_url(dagster_url),
@@ -157,7 +158,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=60, what="API ready")
         yield {"api": api, "ws": f"ws://127.0.0.1:{api_port}", "dagit": f"http://127.0.0.1:{dagit_port}",
                "processes": processes, "database_url": database_url, "dagster_home": str(home),
-               "local_dir": local_dir, "prometheus": prometheus.url, "jaeger": jaeger.query_url}
+               "local_dir": local_dir, "prometheus": prometheus.url, "jaeger": jaeger.query_url, "nats": nats_url}
     finally:
         prometheus.stop()
         jaeger.stop()

@@ -13,7 +13,8 @@ from sqlalchemy import func, insert, select
 
 from constellation_core.tables import areas, gpus, jobs, steps, tile_results, tiles
 from constellation_core.tiles import plan_tiles
-from constellation_core.waiting import wait_for
+from constellation_core.waiting import free_port, wait_for
+from tests.conftest import role_url
 from tests.samples import GENEVA, job_body
 
 PROBLEM = "application/problem+json"
@@ -257,40 +258,31 @@ def test_estimate_counts_tiles_like_a_submission_and_writes_nothing(client, make
         assert conn.execute(select(func.count()).select_from(jobs).where(jobs.c.account_id == account.id)).scalar_one() == 0
 
 
-def test_gpu_telemetry_returns_the_recent_samples_the_api_received(client, make_account, engine, nats_url):
-    import asyncio
-    from datetime import UTC, datetime
+def test_history_routes_say_503_when_prometheus_is_away_and_refuse_bad_spans(database_url, nats_url, make_account,
+                                                                             engine):
+    """Device telemetry and the fleet's history come from Prometheus (test_e2e reads them from a live
+    one): with it away, a 503 problem+json (never a 500); an unknown device 404; spans out of range 422."""
+    from fastapi.testclient import TestClient
 
-    import nats
+    from api.main import create_app
+    from constellation_core.settings import Settings
 
-    from constellation_core.telemetry import GpuSample
-
-    account, stranger, admin = make_account(), make_account(), make_account("admin")
+    account = make_account()
     device = f"TEST-{uuid.uuid4()}"
     with engine.begin() as conn:
         conn.execute(insert(gpus).values(uuid=device, name="Chart GPU", simulated=True))
-    job_id = uuid.uuid4()  # the account's job on the device
-
-    async def publish() -> None:
-        nc = await nats.connect(nats_url)
-        for i in range(3):
-            sample = GpuSample(device_uuid=device, name="Chart GPU", simulated=True, ts=datetime.now(UTC),
-                               job_id=job_id, account_id=account.id, fields={"DCGM_FI_DEV_GPU_UTIL": 10.0 * i})
-            await nc.publish(sample.subject, sample.model_dump_json().encode())
-        await nc.flush()
-        await nc.close()
-
-    asyncio.run(publish())
-    samples = wait_for(lambda: (found := client.get(f"/gpus/{device}/telemetry", headers=admin.headers).json())
-                       and len(found) == 3 and found, timeout=10, what="the API to receive the three samples")
-    assert [s["fields"]["DCGM_FI_DEV_GPU_UTIL"] for s in samples] == [0.0, 10.0, 20.0]
-    assert samples[0]["job_id"] == str(job_id)
-    own_view = client.get(f"/gpus/{device}/telemetry", headers=account.headers).json()
-    assert [s["job_id"] for s in own_view] == [str(job_id)] * 3, "a member sees their own job on a device"
-    stranger_view = client.get(f"/gpus/{device}/telemetry", headers=stranger.headers).json()
-    assert len(stranger_view) == 3 and all(s["job_id"] is None and s["account_id"] is None for s in stranger_view)
-    assert client.get("/gpus/no-such-device/telemetry", headers=admin.headers).status_code == 404
-    assert client.get(f"/gpus/{device}/telemetry", params={"seconds": 0}, headers=admin.headers).status_code == 422
+    settings = Settings(database_url=role_url(database_url, "constellation_api"), nats_url=nats_url,
+                        prometheus_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with TestClient(create_app(settings)) as client:
+        for path in (f"/gpus/{device}/telemetry", "/fleet/history"):
+            away = client.get(path, headers=account.headers)
+            assert away.status_code == 503 and away.headers["content-type"] == PROBLEM, away.text
+            assert "Prometheus" in away.json()["detail"]
+        assert client.get("/gpus/no-such-device/telemetry", headers=account.headers).status_code == 404
+        for path, seconds in ((f"/gpus/{device}/telemetry", 0), ("/fleet/history", 59),
+                              ("/fleet/history", 16 * 24 * 3600)):
+            assert client.get(path, params={"seconds": seconds}, headers=account.headers).status_code == 422
+        assert client.get("/fleet/history").status_code == 401
 
 
 def _enter_and_wait_for_release(flags) -> None:

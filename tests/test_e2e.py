@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from websockets.sync.client import connect as ws_connect
 from dagster import DagsterInstance
 
 from constellation_core.devices import simulated_devices
-from constellation_core.settings import REPO_ROOT
+from constellation_core.settings import REPO_ROOT, Settings
 from constellation_core.vocabulary import TERMINAL_JOB_STATES
 from constellation_core.waiting import Timeout, wait_for
 from constellation_core.accounts import create_account, issue_api_key
@@ -215,6 +216,37 @@ def test_prometheus_scrapes_the_stack_job_states_and_dcgm_named_device_telemetry
     pools = query("constellation_pool_slots > 0")
     assert sorted(series["metric"]["device"] for series in pools) == sorted(d.uuid for d in SIMULATED)
     assert len(query("constellation_pool_slots_in_use >= 0")) == len(SIMULATED)
+
+
+def test_device_and_fleet_history_come_from_prometheus_so_a_new_api_process_has_it(stack):
+    """The GPUs page's telemetry and the Overview's fleet history are read from Prometheus through the
+    API: an API process started after the job (as after a restart: it never saw a sample) answers
+    the device samples and the job's throughput from before it started."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    account = account_in(stack["database_url"], "e2e-history")
+    assert _wait_terminal(stack, account, _submit(stack, account, area=GENEVA, zoom=14))["state"] == "succeeded"
+    wait_for(lambda: httpx.get(f"{stack['prometheus']}/api/v1/query", timeout=10, params={
+        "query": "increase(constellation_device_tiles_total[2m]) > 0"}).json()["data"]["result"],
+        timeout=60, what="the job's tiles scraped")
+    started = time.time()
+    settings = Settings(database_url=stack["database_url"], nats_url=stack["nats"], prometheus_url=stack["prometheus"])
+    with TestClient(create_app(settings)) as fresh:
+        history = fresh.get("/fleet/history", params={"seconds": 900}, headers=account.headers)
+        assert history.status_code == 200, history.text
+        found = history.json()
+        assert found["step_s"] == 5
+        series = {s["name"]: s["points"] for s in found["series"]}
+        assert set(series) == {"queued", "running", "tiles_per_s", "pool_saturation"}
+        assert max(v for _, v in series["tiles_per_s"]) > 0, series["tiles_per_s"]
+        assert all(t < started for t, _ in series["tiles_per_s"][:2]) and len(series["queued"]) >= 2
+        device = SIMULATED[0].uuid
+        samples = fresh.get(f"/gpus/{device}/telemetry", params={"seconds": 600}, headers=account.headers).json()
+        assert len(samples) >= 2 and samples[0]["device_uuid"] == device and samples[0]["simulated"] is True
+        assert datetime.fromisoformat(samples[0]["ts"]).timestamp() < started
+        assert {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"} <= set(samples[-1]["fields"])
 
 
 # A GPU sensor simulated devices do not have: its panel rightly shows no series here.
@@ -637,6 +669,7 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
             "jobs-running.png", "jobs-canceled.png", "overview.png", "coverage.png", "usage.png",
             "analytics.png", "overview-dark.png", "submit-drawn.png", "gpus-timeline.png"} <= shots
     assert "the tile map draws" in done.stdout and "the GPU chart went from" in done.stdout
+    assert "the Overview draws the fleet's history from Prometheus" in done.stdout
     assert "a click on the job's bar opened its page" in done.stdout
     assert "ok: a drawn area: Estimated" in done.stdout
     assert "the job's trace drawn as a waterfall" in done.stdout and "job-trace.png" in shots

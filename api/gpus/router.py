@@ -13,6 +13,7 @@ from sqlalchemy import select
 from api import access
 from api.deps import CurrentAccount, EngineDep
 from api.errors import NotFound
+from api.prometheus import label_value, query_range, step_for
 from constellation_core.tables import gpus, jobs, steps, tile_chunks
 from constellation_core.telemetry import GpuSample
 
@@ -100,17 +101,31 @@ async def device_timeline(
     ])
 
 
+TELEMETRY_MAX_S = 15 * 24 * 3600  # Prometheus keeps 15 days (constellation_devstack/prometheus.py)
+
+
 @router.get("/{uuid}/telemetry", response_model=list[GpuSample], name="telemetry",
-            responses={404: {"description": "No such device"}})
+            responses={404: {"description": "No such device"},
+                       503: {"description": "The metrics store (Prometheus) did not answer"}})
 async def gpu_telemetry(
     uuid: Annotated[str, Path(max_length=200)], request: Request, account: CurrentAccount, engine: EngineDep,
-    seconds: Annotated[int, Query(ge=1, le=600, description="How far back")] = 300,
+    seconds: Annotated[int, Query(ge=1, le=TELEMETRY_MAX_S, description="How far back")] = 300,
 ) -> list[GpuSample]:
-    """The device's telemetry samples (1 Hz) of the last `seconds`, oldest first: what the API saw
-    since it started, for charts that then follow the stream's live samples."""
+    """The device's telemetry over the last `seconds`, oldest first, from Prometheus (which scrapes the
+    GPU agent's DCGM-named gauges every 5 s and keeps them 15 days, so no restart loses them): one
+    sample per step (5 s, or coarser so a span gives at most 400), for charts that then follow the
+    stream's live 1 Hz samples."""
     async with engine.connect() as conn:
-        if (await conn.execute(select(gpus.c.id).where(gpus.c.uuid == uuid))).first() is None:
-            raise NotFound(f"no device with uuid {uuid}")
-    since = datetime.now(UTC) - timedelta(seconds=seconds)
-    return [access.device_sample(account, s) for s in request.app.state.hub.recent_gpu_samples.get(uuid, ())
-            if s.ts >= since]
+        device = (await conn.execute(select(gpus.c.name, gpus.c.simulated).where(gpus.c.uuid == uuid))).first()
+    if device is None:
+        raise NotFound(f"no device with uuid {uuid}")
+    until = datetime.now(UTC)
+    found = await query_range(request.app.state.prometheus_client,
+                              f'{{__name__=~"DCGM_FI_DEV_.+", UUID={label_value(uuid)}}}',
+                              until - timedelta(seconds=seconds), until, step_for(seconds))
+    fields: dict[float, dict[str, float | None]] = {}
+    for series in found:
+        for ts, value in series.points:
+            fields.setdefault(ts, {})[series.labels["__name__"]] = value
+    return [GpuSample(device_uuid=uuid, name=device.name, simulated=device.simulated,
+                      ts=datetime.fromtimestamp(ts, UTC), fields=fields[ts]) for ts in sorted(fields)]

@@ -159,6 +159,12 @@ try {
       await page.getByRole("button", { name: "Show e2e-browser's usage" }).click();
       await page.getByRole("table", { name: "Account usage by window" }).waitFor({ timeout: 15000 });
     }
+    if (path === "") {
+      // The fleet's history from Prometheus: the submitted job's tiles show in the hour's throughput.
+      await page.waitForFunction(() => Number(document.querySelector('figure[aria-label="Tiles/s chart"]')?.dataset.peak) > 0, null, { timeout: 30000 });
+      const tiles = page.getByRole("figure", { name: "Tiles/s chart" });
+      console.log(`ok: the Overview draws the fleet's history from Prometheus (${await tiles.getAttribute("data-points")} points, peak ${Number(await tiles.getAttribute("data-peak")).toFixed(1)} tiles/s)`);
+    }
     if (path === "analytics/") {
       await page.waitForFunction(() => !document.querySelector("main [role=status]"), null, { timeout: 30000 });
     }

@@ -322,10 +322,33 @@ export interface paths {
         };
         /**
          * Telemetry
-         * @description The device's telemetry samples (1 Hz) of the last `seconds`, oldest first: what the API saw
-         *     since it started, for charts that then follow the stream's live samples.
+         * @description The device's telemetry over the last `seconds`, oldest first, from Prometheus (which scrapes the
+         *     GPU agent's DCGM-named gauges every 5 s and keeps them 15 days, so no restart loses them): one
+         *     sample per step (5 s, or coarser so a span gives at most 400), for charts that then follow the
+         *     stream's live 1 Hz samples.
          */
         get: operations["gpus-telemetry"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fleet/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * History
+         * @description Queue depth, running jobs, tiles/s and pool saturation over the last `seconds` (one point per
+         *     step: 5 s, or coarser so a span gives at most 400).
+         */
+        get: operations["fleet-history"];
         put?: never;
         post?: never;
         delete?: never;
@@ -840,6 +863,26 @@ export interface components {
             /** Seq */
             seq?: number | null;
         };
+        /** FleetHistory */
+        FleetHistory: {
+            /**
+             * Since
+             * Format: date-time
+             */
+            since: string;
+            /**
+             * Until
+             * Format: date-time
+             */
+            until: string;
+            /**
+             * Step S
+             * @description Seconds between points
+             */
+            step_s: number;
+            /** Series */
+            series: components["schemas"]["HistorySeries"][];
+        };
         /**
          * GeoJSONArea
          * @description What a GeoJSON file holds, in lon/lat (EPSG:4326 / CRS84): a Polygon or MultiPolygon geometry, a
@@ -955,6 +998,23 @@ export interface components {
             checks?: {
                 [key: string]: string;
             };
+        };
+        /** HistorySeries */
+        HistorySeries: {
+            /** Name */
+            name: string;
+            /** Unit */
+            unit: string;
+            /** Description */
+            description: string;
+            /**
+             * Points
+             * @description [unix seconds, value] pairs, oldest first; a gap where Prometheus had no sample
+             */
+            points: [
+                number,
+                number
+            ][];
         };
         /** JobCreate */
         JobCreate: {
@@ -2667,6 +2727,68 @@ export interface operations {
             };
             /** @description Invalid input: which field and why */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A service behind the API is unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "fleet-history": {
+        parameters: {
+            query?: {
+                /** @description How far back */
+                seconds?: number;
+            };
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FleetHistory"];
+                };
+            };
+            /** @description Missing, unknown or revoked API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: which field and why */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A service behind the API is unreachable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

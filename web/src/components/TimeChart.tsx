@@ -1,7 +1,7 @@
 "use client";
 // A uPlot time series: created once, fed with setData on every update (cheap at 1 Hz), resized with
 // its container. The wrapper reports how many points it holds (data-points) and the time of the
-// latest (data-last, unix seconds) for tests and for people
+// latest (data-last, unix seconds) and its highest value (data-peak) for tests and for people
 // reading the DOM with assistive tech, plus a text summary of the latest value.
 import { useTheme } from "@emotion/react";
 import { useEffect, useRef } from "react";
@@ -54,9 +54,10 @@ export function TimeChart({ label, unit, xs, ys, color, height = 120, max, kind 
   }, [xs, ys, theme]);
 
   const last = ys.length ? ys[ys.length - 1] : null;
+  const peak = ys.reduce<number | null>((top, y) => (y != null && (top == null || y > top) ? y : top), null);
   return (
     <figure style={{ margin: 0 }} aria-label={`${label} chart`} data-points={xs.length}
-      data-last={xs.length ? xs[xs.length - 1] : undefined}>
+      data-last={xs.length ? xs[xs.length - 1] : undefined} data-peak={peak ?? undefined}>
       <figcaption style={{ fontSize: "0.85rem", color: theme.muted }}>
         {label}: {last == null ? "–" : `${(Math.round(last * 10) / 10).toLocaleString()}${unit}`}
       </figcaption>

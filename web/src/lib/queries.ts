@@ -1,7 +1,7 @@
 // One queryOptions factory per resource: pages and the live-events core share keys and fetchers.
 import { infiniteQueryOptions, queryOptions } from "@tanstack/react-query";
 import type { components } from "../api/schema";
-import { TIMELINE_SECONDS, adminKeys, analyticsKeys, catalogKeys, coverageKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
+import { TIMELINE_SECONDS, adminKeys, analyticsKeys, catalogKeys, coverageKeys, fleetKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
 import { api } from "./api";
 
 type S = components["schemas"];
@@ -101,6 +101,17 @@ export const jobQueries = {
       queryKey: jobKeys.tiles(id),
       enabled: Boolean(id),
       queryFn: async ({ signal }) => unwrap(await api.GET("/jobs/{job_id}/tiles", { signal, params: { path: { job_id: id } } }), "the job's tiles") as TileCollection,
+    }),
+};
+
+export const fleetQueries = {
+  /** Queue depth, running jobs, tiles/s and pool saturation from Prometheus (kept 15 days: no restart loses them). */
+  history: (seconds: number) =>
+    queryOptions({
+      queryKey: fleetKeys.history(seconds),
+      refetchInterval: 15_000, // Prometheus scrapes every 5 s; the charts move at a glance's pace
+      queryFn: async ({ signal }) =>
+        unwrap(await api.GET("/fleet/history", { signal, params: { query: { seconds } } }), "the fleet's history"),
     }),
 };
 

@@ -23,6 +23,9 @@ export const gpuKeys = {
   telemetry: (uuid: string) => ["gpus", "telemetry", uuid] as const,
   timeline: () => ["gpus", "timeline"] as const,
 };
+export const fleetKeys = {
+  history: (seconds: number) => ["fleet", "history", seconds] as const,
+};
 export const usageKeys = {
   leaderboard: (window: string, metric: string) => ["usage", "leaderboard", window, metric] as const,
   account: (id: string) => ["usage", "account", id] as const,
