@@ -60,6 +60,11 @@ def setup(service: str) -> bool:
         return True
 
 
+def active() -> bool:
+    """Whether this process exports spans (`setup` found an OTLP endpoint)."""
+    return _provider is not None
+
+
 def flush(timeout_s: float = 5.0) -> None:
     """Send the spans still buffered (before an `os._exit`)."""
     if _provider is not None:
@@ -111,6 +116,12 @@ def span_of_job(name: str, traceparent: str | None, *, job_id: object = None, ki
                                       attributes=_attributes(job_id, attributes), start_time=_nanos(start),
                                       record_exception=True, set_status_on_exception=True) as span:
         yield span
+
+
+def mark_failed(span: Span, exc: BaseException) -> None:
+    """Mark a span failed by an exception its block handled (the block goes on, the span says why)."""
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:1000]))
 
 
 def record_span(name: str, traceparent: str | None, start: datetime | float, end: datetime | float, *,

@@ -174,6 +174,7 @@ class DeviceWorker:
                 batch = ready.get()
                 if batch is None:
                     break
+                began = None
                 try:
                     classifier = self._model(batch.admission)
                     began = datetime.now(UTC)
@@ -181,7 +182,7 @@ class DeviceWorker:
                     classes, confidences = classifier.predict(batch.images)
                     batch_s = time.perf_counter() - t0
                 except Exception as exc:  # noqa: BLE001 - the job's step fails, the worker goes on
-                    self._fail(batch, exc)
+                    self._fail(batch, exc, began)
                     continue
                 self.stats.compute_s += batch_s
                 interval = (began, began + timedelta(seconds=batch_s))
@@ -202,10 +203,11 @@ class DeviceWorker:
                       "constellation.batch": batch.chunk_no, "constellation.tiles": len(batch.tiles)}
         tracing.record_span("infer batch", a.traceparent, *interval, job_id=a.job_id, attributes={
             **attributes, "constellation.batch.ms": round((interval[1] - interval[0]).total_seconds() * 1000, 2)})
-        with tracing.span_of_job("commit batch", a.traceparent, job_id=a.job_id, attributes=attributes):
+        with tracing.span_of_job("commit batch", a.traceparent, job_id=a.job_id, attributes=attributes) as span:
             try:
                 event = self._commit(batch, classes, confidences, interval)
-            except Exception:  # noqa: BLE001 - _commit failed the step; the batch is pending again
+            except Exception as exc:  # noqa: BLE001 - _commit failed the step; the batch is pending again
+                tracing.mark_failed(span, exc)
                 return
             if event is not None:
                 bus.publish([event])
@@ -364,9 +366,15 @@ class DeviceWorker:
         finally:
             batch.close()
 
-    def _fail(self, batch: ClaimedBatch, exc: BaseException) -> None:
+    def _fail(self, batch: ClaimedBatch, exc: BaseException, began: datetime | None = None) -> None:
         batch.close()
-        self._fail_step(batch.admission, exc)
+        a = batch.admission
+        now = datetime.now(UTC)
+        tracing.record_span("infer batch", a.traceparent, began or now, now, job_id=a.job_id, attributes={
+            "constellation.device.uuid": self.device.uuid, "constellation.device.name": self.device.label,
+            "constellation.batch": batch.chunk_no, "constellation.tiles": len(batch.tiles)},
+            error=f"{type(exc).__name__}: {exc}"[:1000])
+        self._fail_step(a, exc)
 
     def _fail_step(self, admission: Admission, exc: BaseException) -> None:
         """Record the error on the job's step here: this device takes no more of its batches, and the

@@ -74,3 +74,13 @@ def test_dagsters_retry_daemon_honours_will_retry_when_it_comes_to_a_failure():
         assert should_retry(instance.get_run_by_id(run_id), instance) is True
         instance.add_run_tags(run_id, {"dagster/will_retry": "false"})  # as the reconciler does
         assert should_retry(instance.get_run_by_id(run_id), instance) is False
+
+
+def test_the_run_tags_constellation_reads_are_dagsters():
+    """The sensors read Dagster's own run tags by name: whether its retry daemon will retry a failed run,
+    and a retry's number (the job's trace names each attempt)."""
+    from dagster._core.storage.tags import RETRY_NUMBER_TAG, WILL_RETRY_TAG
+
+    from constellation_dagster.inference import dispatch
+
+    assert (dispatch.WILL_RETRY_TAG, dispatch.RETRY_NUMBER_TAG) == (WILL_RETRY_TAG, RETRY_NUMBER_TAG)

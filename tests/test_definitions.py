@@ -97,7 +97,8 @@ def _failing_job():
     _worker_dies()
 
 
-def _job_after_failed_run(engine, database_url, nats_url, job_id, *, batches_done: bool) -> tuple[str, dict]:
+def _job_after_failed_run(engine, database_url, nats_url, job_id, *, batches_done: bool,
+                          tags: dict[str, str] | None = None) -> tuple[str, dict]:
     from constellation_core.tables import tile_chunks
     from constellation_dagster.inference.sensors import run_outcome_sensors
     from constellation_dagster.resources import EventBus
@@ -110,7 +111,7 @@ def _job_after_failed_run(engine, database_url, nats_url, job_id, *, batches_don
     on_failure = next(s for s in run_outcome_sensors if s.name == "job_failed_on_run_failure")
     with dg.instance_for_test() as instance:
         result = _failing_job.execute_in_process(instance=instance, raise_on_error=False,
-                                                 tags={JOB_ID_TAG: str(job_id)})
+                                                 tags={JOB_ID_TAG: str(job_id), **(tags or {})})
         context = dg.build_run_status_sensor_context(
             sensor_name=on_failure.name, dagster_event=result.get_run_failure_event(), dagster_instance=instance,
             dagster_run=result.dagster_run,
@@ -119,7 +120,7 @@ def _job_after_failed_run(engine, database_url, nats_url, job_id, *, batches_don
     with engine.connect() as conn:
         state, error = conn.execute(select(jobs.c.state, jobs.c.error).where(jobs.c.id == job_id)).one()
         payload = conn.execute(sql_text("SELECT payload FROM events WHERE job_id = :id AND type = 'job.state' "
-                                        "ORDER BY seq DESC LIMIT 1"), {"id": job_id}).scalar_one()
+                                        "ORDER BY seq DESC LIMIT 1"), {"id": job_id}).scalar() or {}
     return state, {"error": error, **payload}
 
 
@@ -358,3 +359,22 @@ def test_a_retried_op_shows_its_failed_attempt_and_the_retry_in_the_jobs_trace(
                                                                          0x00f067aa0ba902b7)}
     (wait,) = [s for s in finished_spans.get_finished_spans() if s.name == "queue wait"]
     assert wait.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736, "the job's wait, once, in its trace"
+
+
+def test_a_failed_run_dagster_retries_shows_as_a_failed_attempt_in_the_jobs_trace(
+        engine, database_url, nats_url, queued_job, finished_spans):
+    """A run that fails and that Dagster will retry leaves its job running; the job's trace gets the
+    failed attempt (an error span with the run id and the reason), and the retry, which carries the
+    run's tags, joins the same trace."""
+    from constellation_dagster.inference.dispatch import WILL_RETRY_TAG
+    from constellation_dagster.inference.ops import TRACEPARENT_TAG
+
+    finished_spans.clear()
+    submit = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    state, _ = _job_after_failed_run(engine, database_url, nats_url, queued_job, batches_done=False,
+                                     tags={WILL_RETRY_TAG: "true", TRACEPARENT_TAG: submit})
+    assert state == "running"
+    (failed,) = [s for s in finished_spans.get_finished_spans() if s.name == "run failed"]
+    assert not failed.status.is_ok and "_worker_dies" in failed.status.description
+    assert failed.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736
+    assert failed.attributes["constellation.job.id"] == str(queued_job) and failed.attributes["dagster.run_id"]

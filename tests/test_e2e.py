@@ -304,7 +304,9 @@ def test_a_job_is_one_trace_from_its_submit_request_to_every_batch_on_every_devi
             return None
         found = response.json()
         names = [span["name"] for span in found["spans"]]
-        if "end job" in names and names.count("infer batch") >= len(batches):
+        # Every event published reaches the API's stream hub: one fan-out span per publish.
+        if ("end job" in names and names.count("infer batch") >= len(batches)
+                and names.count("process constellation") == names.count("publish constellation")):
             return found
         return None
 
@@ -332,6 +334,9 @@ def test_a_job_is_one_trace_from_its_submit_request_to_every_batch_on_every_devi
     assert {s["service"] for s in published} >= {"constellation-api", "constellation-run-worker",
                                                    "constellation-device-worker", "constellation-dagster-sensors"}
     assert len(named("queue wait")) == 1
+    fanned_out = named("process constellation", "constellation-api")
+    assert fanned_out and all(spans[s["parent_id"]]["name"] == "publish constellation" for s in fanned_out)
+    assert all(s["attributes"]["constellation.event.lag_ms"] >= 0 for s in fanned_out)
     (dispatch,) = named("dispatch")  # by the dispatcher, or the reconciler if Dagit was not up yet
     (run,) = named("run tile_inference", "constellation-run-worker")
     assert "dispatch" in ancestors(run) and run["attributes"]["constellation.job.id"] == job_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,6 +13,7 @@ from uuid import UUID
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +21,7 @@ from api import access
 from api.accounts.auth import REVOCATION_SUBJECT, Account, Revocation, forget
 from api.accounts.limits import TooManyRequests
 from api.metrics import STREAM_CLIENTS, STREAM_DROPPED
+from constellation_core import tracing
 from constellation_core.events import SUBJECT_ROOT, Event
 from constellation_core.tables import events
 from constellation_core.telemetry import GpuSample
@@ -28,9 +30,6 @@ from constellation_core.vocabulary import LOG_EVENT_TYPES
 log = logging.getLogger(__name__)
 
 CLIENT_QUEUE_SIZE = 1000
-
-
-RECENT_SAMPLES = 600  # 1 Hz per device: the last 10 minutes
 
 
 @dataclass(eq=False)
@@ -153,8 +152,8 @@ class StreamHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
         self._subscription = None
-        # device uuid → its samples of the last few minutes, oldest first (GET /gpus and its telemetry)
-        self.recent_gpu_samples: dict[str, deque[GpuSample]] = {}
+        # device uuid → its latest sample (GET /gpus); history is Prometheus's (GET /gpus/{uuid}/telemetry)
+        self._latest_gpu_samples: dict[str, GpuSample] = {}
         self._sequencer = JobSequencer(self._fan_out)
         self._engine: AsyncEngine | None = None
         self._last_event_id = 0
@@ -196,8 +195,7 @@ class StreamHub:
                 subscriber.queue.put_nowait(None)
 
     def latest_gpu_sample(self, device_uuid: str) -> GpuSample | None:
-        recent = self.recent_gpu_samples.get(device_uuid)
-        return recent[-1] if recent else None
+        return self._latest_gpu_samples.get(device_uuid)
 
     def add(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
@@ -237,30 +235,46 @@ class StreamHub:
         try:
             if msg.subject.startswith(f"{SUBJECT_ROOT}.gpus."):
                 message: Event | GpuSample = GpuSample.model_validate_json(msg.data)
-                recent = self.recent_gpu_samples.setdefault(message.device_uuid, deque(maxlen=RECENT_SAMPLES))
-                recent.append(message)
+                self._latest_gpu_samples[message.device_uuid] = message
             else:
                 message = Event.from_bytes(msg.data)
         except ValueError:
             log.warning("ignoring a malformed message", extra={"subject": msg.subject})
             return
-        if isinstance(message, Event):
-            self._accept(message)
-        else:
+        if not isinstance(message, Event):
             self._fan_out(message)
+            return
+        traceparent = msg.headers.get("traceparent") if msg.headers and tracing.active() else None
+        if traceparent is None:
+            self._accept(message)
+            return
+        # A consumer span in the event's trace (a child of its publish): how many client queues it
+        # reached here and how long after its commit.
+        with tracing.span_of_job(f"process {SUBJECT_ROOT}", traceparent, job_id=message.job_id,
+                                 kind=SpanKind.CONSUMER, attributes={"messaging.system": "nats", "messaging.operation.type": "process",
+                                             "messaging.destination.name": msg.subject,
+                                             "messaging.message.id": str(message.id),
+                                             "constellation.event.type": message.type}) as span:
+            queued = self._accept(message)
+            span.set_attribute("constellation.stream.deliveries", queued)
+            span.set_attribute("constellation.event.lag_ms",
+                               round(max(0.0, (datetime.now(UTC) - message.ts).total_seconds()) * 1000, 1))
 
-    def _accept(self, event: Event) -> None:
+    def _accept(self, event: Event) -> int:
+        """Fan out the event (and those it releases from the sequencer); how many client queues got one."""
         self._last_event_id = max(self._last_event_id, event.id)
-        for ready in self._sequencer.accept(event):
-            self._fan_out(ready)
+        return sum(self._fan_out(ready) for ready in self._sequencer.accept(event))
 
-    def _fan_out(self, message: Event | GpuSample) -> None:
+    def _fan_out(self, message: Event | GpuSample) -> int:
+        queued = 0
         for subscriber in list(self._subscribers):
             if not subscriber.wants(message):
                 continue
             try:
                 subscriber.queue.put_nowait(subscriber.view(message))
+                queued += 1
             except asyncio.QueueFull:
                 subscriber.dropped = True
                 self.remove(subscriber)
                 STREAM_DROPPED.inc()
+        return queued

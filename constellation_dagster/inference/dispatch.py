@@ -86,6 +86,7 @@ def runs_to_terminate(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list
 # sensor then runs the job again itself and first tells Dagster not to retry (`sensors.RELAUNCHED_TAG`).
 RETRY_GRACE_S = 45
 WILL_RETRY_TAG = "dagster/will_retry"  # Dagster's: whether its retry daemon will retry a failed run
+RETRY_NUMBER_TAG = "dagster/retry_number"  # Dagster's, on a retry: which one (a run's first attempt has none)
 
 
 def jobs_with_live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> set[UUID]:

@@ -12,6 +12,7 @@ from constellation_core.events import transition_job
 from constellation_core.tables import jobs, runs, steps, tile_chunks
 from constellation_dagster.inference.dispatch import (
     RETRY_GRACE_S,
+    RETRY_NUMBER_TAG,
     WILL_RETRY_TAG,
     claim_launches,
     dispatch_span,
@@ -112,6 +113,12 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
     if status == dg.DagsterRunStatus.FAILURE and retry_pending(run, retries_enabled):
         # (A run-status sensor may come to the failure late, after the reconciler ran the job again.)
         log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
+        # The failed attempt in the job's trace; the retry (same tags, so the same trace) follows it.
+        tracing.setup("constellation-dagster-sensors")
+        now = time.time()
+        tracing.record_span("run failed", run.tags.get(TRACEPARENT_TAG), now, now, job_id=job_id, attributes={
+            "dagster.run_id": run.run_id, "dagster.retry_number": int(run.tags.get(RETRY_NUMBER_TAG, "0")),
+            "constellation.retried": True}, error=(error or "the run failed")[:1000])
         return False
     outcome = OUTCOMES[status]
     error = error if status == dg.DagsterRunStatus.FAILURE else None
