@@ -17,8 +17,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from constellation_core import tracing
 from constellation_core.tables import events, jobs
-from constellation_core.vocabulary import TERMINAL_JOB_STATES
+from constellation_core.vocabulary import LOG_EVENT_TYPES, TERMINAL_JOB_STATES
 
 STREAM_NAME = "CONSTELLATION"
 SUBJECT_ROOT = "constellation"
@@ -63,7 +64,10 @@ class Event(BaseModel):
 
 
 def _insert(type_: str, account_id: UUID | None, job_id: UUID | None, run_id: UUID | None, payload: dict | None):
-    values = {"type": type_, "account_id": account_id, "job_id": job_id, "run_id": run_id, "payload": payload or {}}
+    payload = payload or {}
+    if type_ in LOG_EVENT_TYPES and (span_id := tracing.current_span_id()):
+        payload = {**payload, "span_id": span_id}  # the job page links the line to its span in the trace
+    values = {"type": type_, "account_id": account_id, "job_id": job_id, "run_id": run_id, "payload": payload}
     if job_id is None:
         return insert(events).values(**values).returning(*_RETURNING)
     # Bump the job's sequence first: it holds the job's row lock until this transaction commits, so

@@ -78,6 +78,13 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def current_span_id() -> str | None:
+    """The 16-hex id of the span this process records now (None outside one, or when nothing is traced)."""
+    span = trace.get_current_span()
+    context = span.get_span_context()
+    return format(context.span_id, "016x") if span.is_recording() and context.is_valid else None
+
+
 def context_from(traceparent: str | None) -> Context:
     return propagate.extract({"traceparent": traceparent} if traceparent else {})
 
@@ -125,10 +132,10 @@ def mark_failed(span: Span, exc: BaseException) -> None:
 
 
 def record_span(name: str, traceparent: str | None, start: datetime | float, end: datetime | float, *,
-                job_id: object = None, attributes: Mapping[str, object] | None = None,
-                error: str | None = None) -> None:
+                job_id: object = None, kind: SpanKind = SpanKind.INTERNAL,
+                attributes: Mapping[str, object] | None = None, error: str | None = None) -> None:
     """A finished span from recorded times (a batch, timed where it ran)."""
-    span = tracer.start_span(name, context=context_from(traceparent) if traceparent else None,
+    span = tracer.start_span(name, context=context_from(traceparent) if traceparent else None, kind=kind,
                              attributes=_attributes(job_id, attributes),
                              start_time=_nanos(start))
     if error:

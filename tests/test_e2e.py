@@ -287,11 +287,15 @@ def test_every_dashboard_panel_query_answers_from_the_live_prometheus(stack):
 def test_a_job_is_one_trace_from_its_submit_request_to_every_batch_on_every_device(stack):
     """With tracing on (as in `make demo`: every process sends its spans to the stack's Jaeger), a job's
     spans from the API, Postgres queries, NATS publishes, the dispatcher, the Dagster run worker and its
-    ops, the device workers and the sensor that ends it form one tree under the submit request, read
-    back through GET /jobs/{id}/trace; another member cannot read it."""
+    ops, the device workers, the API's fan-out of each event to a watching client and the sensor that
+    ends it form one tree under the submit request, read back through GET /jobs/{id}/trace; another
+    member cannot read it."""
     account = account_in(stack["database_url"], "e2e-trace")
-    job_id = _submit(stack, account, area=GENEVA, zoom=15, batch_size=8, mode="parallel")
-    assert _wait_terminal(stack, account, job_id)["state"] == "succeeded"
+    with ws_connect(f"{stack['ws']}/stream", additional_headers=account.headers, open_timeout=10) as ws:
+        job_id = _submit(stack, account, area=GENEVA, zoom=15, batch_size=8, mode="parallel")
+        read_stream(ws, lambda m: m.get("job_id") == job_id and m["type"] == "job.state"
+                    and m["payload"]["state"] in TERMINAL_JOB_STATES, what="the job to end")
+    assert _job(stack, account, job_id)["state"] == "succeeded"
     engine = create_engine(stack["database_url"])
     with engine.connect() as conn:
         batches = dict(conn.execute(text("SELECT chunk_no, device_uuid FROM tile_chunks WHERE job_id = :id"),
@@ -304,7 +308,7 @@ def test_a_job_is_one_trace_from_its_submit_request_to_every_batch_on_every_devi
             return None
         found = response.json()
         names = [span["name"] for span in found["spans"]]
-        # Every event published reaches the API's stream hub: one fan-out span per publish.
+        # Every event published reaches the watching client through the API's hub: one fan-out span each.
         if ("end job" in names and names.count("infer batch") >= len(batches)
                 and names.count("process constellation") == names.count("publish constellation")):
             return found
@@ -351,6 +355,9 @@ def test_a_job_is_one_trace_from_its_submit_request_to_every_batch_on_every_devi
     assert all(spans[s["parent_id"]]["name"] == f"admit on {labels[s['attributes']['constellation.device.uuid']]}"
                for s in batch_spans), "each batch is a child of its job's admission to its device"
     assert len(named("commit batch", "constellation-device-worker")) == len(batches)
+    logs = httpx.get(f"{stack['api']}/events", params={"job_id": job_id, "limit": 500}, headers=account.headers).json()
+    (planned,) = [e for e in logs["data"] if e["type"] == "job.log" and e["payload"]["message"].startswith("planned")]
+    assert planned["payload"]["span_id"] == named("plan tiles")[0]["span_id"], "a log line names the span it came from"
     (end,) = named("end job", "constellation-dagster-sensors")
     assert end["attributes"]["constellation.job.state"] == "succeeded"
     assert not [s for s in spans.values() if s["error"]], "no failed span in a job that went well"
@@ -678,6 +685,7 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     assert "a click on the job's bar opened its page" in done.stdout
     assert "ok: a drawn area: Estimated" in done.stdout
     assert "the job's trace drawn as a waterfall" in done.stdout and "job-trace.png" in shots
+    assert "the planning log line's span link selects its span" in done.stdout
 
 
 def test_an_admin_revokes_a_key_on_the_admin_page_and_its_live_channel_closes(stack):

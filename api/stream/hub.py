@@ -244,21 +244,20 @@ class StreamHub:
         if not isinstance(message, Event):
             self._fan_out(message)
             return
-        traceparent = msg.headers.get("traceparent") if msg.headers and tracing.active() else None
-        if traceparent is None:
-            self._accept(message)
-            return
-        # A consumer span in the event's trace (a child of its publish): how many client queues it
-        # reached here and how long after its commit.
-        with tracing.span_of_job(f"process {SUBJECT_ROOT}", traceparent, job_id=message.job_id,
-                                 kind=SpanKind.CONSUMER, attributes={"messaging.system": "nats", "messaging.operation.type": "process",
-                                             "messaging.destination.name": msg.subject,
-                                             "messaging.message.id": str(message.id),
-                                             "constellation.event.type": message.type}) as span:
-            queued = self._accept(message)
-            span.set_attribute("constellation.stream.deliveries", queued)
-            span.set_attribute("constellation.event.lag_ms",
-                               round(max(0.0, (datetime.now(UTC) - message.ts).total_seconds()) * 1000, 1))
+        received = time.time()
+        queued = self._accept(message)
+        traceparent = msg.headers.get("traceparent") if queued and msg.headers and tracing.active() else None
+        if traceparent is not None:
+            # A consumer span in the event's trace (a child of its publish) when it reached a client's
+            # queue: how many, and how long after its commit (an event nobody watches costs no span).
+            lag_ms = round(max(0.0, received - message.ts.timestamp()) * 1000, 1)
+            tracing.record_span(f"process {SUBJECT_ROOT}", traceparent, received, time.time(),
+                                job_id=message.job_id, kind=SpanKind.CONSUMER, attributes={
+                                    "messaging.system": "nats", "messaging.operation.type": "process",
+                                    "messaging.destination.name": msg.subject, "messaging.message.id": str(message.id),
+                                    "constellation.event.type": message.type,
+                                    "constellation.stream.deliveries": queued,
+                                    "constellation.event.lag_ms": lag_ms})
 
     def _accept(self, event: Event) -> int:
         """Fan out the event (and those it releases from the sequencer); how many client queues got one."""

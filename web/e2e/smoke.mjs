@@ -112,6 +112,10 @@ try {
   await page.getByRole("region", { name: "Trace" }).scrollIntoViewIfNeeded();
   await page.getByRole("region", { name: "Trace" }).screenshot({ path: `${shots}/job-trace.png` });
   console.log(`ok: the job's trace drawn as a waterfall of ${spanRows} spans (${shots}/job-trace.png)`);
+  // A log line links to the span it was written in: a click selects that span's row in the waterfall.
+  await page.getByRole("log").getByRole("button", { name: /^Show the span of: planned / }).first().click();
+  await page.locator('[aria-label="Trace waterfall"] [role="row"][aria-selected="true"][data-span="plan tiles"]').waitFor({ timeout: 5000 });
+  console.log("ok: the planning log line's span link selects its span (plan tiles) in the waterfall");
 
   // The GPU page's charts receive points from the stream (1 Hz per device).
   step = "GPU charts";

@@ -2,7 +2,7 @@
 // A job's trace as a waterfall: one row per span, nested under its parent, its bar placed on the
 // trace's time axis; the colour says which process recorded it, red marks a failed span. Hover (or
 // focus) a row for its attributes. Read from GET /jobs/{id}/trace (the trace store's spans).
-import { useMemo, useState } from "react";
+import { useEffect, useMemo, useState } from "react";
 import type { JobTrace, TraceSpan } from "../lib/queries";
 import { Muted } from "../ui/components";
 
@@ -39,9 +39,16 @@ function formatMs(ms: number): string {
   return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 2 : 0)} ms`;
 }
 
-export function TraceWaterfall({ trace }: { trace: JobTrace }) {
+/** `highlight`: a span id to show (a log line's "span" link): its row is scrolled to and its details shown. */
+export function TraceWaterfall({ trace, highlight }: { trace: JobTrace; highlight?: string | null }) {
   const rows = useMemo(() => waterfallRows(trace.spans), [trace.spans]);
   const [focused, setFocused] = useState<TraceSpan | null>(null);
+  useEffect(() => {
+    const span = highlight ? trace.spans.find((s) => s.span_id === highlight) : undefined;
+    if (!span) return;
+    setFocused(span);
+    document.getElementById(`span-${span.span_id}`)?.scrollIntoView({ block: "nearest" });
+  }, [highlight, trace.spans]);
   const total = Math.max(trace.duration_ms, 1);
   const services = [...new Set(trace.spans.map((s) => s.service))];
   return (
@@ -60,9 +67,11 @@ export function TraceWaterfall({ trace }: { trace: JobTrace }) {
           const left = (span.start_ms / total) * 100;
           const width = Math.max((span.duration_ms / total) * 100, 0.2);
           return (
-            <div role="row" key={span.span_id} tabIndex={0} data-span={span.name} data-service={span.service}
+            <div role="row" key={span.span_id} id={`span-${span.span_id}`} tabIndex={0} data-span={span.name} data-service={span.service}
+              aria-selected={focused?.span_id === span.span_id}
               onMouseEnter={() => setFocused(span)} onFocus={() => setFocused(span)}
-              style={{ display: "grid", gridTemplateColumns: "minmax(14rem, 2fr) 3fr 5rem", alignItems: "center", height: ROW, gap: "0.5rem" }}>
+              style={{ display: "grid", gridTemplateColumns: "minmax(14rem, 2fr) 3fr 5rem", alignItems: "center", height: ROW, gap: "0.5rem",
+                background: highlight === span.span_id ? "rgba(127,127,127,0.18)" : undefined }}>
               <span role="cell" style={{ paddingLeft: `${depth * 0.8}rem`, whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" }} title={`${span.service}: ${span.name}`}>
                 {span.error ? "✗ " : ""}{span.name}
               </span>

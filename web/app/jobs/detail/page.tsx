@@ -34,6 +34,9 @@ export default function JobDetail() {
 
   const timeline = useMemo(() => (events.data ?? []).filter((e) => e.type === "job.state"), [events.data]);
   const logs = useMemo(() => (events.data ?? []).filter((e) => LOG_EVENT_TYPES.has(e.type)).slice(-200), [events.data]);
+  // A log line written inside a span names it (`payload.span_id`): its "span" link shows it in the trace.
+  const spansInTrace = useMemo(() => new Set((trace.data?.spans ?? []).map((s) => s.span_id)), [trace.data]);
+  const [shownSpan, setShownSpan] = useState<string | null>(null);
   const legend = useMemo(() => classColors((tiles.data?.features ?? []) as TileFeature[]), [tiles.data]);
 
   if (id === "-") return <p role="alert">No job id in the address.</p>;
@@ -98,14 +101,23 @@ export default function JobDetail() {
       </div>
       <Card aria-label="Trace">
         <h2>Trace</h2>
-        {trace.isPending ? <Loading what="the trace" /> : trace.isError ? <ErrorState error={trace.error} /> : <TraceWaterfall trace={trace.data} />}
+        {trace.isPending ? <Loading what="the trace" /> : trace.isError ? <ErrorState error={trace.error} /> : <TraceWaterfall trace={trace.data} highlight={shownSpan} />}
       </Card>
       <Card aria-label="Logs">
         <h2>Logs</h2>
         {events.isPending ? <Loading what="logs" /> : events.isError ? <ErrorState error={events.error} /> : logs.length === 0 ? <Muted>No log lines yet.</Muted> : (
-          <pre role="log" aria-live="polite" style={{ maxHeight: "16rem", overflow: "auto", margin: 0, fontSize: "0.85rem" }}>
-            {logs.map((e) => `${e.ts.slice(11, 19)} ${e.type === "job.state" ? `state → ${e.payload.state}` : String(e.payload.message ?? JSON.stringify(e.payload))}`).join("\n")}
-          </pre>
+          <div role="log" aria-live="polite" style={{ maxHeight: "16rem", overflow: "auto", margin: 0, fontSize: "0.85rem", fontFamily: "monospace", whiteSpace: "pre-wrap" }}>
+            {logs.map((e) => {
+              const spanId = typeof e.payload.span_id === "string" && spansInTrace.has(e.payload.span_id) ? e.payload.span_id : null;
+              return (
+                <div key={e.id}>
+                  {e.ts.slice(11, 19)} {e.type === "job.state" ? `state → ${String(e.payload.state)}` : String(e.payload.message ?? JSON.stringify(e.payload))}
+                  {spanId && <> <button type="button" onClick={() => setShownSpan(spanId)} aria-label={`Show the span of: ${String(e.payload.message ?? e.payload.state)}`}
+                    style={{ border: 0, background: "none", padding: 0, color: "inherit", textDecoration: "underline", cursor: "pointer", font: "inherit", opacity: 0.7 }}>span</button></>}
+                </div>
+              );
+            })}
+          </div>
         )}
       </Card>
     </Page>
