@@ -21,6 +21,8 @@ from api.events.router import router as events_router
 from api.fleet.router import router as fleet_router
 from api.gpus.router import router as gpus_router
 from api.health.router import router as health_router
+from api.imagery.router import router as imagery_router
+from api.imagery.tiles import ImageryTiles
 from api.jobs.router import router as jobs_router
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.offload import planning_pool
@@ -42,6 +44,7 @@ DASHBOARD = REPO_ROOT / "web" / "out"
 
 MAX_BODY_BYTES = 1024 * 1024
 UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics", "/app")
+UNTRACED_SEGMENT = "/imagery/"  # map tiles: dozens per view, their latency is in the route histogram
 
 
 def _route_id(route: APIRoute) -> str:
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.usage_client = httpx.AsyncClient(base_url=settings.usage_base_url, timeout=5)
         app.state.trace_client = httpx.AsyncClient(base_url=settings.jaeger_query_base_url, timeout=5)
         app.state.prometheus_client = httpx.AsyncClient(base_url=settings.prometheus_base_url, timeout=5)
+        app.state.imagery = ImageryTiles()
         if traced:
             trace_queries(app.state.engine.sync_engine, app.state.engine.url.database)
             HTTPXClientInstrumentor.instrument_client(app.state.usage_client)
@@ -89,7 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     traced = tracing.setup("constellation-api")
     app = FastAPI(
         telemetry={"tracing": traced, "operation_spans": False, "metrics": False, "logs": False,
-                   "exclude": lambda scope: scope["path"].startswith(UNTRACED_PATHS)},
+                   "exclude": lambda scope: scope["path"].startswith(UNTRACED_PATHS)
+                   or UNTRACED_SEGMENT in scope["path"]},
         title="Constellation API",
         version="0.1.0",
         summary="Schedule CNN tile inference over areas of interest on GPUs, and watch it live.",
@@ -105,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(areas_router)
     app.include_router(gpus_router)
     app.include_router(fleet_router)
+    app.include_router(imagery_router)
     app.include_router(coverage_router)
     app.include_router(catalog_router)
     app.include_router(events_router)

@@ -681,6 +681,8 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
             "jobs-running.png", "jobs-canceled.png", "overview.png", "coverage.png", "usage.png",
             "analytics.png", "overview-dark.png", "submit-drawn.png", "gpus-timeline.png"} <= shots
     assert "the tile map draws" in done.stdout and "the GPU chart went from" in done.stdout
+    assert "its 64 px imagery chip shows" in done.stdout and "the imagery shows under the tiles" in done.stdout
+    assert {"job-imagery.png", "job-classes.png"} <= shots
     assert "the Overview draws the fleet's history from Prometheus" in done.stdout
     assert "a click on the job's bar opened its page" in done.stdout
     assert "ok: a drawn area: Estimated" in done.stdout

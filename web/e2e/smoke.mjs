@@ -69,12 +69,17 @@ try {
   await page.getByLabel("Mode", { exact: true }).selectOption("serial");
   await page.getByTestId("estimate").filter({ hasText: /Estimated \d+ tiles/ }).waitFor({ timeout: 15000 });
   console.log(`ok: ${await page.getByTestId("estimate").textContent()}`);
+  // The submission's browser span goes to the API (POST /traces) about a second after the answer; the
+  // test leaves by loading another page (the dashboard's own links do not unload it), so it waits for that.
+  const spansSent = page.waitForResponse((r) => r.url().endsWith("/traces") && r.request().method() === "POST"
+    && (r.request().postData() ?? "").includes('"POST /jobs"'), { timeout: 30000 });
   await page.getByRole("button", { name: "Submit" }).click();
   const link = page.getByRole("status").getByRole("link");
   await link.waitFor({ timeout: 15000 });
   const jobId = (await link.textContent()).trim();
   await page.screenshot({ path: `${shots}/submit.png` });
   await checkNames(page, "Submit");
+  await spansSent;
 
   await page.goto(`${base}/app/jobs/`);
   const row = page.locator(`tr[data-job-id="${jobId}"]`);
@@ -95,9 +100,46 @@ try {
   await info.waitFor({ timeout: 10000 });
   const infoText = await info.textContent();
   if (!/Class(water|vegetation|urban|bare|cloud)/.test(infoText)) fail(`the clicked tile shows no class: ${infoText}`);
+  // Its chip: the imagery the model read for that tile, at its input size.
+  await page.waitForFunction(() => {
+    const img = document.querySelector('[data-testid="tile-chip"]');
+    return img?.complete && img.naturalWidth === 64;
+  }, null, { timeout: 15000 });
   await page.screenshot({ path: `${shots}/job.png` });
   await checkNames(page, "Job detail");
-  console.log(`ok: the tile map draws ${drawn} footprints; clicked tile: ${infoText}`);
+  console.log(`ok: the tile map draws ${drawn} footprints; clicked tile: ${infoText}; its 64 px imagery chip shows`);
+
+  // The imagery under the tiles, sampled from the map's pixels: textured imagery has many colours, a
+  // fill by class a few; the toggle and the opacity slider change which one is drawn.
+  step = "imagery under the tiles";
+  await page.waitForFunction(() => Number(document.querySelector('[aria-label="Tile map"]')?.dataset.imageryTiles) > 0, null, { timeout: 30000 });
+  const drawnAfter = async (change) => {
+    const before = Number(await map.getAttribute("data-idle"));
+    await change();
+    await page.waitForFunction((n) => Number(document.querySelector('[aria-label="Tile map"]')?.dataset.idle) > n, before, { timeout: 15000 });
+    return page.evaluate(() => {
+      const source = document.querySelector('[aria-label="Tile map"] canvas');
+      const canvas = Object.assign(document.createElement("canvas"), { width: source.width, height: source.height });
+      const context = canvas.getContext("2d");
+      context.drawImage(source, 0, 0);
+      const { data } = context.getImageData(Math.round(source.width * 0.3), Math.round(source.height * 0.3), Math.round(source.width * 0.4), Math.round(source.height * 0.4));
+      const colours = new Set();
+      for (let i = 0; i < data.length; i += 4) colours.add(`${data[i] >> 3},${data[i + 1] >> 3},${data[i + 2] >> 3}`);
+      return { colours: colours.size, pixels: data.length / 4 };
+    });
+  };
+  const slider = page.getByLabel("Results opacity");
+  const imageryOnly = await drawnAfter(() => page.getByRole("radio", { name: "imagery" }).check());
+  await page.screenshot({ path: `${shots}/job-imagery.png` });
+  const classesOpaque = await drawnAfter(async () => { await page.getByRole("radio", { name: "classes" }).check(); await slider.focus(); await page.keyboard.press("End"); });
+  await page.screenshot({ path: `${shots}/job-classes.png` });
+  const classesClear = await drawnAfter(async () => { await slider.focus(); await page.keyboard.press("Home"); });
+  if (!(imageryOnly.colours > 100 && classesOpaque.colours * 3 < imageryOnly.colours && classesClear.colours * 3 > imageryOnly.colours * 2)) {
+    fail(`imagery ${JSON.stringify(imageryOnly)}, classes at 100 % ${JSON.stringify(classesOpaque)}, at 0 % ${JSON.stringify(classesClear)}`);
+  }
+  await slider.focus();
+  await page.keyboard.press("PageUp"); // back towards the default, for the screenshots that follow
+  console.log(`ok: the imagery shows under the tiles (${imageryOnly.colours} colours sampled); classes at 100 % opacity: ${classesOpaque.colours}, at 0 %: ${classesClear.colours}`);
 
   // The job's trace as a waterfall: this browser's submit request at its root, then the API's, the run and
   // its ops, each batch on its device, the end.
@@ -107,7 +149,12 @@ try {
     const rows = [...document.querySelectorAll('[aria-label="Trace waterfall"] [role=row]')];
     return rows[0]?.dataset.service === "constellation-web" && rows[0]?.dataset.span === "POST /jobs" &&
       ["run tile_inference_on_", "infer batch", "end job"].every((name) => rows.some((row) => row.dataset.span.startsWith(name)));
-  }, null, { timeout: 60000 });
+  }, null, { timeout: 60000 }).catch(async (error) => {
+    const drawnRows = await page.evaluate(() => [...document.querySelectorAll('[aria-label="Trace waterfall"] [role=row]')]
+      .slice(0, 12).map((row) => `${row.dataset.service}: ${row.dataset.span}`));
+    const trace = await page.getByRole("region", { name: "Trace" }).textContent();
+    throw new Error(`${error.message}\nthe waterfall's first rows: ${drawnRows.join(" | ")}\nthe Trace card: ${trace.slice(0, 300)}`);
+  });
   const spanRows = await waterfall.getByRole("row").count();
   await page.getByRole("region", { name: "Trace" }).scrollIntoViewIfNeeded();
   await page.getByRole("region", { name: "Trace" }).screenshot({ path: `${shots}/job-trace.png` });

@@ -1,18 +1,27 @@
 "use client";
 // MapLibre GL map with our own GeoJSON layers on a bundled style: Natural Earth land and borders
 // (world-atlas, 1:50m, loaded with the map) for orientation, no external tile server or glyphs.
-// Tiles are filled by class (categorical) or confidence (ramp); a click selects a tile. In drawing
-// mode clicks add the vertices of a polygon. The container reports how many tile footprints are
-// drawn (data-rendered-tiles), which is what the browser tests check.
+// Under the results, the imagery the model read (the API's XYZ PNG tiles, fetched with the API key).
+// Tiles are filled by class (categorical) or confidence (ramp) at the chosen opacity, or only
+// outlined over the imagery; a click selects a tile. In drawing mode clicks add the vertices of a
+// polygon. The container reports how many tile footprints are drawn (data-rendered-tiles) and how
+// many imagery tiles loaded (data-imagery-tiles), which is what the browser tests check.
 import { useTheme } from "@emotion/react";
 import maplibregl, { type GeoJSONSource, type LngLatBoundsLike, type Map as MlMap } from "maplibre-gl";
 import { useEffect, useRef, useState } from "react";
+import { apiKey } from "../lib/api";
 
 export type Geometry = { type: string; coordinates: unknown };
 export interface TileFeature { type?: string; id?: string | number; geometry: Record<string, unknown>; properties: Record<string, unknown> }
+/** The imagery under the results: a TileJSON from the API (tile URLs on its origin). */
+export interface Imagery { tiles: string[]; bounds: number[]; minzoom: number; maxzoom: number }
+/** What the tile footprints show: only their outlines over the imagery, or a fill by class or confidence. */
+export type MapLayerView = "imagery" | "class" | "confidence";
 export interface MapViewProps {
   tiles?: { features: TileFeature[] };
-  colorBy?: "class" | "confidence";
+  view?: MapLayerView;
+  opacity?: number; // of the class/confidence fill over the imagery, 0–1
+  imagery?: Imagery | null;
   area?: Geometry | null;
   draft?: [number, number][]; // vertices being drawn
   onSelect?: (properties: Record<string, unknown> | null) => void;
@@ -54,7 +63,14 @@ function bounds(geometries: Geometry[]): LngLatBoundsLike | null {
   return w <= e ? [[w, s], [e, n]] : null;
 }
 
-export function MapView({ tiles, colorBy = "class", area, draft, onSelect, onMapClick, label, height = "26rem" }: MapViewProps) {
+/** Requests to the API's origin (imagery tiles) carry the key, as the API client's do. */
+function withKey(url: string): { url: string; headers?: Record<string, string> } {
+  const key = apiKey();
+  return key && url.startsWith(window.location.origin) ? { url, headers: { Authorization: `Bearer ${key}` } } : { url };
+}
+
+export function MapView({ tiles, view = "class", opacity = 0.6, imagery, area, draft, onSelect, onMapClick, label, height = "26rem" }: MapViewProps) {
+  const colorBy = view === "confidence" ? "confidence" : "class";
   const theme = useTheme();
   const container = useRef<HTMLDivElement>(null);
   const map = useRef<MlMap | null>(null);
@@ -70,6 +86,9 @@ export function MapView({ tiles, colorBy = "class", area, draft, onSelect, onMap
       center: [0, 20],
       zoom: 1,
       attributionControl: false,
+      transformRequest: withKey,
+      // The browser tests sample the drawn pixels (imagery under the tiles).
+      canvasContextAttributes: { preserveDrawingBuffer: true },
     });
     m.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
     m.on("load", () => {
@@ -94,8 +113,14 @@ export function MapView({ tiles, colorBy = "class", area, draft, onSelect, onMap
       m.addLayer({ id: "draft-points", type: "circle", source: "draft", filter: ["==", ["geometry-type"], "Point"], paint: { "circle-radius": 4, "circle-color": theme.map.area } });
       setReady(true);
     });
+    let imageryTiles = 0;
+    m.on("sourcedata", (e) => {
+      if (e.sourceId === "imagery" && e.tile && container.current) container.current.dataset.imageryTiles = String(++imageryTiles);
+    });
+    let idles = 0;
     m.on("idle", () => {
       if (!container.current) return;
+      container.current.dataset.idle = String(++idles); // a frame with everything loaded was drawn
       // Distinct tiles drawn (a footprint split across MapLibre's own tiles is one tile here).
       const drawn = m.getLayer("tiles-fill") ? m.queryRenderedFeatures({ layers: ["tiles-fill"] }) : [];
       container.current.dataset.renderedTiles = String(new Set(drawn.map((f) => `${f.properties.z}/${f.properties.x}/${f.properties.y}`)).size);
@@ -125,6 +150,24 @@ export function MapView({ tiles, colorBy = "class", area, draft, onSelect, onMap
     m.setPaintProperty("tiles-line", "line-color", theme.map.outline);
     m.setPaintProperty("area-line", "line-color", theme.map.area);
   }, [theme, ready]);
+
+  useEffect(() => {
+    const m = map.current;
+    if (!m || !ready || !imagery || m.getSource("imagery")) return;
+    m.addSource("imagery", {
+      type: "raster", tileSize: 256, bounds: imagery.bounds as [number, number, number, number],
+      minzoom: imagery.minzoom, maxzoom: imagery.maxzoom,
+      tiles: imagery.tiles.map((t) => new URL(t, window.location.origin).href.replace(/%7B/g, "{").replace(/%7D/g, "}")),
+    });
+    m.addLayer({ id: "imagery", type: "raster", source: "imagery", paint: { "raster-fade-duration": 0 } }, "area-line");
+  }, [imagery, ready]);
+
+  useEffect(() => {
+    const m = map.current;
+    if (!m || !ready) return;
+    m.setPaintProperty("tiles-fill", "fill-opacity", view === "imagery" ? 0 : opacity);
+    m.setPaintProperty("tiles-line", "line-opacity", view === "imagery" ? 0.9 : 0.5);
+  }, [view, opacity, ready]);
 
   useEffect(() => {
     const m = map.current;
@@ -162,7 +205,7 @@ export function MapView({ tiles, colorBy = "class", area, draft, onSelect, onMap
   }, [draft, ready]);
 
   return (
-    <div ref={container} role="region" aria-label={label} data-testid="map" data-ready={ready ? "true" : "false"}
+    <div ref={container} role="region" aria-label={label} data-testid="map" data-ready={ready ? "true" : "false"} data-view={view}
       style={{ height, width: "100%", borderRadius: 8, overflow: "hidden", border: `1px solid ${theme.border}`, cursor: onMapClick ? "crosshair" : undefined }} />
   );
 }

@@ -6,7 +6,7 @@ import type { JobFilters } from "../live/queryKeys";
 import { adminKeys, jobKeys } from "../live/queryKeys";
 import { api } from "./api";
 import {
-  adminActions, adminQueries, analyticsQueries, catalogQueries, coverageQueries, fleetQueries, gpuQueries, jobQueries, usageQueries, type Metric, type Window,
+  adminActions, adminQueries, analyticsQueries, catalogQueries, coverageQueries, fleetQueries, gpuQueries, imageryQueries, jobQueries, usageQueries, type Metric, type Window,
 } from "./queries";
 
 export const useJobs = (filters: JobFilters) => useInfiniteQuery(jobQueries.list(filters));
@@ -17,6 +17,7 @@ export const useJobEvents = (id: string) => useQuery(jobQueries.events(id));
 export const useJobTrace = (id: string, live: boolean) => useQuery(jobQueries.trace(id, live));
 export const useJobTiles = (id: string, live: boolean) =>
   useQuery({ ...jobQueries.tiles(id), refetchInterval: live ? 5000 : false });
+export const useImagery = (jobId: string | null, enabled = true) => useQuery(imageryQueries.tilejson(jobId, enabled));
 export const useFleetHistory = (seconds: number) => useQuery(fleetQueries.history(seconds));
 export const useGpus = () => useQuery(gpuQueries.list());
 export const useGpuTelemetry = (uuid: string) => useQuery(gpuQueries.telemetry(uuid));

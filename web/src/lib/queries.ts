@@ -1,7 +1,7 @@
 // One queryOptions factory per resource: pages and the live-events core share keys and fetchers.
 import { infiniteQueryOptions, queryOptions } from "@tanstack/react-query";
 import type { components } from "../api/schema";
-import { TIMELINE_SECONDS, adminKeys, analyticsKeys, catalogKeys, coverageKeys, fleetKeys, gpuKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
+import { TIMELINE_SECONDS, adminKeys, analyticsKeys, catalogKeys, coverageKeys, fleetKeys, gpuKeys, imageryKeys, jobKeys, usageKeys, type JobFilters } from "../live/queryKeys";
 import { api } from "./api";
 
 type S = components["schemas"];
@@ -101,6 +101,19 @@ export const jobQueries = {
       queryKey: jobKeys.tiles(id),
       enabled: Boolean(id),
       queryFn: async ({ signal }) => unwrap(await api.GET("/jobs/{job_id}/tiles", { signal, params: { path: { job_id: id } } }), "the job's tiles") as TileCollection,
+    }),
+};
+
+export const imageryQueries = {
+  /** The TileJSON of a job's imagery (null: the demo scene, for maps of many jobs); it never changes. */
+  tilejson: (jobId: string | null, enabled = true) =>
+    queryOptions({
+      queryKey: imageryKeys.tilejson(jobId),
+      staleTime: Infinity,
+      enabled,
+      queryFn: async ({ signal }) => jobId
+        ? unwrap(await api.GET("/jobs/{job_id}/imagery/tilejson.json", { signal, params: { path: { job_id: jobId } } }), "the job's imagery")
+        : unwrap(await api.GET("/imagery/tilejson.json", { signal }), "the demo imagery"),
     }),
 };
 

@@ -23,6 +23,9 @@ export const gpuKeys = {
   telemetry: (uuid: string) => ["gpus", "telemetry", uuid] as const,
   timeline: () => ["gpus", "timeline"] as const,
 };
+export const imageryKeys = {
+  tilejson: (jobId: string | null) => ["imagery", jobId ?? "demo"] as const,
+};
 export const fleetKeys = {
   history: (seconds: number) => ["fleet", "history", seconds] as const,
 };

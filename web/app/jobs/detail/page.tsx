@@ -3,11 +3,11 @@
 // (footprints coloured by class or confidence; click a tile for its result, run and device), runs.
 import { useQueryClient } from "@tanstack/react-query";
 import { useEffect, useMemo, useState } from "react";
-import { useCancelJobs, useJob, useJobEvents, useJobTiles, useJobTrace } from "../../../src/lib/hooks";
+import { useCancelJobs, useImagery, useJob, useJobEvents, useJobTiles, useJobTrace } from "../../../src/lib/hooks";
 import { jobKeys } from "../../../src/live/queryKeys";
 import { LOG_EVENT_TYPES } from "../../../src/lib/vocabulary";
-import { MapView, classColors, type TileFeature } from "../../../src/components/MapView";
-import { ColorBySelect, TileInfo, type ColorBy } from "../../../src/components/TileInfo";
+import { MapView, classColors, type MapLayerView, type TileFeature } from "../../../src/components/MapView";
+import { MapControls, TileInfo } from "../../../src/components/TileInfo";
 import { TraceWaterfall } from "../../../src/components/TraceWaterfall";
 import { Button, Card, ErrorState, ErrorText, Loading, Muted, Page, Progress, StateBadge, Title, formatSeconds } from "../../../src/ui/components";
 
@@ -22,7 +22,9 @@ export default function JobDetail() {
   const tiles = useJobTiles(id === "-" ? "" : id, running);
   const trace = useJobTrace(id === "-" ? "" : id, running);
   const cancel = useCancelJobs();
-  const [colorBy, setColorBy] = useState<ColorBy>("class");
+  const imagery = useImagery(id, Boolean(id) && id !== "-");
+  const [view, setView] = useState<MapLayerView>("class");
+  const [opacity, setOpacity] = useState(0.6);
   const [selected, setSelected] = useState<Record<string, unknown> | null>(null);
   const state = job.data?.state;
   useEffect(() => {
@@ -72,19 +74,21 @@ export default function JobDetail() {
         <Card aria-label="Tiles">
           <h2>Tiles {tiles.data ? <Muted>({inferred} of {tiles.data.features.length} inferred)</Muted> : null}</h2>
           <p style={{ margin: "0 0 0.5rem" }}>
-            <ColorBySelect value={colorBy} onChange={setColorBy} />{" "}
-            {colorBy === "class" && legend.map(([c, color]) => (
+            <MapControls view={view} onView={setView} opacity={opacity} onOpacity={setOpacity} />{" "}
+            {view === "class" && legend.map(([c, color]) => (
               <span key={c} style={{ marginLeft: "0.6rem" }}><span aria-hidden style={{ display: "inline-block", width: 10, height: 10, background: color, marginRight: 4 }} />{c}</span>
             ))}
-            {colorBy === "confidence" && <Muted> light = low, dark = high</Muted>}
+            {view === "confidence" && <Muted> light = low, dark = high</Muted>}
+            {view === "imagery" && <Muted> the imagery the model read, tile outlines over it</Muted>}
           </p>
           {tiles.isError ? <ErrorState error={tiles.error} /> : (
-            <MapView label="Tile map" tiles={tiles.data as never} area={j.area as never} colorBy={colorBy} onSelect={setSelected} />
+            <MapView label="Tile map" tiles={tiles.data as never} area={j.area as never} view={view} opacity={opacity}
+              imagery={imagery.data} onSelect={setSelected} />
           )}
         </Card>
         <Card aria-label="Selected tile">
           <h2>Selected tile</h2>
-          <TileInfo tile={selected} />
+          <TileInfo tile={selected} jobId={j.id} />
           <h2 style={{ marginTop: "1rem" }}>Runs</h2>
           {j.runs.length === 0 ? <Muted>No run yet.</Muted> : (
             <ul style={{ paddingLeft: "1rem" }}>
