@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # Where the API reads metric history (Prometheus's query API); default: the demo's Prometheus.
     prometheus_url: str | None = None
     gpu_agent_metrics_port: int = 9400  # dcgm-exporter's port
+    # Where the GPU agent and the dispatcher serve their metrics: loopback, but in a container
+    # (infra/docker-compose.yml) every interface, for Prometheus in its own container.
+    metrics_host: str = "127.0.0.1"
     dispatcher_metrics_port: int = 9401
     # Jaeger (started by `make demo`): OTLP/HTTP in, its query API read by GET /jobs/{id}/trace.
     jaeger_otlp_port: int = 4318

@@ -188,7 +188,7 @@ def nats() -> None:
 @app.command()
 def gpu_agent(interval: Annotated[float, typer.Option(help="Seconds between samples")] = 1.0) -> None:
     """Sample every device (NVML, or the honest figures of simulated/CPU devices), publish to NATS and
-    export to Prometheus (DCGM exporter's names, on 127.0.0.1:`gpu_agent_metrics_port`)."""
+    export to Prometheus (DCGM exporter's names, on `metrics_host`:`gpu_agent_metrics_port`)."""
     import asyncio
 
     from prometheus_client import start_http_server
@@ -202,9 +202,9 @@ def gpu_agent(interval: Annotated[float, typer.Option(help="Seconds between samp
     configure_logging("gpu-agent", settings.log_level)
     devices = discover()
     exporter = DcgmExporter()
-    start_http_server(settings.gpu_agent_metrics_port, addr="127.0.0.1")
+    start_http_server(settings.gpu_agent_metrics_port, addr=settings.metrics_host)
     typer.echo(f"gpu-agent: sampling {', '.join(d.label for d in devices)} every {interval}s; metrics on "
-               f"127.0.0.1:{settings.gpu_agent_metrics_port}")
+               f"{settings.metrics_host}:{settings.gpu_agent_metrics_port}")
     asyncio.run(run_agent(devices, sync_engine(settings.sync_database_url), settings.nats_url, interval=interval,
                           exporter=exporter))
 
@@ -240,7 +240,7 @@ def dispatcher() -> None:
 
     settings = get_settings()
     configure_logging("dispatcher", settings.log_level)
-    start_http_server(settings.dispatcher_metrics_port, addr="127.0.0.1")  # launches and queue waits
+    start_http_server(settings.dispatcher_metrics_port, addr=settings.metrics_host)  # launches and queue waits
     asyncio.run(run_dispatcher(sync_engine(settings.sync_database_url), settings.nats_url, settings.dagit_base_url))
 
 
