@@ -684,6 +684,7 @@ def test_the_dashboard_submits_a_job_from_an_uploaded_file_and_shows_it_finish(s
     assert "its 64 px imagery chip shows" in done.stdout and "the imagery shows under the tiles" in done.stdout
     assert {"job-imagery.png", "job-classes.png"} <= shots
     assert "the Overview draws the fleet's history from Prometheus" in done.stdout
+    assert "ok: no page threw or logged an error" in done.stdout
     assert "a click on the job's bar opened its page" in done.stdout
     assert "ok: a drawn area: Estimated" in done.stdout
     assert "the job's trace drawn as a waterfall" in done.stdout and "job-trace.png" in shots

@@ -23,8 +23,19 @@ mkdirSync(shots, { recursive: true });
 const browser = await launchChromium();
 let step = "start";
 const fail = (message) => { console.error(`FAIL (${step}) ${message}`); process.exitCode = 1; };
+// No page may throw or log an error, except the browser's own line for a refusal the test asked for
+// (a wrong key on sign-in, a bad area: the page shows the API's reason instead).
+const consoleErrors = [];
+const EXPECTED_REFUSALS = { "sign in": /status of 401/, "bad area": /status of 422/, "draw an area": /status of 422/ };
 try {
   const page = await browser.newPage();
+  page.on("pageerror", (error) => consoleErrors.push(`${step}: uncaught ${error.message}`));
+  page.on("console", (message) => {
+    if (message.type() !== "error") return;
+    const text = message.text();
+    if (/Failed to load resource/.test(text) && EXPECTED_REFUSALS[step]?.test(text)) return;
+    consoleErrors.push(`${step} (${page.url()}): ${text}`);
+  });
   await page.goto(`${base}/app/signin/#key=${key}`);
   await page.screenshot({ path: `${shots}/signin.png` });
   step = "sign in";
@@ -233,6 +244,7 @@ try {
   await page.getByRole("button", { name: "Switch to light theme" }).click();
 
   // A bad area: the API's reason appears next to the field.
+  step = "bad area";
   await page.goto(`${base}/app/submit/`);
   await page.getByLabel("Name", { exact: true }).fill("a point is not an area");
   await page.getByLabel("Area (GeoJSON file)").setInputFiles({
@@ -267,6 +279,8 @@ try {
   await page.keyboard.press("Tab");
   const first = await page.evaluate(() => document.activeElement?.textContent);
   if (first !== "Skip to content") fail(`the first Tab stop is ${JSON.stringify(first)}, not the skip link`);
+  if (consoleErrors.length) fail(`errors in the browser's console:\n  ${consoleErrors.join("\n  ")}`);
+  else console.log("ok: no page threw or logged an error");
   console.log(`ok: job ${jobId} submitted from the browser and seen succeeded; screenshots in ${shots}`);
 } catch (error) {
   fail(error.stack ?? String(error));

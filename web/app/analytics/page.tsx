@@ -7,6 +7,9 @@ import { Card, Empty, ErrorState, Grid, Loading, Muted, Page, Title } from "../.
 
 const DAYS = [7, 30, 365] as const;
 const fmt = (n: number | null | undefined, digits = 1) => (n == null ? "–" : n.toLocaleString(undefined, { maximumFractionDigits: digits }));
+/** Small figures keep three significant digits (0.000412 GPU-s/km² is not 0); large ones, whole units. */
+const sig = (n: number | null | undefined) =>
+  n == null ? "–" : Math.abs(n) >= 1000 ? n.toLocaleString(undefined, { maximumFractionDigits: 0 }) : n.toLocaleString(undefined, { maximumSignificantDigits: 3 });
 
 export default function Analytics() {
   const [days, setDays] = useState<(typeof DAYS)[number]>(30);
@@ -45,7 +48,7 @@ export default function Analytics() {
             <table style={{ width: "100%" }} aria-label="GPU-seconds per km²">
               <thead><tr><th scope="col" align="left">Account</th><th scope="col" align="right">Runs</th><th scope="col" align="right">GPU-s</th><th scope="col" align="right">km²</th><th scope="col" align="right">GPU-s/km²</th></tr></thead>
               <tbody>{perKm2.data.map((r) => (
-                <tr key={r.account}><td>{r.account}</td><td align="right">{r.runs}</td><td align="right">{fmt(r.gpu_seconds)}</td><td align="right">{fmt(r.km2, 2)}</td><td align="right">{fmt(r.gpu_seconds_per_km2, 2)}</td></tr>
+                <tr key={r.account}><td>{r.account}</td><td align="right">{r.runs}</td><td align="right">{sig(r.gpu_seconds)}</td><td align="right">{sig(r.km2)}</td><td align="right">{sig(r.gpu_seconds_per_km2)}</td></tr>
               ))}</tbody>
             </table>
           )}

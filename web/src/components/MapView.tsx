@@ -32,9 +32,15 @@ export interface MapViewProps {
 
 const CLASS_COLORS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#ff7f0e", "#7f7f7f"];
 
+// The land-cover classes in the colours remote-sensing maps use for them, so flicking between the
+// imagery and the classes compares like with like; any other class gets the categorical palette.
+const LANDCOVER_COLORS: Record<string, string> = {
+  water: "#1f5fbf", vegetation: "#2e8b3a", urban: "#c2413b", bare: "#c8a165", cloud: "#f4f4f6",
+};
+
 export function classColors(features: TileFeature[]): [string, string][] {
   const classes = [...new Set(features.map((f) => f.properties.class).filter((c): c is string => typeof c === "string"))].sort();
-  return classes.map((c, i) => [c, CLASS_COLORS[i % CLASS_COLORS.length]]);
+  return classes.map((c, i) => [c, LANDCOVER_COLORS[c] ?? CLASS_COLORS[i % CLASS_COLORS.length]]);
 }
 
 let world: Promise<{ land: GeoJSON.GeoJSON; borders: GeoJSON.GeoJSON }> | undefined;

@@ -36,8 +36,6 @@ export function TimeChart({ label, unit, xs, ys, color, height = 120, max, kind 
       scales: {
         x: {
           time: true,
-          // Bars: half a step of room on each side, so the first and last bars are whole.
-          range: kind === "bars" ? (_u, lo, hi) => [lo - step * 0.6, hi + step * 0.6] : undefined,
         },
         y: max !== undefined ? { range: [0, max] } : { range: (_u, lo, hi) => [Math.min(0, lo), Math.max(1, hi)] } },
       axes: [axis, { ...axis, size: 64, values: (_u, vals) => vals.map((v) => `${v.toLocaleString()}${unit}`) }],
@@ -50,8 +48,16 @@ export function TimeChart({ label, unit, xs, ys, color, height = 120, max, kind 
   }, [theme, stroke, height, max, unit, label, kind, step]);
 
   useEffect(() => {
-    plot.current?.setData([xs, ys]);
-  }, [xs, ys, theme]);
+    const u = plot.current;
+    if (!u) return;
+    u.setData([xs, ys]);
+    if (kind === "bars" && xs.length) {
+      // The time axis spans the bars (at least seven steps, ending at the last), not uPlot's guess: a
+      // single bar otherwise got an axis years wide.
+      const last = xs[xs.length - 1];
+      u.setScale("x", { min: Math.min(xs[0], last - 6 * step) - step * 0.6, max: last + step * 0.6 });
+    }
+  }, [xs, ys, theme, kind, step]);
 
   const last = ys.length ? ys[ys.length - 1] : null;
   const peak = ys.reduce<number | null>((top, y) => (y != null && (top == null || y > top) ? y : top), null);
