@@ -16,12 +16,13 @@ JAEGER_BIN := tools/jaeger/bin/jaeger
 GO_SRC    := $(shell find usage_go -name '*.go' -not -path '*/bin/*') usage_go/go.mod usage_go/go.sum
 WEB_STAMP := web/node_modules/.package-lock.json
 
-.PHONY: help install web demo stop test test-suites test-python test-go test-web openapi generate check-generated clean
+.PHONY: help install web demo dev stop test test-suites test-python test-go test-web openapi generate check-generated clean
 
 help:
 	@echo "make demo    run the whole stack with a seeded demo (installs what is missing)"
 	@echo "make test    run every test suite (installs what is missing, starts its own services)"
-	@echo "make stop    stop what 'make demo' started"
+	@echo "make dev     the same stack, reloading on change: API, Dagster code, device workers, dashboard"
+	@echo "make stop    stop what 'make demo' or 'make dev' started"
 	@echo "make generate regenerate openapi/spec.yaml from the API, then the TS and Go clients from it"
 
 install: $(PY_STAMP) postgres $(USAGE_BIN) $(JAEGER_BIN) $(WEB_STAMP) chromium prometheus
@@ -82,6 +83,11 @@ web: web/out/index.html
 
 demo: $(PY_STAMP) $(USAGE_BIN) $(JAEGER_BIN) web/out/index.html prometheus $(if $(DATABASE_URL),,postgres)
 	$(DEV) demo
+
+# The stack for development: the API and Dagster's code reload on change, the dashboard runs from its
+# sources in Next.js's dev server (http://127.0.0.1:3100/app/, the API proxied on the same origin).
+dev: $(PY_STAMP) $(USAGE_BIN) $(JAEGER_BIN) $(WEB_STAMP) prometheus $(if $(DATABASE_URL),,postgres)
+	$(DEV) demo --dev
 
 stop:
 	@$(DEV) stop

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     dagster_code_server_host: str = "127.0.0.1"
     dagster_code_server_port: int = 4266
     usage_port: int = 8081
+    # `make dev`: the Next.js dev server (live reload), which proxies everything else to the API.
+    web_dev_port: int = 3100
     # Prometheus (started by `make demo`) and the exporters it scrapes besides the API's /metrics.
     prometheus_port: int = 9090
     # Where the API reads metric history (Prometheus's query API); default: the demo's Prometheus.

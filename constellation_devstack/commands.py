@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -288,6 +289,9 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
                 "Constellation is up" + (" (demo seeded: 3 jobs submitted)" if seeded else " (existing data kept)"),
                 f"  API:        {api_url}   (docs: {api_url}/docs, stream: ws://{settings.api_host}:{settings.api_port}/stream)",
                 f"  Dashboard:  {api_url}/app/signin/#key={key}   (demo: the dev key is filled in)",
+                *([f"  Live dev:   {dev_url}/app/signin/#key={key}   (`make dev`: pages reload as you edit "
+                   "web/; the API and Dagster's code reload too)"] if (dev_url := os.environ.get(
+                       "CONSTELLATION_WEB_DEV_URL")) else []),
                 f"  Dagit:      {settings.dagit_base_url}",
                 f"  Usage:      {api_url}/usage/leaderboard (also http://127.0.0.1:{settings.usage_port})",
                 f"  Prometheus: http://127.0.0.1:{settings.prometheus_port}   (the API, GPU telemetry as DCGM "
@@ -344,7 +348,28 @@ def _rendered(name: str, command: str, *, priority: int, log_dir: Path, to_conso
     )
 
 
-def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: bool) -> str:
+# `make dev`: what each program reloads on (the API: uvicorn's own reloader; the others restart).
+RELOAD_DIRS = {
+    "api": ("api", "constellation_core"),
+    "code-server": ("constellation_dagster", "constellation_core"),
+    "dispatcher": ("constellation_dagster", "constellation_core"),
+    "device-workers": ("constellation_ray", "constellation_core"),
+    "gpu-agent": ("constellation_core",),
+}
+
+
+def _reloading(name: str, command: str) -> str:
+    """`command` restarted by watchfiles whenever a Python file of the program's packages changes."""
+    dirs = " ".join(str(REPO_ROOT / d) for d in RELOAD_DIRS[name])
+    return (f"{BIN / 'watchfiles'} --target-type command --filter python --sigint-timeout 10 "
+            f"{shlex.quote(command)} {dirs}")
+
+
+def web_dev_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.web_dev_port}"
+
+
+def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: bool, dev_mode: bool = False) -> str:
     local = settings.local_dir
     log_dir = local / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -357,8 +382,15 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
     dev = BIN / "constellation-dev"
 
     def _program(name: str, command: str, **options) -> str:  # each with its own credentials
-        return _rendered(name, command, log_dir=log_dir, **options, environment=_credentials_env(
-            settings, name, local_postgres=local_postgres, local_nats=local_nats))
+        if dev_mode and name in RELOAD_DIRS and name != "api":
+            command = _reloading(name, command)
+        environment = _credentials_env(settings, name, local_postgres=local_postgres, local_nats=local_nats)
+        if dev_mode and name == "setup":
+            environment["CONSTELLATION_WEB_DEV_URL"] = web_dev_url(settings)
+        return _rendered(name, command, log_dir=log_dir, **options, environment=environment)
+
+    api_reload = "".join(f" --reload-dir {REPO_ROOT / d}" for d in RELOAD_DIRS["api"])
+    api_reload = f" --reload{api_reload}" if dev_mode else ""
 
     programs = []
     if local_postgres:
@@ -371,7 +403,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         _program(
             "api",
             f"{dev} wait-ready {BIN / 'uvicorn'} --factory api.main:app --host {settings.api_host} "
-            f"--port {settings.api_port} --no-access-log",
+            f"--port {settings.api_port} --no-access-log{api_reload}",
             priority=30,
         ),
         _program(
@@ -396,6 +428,12 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
             priority=30,
         ),
     ]
+    if dev_mode:  # the dashboard from its sources, live: it proxies every other path to the API
+        programs.append(_rendered(
+            "web", f"{REPO_ROOT / 'web' / 'node_modules' / '.bin' / 'next'} dev {REPO_ROOT / 'web'} "
+            f"--port {settings.web_dev_port} --hostname 127.0.0.1", priority=40, log_dir=log_dir,
+            environment={"CONSTELLATION_API_URL": f"http://{settings.api_host}:{settings.api_port}",
+                         "NEXT_TELEMETRY_DISABLED": "1"}))
     return (
         f"[supervisord]\nnodaemon=true\numask=077\nlogfile={log_dir / 'supervisord.log'}\n"
         f"pidfile={local / 'supervisord.pid'}\n"
@@ -409,7 +447,9 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
 
 
 @app.command()
-def demo() -> None:
+def demo(dev: Annotated[bool, typer.Option(
+        "--dev", help="Reload on change: the API and Dagster's code, the device workers, the dashboard "
+                      "(Next.js dev server, on WEB_DEV_PORT)")] = False) -> None:
     """Run the whole stack under supervisord in the foreground (Ctrl-C stops everything)."""
     settings = get_settings()
     settings.local_dir.mkdir(parents=True, exist_ok=True)
@@ -424,7 +464,7 @@ def demo() -> None:
     config = settings.local_dir / "supervisord.conf"
     config.touch(mode=0o600)
     config.chmod(0o600)  # it holds each program's NATS password
-    config.write_text(supervisor_config(settings, local_postgres=local_postgres, local_nats=local_nats))
+    config.write_text(supervisor_config(settings, local_postgres=local_postgres, local_nats=local_nats, dev_mode=dev))
     os.environ.update(_stack_env(settings, local_postgres=local_postgres, local_nats=local_nats))
     os.environ[STACK_MARKER] = _marker(settings)
     typer.echo(f"starting the stack under supervisord ({config}); logs in {settings.local_dir / 'logs'}")

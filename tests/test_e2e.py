@@ -249,6 +249,49 @@ def test_device_and_fleet_history_come_from_prometheus_so_a_new_api_process_has_
         assert {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"} <= set(samples[-1]["fields"])
 
 
+def test_the_dashboards_dev_server_serves_its_pages_and_the_api_and_stream_on_one_origin(stack, tmp_path):
+    """`make dev` runs the dashboard from its sources in Next.js's dev server: its pages, and on the same
+    origin every other path proxied to the API — a member's key works, and the live stream's WebSocket
+    delivers a job submitted through it, as in production."""
+    import subprocess
+
+    from constellation_core.waiting import free_port
+
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "next-dev.log").open("w")
+    server = subprocess.Popen(
+        [str(REPO_ROOT / "web" / "node_modules" / ".bin" / "next"), "dev", str(REPO_ROOT / "web"),
+         "--port", str(port), "--hostname", "127.0.0.1"],
+        env={**os.environ, "CONSTELLATION_API_URL": stack["api"], "NEXT_TELEMETRY_DISABLED": "1"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def page() -> httpx.Response | None:  # the first request compiles the page
+            try:
+                answer = httpx.get(f"{origin}/app/jobs/", timeout=120)
+            except httpx.HTTPError:
+                return None
+            return answer if answer.status_code == 200 else None
+
+        jobs_page = wait_for(page, timeout=240, what="the dev server's Jobs page", interval=1)
+        assert "/app/_next/" in jobs_page.text
+        account = account_in(stack["database_url"], "e2e-dev-server")
+        listed = httpx.get(f"{origin}/jobs", headers=account.headers, timeout=30)
+        assert listed.status_code == 200 and listed.json()["data"] == [], listed.text
+        assert httpx.get(f"{origin}/jobs", timeout=30).status_code == 401
+        with ws_connect(f"ws://127.0.0.1:{port}/stream", additional_headers=account.headers, open_timeout=30) as ws:
+            submitted = httpx.post(f"{origin}/jobs", json={"name": "through the dev server", "zoom": 14, "area": GENEVA},
+                                   headers=account.headers, timeout=30)
+            assert submitted.status_code == 201, submitted.text
+            job_id = submitted.json()["id"]
+            read_stream(ws, lambda m: m.get("job_id") == job_id and m["type"] == "job.state", timeout=60,
+                        what="the job's first state through the dev server's proxy")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        log.close()
+
+
 # A GPU sensor simulated devices do not have: its panel rightly shows no series here.
 ABSENT_ON_SIMULATED_DEVICES = ("DCGM_FI_DEV_POWER_USAGE",)
 
