@@ -24,6 +24,7 @@ from sqlalchemy import create_engine
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.settings import REPO_ROOT
 from constellation_core.waiting import free_port, wait_for
+from constellation_devstack.prometheus import PrometheusServer, Target
 from tests.conftest import drop_database, fresh_database_url
 from tests.processes import BIN, ManagedProcess
 from tests.samples import job_body
@@ -43,11 +44,15 @@ def database_url(pg_admin_url, migrated_template):
 @pytest.fixture(scope="module")
 def served_api(database_url, nats_url):
     port, usage_port = free_port(), free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1",
-           "USAGE_PORT": str(usage_port)}
     tmp = Path(tempfile.mkdtemp(prefix="constellation-contract-"))
+    # Prometheus too: the history routes read it (GET /fleet/history).
+    prometheus = PrometheusServer(tmp / "prometheus", free_port(), [Target("api", [f"127.0.0.1:{port}"], token=True)])
+    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1",
+           "USAGE_PORT": str(usage_port), "PROMETHEUS_URL": prometheus.url,
+           "CONSTELLATION_METRICS_TOKEN": prometheus.token()}
     usage = ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp)
     api = ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port)], env, tmp)
+    prometheus.start()
     usage.start()
     api.start()
     url = f"http://127.0.0.1:{port}"
@@ -63,6 +68,7 @@ def served_api(database_url, nats_url):
     finally:
         api.stop()
         usage.stop()
+        prometheus.stop()
 
 
 @schema.parametrize()

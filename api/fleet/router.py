@@ -26,8 +26,8 @@ class HistorySeries(BaseModel):
     name: str
     unit: str
     description: str
-    points: list[tuple[float, float]] = Field(description="[unix seconds, value] pairs, oldest first; "
-                                                          "a gap where Prometheus had no sample")
+    points: list[Annotated[list[float], Field(min_length=2, max_length=2)]] = Field(
+        description="[unix seconds, value] pairs, oldest first; a gap where Prometheus had no sample")
 
 
 class FleetHistory(BaseModel):
@@ -67,6 +67,6 @@ async def fleet_history(
     answers = await asyncio.gather(*(query_range(client, expr, since, until, step) for *_, expr in wanted))
     return FleetHistory(since=since, until=until, step_s=step, series=[
         HistorySeries(name=name, unit=unit, description=description,
-                      points=answer[0].points if answer else [])
+                      points=[list(point) for point in answer[0].points] if answer else [])
         for (name, unit, description, _), answer in zip(wanted, answers, strict=True)
     ])

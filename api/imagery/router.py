@@ -43,7 +43,7 @@ class TileJson(BaseModel):
     tilejson: Literal["3.0.0"] = "3.0.0"
     name: str
     tiles: list[str] = Field(description="URL templates, on this API's origin")
-    bounds: tuple[float, float, float, float] = Field(description="west, south, east, north (degrees)")
+    bounds: list[float] = Field(min_length=4, max_length=4, description="west, south, east, north (degrees)")
     minzoom: int
     maxzoom: int = Field(description="The imagery's native zoom: maps scale its tiles up beyond it")
 
@@ -81,7 +81,7 @@ async def _png(request: Request, scene: Scene, z: int, x: int, y: int, size: int
 
 
 def _tilejson(name: str, template: str, scene: Scene) -> TileJson:
-    return TileJson(name=name, tiles=[template], bounds=scene.bounds, minzoom=max(0, scene.minzoom - 2),
+    return TileJson(name=name, tiles=[template], bounds=list(scene.bounds), minzoom=max(0, scene.minzoom - 2),
                     maxzoom=scene.maxzoom)
 
 

@@ -12,9 +12,12 @@ const browser = await launchChromium();
 let step = "start";
 const errors = [];
 
+const answers = []; // the admin browser's API answers, reported when the test fails
+
 async function signIn(context, key) {
   const page = await context.newPage();
   page.on("pageerror", (e) => errors.push(`pageerror: ${e.message}`));
+  page.on("response", (r) => { if (r.url().includes("/admin/")) answers.push(`${r.request().method()} ${r.url().replace(base, "")} → ${r.status()} at ${new Date().toISOString().slice(11, 23)}`); });
   await page.goto(`${base}/app/signin/`);
   // The page is live (hydrated, its effects run) once the navigation marks it current: fill after that,
   // or the sign-in form's mount effect would reset the field.
@@ -26,9 +29,10 @@ async function signIn(context, key) {
   return page;
 }
 
+let admin;
 try {
   step = "admin signs in";
-  const admin = await signIn(await browser.newContext(), adminKey);
+  admin = await signIn(await browser.newContext(), adminKey);
   admin.on("dialog", (dialog) => dialog.accept());
   await admin.goto(`${base}/app/admin/`);
   await admin.getByRole("table", { name: "Accounts" }).waitFor({ timeout: 15000 });
@@ -60,6 +64,12 @@ try {
   console.log(`ok: created ${name} with a key on the Admin page; revoking it closed that key's live channel in ${closedAfter} ms`);
 } catch (error) {
   console.error(`FAIL (${step}) ${error.message}`);
+  // What the admin saw, and what its API calls answered, for the failure's report.
+  if (admin) {
+    console.error(`the Admin page showed:\n${(await admin.locator("main").innerText().catch(() => "?")).slice(0, 2000)}`);
+    await admin.screenshot({ path: `${shots}/admin-failed.png`, fullPage: true }).catch(() => {});
+  }
+  for (const line of answers) console.error(line);
   process.exitCode = 1;
 } finally {
   await browser.close();

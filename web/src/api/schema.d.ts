@@ -1088,10 +1088,7 @@ export interface components {
              * Points
              * @description [unix seconds, value] pairs, oldest first; a gap where Prometheus had no sample
              */
-            points: [
-                number,
-                number
-            ][];
+            points: number[][];
         };
         /** JobCreate */
         JobCreate: {
@@ -1630,12 +1627,7 @@ export interface components {
              * Bounds
              * @description west, south, east, north (degrees)
              */
-            bounds: [
-                number,
-                number,
-                number,
-                number
-            ];
+            bounds: number[];
             /** Minzoom */
             minzoom: number;
             /**
