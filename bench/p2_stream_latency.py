@@ -35,6 +35,9 @@ from constellation_core.events import SUBJECT_ROOT, Event
 from constellation_core.waiting import free_port
 from constellation_devstack.jaeger import JaegerServer
 
+# Every event carries a job's trace context, as an op's do (the API's stream hub then records a fan-out
+# span per event it delivers, when its tracing is on).
+JOB_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 FIRST_ID = 10**15
 
 
@@ -87,7 +90,7 @@ async def run(args, ws_url: str, key: str, nats_url: str) -> None:
             await asyncio.sleep(delay)
         event = Event(id=FIRST_ID + i, type="job.progress", job_id=job_id, ts=datetime.now(UTC),
                       payload={"tiles_done": i, "tiles_total": total, "sent_at": time.time()})
-        await publish_events(js, [event])
+        await publish_events(js, [event], traceparent=JOB_TRACEPARENT)
     sent_in = time.perf_counter() - started
     received = await asyncio.gather(*clients)
     await nc.drain()
