@@ -146,6 +146,7 @@ class JobSequencer:
 BACKFILL_MARGIN_S = 10
 BACKFILL_ID_MARGIN = 10_000
 BACKFILL_LIMIT = 50_000
+TRACED_PENDING_MAX = 10_000
 
 
 class StreamHub:
@@ -155,6 +156,8 @@ class StreamHub:
         # device uuid → its latest sample (GET /gpus); history is Prometheus's (GET /gpus/{uuid}/telemetry)
         self._latest_gpu_samples: dict[str, GpuSample] = {}
         self._sequencer = JobSequencer(self._fan_out)
+        # event id → (traceparent, received, subject) of traced events not yet fanned out (bounded below)
+        self._traced: OrderedDict[int, tuple[str, float, str]] = OrderedDict()
         self._engine: AsyncEngine | None = None
         self._last_event_id = 0
         self._away_since: float | None = None
@@ -244,23 +247,14 @@ class StreamHub:
         if not isinstance(message, Event):
             self._fan_out(message)
             return
-        received = time.time()
-        queued = self._accept(message)
-        traced = queued and message.type in LOG_EVENT_TYPES and msg.headers and tracing.active()
-        traceparent = msg.headers.get("traceparent") if traced else None
-        if traceparent is not None:
-            # A consumer span in the event's trace (a child of its publish) when it reached a client's
-            # queue: how many, and how long after its commit. Only a job's states and log lines: its
-            # progress events (one per batch, the stream's bulk) cost a span each in this loop and
-            # pushed P2's p99 from 5 to 100 ms; their lag is in constellation_stream_event_lag_seconds.
-            lag_ms = round(max(0.0, received - message.ts.timestamp()) * 1000, 1)
-            tracing.record_span(f"process {SUBJECT_ROOT}", traceparent, received, time.time(),
-                                job_id=message.job_id, kind=SpanKind.CONSUMER, attributes={
-                                    "messaging.system": "nats", "messaging.operation.type": "process",
-                                    "messaging.destination.name": msg.subject, "messaging.message.id": str(message.id),
-                                    "constellation.event.type": message.type,
-                                    "constellation.stream.deliveries": queued,
-                                    "constellation.event.lag_ms": lag_ms})
+        if message.type in LOG_EVENT_TYPES and msg.headers and tracing.active():
+            # Its trace context, for the fan-out span (recorded when the event is fanned out: the
+            # sequencer may hold it back until an earlier one arrives).
+            if traceparent := msg.headers.get("traceparent"):
+                self._traced[message.id] = (traceparent, time.time(), msg.subject)
+                while len(self._traced) > TRACED_PENDING_MAX:
+                    self._traced.popitem(last=False)
+        self._accept(message)
 
     def _accept(self, event: Event) -> int:
         """Fan out the event (and those it releases from the sequencer); how many client queues got one."""
@@ -268,6 +262,25 @@ class StreamHub:
         return sum(self._fan_out(ready) for ready in self._sequencer.accept(event))
 
     def _fan_out(self, message: Event | GpuSample) -> int:
+        queued = self._deliver(message)
+        context = self._traced.pop(message.id, None) if isinstance(message, Event) else None
+        if context is not None and queued:
+            # A consumer span in the event's trace (a child of its publish) when it reached a client's
+            # queue: how many, and how long after its commit. Only a job's states and log lines: its
+            # progress events (one per batch, the stream's bulk) cost a span each in this loop and
+            # pushed P2's p99 from 5 to 100 ms; their lag is in constellation_stream_event_lag_seconds.
+            traceparent, received, subject = context
+            tracing.record_span(f"process {SUBJECT_ROOT}", traceparent, received, time.time(),
+                                job_id=message.job_id, kind=SpanKind.CONSUMER, attributes={
+                                    "messaging.system": "nats", "messaging.operation.type": "process",
+                                    "messaging.destination.name": subject, "messaging.message.id": str(message.id),
+                                    "constellation.event.type": message.type,
+                                    "constellation.stream.deliveries": queued,
+                                    "constellation.event.lag_ms": round(
+                                        max(0.0, received - message.ts.timestamp()) * 1000, 1)})
+        return queued
+
+    def _deliver(self, message: Event | GpuSample) -> int:
         queued = 0
         for subscriber in list(self._subscribers):
             if not subscriber.wants(message):
