@@ -49,9 +49,11 @@ class TileJson(BaseModel):
 
 
 async def _demo_scene(request: Request) -> Scene:
-    directory = request.app.state.settings.local_dir / "imagery"
-    path = await anyio.to_thread.run_sync(ensure_demo_scene, directory)  # written once, at first use
-    return request.app.state.imagery.scene(path)
+    imagery = request.app.state.imagery
+    if imagery.demo_path is None:  # written once, at first use; not looked for again on every tile
+        directory = request.app.state.settings.local_dir / "imagery"
+        imagery.demo_path = await anyio.to_thread.run_sync(ensure_demo_scene, directory)
+    return imagery.scene(imagery.demo_path)
 
 
 async def _job_scene(request: Request, engine, account, job_id: UUID) -> Scene:

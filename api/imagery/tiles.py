@@ -46,6 +46,7 @@ class ImageryTiles:
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(concurrent)
         self._empty: dict[int, bytes] = {}
+        self.demo_path: Path | None = None  # the demo scene's file, once written (api.imagery.router)
 
     def scene(self, path: Path) -> Scene:
         """The file's bounds and zooms (read once per version of the file)."""

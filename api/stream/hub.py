@@ -256,10 +256,11 @@ class StreamHub:
                     self._traced.popitem(last=False)
         self._accept(message)
 
-    def _accept(self, event: Event) -> int:
-        """Fan out the event (and those it releases from the sequencer); how many client queues got one."""
+    def _accept(self, event: Event) -> None:
+        """Fan out the event (and those it releases from the sequencer)."""
         self._last_event_id = max(self._last_event_id, event.id)
-        return sum(self._fan_out(ready) for ready in self._sequencer.accept(event))
+        for ready in self._sequencer.accept(event):
+            self._fan_out(ready)
 
     def _fan_out(self, message: Event | GpuSample) -> int:
         queued = self._deliver(message)
