@@ -41,7 +41,9 @@ from tests.samples import GENEVA
 from tests.test_e2e import _step_timeline, account_in
 
 pytestmark = pytest.mark.e2e
-JOBS = 20
+JOBS = 24
+# Kills land on a backlog: below this many unfinished jobs, TOP_UP more are submitted before the next kill.
+TOP_UP_BELOW, TOP_UP = 3, 4
 DEVICES = simulated_devices(2)
 DRAIN_DEADLINE_S = 300
 KILL_GAP_S = 3  # between one kill's recovery and the next
@@ -177,15 +179,20 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
             client = ResumingClient(stack["ws"], account.headers)
             client.start()
             job_ids, submit_s = [], []
+
+            def submit(count: int) -> None:
+                for _ in range(count):
+                    i = len(job_ids)
+                    sent = time.monotonic()
+                    response = httpx.post(f"{stack['api']}/jobs", headers=account.headers, timeout=30, json={
+                        "name": f"chaos-{i}", "zoom": 16, "area": GENEVA, "batch_size": 8,
+                        "mode": "parallel" if i % 2 else "serial", "priority": i % 3})
+                    submit_s.append(time.monotonic() - sent)
+                    assert response.status_code == 201, response.text
+                    job_ids.append(response.json()["id"])
+
             backlog_started = time.monotonic()
-            for i in range(JOBS):
-                sent = time.monotonic()
-                response = httpx.post(f"{stack['api']}/jobs", headers=account.headers, timeout=30, json={
-                    "name": f"chaos-{i}", "zoom": 16, "area": GENEVA, "batch_size": 8,
-                    "mode": "parallel" if i % 2 else "serial", "priority": i % 3})
-                submit_s.append(time.monotonic() - sent)
-                assert response.status_code == 201, response.text
-                job_ids.append(response.json()["id"])
+            submit(JOBS)
             say(f"{JOBS} jobs submitted (slowest POST /jobs {max(submit_s):.2f} s)")
 
             def unfinished() -> int:
@@ -241,8 +248,11 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
             ]
             done_kills = []
             for what, kill in kills:
-                if unfinished() == 0:
-                    break
+                # Every blow lands on a backlog: should the stack drain faster than the kills come (it nearly
+                # did in CI), top the backlog up first; the figures say how many jobs were added.
+                if (left := unfinished()) < TOP_UP_BELOW:
+                    say(f"{left} jobs unfinished: topping the backlog up by {TOP_UP}")
+                    submit(TOP_UP)
                 say(f"killing {what} ({unfinished()} jobs unfinished)")
                 kill()
                 done_kills.append(what)
@@ -251,6 +261,8 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
                          what=f"the API to be ready after killing {what}", interval=0.2)
                 threading.Event().wait(KILL_GAP_S)
             figures["kills"] = done_kills
+            figures["jobs"] = len(job_ids)
+            figures["topped_up"] = len(job_ids) - JOBS
 
             def logs() -> str:
                 return "\n".join(f"--- {p.name}\n{p.log_tail(30)}" for p in stack["processes"])
@@ -325,7 +337,7 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
             print(f"\nchaos figures: {json.dumps(figures)}")
 
             problems = []
-            if figures["succeeded"] != JOBS:
+            if figures["succeeded"] != len(job_ids):
                 failed = [job_id for job_id, state in states.items() if state != "succeeded"]
                 with engine.connect() as conn:
                     reasons = conn.execute(text("SELECT job_id, payload FROM events WHERE job_id = ANY(:ids) "
@@ -333,8 +345,6 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
                 problems.append(f"jobs that did not succeed: {reasons}\n{_step_timeline(stack, failed)}")
             if figures["duplicates"] or figures["missing_tiles"]:
                 problems.append(f"tiles not done exactly once: {counts}")
-            if len(done_kills) != len(kills):
-                problems.append(f"the backlog drained before every kill: {done_kills}")
             for job_id in job_ids:
                 job_states = [e.state for e in state_events if e.job_id == job_id]
                 if not (job_states and job_states[0] == "queued" and "running" in job_states
