@@ -35,12 +35,37 @@ def served_api(workers: int = 1, source: Path | None = None, env: dict[str, str]
         env=env, cwd=source, stdout=subprocess.DEVNULL, stderr=log.open("w"),
     )
     base = f"http://127.0.0.1:{port}"
+    _PIDS[base] = api.pid
     try:
         wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, timeout=60, what=f"API ready (log: {log})")
         yield base
     finally:
+        _PIDS.pop(base, None)
         api.terminate()
         api.wait(30)
+
+
+_PIDS: dict[str, int] = {}
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def api_cpu_s(base: str) -> float:
+    """CPU seconds (user + system) spent so far by the API `served_api` serves at `base`, its worker
+    processes included (they live as long as it does)."""
+    def cpu(pid: int) -> tuple[float, list[int]]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except FileNotFoundError:
+            return 0.0, []
+        return (int(fields[11]) + int(fields[12])) / _TICKS, [int(child) for child in children]
+
+    total, pending = 0.0, [_PIDS[base]]
+    while pending:
+        seconds, children = cpu(pending.pop())
+        total += seconds
+        pending += children
+    return total
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ import os
 import select
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -41,6 +42,10 @@ PARENT_CHECK_S = 1.0
 # How long a run worker waits, as it ends, for NATS to take its last events and the trace store its
 # last spans (each; both away when the whole stack has stopped).
 EXIT_FLUSH_S = 3.0
+# How long a new run worker waits for Postgres to answer (a restart) before giving its run up to Dagster's
+# start timeout, and how often it asks.
+STORAGE_WAIT_S = 90.0
+STORAGE_RETRY_S = 1.0
 
 
 def main(preload: list[str]) -> None:
@@ -112,6 +117,7 @@ def _run_in_child(request: dict, instance: Any) -> int:
         from dagster._cli.api import _execute_run_command_body
         from dagster._utils.interrupts import capture_interrupts
 
+        _wait_for_run_storage(instance, run_id)
         with capture_interrupts(), instance, _run_span(run_id, request.get("job_name"), request.get("tags") or {}):
             code = _execute_run_command_body(run_id, instance, lambda _event: None,
                                              set_exit_code_on_failure=False)
@@ -129,6 +135,27 @@ def _run_in_child(request: dict, instance: Any) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
     return code
+
+
+def _wait_for_run_storage(instance: Any, run_id: str) -> None:
+    """Wait until Postgres answers for the run before running it. A worker forked while Postgres
+    restarts would otherwise die on its first query, before its run has started; nothing then ends the
+    run but Dagster's start timeout (`run_monitoring.start_timeout_seconds`, 120 s), and its job waits
+    that long (seen in the chaos test). The ops ride out a lost Postgres the same way
+    (`OUTAGE_RETRIES`)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    deadline = time.monotonic() + STORAGE_WAIT_S
+    while True:
+        try:
+            instance.get_run_by_id(run_id)
+            return
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() >= deadline:
+                raise
+            print(f"run worker of {run_id}: Postgres did not answer ({type(exc.orig or exc).__name__}); "
+                  f"trying again in {STORAGE_RETRY_S:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(STORAGE_RETRY_S)
 
 
 def _run_span(run_id: str, job_name: str | None, tags: dict[str, str]) -> contextlib.AbstractContextManager:

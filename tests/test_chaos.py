@@ -268,8 +268,16 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
                 return "\n".join(f"--- {p.name}\n{p.log_tail(30)}" for p in stack["processes"])
 
             say("every kill done; waiting for the backlog to drain")
+            left = [unfinished()]
+
+            def drained() -> bool:  # says each change of the count, for the timeline
+                if (now := unfinished()) != left[-1]:
+                    say(f"{now} jobs unfinished")
+                    left.append(now)
+                return now == 0
+
             try:
-                wait_for(lambda: unfinished() == 0, timeout=DRAIN_DEADLINE_S, what="every job to end", interval=1)
+                wait_for(drained, timeout=DRAIN_DEADLINE_S, what="every job to end", interval=1)
             except Exception as exc:  # noqa: BLE001
                 with engine.connect() as conn:
                     stuck = conn.execute(text("SELECT id, state, tiles_done, tiles_total, dispatched_at FROM jobs "
