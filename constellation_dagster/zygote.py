@@ -29,7 +29,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 # What run workers find imported (the zygote preloads them).
@@ -46,6 +46,7 @@ EXIT_FLUSH_S = 3.0
 # start timeout, and how often it asks.
 STORAGE_WAIT_S = 90.0
 STORAGE_RETRY_S = 1.0
+START_ATTEMPTS = 3  # times a run worker starts its run when Postgres goes away before it has started
 
 
 def main(preload: list[str]) -> None:
@@ -117,10 +118,13 @@ def _run_in_child(request: dict, instance: Any) -> int:
         from dagster._cli.api import _execute_run_command_body
         from dagster._utils.interrupts import capture_interrupts
 
-        _wait_for_run_storage(instance, run_id)
-        with capture_interrupts(), instance, _run_span(run_id, request.get("job_name"), request.get("tags") or {}):
-            code = _execute_run_command_body(run_id, instance, lambda _event: None,
-                                             set_exit_code_on_failure=False)
+        def execute() -> int:
+            with _run_span(run_id, request.get("job_name"), request.get("tags") or {}):
+                return _execute_run_command_body(run_id, instance, lambda _event: None,
+                                                 set_exit_code_on_failure=False)
+
+        with capture_interrupts(), instance:
+            code = _start_through_outages(instance, run_id, execute)
     except BaseException:  # noqa: BLE001 - the run's failure is already in Dagster's event log
         import traceback
 
@@ -135,6 +139,30 @@ def _run_in_child(request: dict, instance: Any) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
     return code
+
+
+def _start_through_outages(instance: Any, run_id: str, execute: Callable[[], int]) -> int:
+    """Run `execute` (the run) once Postgres answers; should Postgres go away before the run has
+    started (its status still STARTING: nothing of it ran), run it again once Postgres is back rather
+    than leave it to Dagster's start timeout. A run that had started is left to run monitoring (its
+    worker is gone: the run fails and Dagster retries it)."""
+    from dagster import DagsterRunStatus
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    for attempt in range(1, START_ATTEMPTS + 1):
+        _wait_for_run_storage(instance, run_id)
+        try:
+            return execute()
+        except (OperationalError, InterfaceError) as exc:
+            if attempt == START_ATTEMPTS:
+                raise
+            _wait_for_run_storage(instance, run_id)
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.status not in (DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED):
+                raise
+            print(f"run worker of {run_id}: lost Postgres before the run started "
+                  f"({type(exc.orig or exc).__name__}); starting it again", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
 
 
 def _wait_for_run_storage(instance: Any, run_id: str) -> None:

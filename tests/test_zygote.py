@@ -1,9 +1,13 @@
-"""A run worker forked while Postgres restarts waits for it instead of dying before its run starts
-(which left the run STARTING until Dagster's 120 s start timeout: seen in the chaos test)."""
+"""A run worker forked while Postgres restarts waits for it, and starts its run again should Postgres
+go away before the run has started, instead of dying (which left the run STARTING until Dagster's
+120 s start timeout, and its job waiting: seen in the chaos test)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from dagster import DagsterRunStatus
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from constellation_dagster import zygote
@@ -16,11 +20,31 @@ class RestartingStorage:
         self.down, self.asked = down, 0
         self.error = error or OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
 
+    status = DagsterRunStatus.STARTING
+
     def get_run_by_id(self, run_id: str) -> object:
         self.asked += 1
         if self.asked <= self.down:
             raise self.error
-        return object()
+        return SimpleNamespace(status=self.status)
+
+
+OUTAGE = OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+
+
+def run_losing_postgres(times: int, storage: RestartingStorage):
+    """The run's body: Postgres goes away under it `times` times (as the chaos test's kill did,
+    just after the worker found it up), then it runs."""
+    calls = []
+
+    def execute() -> int:
+        calls.append(1)
+        if len(calls) <= times:
+            storage.down = storage.asked + 2  # gone for the next two questions too
+            raise OUTAGE
+        return 0
+
+    return execute, calls
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +70,29 @@ def test_errors_that_are_not_an_outage_are_not_waited_on():
     with pytest.raises(ProgrammingError):
         zygote._wait_for_run_storage(storage, "run-1")
     assert storage.asked == 1
+
+
+def test_a_run_that_lost_postgres_before_starting_is_started_again(capsys):
+    storage = RestartingStorage(down=0)
+    execute, calls = run_losing_postgres(1, storage)
+    assert zygote._start_through_outages(storage, "run-1", execute) == 0
+    assert len(calls) == 2
+    assert "run worker of run-1: lost Postgres before the run started (Exception); starting it again" in (
+        capsys.readouterr().err)
+
+
+def test_a_run_that_had_started_is_left_to_run_monitoring():
+    storage = RestartingStorage(down=0)
+    storage.status = DagsterRunStatus.STARTED
+    execute, calls = run_losing_postgres(1, storage)
+    with pytest.raises(OperationalError):
+        zygote._start_through_outages(storage, "run-1", execute)
+    assert len(calls) == 1
+
+
+def test_a_run_is_started_a_bounded_number_of_times():
+    storage = RestartingStorage(down=0)
+    execute, calls = run_losing_postgres(100, storage)
+    with pytest.raises(OperationalError):
+        zygote._start_through_outages(storage, "run-1", execute)
+    assert len(calls) == zygote.START_ATTEMPTS
