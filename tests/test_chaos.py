@@ -248,8 +248,8 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
             ]
             done_kills = []
             for what, kill in kills:
-                # Every blow lands on a backlog: should the stack drain faster than the kills come (it nearly
-                # did in CI), top the backlog up first; the figures say how many jobs were added.
+                # Every blow lands on a backlog: should the stack drain faster than the kills come (it did
+                # once in CI), top the backlog up first; the figures say how many jobs were added.
                 if (left := unfinished()) < TOP_UP_BELOW:
                     say(f"{left} jobs unfinished: topping the backlog up by {TOP_UP}")
                     submit(TOP_UP)
