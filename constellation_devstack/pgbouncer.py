@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
+SERVER_LOGIN_RETRY_S = 1
 
 
 def pgbouncer_binary() -> str:
@@ -72,6 +73,9 @@ class PgBouncer:
             "default_pool_size = 100\n"
             "max_client_conn = 400\n"
             "server_idle_timeout = 120\n"
+            # After Postgres restarts, PgBouncer logs in again this soon (default 15 s: every Dagster
+            # process was refused "server login has been failing" for 15 s after each restart).
+            f"server_login_retry = {SERVER_LOGIN_RETRY_S}\n"
             # Dagit passes `options=-c statement_timeout=…`; PgBouncer 1.18 cannot forward it.
             "ignore_startup_parameters = extra_float_digits,options\n"
             "log_connections = 0\n"

@@ -1,0 +1,91 @@
+"""PgBouncer, which Dagster's processes reach Postgres through, lets them in again within seconds of a
+Postgres restart (its default waits 15 s after a failed server login: every run worker, sensor and
+daemon thread was refused for that long after each restart, seen in the chaos test)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from constellation_core.waiting import free_port, port_open, wait_for
+from constellation_devstack.pgbouncer import SERVER_LOGIN_RETRY_S, PgBouncer
+
+
+@contextlib.contextmanager
+def forwarding(listen_port: int, to_port: int) -> Iterator[None]:
+    """Postgres "back" on `listen_port`: a TCP forwarder to the real server on 127.0.0.1."""
+    server = socket.create_server(("127.0.0.1", listen_port))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", to_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        server.close()
+
+
+def test_dagsters_pooler_logs_in_again_within_seconds_of_postgres_coming_back():
+    admin = make_url(os.environ["CONSTELLATION_TEST_PG_ADMIN_URL"])
+    down_port = free_port()  # where "Postgres" listens: nothing, until it comes back
+    root = Path(tempfile.mkdtemp(prefix="constellation-pgbouncer-"))
+    root.chmod(0o755)  # PgBouncer runs as postgres when the tests run as root
+    pooler = PgBouncer(root / "pgbouncer", free_port(), admin.set(port=down_port).render_as_string(hide_password=False),
+                       {admin.username: admin.password})
+    pooler.write_config()
+    url = make_url(pooler.pooled_url(admin.render_as_string(hide_password=False))).set(
+        drivername="postgresql").render_as_string(hide_password=False)
+
+    def connects() -> bool:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+
+    process = subprocess.Popen(pooler.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", pooler.port), timeout=20, what="PgBouncer", interval=0.1)
+        with pytest.raises(psycopg.OperationalError):
+            connects()  # Postgres is away: the pooler's login upstream fails (the client waits, then gives up)
+        with forwarding(down_port, admin.port or 5432):
+            # Back: in at most the retry interval and a margin, not PgBouncer's default 15 s.
+            wait_for(lambda: _quietly(connects), timeout=SERVER_LOGIN_RETRY_S + 5,
+                     what="a connection through PgBouncer after Postgres came back", interval=0.2)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _quietly(check) -> bool:
+    try:
+        return check()
+    except psycopg.OperationalError:
+        return False
