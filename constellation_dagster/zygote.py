@@ -149,15 +149,14 @@ def _start_through_outages(instance: Any, run_id: str, execute: Callable[[], int
     from dagster import DagsterRunStatus
     from sqlalchemy.exc import InterfaceError, OperationalError
 
+    _wait_for_run_storage(instance, run_id)
     for attempt in range(1, START_ATTEMPTS + 1):
-        _wait_for_run_storage(instance, run_id)
         try:
             return execute()
         except (OperationalError, InterfaceError) as exc:
             if attempt == START_ATTEMPTS:
                 raise
-            _wait_for_run_storage(instance, run_id)
-            run = instance.get_run_by_id(run_id)
+            run = _wait_for_run_storage(instance, run_id)
             if run is None or run.status not in (DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED):
                 raise
             print(f"run worker of {run_id}: lost Postgres before the run started "
@@ -165,19 +164,18 @@ def _start_through_outages(instance: Any, run_id: str, execute: Callable[[], int
     raise AssertionError("unreachable")
 
 
-def _wait_for_run_storage(instance: Any, run_id: str) -> None:
+def _wait_for_run_storage(instance: Any, run_id: str) -> Any:
     """Wait until Postgres answers for the run before running it. A worker forked while Postgres
     restarts would otherwise die on its first query, before its run has started; nothing then ends the
     run but Dagster's start timeout (`run_monitoring.start_timeout_seconds`, 120 s), and its job waits
     that long (seen in the chaos test). The ops ride out a lost Postgres the same way
-    (`OUTAGE_RETRIES`)."""
+    (`OUTAGE_RETRIES`). Returns the run as Postgres then has it."""
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     deadline = time.monotonic() + STORAGE_WAIT_S
     while True:
         try:
-            instance.get_run_by_id(run_id)
-            return
+            return instance.get_run_by_id(run_id)
         except (OperationalError, InterfaceError) as exc:
             if time.monotonic() >= deadline:
                 raise
