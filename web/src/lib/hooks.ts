@@ -45,11 +45,17 @@ export function useCancelJobs() {
 export const useAdminAccounts = () => useQuery(adminQueries.accounts());
 export const useAdminKeys = (accountId: string) => useQuery(adminQueries.keys(accountId));
 
-/** An admin action; every admin view is refetched after it (counts of keys change with revocations). */
+/** An admin action; every admin view is refetched after it (counts of keys change with revocations).
+ * Fetches still in flight are canceled first: invalidating a query whose first fetch is under way joins
+ * that fetch (TanStack cancels only fetches of queries that have data), so a key list asked for just
+ * before the first key was issued stayed "No keys yet." (seen in CI). */
 export function useAdminAction<A extends unknown[], R>(action: (...args: A) => Promise<R>) {
   const client = useQueryClient();
   return useMutation({
     mutationFn: (args: A) => action(...args),
-    onSettled: () => client.invalidateQueries({ queryKey: adminKeys.all }),
+    onSettled: async () => {
+      await client.cancelQueries({ queryKey: adminKeys.all });
+      await client.invalidateQueries({ queryKey: adminKeys.all });
+    },
   });
 }
