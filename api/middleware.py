@@ -36,7 +36,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            # A socket's messages go straight through: only an HTTP response carries the id header.
+            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
         finally:
             if scope["type"] == "http":
                 route = scope.get("route")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from constellation_core.settings import REPO_ROOT
+from constellation_core.settings import API_SERVER_ARGS, REPO_ROOT
 from constellation_core.waiting import free_port, wait_for
 
 BIN = Path(sys.executable).parent
@@ -27,10 +27,12 @@ def served_api(workers: int = 1, source: Path | None = None, env: dict[str, str]
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="constellation-bench-")) / "api.log"
     env = {**os.environ, "LOG_LEVEL": "WARNING", **(env or {})}
+    server_args = list(API_SERVER_ARGS)
     if source is not None:
         env["PYTHONPATH"] = str(source)  # ahead of this checkout's editable install
+        server_args = _server_args_of(env)
     api = subprocess.Popen(
-        [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port), "--workers", str(workers),
+        [str(BIN / "uvicorn"), *server_args, "--port", str(port), "--workers", str(workers),
          "--no-access-log", "--log-level", "warning"],
         env=env, cwd=source, stdout=subprocess.DEVNULL, stderr=log.open("w"),
     )
@@ -43,6 +45,14 @@ def served_api(workers: int = 1, source: Path | None = None, env: dict[str, str]
         _PIDS.pop(base, None)
         api.terminate()
         api.wait(30)
+
+
+def _server_args_of(env: dict[str, str]) -> list[str]:
+    """uvicorn's flags as the checkout on env's PYTHONPATH served its API (older ones: the factory alone)."""
+    code = ("from constellation_core import settings; "
+            "print('\\n'.join(getattr(settings, 'API_SERVER_ARGS', ('--factory', 'api.main:app'))))")
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                          text=True).stdout.split()
 
 
 _PIDS: dict[str, int] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Literal
 from uuid import UUID
 
@@ -54,6 +55,17 @@ class Event(BaseModel):
         if self.job_id is not None:
             return f"{SUBJECT_ROOT}.jobs.{self.job_id}.{self.type.removeprefix('job.')}"
         return f"{SUBJECT_ROOT}.gpus.{self.payload.get('device_uuid', 'unknown')}.metrics"
+
+    @cached_property
+    def json_text(self) -> str:
+        """The event as JSON, serialized once however many stream clients it goes to (an event is not
+        changed once built; pydantic leaves a cached property out of equality and dumps)."""
+        return self.model_dump_json()
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Event:
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("json_text", None)  # a copy's JSON is its own
+        return copy
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

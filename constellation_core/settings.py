@@ -12,6 +12,12 @@ from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# How uvicorn serves the API wherever it is started (make demo/dev, the tests, the benches; the compose
+# file spells the same flags): the app's factory, and WebSocket frames not compressed — deflating each
+# ~300-byte event once per client took a sixth of the API's CPU with 50 stream clients at 500 events/s
+# and dropped them as too slow (bench/p2_stream_latency.py); Socket.IO turned it off by default likewise.
+API_SERVER_ARGS = ("--factory", "api.main:app", "--ws-per-message-deflate", "false")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")

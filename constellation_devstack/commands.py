@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import make_url
 
-from constellation_core.settings import REPO_ROOT, Settings, get_settings
+from constellation_core.settings import API_SERVER_ARGS, REPO_ROOT, Settings, get_settings
 from constellation_core.waiting import free_port, wait_for
 from constellation_devstack.jaeger import CONFIG as JAEGER_CONFIG
 from constellation_devstack.jaeger import JaegerServer, jaeger_binary, otel_env
@@ -402,7 +402,7 @@ def supervisor_config(settings: Settings, *, local_postgres: bool, local_nats: b
         _program("setup", f"{dev} setup", priority=20, to_console=True, oneshot=True),
         _program(
             "api",
-            f"{dev} wait-ready {BIN / 'uvicorn'} --factory api.main:app --host {settings.api_host} "
+            f"{dev} wait-ready {BIN / 'uvicorn'} {shlex.join(API_SERVER_ARGS)} --host {settings.api_host} "
             f"--port {settings.api_port} --no-access-log{api_reload}",
             priority=30,
         ),

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from constellation_core.devices import SIMULATED_ENV
-from constellation_core.settings import REPO_ROOT, get_settings
+from constellation_core.settings import API_SERVER_ARGS, REPO_ROOT, get_settings
 from constellation_core.waiting import free_port, port_open, wait_for
 from constellation_dagster.bootstrap import ensure_model
 from constellation_dagster.models.assets import ModelTrainingConfig
@@ -117,7 +117,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     first = [
         ManagedProcess("pgbouncer", pooler.argv(), env, tmp),
         ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], as_service(env, "usage"), tmp),
-        ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(api_port)],
+        ManagedProcess("api", [str(BIN / "uvicorn"), *API_SERVER_ARGS, "--port", str(api_port)],
                        as_service(env, "api"), tmp),
         ManagedProcess("device-workers", [str(BIN / "constellation-dev"), "device-workers"],
                        as_service(env, "device-workers"), tmp),

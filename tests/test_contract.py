@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy import create_engine
 
 from constellation_core.accounts import create_account, issue_api_key
-from constellation_core.settings import REPO_ROOT
+from constellation_core.settings import API_SERVER_ARGS, REPO_ROOT
 from constellation_core.waiting import free_port, wait_for
 from constellation_devstack.prometheus import PrometheusServer, Target
 from tests.conftest import drop_database, fresh_database_url
@@ -51,7 +51,7 @@ def served_api(database_url, nats_url):
            "USAGE_PORT": str(usage_port), "PROMETHEUS_URL": prometheus.url,
            "CONSTELLATION_METRICS_TOKEN": prometheus.token()}
     usage = ManagedProcess("usage", [str(REPO_ROOT / "usage_go" / "bin" / "usage")], env, tmp)
-    api = ManagedProcess("api", [str(BIN / "uvicorn"), "--factory", "api.main:app", "--port", str(port)], env, tmp)
+    api = ManagedProcess("api", [str(BIN / "uvicorn"), *API_SERVER_ARGS, "--port", str(port)], env, tmp)
     prometheus.start()
     usage.start()
     api.start()

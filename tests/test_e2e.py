@@ -96,6 +96,10 @@ def _dump_logs(stack) -> str:
 def test_job_goes_queued_running_succeeded_over_the_websocket(stack):
     account = account_in(stack["database_url"])
     with ws_connect(f"{stack['ws']}/stream", additional_headers=account.headers, open_timeout=10) as ws:
+        # The client offers per-message deflate; the API declines it (compressing every event once per
+        # client costs more CPU than the small frames save: bench/p2_stream_latency.py).
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
         response = httpx.post(
             f"{stack['api']}/jobs", json={"name": "e2e", "zoom": 14, "area": GENEVA},
             headers={**account.headers, "X-Request-ID": "e2e-correlation"},

@@ -29,6 +29,8 @@ HISTORY_LIMIT = 10_000
 # WebSocket close codes (RFC 6455 §7.4 and the registered 4xxx-free range).
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
+# Events sent from a client's queue before it looks at its control messages again.
+BURST = 100
 
 
 @router.websocket("/stream")
@@ -73,7 +75,7 @@ async def stream(
     async def send(events: list[Event], *, live: bool = False) -> None:
         for event in events:
             if delivered.fresh_live(event) if live else delivered.fresh(event):
-                await websocket.send_text(event.model_dump_json())
+                await websocket.send_text(event.json_text)
                 delivered.mark(event)
                 if live:
                     EVENT_LAG.observe(max(0.0, (datetime.now(UTC) - event.ts).total_seconds()))
@@ -91,27 +93,34 @@ async def stream(
                 await websocket.close(code=TRY_AGAIN_LATER,
                                       reason=f"too slow; reconnect with after={delivered.last}")
                 return
-            live = asyncio.ensure_future(subscriber.queue.get())
-            done, _ = await asyncio.wait({control, live}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
-            if control in done:
-                live.cancel()
+            if control.done():
                 await send(await _control(websocket, engine, account, subscriber, control.result()))
                 control = asyncio.ensure_future(_receive_control(websocket))
                 continue
-            if not done:
-                live.cancel()
-                await websocket.send_json({"type": "heartbeat", "last_event_id": delivered.last})
-                continue
-            event = live.result()
-            if subscriber.revoked:
-                continue  # closed at the top of the loop, with the reason
-            if event is None:  # the server is shutting down
-                await websocket.close(code=1001)
-                return
-            if isinstance(event, GpuSample):  # telemetry: live only, no id
-                await websocket.send_text(event.model_dump_json())
-                continue
-            await send([event], live=True)
+            batch: list[Event | GpuSample | None] = []
+            if subscriber.queue.empty():
+                live = asyncio.ensure_future(subscriber.queue.get())
+                done, _ = await asyncio.wait({control, live}, timeout=HEARTBEAT_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if live not in done:
+                    live.cancel()
+                    if not done:
+                        await websocket.send_json({"type": "heartbeat", "last_event_id": delivered.last})
+                    continue  # a control message: answered at the top of the loop
+                batch.append(live.result())
+            # What is queued already goes out without another wait: one wake-up per burst, not per event.
+            while len(batch) < BURST and not subscriber.queue.empty():
+                batch.append(subscriber.queue.get_nowait())
+            for item in batch:
+                if subscriber.revoked:
+                    break  # closed at the top of the loop, with the reason
+                if item is None:  # the server is shutting down
+                    await websocket.close(code=1001)
+                    return
+                if isinstance(item, GpuSample):  # telemetry: live only, no id
+                    await websocket.send_text(item.model_dump_json())
+                    continue
+                await send([item], live=True)
     except WebSocketDisconnect:
         pass
     finally:
