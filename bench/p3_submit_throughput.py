@@ -2,7 +2,7 @@
 
     make install && .local/venv/bin/constellation-dev with-services -- \
         .local/venv/bin/python bench/p3_submit_throughput.py [--workers 2] [--seconds 20] [--connections 64] \
-        [--baseline REF] [--tracing]
+        [--baseline REF] [--tracing [--sample-ratio R]]
 
 Runs against throwaway Postgres+PostGIS and NATS (`with-services`), with the API under uvicorn (N
 worker processes) and wrk (Debian's `wrk`, installed if missing) as the load. Each request is a real
@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--baseline", help="a commit whose API to measure the same way, side by side")
     parser.add_argument("--tracing", action="store_true",
                         help="measure with tracing off and on (spans to a Jaeger of its own), side by side")
+    parser.add_argument("--sample-ratio", type=float, default=None,
+                        help="with --tracing: the API samples this share of requests that come without a trace "
+                             "context (OTEL_TRACES_SAMPLER=parentbased_traceidratio), instead of every one")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the runs this many times (off, on, off, on, …): this machine's speed drifts")
     args = parser.parse_args()
@@ -105,11 +108,15 @@ def main() -> None:
     try:
         if jaeger:
             jaeger.start()
+            traced_env = jaeger.otel_env()
+            if args.sample_ratio is not None:
+                traced_env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                               "OTEL_TRACES_SAMPLER_ARG": str(args.sample_ratio)}
         with checkouts(args.baseline) as sources:
             # Rounds alternate their order (off, on, on, off, …) so that a drift of this machine or of
             # the growing tables does not fall on one side.
             runs = [(f"{label}, tracing {'on' if traced else 'off'}" if jaeger else label, source, traced,
-                     jaeger.otel_env() if traced else {"OTEL_SDK_DISABLED": "true"})
+                     traced_env if traced else {"OTEL_SDK_DISABLED": "true"})
                     for round_ in range(args.rounds) for label, source in sources
                     for traced in (((False, True) if round_ % 2 == 0 else (True, False)) if jaeger else (False,))]
             for phase, (label, source, traced, env) in enumerate(runs):
@@ -153,8 +160,8 @@ def main() -> None:
                   f"(× {cpu_ratios[-1]:.3f})")
         print(f"median of {len(ratios)}: req/s {statistics.median(ratios):.3f}, API CPU per submission × "
               f"{statistics.median(cpu_ratios):.3f}   (goal: lose ≤ 3 %; sampler: "
-              f"{os.environ.get('OTEL_TRACES_SAMPLER', 'parentbased_always_on')} "
-              f"{os.environ.get('OTEL_TRACES_SAMPLER_ARG', '')})")
+              f"{traced_env.get('OTEL_TRACES_SAMPLER', 'parentbased_always_on')} "
+              f"{traced_env.get('OTEL_TRACES_SAMPLER_ARG', '')})")
 
 if __name__ == "__main__":
     main()
