@@ -61,6 +61,9 @@ def main(preload: list[str]) -> None:
 
     for module in (*preload, *RUN_WORKER_MODULES):
         importlib.import_module(module)
+    from constellation_core import tracing
+
+    tracing.preload()  # each run worker sets up its own exporter: its modules are imported already
     # Children are reaped by the kernel; a run worker's pid disappears from /proc when it exits.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     # `kill -USR1` prints every thread's Python stack to stderr (the launching process's log), here

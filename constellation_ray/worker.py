@@ -322,16 +322,16 @@ class DeviceWorker:
             if state != "running":
                 return None  # canceled (or failed) since the claim: its batches are not stored
             # Already-stored results (from a worker that died after its commit) are kept, never doubled.
+            # The rows as parameters of one cached statement (sent as multi-row VALUES), not a statement
+            # with each batch's values in it, compiled anew for every batch.
             inserted = len(conn.execute(
                 pg_insert(tile_results)
-                .values([
-                    {"job_id": a.job_id, "z": t.z, "x": t.x, "y": t.y, "run_id": a.run_id, "class": c,
-                     "confidence": p, "inference_ms": batch_s * 1000 / len(batch.tiles), "device": self.device.label,
-                     "gpu_id": self.gpu_id, "model_version": a.model_version}
-                    for t, c, p in zip(batch.tiles, classes, confidences)
-                ])
                 .on_conflict_do_nothing(constraint="tile_results_job_tile_key")
-                .returning(tile_results.c.id)
+                .returning(tile_results.c.id),
+                [{"job_id": a.job_id, "z": t.z, "x": t.x, "y": t.y, "run_id": a.run_id, "class": c,
+                  "confidence": p, "inference_ms": batch_s * 1000 / len(batch.tiles), "device": self.device.label,
+                  "gpu_id": self.gpu_id, "model_version": a.model_version}
+                 for t, c, p in zip(batch.tiles, classes, confidences)],
             ).all())
             conn.execute(
                 update(tile_chunks)

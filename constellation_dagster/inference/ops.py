@@ -118,17 +118,17 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
         with db.begin() as conn:
             batch = int(job.params.get("batch_size", DEFAULT_BATCH_SIZE))
             planned = plan_tile_grid(wkt.loads(job.aoi), job.zoom, PLAN_CAP)
-            rows = [
-                {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "chunk_no": i // batch,
-                 "footprint": func.ST_GeomFromText(t.footprint.wkt, 4326)}
-                for i, t in enumerate(planned)
-            ]
-            for start in range(0, len(rows), 1000):
-                conn.execute(pg_insert(tiles).values(rows[start:start + 1000]).on_conflict_do_nothing())
+            # Rows go as parameters of one statement (SQLAlchemy sends them as multi-row VALUES): a
+            # statement with every row's values in it was compiled anew for each job, ~0.1 s of a run
+            # worker's CPU.
+            rows = [{"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "chunk_no": i // batch,
+                     "footprint": f"SRID=4326;{t.footprint.wkt}"} for i, t in enumerate(planned)]
+            if rows:
+                conn.execute(pg_insert(tiles).on_conflict_do_nothing(), rows)
             chunks = [{"job_id": job_id, "chunk_no": n, "tiles": min(batch, len(planned) - n * batch)}
                       for n in range(math.ceil(len(planned) / batch))]
             if chunks:
-                conn.execute(pg_insert(tile_chunks).values(chunks).on_conflict_do_nothing())
+                conn.execute(pg_insert(tile_chunks).on_conflict_do_nothing(), chunks)
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(tiles_total=len(planned)))
             event = record_event(
                 conn, "job.log", account_id=job.account_id, job_id=job_id, run_id=run_id,
