@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from constellation_core.db import sync_engine
 from constellation_core.devices import Device, device_spec, discover
 from constellation_core.events import Event
 from constellation_core.tables import gpus, jobs, steps, tile_chunks
-from constellation_ray.worker import wake
+from constellation_ray.worker import batches_notified, wake
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +82,12 @@ class GpuFleet(dg.ConfigurableResource):
     """
 
     simulated_gpus: int | None = None
-    # How often a following op looks at its job's batches, and how long a device may be gone (its
-    # worker or node died) before the op stops waiting for it. A worker Ray restarts is back within
-    # seconds but loads its model again: up to ~40 s on two busy cores in the chaos test.
-    poll_seconds: float = 0.2
+    # A following op looks at its job's batches when a device worker commits one of them or fails its
+    # step (a Postgres notification), and at least this often (a cancel, a device gone); how long a
+    # device may be gone (its worker or node died) before the op stops waiting for it. A worker Ray
+    # restarts is back within seconds but loads its model again: up to ~40 s on two busy cores in the
+    # chaos test.
+    recheck_seconds: float = 1.0
     gone_grace_seconds: float = 90.0
 
     def devices(self) -> list[Device]:
@@ -140,15 +141,18 @@ class GpuFleet(dg.ConfigurableResource):
             .select_from(steps.join(gpus, gpus.c.id == steps.c.gpu_id))
             .where(steps.c.id.in_(step_ids))
         )
-        while True:
-            with db.engine.connect() as conn:
-                row = conn.execute(query).one()
-            if row.error:
-                return Followed(error=row.error)
-            if row.state != "running":
-                return Followed(stopped_because=f"stopped, the job is {row.state}")
-            if not row.pending:
-                return Followed()
-            if row.all_gone:
-                return Followed(stopped_because="its devices are gone (their workers or machines stopped)")
-            time.sleep(self.poll_seconds)
+        # Woken by the job's batch commits rather than polling (which, with 8 jobs held per device,
+        # was ~40 queries and as many connection checks a second).
+        with batches_notified(db.database_url, job_id) as wait:
+            while True:
+                with db.engine.connect() as conn:
+                    row = conn.execute(query).one()
+                if row.error:
+                    return Followed(error=row.error)
+                if row.state != "running":
+                    return Followed(stopped_because=f"stopped, the job is {row.state}")
+                if not row.pending:
+                    return Followed()
+                if row.all_gone:
+                    return Followed(stopped_because="its devices are gone (their workers or machines stopped)")
+                wait(self.recheck_seconds)

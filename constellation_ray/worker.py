@@ -25,7 +25,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +65,9 @@ log = logging.getLogger(__name__)
 
 # `NOTIFY constellation_devices, '<device uuid>'` wakes the device's worker (sent when a job is admitted).
 WAKE_CHANNEL = "constellation_devices"
+# `NOTIFY constellation_job_<job id hex>` (sent with each batch's commit, and when a step fails) tells
+# the op following the job on its devices to look again (`batches_notified`), instead of polling.
+JOB_CHANNEL_PREFIX = "constellation_job_"
 # With no notification, an idle worker still looks once this often (a batch left by a dead worker).
 IDLE_RECHECK_S = 2.0
 OPEN_READERS = 4
@@ -352,6 +357,7 @@ class DeviceWorker:
                          "batch": {"tiles": len(batch.tiles), "started_at": began.isoformat(),
                                    "finished_at": ended.isoformat()}},
             )
+            notify_job(conn, a.job_id)
             batch.transaction.commit()
             self.stats.batches += 1
             self.stats.tiles += inserted
@@ -388,6 +394,7 @@ class DeviceWorker:
                     .values(metrics=steps.c.metrics.op("||")(func.jsonb_build_object(
                         literal_column("'error'"), f"{self.device.label}: {exc!r}"[:2000])))
                 )
+                notify_job(conn, admission.job_id)
         except Exception:  # noqa: BLE001 - Postgres away: the batch stays pending and is retried
             log.warning("recording the failure failed", exc_info=True)
 
@@ -401,6 +408,46 @@ def _torch_threads() -> int:
 def wake(conn: Connection, device_uuid: str) -> None:
     """Wake the worker of a device (delivered when `conn`'s transaction commits)."""
     conn.execute(text("SELECT pg_notify(:channel, :device)"), {"channel": WAKE_CHANNEL, "device": device_uuid})
+
+
+def job_channel(job_id: UUID) -> str:
+    return f"{JOB_CHANNEL_PREFIX}{job_id.hex}"
+
+
+def notify_job(conn: Connection, job_id: UUID) -> None:
+    """Tell whoever follows the job that its batches changed (delivered when `conn`'s transaction commits)."""
+    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": job_channel(job_id)})
+
+
+@contextmanager
+def batches_notified(database_url: str, job_id: UUID) -> Iterator[Callable[[float], None]]:
+    """A `wait(timeout_s)` that returns when one of the job's batches was committed or its step failed
+    (`notify_job`), or after timeout_s. Listening starts before this yields: look at the batches after
+    entering, then wait, and no notification is missed. Should Postgres be out of reach, `wait` sleeps
+    (the caller's look tells it the outage)."""
+    listener: psycopg.Connection | None = None
+
+    def wait(timeout_s: float) -> None:
+        nonlocal listener
+        try:
+            if listener is None or listener.closed:
+                listener = psycopg.connect(_libpq_url(database_url), autocommit=True)
+                listener.execute(f'LISTEN "{job_channel(job_id)}"')
+                return  # listening from now: look again at once
+            for _ in listener.notifies(timeout=timeout_s, stop_after=1):
+                break
+        except psycopg.Error:
+            if listener is not None:
+                listener.close()
+            listener = None
+            time.sleep(timeout_s)
+
+    wait(0)
+    try:
+        yield wait
+    finally:
+        if listener is not None:
+            listener.close()
 
 
 def _libpq_url(database_url: str) -> str:
