@@ -7,7 +7,8 @@
 Runs against throwaway Postgres and NATS (`with-services`) and the API under uvicorn. N clients
 subscribe to `/stream` (all jobs, as admins). A publisher sends `job.progress` events to JetStream
 exactly as inference steps do (`constellation_core.bus.publish_events`, one event per message) at the
-given rate, each stamped with its send time; every client records arrival − send. Side by side, a
+given rate, each stamped with its send time; every client records arrival − send; the API's CPU over
+the run (its process's user + system time) per event delivered to a client. Side by side, a
 plain NATS subscriber in the client process gives the floor (NATS alone, no API). Synthetic events:
 ids above any real one and a job id of their own, never written to `events`. The clients and the
 publisher run on uvloop (as the API does), so that less of the two cores goes to the load itself.
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import nats
 import uvloop
-from served_api import checkouts, served_api
+from served_api import api_cpu_s, checkouts, served_api
 from sqlalchemy import create_engine
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -73,7 +74,8 @@ async def client(url: str, key: str, job_id: str, latencies: list[float], ready:
     return received
 
 
-async def run(args, ws_url: str, key: str, nats_url: str) -> None:
+async def run(args, base: str, key: str, nats_url: str) -> None:
+    ws_url = f"{base.replace('http', 'ws', 1)}/stream"
     job_id = str(uuid.uuid4())
     total = args.rate * args.seconds
     latencies: list[float] = []
@@ -92,6 +94,7 @@ async def run(args, ws_url: str, key: str, nats_url: str) -> None:
     await nc.subscribe(f"{SUBJECT_ROOT}.jobs.{job_id}.>", cb=on_floor)
     js = nc.jetstream()
     await asyncio.sleep(0.5)  # let the subscriptions settle before the clock starts
+    cpu_before = api_cpu_s(base)
     started = time.perf_counter()
     for i in range(total):
         # Pace to the rate: event i leaves at i / rate seconds.
@@ -103,6 +106,7 @@ async def run(args, ws_url: str, key: str, nats_url: str) -> None:
         await publish_events(js, [event], traceparent=JOB_TRACEPARENT)
     sent_in = time.perf_counter() - started
     received = await asyncio.gather(*clients)
+    api_cpu = api_cpu_s(base) - cpu_before
     await nc.drain()
 
     print(f"{args.clients} clients, {total} events at {args.rate}/s (sent in {sent_in:.1f} s), "
@@ -114,6 +118,7 @@ async def run(args, ws_url: str, key: str, nats_url: str) -> None:
     delivered = sum(received)
     if dropped:
         print(f"{len(dropped)} of {args.clients} clients closed by the API: {sorted(set(dropped))[:3]}")
+    print(f"the API's CPU {api_cpu:.1f} s, {1e6 * api_cpu / max(delivered, 1):.1f} µs per event delivered to a client")
     print(f"delivered {delivered} of {total * args.clients} ({delivered / (total * args.clients):.1%}); "
           f"goal: p99 ≤ 100 ms at 500 events/s with 50 clients")
 
@@ -139,7 +144,7 @@ def main() -> None:
             for label, source in sources:
                 print(f"-- {label}")
                 with served_api(source=source) as base:
-                    uvloop.run(run(args, f"{base.replace('http', 'ws', 1)}/stream", key, nats_url))
+                    uvloop.run(run(args, base, key, nats_url))
             return
         jaeger = JaegerServer(Path(tempfile.mkdtemp(prefix="constellation-p2-")), free_port(), free_port(),
                               free_port(), free_port())
@@ -149,7 +154,7 @@ def main() -> None:
                     sources, (("tracing off", {"OTEL_SDK_DISABLED": "true"}), ("tracing on", jaeger.otel_env()))):
                 print(f"-- {label}, the API with {tracing}")
                 with served_api(source=source, env=env) as base:
-                    uvloop.run(run(args, f"{base.replace('http', 'ws', 1)}/stream", key, nats_url))
+                    uvloop.run(run(args, base, key, nats_url))
         finally:
             jaeger.stop()
 
