@@ -11,13 +11,14 @@ from constellation_core.waiting import Timeout
 _reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ws-reader")
 
 
-def next_message(ws, *, what: str = "a stream message", timeout: float = 15.0) -> dict:
-    """The next message that is not a heartbeat, or Timeout naming `what` after `timeout` seconds."""
+def next_message(ws, *, what: str = "a stream message", timeout: float = 15.0, heartbeats: bool = False) -> dict:
+    """The next message that is not a heartbeat (any, with `heartbeats`), or Timeout naming `what` after
+    `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             message = _reader.submit(ws.receive_json).result(timeout=max(deadline - time.monotonic(), 0))
         except FutureTimeout:
             raise Timeout(f"timed out after {timeout:.0f}s waiting for {what}") from None
-        if message.get("type") != "heartbeat":
+        if heartbeats or message.get("type") != "heartbeat":
             return message

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select, update
 
+from api.stream import router as stream_router
 from constellation_core.tables import events, gpus, jobs, steps
 from tests.samples import job_body
 from tests.streams import next_message
@@ -251,6 +252,16 @@ def test_one_socket_carries_several_subscriptions(client, make_account):
         client.post(f"/jobs/{first}/cancel", headers=owner.headers)
         ended = next_message(ws)
         assert (ended["job_id"], ended["payload"]["state"]) == (first, "canceled")
+
+
+def test_an_idle_stream_sends_heartbeats_with_the_last_event_id(client, make_account, monkeypatch):
+    monkeypatch.setattr(stream_router, "HEARTBEAT_S", 0.3)
+    account = make_account()
+    job_id = client.post("/jobs", json=job_body(), headers=account.headers).json()["id"]
+    with client.websocket_connect(f"/stream?job_id={job_id}&after=0", headers=account.headers) as ws:
+        queued = next_message(ws)
+        beats = [next_message(ws, what="a heartbeat", timeout=10, heartbeats=True) for _ in range(2)]
+    assert beats == [{"type": "heartbeat", "last_event_id": queued["id"]}] * 2
 
 
 def test_a_body_that_is_not_json_at_all_is_a_422_problem(client, make_account):

@@ -41,7 +41,9 @@ class Subscriber:
     job_id: UUID | None = None  # initial subscription: this job (else every job, unless `topics` is given)
     gpus: bool = False  # also GPU telemetry samples
     topics: set[tuple[str, UUID | None]] | None = None
-    queue: asyncio.Queue[Event | GpuSample | None] = field(
+    # What goes to the client, in order (None: the server is stopping); the WebSocket route also queues
+    # its client's control messages and heartbeat ticks here, so one `get()` wakes it for all of them.
+    queue: asyncio.Queue[Event | GpuSample | None | object] = field(
         default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_SIZE)
     )
     dropped: bool = False
