@@ -242,8 +242,7 @@ class DeviceWorker:
         """Sleep until a job is admitted to this device (NOTIFY), or IDLE_RECHECK_S passes."""
         try:
             if listener is None or listener.closed:
-                listener = psycopg.connect(_libpq_url(self.database_url), autocommit=True)
-                listener.execute(f"LISTEN {WAKE_CHANNEL}")
+                listener = _listen(self.database_url, WAKE_CHANNEL)
                 return listener  # look once more: an admission may have come before LISTEN
             for note in listener.notifies(timeout=IDLE_RECHECK_S):
                 if note.payload in (self.device.uuid, "*"):
@@ -407,7 +406,7 @@ def _torch_threads() -> int:
 
 def wake(conn: Connection, device_uuid: str) -> None:
     """Wake the worker of a device (delivered when `conn`'s transaction commits)."""
-    conn.execute(text("SELECT pg_notify(:channel, :device)"), {"channel": WAKE_CHANNEL, "device": device_uuid})
+    _notify(conn, WAKE_CHANNEL, device_uuid)
 
 
 def job_channel(job_id: UUID) -> str:
@@ -416,7 +415,18 @@ def job_channel(job_id: UUID) -> str:
 
 def notify_job(conn: Connection, job_id: UUID) -> None:
     """Tell whoever follows the job that its batches changed (delivered when `conn`'s transaction commits)."""
-    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": job_channel(job_id)})
+    _notify(conn, job_channel(job_id))
+
+
+def _notify(conn: Connection, channel: str, payload: str = "") -> None:
+    conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload})
+
+
+def _listen(database_url: str, channel: str) -> psycopg.Connection:
+    """A connection of its own (not pooled: it stays LISTENing) that receives `channel`'s notifications."""
+    listener = psycopg.connect(_libpq_url(database_url), autocommit=True)
+    listener.execute(f'LISTEN "{channel}"')
+    return listener
 
 
 @contextmanager
@@ -431,11 +441,10 @@ def batches_notified(database_url: str, job_id: UUID) -> Iterator[Callable[[floa
         nonlocal listener
         try:
             if listener is None or listener.closed:
-                listener = psycopg.connect(_libpq_url(database_url), autocommit=True)
-                listener.execute(f'LISTEN "{job_channel(job_id)}"')
+                listener = _listen(database_url, job_channel(job_id))
                 return  # listening from now: look again at once
             for _ in listener.notifies(timeout=timeout_s, stop_after=1):
-                break
+                pass
         except psycopg.Error:
             if listener is not None:
                 listener.close()
