@@ -762,7 +762,9 @@ def test_a_run_parked_in_dagsters_queue_past_the_redispatch_window_is_never_laun
 
     account = account_in(stack["database_url"], "e2e-parked")
     engine = create_engine(stack["database_url"])
-    blockers = [_submit(stack, account, zoom=17, mode="serial", batch_size=16, priority=-5) for _ in range(8)]
+    # Zoom 18 (3,551 tiles each): none of the eight may end, freeing Dagster's run limit, before the parked
+    # run has been claimed three times (at zoom 17 a faster device worker ended one first in CI).
+    blockers = [_submit(stack, account, zoom=18, mode="serial", batch_size=16, priority=-5) for _ in range(8)]
     submitted = list(blockers)
 
     def runs_of(instance, job_id, statuses=None):
