@@ -124,10 +124,15 @@ try {
   // fill by class a few; the toggle and the opacity slider change which one is drawn.
   step = "imagery under the tiles";
   await page.waitForFunction(() => Number(document.querySelector('[aria-label="Tile map"]')?.dataset.imageryTiles) > 0, null, { timeout: 30000 });
-  const drawnAfter = async (change) => {
+  // An idle frame drawn after the change, at the results opacity it asked for (an earlier change's
+  // frame can still be on its way when the next change is made).
+  const drawnAfter = async (opacity, change) => {
     const before = Number(await map.getAttribute("data-idle"));
     await change();
-    await page.waitForFunction((n) => Number(document.querySelector('[aria-label="Tile map"]')?.dataset.idle) > n, before, { timeout: 15000 });
+    await page.waitForFunction(([n, opacity]) => {
+      const { idle, fillOpacity } = document.querySelector('[aria-label="Tile map"]')?.dataset ?? {};
+      return Number(idle) > n && Number(fillOpacity) === opacity;
+    }, [before, opacity], { timeout: 15000 });
     return page.evaluate(() => {
       const source = document.querySelector('[aria-label="Tile map"] canvas');
       const canvas = Object.assign(document.createElement("canvas"), { width: source.width, height: source.height });
@@ -140,11 +145,11 @@ try {
     });
   };
   const slider = page.getByLabel("Results opacity");
-  const imageryOnly = await drawnAfter(() => page.getByRole("radio", { name: "imagery" }).check());
+  const imageryOnly = await drawnAfter(0, () => page.getByRole("radio", { name: "imagery" }).check());
   await page.screenshot({ path: `${shots}/job-imagery.png` });
-  const classesOpaque = await drawnAfter(async () => { await page.getByRole("radio", { name: "classes" }).check(); await slider.focus(); await page.keyboard.press("End"); });
+  const classesOpaque = await drawnAfter(1, async () => { await page.getByRole("radio", { name: "classes" }).check(); await slider.focus(); await page.keyboard.press("End"); });
   await page.screenshot({ path: `${shots}/job-classes.png` });
-  const classesClear = await drawnAfter(async () => { await slider.focus(); await page.keyboard.press("Home"); });
+  const classesClear = await drawnAfter(0, async () => { await slider.focus(); await page.keyboard.press("Home"); });
   if (!(imageryOnly.colours > 100 && classesOpaque.colours * 3 < imageryOnly.colours && classesClear.colours * 3 > imageryOnly.colours * 2)) {
     fail(`imagery ${JSON.stringify(imageryOnly)}, classes at 100 % ${JSON.stringify(classesOpaque)}, at 0 % ${JSON.stringify(classesClear)}`);
   }

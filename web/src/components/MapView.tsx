@@ -127,6 +127,8 @@ export function MapView({ tiles, view = "class", opacity = 0.6, imagery, area, d
     m.on("idle", () => {
       if (!container.current) return;
       container.current.dataset.idle = String(++idles); // a frame with everything loaded was drawn
+      // … with this results opacity (the browser tests wait for the frame of the opacity they set).
+      if (m.getLayer("tiles-fill")) container.current.dataset.fillOpacity = String(m.getPaintProperty("tiles-fill", "fill-opacity"));
       // Distinct tiles drawn (a footprint split across MapLibre's own tiles is one tile here).
       const drawn = m.getLayer("tiles-fill") ? m.queryRenderedFeatures({ layers: ["tiles-fill"] }) : [];
       container.current.dataset.renderedTiles = String(new Set(drawn.map((f) => `${f.properties.z}/${f.properties.x}/${f.properties.y}`)).size);
