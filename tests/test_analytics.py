@@ -110,3 +110,25 @@ def test_exports_a_day_to_geoparquet_and_duckdb_answers_spatially(engine, databa
 
 def area_km2(geometry) -> float:
     return abs(Geod(ellps="WGS84").geometry_area_perimeter(geometry)[0]) / 1e6
+
+
+def test_an_export_that_dies_mid_write_leaves_the_days_previous_file_readable(tmp_path, monkeypatch):
+    import pandas
+
+    from constellation_dagster.analytics.assets import _write_parquet
+
+    path = tmp_path / "day=2026-12-02" / "part-0.parquet"
+    path.parent.mkdir()
+    _write_parquet(pandas.DataFrame({"tiles": [1, 2]}), path)
+
+    def dies_half_way(self, target, **kwargs):
+        with open(target, "wb") as out:
+            out.write(b"PAR1")  # a file too short to be Parquet, as an interrupted write leaves it
+        raise OSError("killed")
+
+    monkeypatch.setattr(pandas.DataFrame, "to_parquet", dies_half_way)
+    with pytest.raises(OSError, match="killed"):
+        _write_parquet(pandas.DataFrame({"tiles": [3]}), path)
+    with connect(tmp_path / "check.duckdb") as conn:  # what the views and the API read
+        assert conn.execute(f"SELECT sum(tiles) FROM read_parquet('{tmp_path}/*/*.parquet')").fetchone()[0] == 3
+    assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]

@@ -1,6 +1,7 @@
 """Downstream assets: tile results and run metrics exported to Parquet (one partition per day;
 footprints as GeoParquet), and a DuckDB database with views over them for analytics."""
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -46,6 +47,18 @@ def _partition_path(dataset: str, day: str) -> Path:
     return path
 
 
+def _write_parquet(frame, path: Path) -> None:
+    """Replace the partition's file at once: a reader (the DuckDB views, the API's analytics, a
+    refresh run launched with the export) sees the old file or the new one, never a half-written one
+    (seen: "too small to be a Parquet file"); an export killed mid-write leaves the old file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # (not matched by `*.parquet`)
+    try:
+        frame.to_parquet(partial, index=False)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 @dg.asset(partitions_def=DAILY, group_name="analytics", kinds={"parquet", "geopandas"},
           description="Every tile result of the day with its footprint, as GeoParquet.")
 def tile_results_parquet(context: dg.AssetExecutionContext, db: SystemOfRecord) -> dg.MaterializeResult:
@@ -57,7 +70,7 @@ def tile_results_parquet(context: dg.AssetExecutionContext, db: SystemOfRecord) 
     if frame.crs is None:
         frame = frame.set_crs(4326)
     path = _partition_path("tile_results", context.partition_key)
-    frame.to_parquet(path, index=False)
+    _write_parquet(frame, path)
     return dg.MaterializeResult(metadata={"rows": len(frame), "bytes": path.stat().st_size,
                                           "path": dg.MetadataValue.path(str(path))})
 
@@ -70,7 +83,7 @@ def run_metrics_parquet(context: dg.AssetExecutionContext, db: SystemOfRecord) -
     with db.begin() as conn:
         frame = pandas.read_sql(text(RUN_METRICS_SQL), conn, params={"day": context.partition_key})
     path = _partition_path("run_metrics", context.partition_key)
-    frame.to_parquet(path, index=False)
+    _write_parquet(frame, path)
     return dg.MaterializeResult(metadata={"rows": len(frame), "bytes": path.stat().st_size,
                                           "path": dg.MetadataValue.path(str(path))})
 
