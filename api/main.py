@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         # No overflow: a connection opened past the pool and closed on return pays a SCRAM handshake
         # each time (under a burst of submissions that churn cost the API most of its CPU).
-        app.state.engine = async_engine(settings.sync_database_url, pool_size=30, max_overflow=0, pool_pre_ping=True)
+        app.state.engine = async_engine(settings.sync_database_url, pool_size=30, max_overflow=0)
         app.state.hub = hub = StreamHub()
         app.state.nats = await connect(settings.nats_url, name="constellation-api",
                                        disconnected_cb=hub.on_disconnected, reconnected_cb=hub.on_reconnected)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from functools import lru_cache
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from constellation_core.settings import REPO_ROOT, get_settings
@@ -54,16 +56,49 @@ def forget_in_forked_children(engine: Engine) -> Engine:
     return engine
 
 
+# A pooled connection that sat idle at least this long is pinged before it is handed out.
+PING_AFTER_IDLE_S = 1.0
+
+
+def ping_when_idle(engine: Engine, after_s: float = PING_AFTER_IDLE_S) -> Engine:
+    """Replace a pooled connection that died (a Postgres or PgBouncer restart, an idle timeout)
+    before it is handed out — but ping only one that sat idle in the pool for `after_s` or more.
+
+    SQLAlchemy's `pool_pre_ping` pings on every checkout: a round trip before each statement of
+    a run worker's burst of Dagster event writes, or of each API request. A connection checked in
+    moments ago has not missed a restart (one takes seconds, and a statement that fails on it is
+    thrown away with the connection, as any disconnect is). The ping is SQLAlchemy's own custom
+    pessimistic check: a `checkout` listener that raises `DisconnectionError` makes the pool
+    connect afresh."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(dbapi_connection, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection, record, proxy) -> None:
+        idle_since = record.info.get("idle_since")  # (`info` is emptied when a connection is replaced)
+        if idle_since is None or time.monotonic() - idle_since < after_s:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # noqa: BLE001 - any failure means: connect afresh
+            raise DisconnectionError("a pooled connection died while idle") from exc
+        if not alive:
+            raise DisconnectionError("a pooled connection died while idle")
+
+    return engine
+
+
 @lru_cache
 def sync_engine(database_url: str | None = None) -> Engine:
-    return forget_in_forked_children(create_engine(database_url or get_settings().sync_database_url,
-                                                   pool_pre_ping=True))
+    return forget_in_forked_children(ping_when_idle(create_engine(database_url or get_settings().sync_database_url)))
 
 
 def async_engine(database_url: str | None = None, **kwargs) -> AsyncEngine:
-    """Pre-ping on checkout unless told otherwise: a connection that died with a Postgres restart is
-    replaced rather than handed to a request."""
-    engine = create_async_engine(database_url or get_settings().sync_database_url,
-                                 **{"pool_pre_ping": True, **kwargs})
+    """Pooled connections that sat idle are pinged on checkout (`ping_when_idle`): one that died with
+    a Postgres restart is replaced rather than handed to a request."""
+    engine = create_async_engine(database_url or get_settings().sync_database_url, **kwargs)
+    ping_when_idle(engine.sync_engine)
     _engines.add(engine.sync_engine)
     return engine

@@ -1,13 +1,17 @@
 """Engines across fork: a forked child never uses its parent's pooled connections (issue 12,
-recovery: a run worker forked after a Postgres restart inherited a dead one)."""
+recovery: a run worker forked after a Postgres restart inherited a dead one); and a pooled connection
+that died while idle is replaced before use, without a ping before every statement."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
-from constellation_core.db import sync_engine
+from constellation_core.db import ping_when_idle, sync_engine
 
 
 def test_a_forked_child_opens_its_own_connection(database_url):
@@ -28,3 +32,49 @@ def test_a_forked_child_opens_its_own_connection(database_url):
     assert child_backend and child_backend != parent_backend, "the child reused its parent's pooled connection"
     with engine.connect() as conn:  # and the parent's connection is still good
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == parent_backend
+
+
+def _terminate(database_url: str, backend: int) -> None:
+    """End a backend as a Postgres restart would (the client's socket is closed under it)."""
+    with create_engine(database_url, poolclass=NullPool).connect() as admin:
+        assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar_one()
+
+
+def test_a_pooled_connection_that_died_while_idle_is_replaced_before_use(database_url):
+    engine = ping_when_idle(create_engine(database_url), after_s=0)
+    with engine.connect() as conn:
+        first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    _terminate(database_url, first)
+    with engine.connect() as conn:  # no error: the dead one was pinged, dropped and replaced
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != first
+    engine.dispose()
+
+
+def test_an_async_pool_replaces_a_connection_that_died_while_idle(database_url):
+    async def backends() -> tuple[int, int]:
+        engine = create_async_engine(database_url)
+        ping_when_idle(engine.sync_engine, after_s=0)
+        async with engine.connect() as conn:
+            first = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        _terminate(database_url, first)
+        async with engine.connect() as conn:
+            second = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        await engine.dispose()
+        return first, second
+
+    first, second = asyncio.run(backends())
+    assert second != first
+
+
+def test_a_connection_back_in_the_pool_moments_ago_is_not_pinged(database_url, monkeypatch):
+    """No round trip before each statement of a burst (a run's Dagster event writes, API requests)."""
+    engine = ping_when_idle(create_engine(database_url), after_s=60)
+    pings = []
+    real_ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping",
+                        lambda dbapi_connection: pings.append(1) or real_ping(dbapi_connection))
+    for _ in range(5):
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    assert pings == []
+    engine.dispose()
