@@ -12,7 +12,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.exc import OperationalError
 
 from constellation_core.devices import simulated_devices
-from constellation_core.tables import jobs
+from constellation_core.tables import jobs, tiles
 from constellation_dagster.definitions import defs
 from constellation_dagster.inference.jobs import JOB_ID_TAG, build_jobs
 from constellation_dagster.inference.ops import plan_tiles
@@ -318,7 +318,8 @@ def test_an_op_that_loses_postgres_runs_again_in_its_run_and_the_job_goes_on(
     assert len(result.filter_events(lambda e: e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 2
     with engine.connect() as conn:
         state, planned = conn.execute(select(jobs.c.state, jobs.c.tiles_total).where(jobs.c.id == queued_job)).one()
-    assert (state, planned) == ("running", result.output_for_node("plan_tiles", "planned"))
+        stored = conn.execute(select(func.count()).select_from(tiles).where(tiles.c.job_id == queued_job)).scalar_one()
+    assert (state, planned) == ("running", stored)
     assert planned > 0
 
 

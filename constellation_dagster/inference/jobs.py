@@ -43,8 +43,8 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
         tags={"constellation/mode": "parallel"},
     )
     def parallel() -> None:
-        run_id, planned = plan_tiles()
-        infer(run_id, [admit(run_id, planned) for admit in admit_ops.values()])
+        run_id = plan_tiles()
+        infer([admit(run_id) for admit in admit_ops.values()])
 
     def serial_job(device: Device) -> dg.JobDefinition:
         @dg.job(
@@ -54,8 +54,7 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
             tags={"constellation/mode": "serial", DEVICE_TAG: device.uuid},
         )
         def serial() -> None:
-            run_id, planned = plan_tiles()
-            infer(run_id, [admit_ops[device.uuid](run_id, planned)])
+            infer([admit_ops[device.uuid](plan_tiles())])
 
         return serial
 

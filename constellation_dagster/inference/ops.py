@@ -93,11 +93,10 @@ def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, 
     return run_id, event is not None
 
 
-@dg.op(
-    out={"run_id": dg.Out(UUID, description="The `runs` row of this Dagster run"),
-         "planned": dg.Out(int, description="Tiles planned")},
-)
-def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus):
+# Each op has one output and one input (what the next needs): every output and input is a few Dagster
+# events written to Postgres, the bulk of a small job's run-worker CPU (P9).
+@dg.op(out=dg.Out(UUID, description="The `runs` row of this Dagster run (the tiles planned: its metadata)"))
+def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus) -> UUID:
     """Start the run (job `running`, the run in `runs`), then cover the job's area with web-mercator
     tiles at its zoom and store each with its footprint, in chunks of the job's batch size.
 
@@ -138,10 +137,8 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
         bus.publish([event], flush=True)
         span.set_attributes({"constellation.tiles": len(planned), "constellation.batches": len(chunks),
                              "constellation.zoom": job.zoom})
-        context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom},
-                                    output_name="planned")
-    yield dg.Output(run_id, "run_id")
-    yield dg.Output(len(planned), "planned")
+        context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom})
+    return run_id
 
 
 def make_admit_op(device: Device) -> dg.OpDefinition:
@@ -154,10 +151,10 @@ def make_admit_op(device: Device) -> dg.OpDefinition:
         pool=device.pool,
         description=f"Admit the job to the device worker of {device.label}.",
         tags={"constellation/device": device.uuid},
-        out=dg.Out(dict, description="The job's step on the device: its id and the device"),
+        out=dg.Out(dict, description="The job's step on the device: its id, the device and the `runs` row"),
     )
     def admit(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
-              gpus: GpuFleet, run_id: UUID, planned: int) -> dict:
+              gpus: GpuFleet, run_id: UUID) -> dict:
         job_id = UUID(config.job_id)
         with through_outages(), op_span(context, f"admit on {device.label}", job_id,
                                         **{"constellation.device.uuid": device.uuid}):
@@ -169,18 +166,19 @@ def make_admit_op(device: Device) -> dg.OpDefinition:
                                      model_uri=str(model_path))
                 event = _log(conn, job, job_id, run_id, f"{device.label}: admitted (model {model_version})")
         bus.publish([event])
-        return {"step_id": str(step_id), "device": device_spec(device)}
+        return {"step_id": str(step_id), "device": device_spec(device), "run_id": str(run_id)}
 
     return admit
 
 
 @dg.op(out=dg.Out(int, description="Tiles inferred"))
 def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
-          gpus: GpuFleet, run_id: UUID, admitted: list[dict]) -> int:
+          gpus: GpuFleet, admitted: list[dict]) -> int:
     """Follow the job on the devices it was admitted to until none of its batches is pending, the job
     ends, or its devices are lost; close each device's step with its figures (also on failure), and
     record the run's metrics from the batches: tiles, device-seconds (compute time), devices."""
     job_id = UUID(config.job_id)
+    run_id = UUID(admitted[0]["run_id"])
     steps_on = [(UUID(a["step_id"]), from_spec(a["device"])) for a in admitted]
     with through_outages(), op_span(context, "infer", job_id, **{"constellation.devices": len(steps_on)}):
         try:
