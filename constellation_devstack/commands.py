@@ -22,7 +22,7 @@ from constellation_core.waiting import free_port, wait_for
 from constellation_devstack.jaeger import CONFIG as JAEGER_CONFIG
 from constellation_devstack.jaeger import JaegerServer, jaeger_binary, otel_env
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, NatsServer
-from constellation_devstack.pgbouncer import PgBouncer
+from constellation_devstack.pgbouncer import RUN_WORKERS_PROGRAM, PgBouncer
 from constellation_devstack.postgres import (
     PG_CREDENTIALS_ENV,
     PROGRAM_ROLES,
@@ -320,6 +320,11 @@ def _credentials_env(settings: Settings, program: str, *, local_postgres: bool, 
         # Dagster's processes reach their storage through the demo's PgBouncer (see pgbouncer.py);
         # `setup` creates it directly, and makes the service roles log in with their passwords.
         env["DAGSTER_PG_URL"] = storage if program == "setup" else _local_pgbouncer(settings).pooled_url(storage)
+        if program == RUN_WORKERS_PROGRAM:
+            # Its run workers connect afresh for every run (a forked worker never uses its parent's
+            # connections): through PgBouncer each gets a warm server connection instead of a new
+            # Postgres backend to fork, authenticate and warm up.
+            env["DATABASE_URL"] = _local_pgbouncer(settings).pooled_url(env["DATABASE_URL"])
         if program == "setup":
             env[PG_CREDENTIALS_ENV] = str(_local_cluster(settings).credentials_file)
     if program == "api" and not settings.metrics_token:  # the token Prometheus scrapes /metrics with

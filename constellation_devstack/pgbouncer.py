@@ -4,7 +4,9 @@ dagster-postgres opens a new connection for every storage call (SQLAlchemy NullP
 instance must not hold connections), and Dagster's code server makes a fresh instance for every sensor
 tick: with nothing queued that was ~45 new Postgres backends a second, half a core spent forking and
 warming them. In session mode PgBouncer hands each of those short connections an already-warm
-server connection; Dagster sees plain Postgres (LISTEN/NOTIFY and DDL work as before).
+server connection; Dagster sees plain Postgres (LISTEN/NOTIFY and DDL work as before). The run
+workers' own connections to the system of record go through it as well: each run worker opens its
+own, and a P9 backlog forked ~3.6 Postgres backends per job without it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
+# The program whose run workers (forked per Dagster run) reach the system of record through PgBouncer too.
+RUN_WORKERS_PROGRAM = "dagster-daemon"
 SERVER_LOGIN_RETRY_S = 1
 
 

@@ -25,7 +25,7 @@ from constellation_dagster.models.assets import ModelTrainingConfig
 from constellation_devstack.commands import code_server_serving
 from constellation_devstack.jaeger import JaegerServer
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, url_for
-from constellation_devstack.pgbouncer import PgBouncer
+from constellation_devstack.pgbouncer import RUN_WORKERS_PROGRAM, PgBouncer
 from constellation_devstack.postgres import PROGRAM_ROLES
 from constellation_devstack.prometheus import PrometheusServer, Target
 from constellation_devstack.setup import init_dagster_storage, prepare_dagster_home
@@ -53,6 +53,11 @@ def as_service(env: dict[str, str], program: str) -> dict[str, str]:
         env["DATABASE_URL"] = role_url(env["DATABASE_URL"], role)
         env["DAGSTER_PG_URL"] = role_url(env["DAGSTER_PG_URL"], role)
     return env
+
+
+def pooled_system_of_record(env: dict[str, str], pooler: PgBouncer) -> dict[str, str]:
+    """The run workers' connections through PgBouncer, as `make demo` runs them."""
+    return {**env, "DATABASE_URL": pooler.pooled_url(env["DATABASE_URL"])}
 
 
 @contextmanager
@@ -129,8 +134,8 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
         as_service(env, "code-server"), tmp,
     )
     dagster = [
-        ManagedProcess("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                       as_service(env, "dagster-daemon"), tmp),
+        ManagedProcess(RUN_WORKERS_PROGRAM, [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                       pooled_system_of_record(as_service(env, RUN_WORKERS_PROGRAM), pooler), tmp),
         ManagedProcess("dispatcher", [str(BIN / "constellation-dev"), "dispatcher"], as_service(env, "dispatcher"), tmp),
         ManagedProcess("gpu-agent", [str(BIN / "constellation-dev"), "gpu-agent"], as_service(env, "gpu-agent"), tmp),
         ManagedProcess(
