@@ -21,7 +21,9 @@ interval on its device (`tile_chunks.started_at/finished_at`):
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import re
 import statistics
 import time
 from datetime import UTC, datetime
@@ -67,6 +69,24 @@ def bare_rate(settings, model_path, threads: int, tiles: int = 640) -> float:
     return len(grid) / (time.perf_counter() - started)
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (user, nice, system, irq, softirq), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def run_worker_cpu(daemon_log, run_ids: set[str]) -> list[float]:
+    """Each run's worker CPU, from the line a run worker logs as it ends (`constellation_dagster.zygote`)."""
+    found = []
+    with open(daemon_log, errors="replace") as log:
+        for line in log:
+            match = re.search(r"run worker of (\S+) \(.*\) ended: exit code \d+, ([\d.]+) s of CPU", line)
+            if match and match[1] in run_ids:
+                found.append(float(match[2]))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=40)
@@ -90,11 +110,13 @@ def main() -> None:
                    "mode": rng.choice(["serial", "parallel"]), "priority": rng.randint(-5, 5)}
                   for i, (area, _) in enumerate(areas)]
         submitted_at = datetime.now(UTC)
+        cpu_before = machine_cpu_seconds()
         jobs = []
         for body in bodies:
             created = client.post("/jobs", json=body).raise_for_status().json()
             jobs.append((created["id"], body["priority"], body["mode"], created["tiles_total"]))
         states = wait_finished(client, [j[0] for j in jobs], timeout=3600)
+        cpu_used = machine_cpu_seconds() - cpu_before  # (the client's polling included: a small share)
     failed = [j for j, s in states.items() if s != "succeeded"]
     if failed:
         raise SystemExit(f"{len(failed)} bench jobs did not succeed: {failed[:5]}")
@@ -105,6 +127,8 @@ def main() -> None:
                  "WHERE job_id = ANY(CAST(:ids AS uuid[])) ORDER BY started_at"),
             {"ids": [j[0] for j in jobs]},
         ).all()
+        dagster_runs = conn.execute(text("SELECT dagster_run_id FROM runs WHERE job_id = ANY(CAST(:ids AS uuid[]))"),
+                                    {"ids": [j[0] for j in jobs]}).scalars().all()
         threads = conn.execute(
             text("SELECT max((spec->>'torch_threads')::int) FROM gpus WHERE uuid = ANY(:uuids)"),
             {"uuids": list({b.device_uuid for b in batches})},
@@ -135,6 +159,13 @@ def main() -> None:
     for uuid, name in per_device.items():
         busy = sum((b.finished_at - b.started_at).total_seconds() for b in batches if b.device_uuid == uuid)
         print(f"  {name:28s} busy {busy / drain:6.1%} of the drain")
+    device_busy = sum((b.finished_at - b.started_at).total_seconds() for b in batches)
+    print(f"machine CPU       {cpu_used:8.1f} core-s over the drain: the devices' batches {device_busy:.1f} s, "
+          f"everything else {(cpu_used - device_busy) / len(jobs):.2f} core-s per job")
+    worker_cpu = run_worker_cpu(settings.local_dir / "logs" / "dagster-daemon.log", set(dagster_runs))
+    if worker_cpu:
+        print(f"run workers       {statistics.median(worker_cpu):8.3f} s of CPU per run (median of {len(worker_cpu)}; "
+              f"mean {statistics.fmean(worker_cpu):.3f} s)")
     print(f"overtakes         {len(overtakes)}   (a later job of the same or lower priority started first; goal 0)"
           + (f"  e.g. {overtakes[:3]}" if overtakes else ""))
     print("first batch wait  " + "  ".join(f"p{p:+d}: {w:.0f} s" for p, w in waits.items())

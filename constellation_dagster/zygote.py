@@ -25,6 +25,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import select
 import signal
 import sys
@@ -117,6 +118,7 @@ def _run_in_child(request: dict, instance: Any) -> int:
     run_id = request["run_id"]
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     code = 1
+    started = time.monotonic()
     try:
         from dagster._cli.api import _execute_run_command_body
         from dagster._utils.interrupts import capture_interrupts
@@ -139,6 +141,12 @@ def _run_in_child(request: dict, instance: Any) -> int:
 
         flush_publishers(EXIT_FLUSH_S)
         tracing.flush(EXIT_FLUSH_S)
+        # What the run cost this process (its counters start at the fork): the figure to watch when
+        # orchestration, not the device, sets the pace of a backlog (bench/p9_backlog_throughput.py).
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"run worker of {run_id} ({request.get('job_name')}) ended: exit code {code}, "
+              f"{usage.ru_utime + usage.ru_stime:.3f} s of CPU in {time.monotonic() - started:.2f} s",
+              file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
     return code
