@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import IO
 
 from dagster import Field, StringSource
+from dagster._core.instance.ref import compute_logs_directory
 from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
 from dagster._serdes import ConfigurableClassData
@@ -37,7 +38,19 @@ DRAIN_S = 5.0
 
 class ComputeLogManager(LocalComputeLogManager):
     """`LocalComputeLogManager` that mirrors captured output with a thread, not tail processes.
-    `base_dir` defaults to `$DAGSTER_HOME/storage`, as Dagster's default compute logs."""
+    `base_dir` defaults to the instance's `storage` folder, as Dagster's default compute logs."""
+
+    def __init__(self, base_dir: str | None = None, polling_timeout: float | None = None,
+                 inst_data: ConfigurableClassData | None = None):
+        super().__init__(base_dir or "", polling_timeout=polling_timeout, inst_data=inst_data)
+
+    @property
+    def _base_dir(self) -> str:  # (read by every LocalComputeLogManager method)
+        return self._configured_base_dir or compute_logs_directory(self._instance.root_directory)
+
+    @_base_dir.setter
+    def _base_dir(self, value: str) -> None:
+        self._configured_base_dir = value
 
     @classmethod
     def config_type(cls):
@@ -45,9 +58,7 @@ class ComputeLogManager(LocalComputeLogManager):
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> ComputeLogManager:
-        config = dict(config_value)
-        config.setdefault("base_dir", os.path.join(os.environ["DAGSTER_HOME"], "storage"))
-        return cls(inst_data=inst_data, **config)
+        return cls(inst_data=inst_data, **config_value)
 
     @contextmanager
     def capture_logs(self, log_key: Sequence[str]) -> Generator[CapturedLogContext, None, None]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import dagster as dg
+import yaml
 from dagster._core.storage.compute_log_manager import ComputeIOType
 from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 
@@ -46,6 +48,15 @@ def test_captured_output_reaches_the_files_dagit_reads_and_the_workers_streams(t
     # … and the worker's own streams still got all of it
     assert worker.stdout == "from print\nfrom the descriptor\nagain\nafter\n"
     assert worker.stderr == "to stderr\n"
+
+
+def test_without_a_base_dir_the_logs_go_where_dagsters_default_puts_them(tmp_path):
+    ours = yaml.safe_load((REPO_ROOT / "infra" / "dagster" / "dagster.yaml").read_text())["compute_logs"]
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"compute_logs": ours}))
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:  # (no DAGSTER_HOME needed)
+        manager = instance.compute_log_manager
+        assert isinstance(manager, ComputeLogManager)
+        assert manager.get_captured_local_path(["r", "k"], "out").startswith(str(tmp_path / "storage"))
 
 
 def test_dagster_local_compute_log_manager_is_still_what_this_extends():
