@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import time
 import weakref
 from functools import lru_cache
@@ -62,23 +63,26 @@ PING_AFTER_IDLE_S = 1.0
 
 def ping_when_idle(engine: Engine, after_s: float = PING_AFTER_IDLE_S) -> Engine:
     """Replace a pooled connection that died (a Postgres or PgBouncer restart, an idle timeout)
-    before it is handed out — but ping only one that sat idle in the pool for `after_s` or more.
+    before it is handed out, without a round trip before every checkout.
 
-    SQLAlchemy's `pool_pre_ping` pings on every checkout: a round trip before each statement of
-    a run worker's burst of Dagster event writes, or of each API request. A connection checked in
-    moments ago has not missed a restart (one takes seconds, and a statement that fails on it is
-    thrown away with the connection, as any disconnect is). The ping is SQLAlchemy's own custom
-    pessimistic check: a `checkout` listener that raises `DisconnectionError` makes the pool
-    connect afresh."""
+    SQLAlchemy's `pool_pre_ping` pings on every checkout: a round trip before each statement of a
+    run worker's burst of Dagster event writes, or of each API request. Here a connection is pinged
+    only when its socket has something to read (an idle session is sent nothing: a server that
+    ended it, or PgBouncer dropping it when its server connection crashed, sends an error and hangs
+    up — seen at once, for the cost of a `select`), or when it sat idle for `after_s` or more (a
+    peer gone without a word). The ping is SQLAlchemy's custom pessimistic check: a `checkout`
+    listener that raises `DisconnectionError` makes the pool connect afresh."""
 
     @event.listens_for(engine, "checkin")
     def _idle_from(dbapi_connection, record) -> None:
         record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _ping_if_idle(dbapi_connection, record, proxy) -> None:
+    def _ping_if_in_doubt(dbapi_connection, record, proxy) -> None:
         idle_since = record.info.get("idle_since")  # (`info` is emptied when a connection is replaced)
-        if idle_since is None or time.monotonic() - idle_since < after_s:
+        if idle_since is None:  # just connected
+            return
+        if time.monotonic() - idle_since < after_s and not _has_word_from_server(dbapi_connection):
             return
         try:
             alive = engine.dialect.do_ping(dbapi_connection)
@@ -88,6 +92,17 @@ def ping_when_idle(engine: Engine, after_s: float = PING_AFTER_IDLE_S) -> Engine
             raise DisconnectionError("a pooled connection died while idle")
 
     return engine
+
+
+def _has_word_from_server(dbapi_connection) -> bool:
+    """Whether the connection's socket is readable (or cannot be checked): a pooled session is sent
+    nothing while idle unless the server is ending it."""
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)  # (async adapters wrap it)
+    try:
+        readable, _, _ = select.select([driver.fileno()], [], [], 0)
+    except (AttributeError, OSError, ValueError, TypeError):
+        return True
+    return bool(readable)
 
 
 @lru_cache
