@@ -57,11 +57,12 @@ def forget_in_forked_children(engine: Engine) -> Engine:
     return engine
 
 
-# A pooled connection that sat idle at least this long is pinged before it is handed out.
+# A pooled connection that sat idle at least this long is pinged before it is handed out (one whose
+# server has hung up on it, at once).
 PING_AFTER_IDLE_S = 1.0
 
 
-def ping_when_idle(engine: Engine, after_s: float = PING_AFTER_IDLE_S) -> Engine:
+def ping_if_in_doubt(engine: Engine, after_s: float = PING_AFTER_IDLE_S) -> Engine:
     """Replace a pooled connection that died (a Postgres or PgBouncer restart, an idle timeout)
     before it is handed out, without a round trip before every checkout.
 
@@ -107,13 +108,13 @@ def _has_word_from_server(dbapi_connection) -> bool:
 
 @lru_cache
 def sync_engine(database_url: str | None = None) -> Engine:
-    return forget_in_forked_children(ping_when_idle(create_engine(database_url or get_settings().sync_database_url)))
+    return forget_in_forked_children(ping_if_in_doubt(create_engine(database_url or get_settings().sync_database_url)))
 
 
 def async_engine(database_url: str | None = None, **kwargs) -> AsyncEngine:
-    """Pooled connections that sat idle are pinged on checkout (`ping_when_idle`): one that died with
-    a Postgres restart is replaced rather than handed to a request."""
+    """A pooled connection that the server ended (a Postgres restart) or that sat idle is pinged on
+    checkout (`ping_if_in_doubt`), and replaced rather than handed to a request if it died."""
     engine = create_async_engine(database_url or get_settings().sync_database_url, **kwargs)
-    ping_when_idle(engine.sync_engine)
+    ping_if_in_doubt(engine.sync_engine)
     _engines.add(engine.sync_engine)
     return engine

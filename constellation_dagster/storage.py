@@ -8,9 +8,10 @@ P9 backlog each run worker opened ~120 connections and reflected `runs` 8 times.
 
 These subclasses (named in `infra/dagster/dagster.yaml`) change only that:
 - a small pool per storage (`POOL_SIZE` kept open, more on demand up to `MAX_OVERFLOW`), a connection
-  that sat idle pinged on checkout so a Postgres restart costs one failed ping, not a failed query
-  (`constellation_core.db.ping_when_idle`: not before each of a run's event writes); a forked child (the
-  zygote's run workers) drops the connections it inherited (`constellation_core.db`);
+  whose server hung up on it (or that sat idle) pinged on checkout so a Postgres restart costs one
+  failed ping, not a failed query (`constellation_core.db.ping_if_in_doubt`: not a round trip before
+  each of a run's event writes); a forked child (the zygote's run workers) drops the connections
+  it inherited (`constellation_core.db`);
 - the schema answers memoized: `constellation-dev setup` creates Dagster's tables before any
   Dagster process starts, and a schema migration (`dagster instance migrate`) means a restart.
 
@@ -28,7 +29,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 from sqlalchemy import Connection, Engine
 
-from constellation_core.db import forget_in_forked_children, ping_when_idle
+from constellation_core.db import forget_in_forked_children, ping_if_in_doubt
 
 POOL_SIZE = 1
 MAX_OVERFLOW = 10
@@ -38,7 +39,7 @@ POOL_RECYCLE_S = 600
 def pooled_engine(storage: Any) -> Engine:
     engine = create_pg_engine(storage.postgres_url, storage._token_provider, isolation_level="AUTOCOMMIT",  # noqa: SLF001
                               pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_recycle=POOL_RECYCLE_S)
-    forget_in_forked_children(ping_when_idle(engine))
+    forget_in_forked_children(ping_if_in_doubt(engine))
     return engine
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from constellation_core.db import ping_when_idle, sync_engine
+from constellation_core.db import ping_if_in_doubt, sync_engine
 from constellation_core.waiting import wait_for
 
 
@@ -53,7 +53,7 @@ def _terminate(database_url: str, backend: int) -> None:
 
 def test_a_pooled_connection_ended_by_the_server_is_replaced_before_use(database_url):
     """At once, not only after it sat idle: a Postgres restart between two statements costs none."""
-    engine = ping_when_idle(create_engine(database_url), after_s=60)
+    engine = ping_if_in_doubt(create_engine(database_url), after_s=60)
     with engine.connect() as conn:
         first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
     _terminate(database_url, first)
@@ -65,7 +65,7 @@ def test_a_pooled_connection_ended_by_the_server_is_replaced_before_use(database
 def test_an_async_pool_replaces_a_connection_ended_by_the_server(database_url):
     async def backends() -> tuple[int, int]:
         engine = create_async_engine(database_url)
-        ping_when_idle(engine.sync_engine, after_s=60)
+        ping_if_in_doubt(engine.sync_engine, after_s=60)
         async with engine.connect() as conn:
             first = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         _terminate(database_url, first)
@@ -80,7 +80,7 @@ def test_an_async_pool_replaces_a_connection_ended_by_the_server(database_url):
 
 def test_a_healthy_connection_back_in_the_pool_moments_ago_is_not_pinged(database_url, monkeypatch):
     """No round trip before each statement of a burst (a run's Dagster event writes, API requests)."""
-    engine = ping_when_idle(create_engine(database_url), after_s=60)
+    engine = ping_if_in_doubt(create_engine(database_url), after_s=60)
     pings = []
     real_ping = engine.dialect.do_ping
     monkeypatch.setattr(engine.dialect, "do_ping",
