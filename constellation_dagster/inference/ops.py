@@ -93,8 +93,8 @@ def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, 
     return run_id, event is not None
 
 
-# Each op has one output and one input (what the next needs): every output and input is a few Dagster
-# events written to Postgres, the bulk of a small job's run-worker CPU (P9).
+# Each op has one output and at most one input (what the next needs): every output and input is a few
+# Dagster events written to Postgres, the bulk of a small job's run-worker CPU (P9).
 @dg.op(out=dg.Out(UUID, description="The `runs` row of this Dagster run (the tiles planned: its metadata)"))
 def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus) -> UUID:
     """Start the run (job `running`, the run in `runs`), then cover the job's area with web-mercator
