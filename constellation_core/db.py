@@ -115,6 +115,5 @@ def async_engine(database_url: str | None = None, **kwargs) -> AsyncEngine:
     """A pooled connection that the server ended (a Postgres restart) or that sat idle is pinged on
     checkout (`ping_if_in_doubt`), and replaced rather than handed to a request if it died."""
     engine = create_async_engine(database_url or get_settings().sync_database_url, **kwargs)
-    ping_if_in_doubt(engine.sync_engine)
-    _engines.add(engine.sync_engine)
+    forget_in_forked_children(ping_if_in_doubt(engine.sync_engine))
     return engine

@@ -319,14 +319,17 @@ def _credentials_env(settings: Settings, program: str, *, local_postgres: bool, 
         storage = with_login(settings.dagster_storage_url, role, password)
         # Dagster's processes reach their storage through the demo's PgBouncer (see pgbouncer.py);
         # `setup` creates it directly, and makes the service roles log in with their passwords.
-        env["DAGSTER_PG_URL"] = storage if program == "setup" else _local_pgbouncer(settings).pooled_url(storage)
-        if program == RUN_WORKERS_PROGRAM:
-            # Its run workers connect afresh for every run (a forked worker never uses its parent's
-            # connections): through PgBouncer each gets a warm server connection instead of a new
-            # Postgres backend to fork, authenticate and warm up.
-            env["DATABASE_URL"] = _local_pgbouncer(settings).pooled_url(env["DATABASE_URL"])
         if program == "setup":
+            env["DAGSTER_PG_URL"] = storage
             env[PG_CREDENTIALS_ENV] = str(_local_cluster(settings).credentials_file)
+        else:
+            pooler = _local_pgbouncer(settings)
+            env["DAGSTER_PG_URL"] = pooler.pooled_url(storage)
+            if program == RUN_WORKERS_PROGRAM:
+                # Its run workers connect afresh for every run (a forked worker never uses its parent's
+                # connections): through PgBouncer each gets a warm server connection instead of a new
+                # Postgres backend to fork, authenticate and warm up.
+                env["DATABASE_URL"] = pooler.pooled_url(env["DATABASE_URL"])
     if program == "api" and not settings.metrics_token:  # the token Prometheus scrapes /metrics with
         env["CONSTELLATION_METRICS_TOKEN"] = _local_prometheus(settings).token()
     if program == "jaeger":

@@ -145,9 +145,7 @@ async def _read_controls(websocket: WebSocket, queue: asyncio.Queue) -> None:
     try:
         while True:
             await queue.put(_Control(await _receive_control(websocket)))
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # noqa: BLE001 - a disconnect, or a receive on a socket already closed
+    except Exception:  # noqa: BLE001 - a disconnect, or a receive on a socket already closed (a cancel passes)
         await queue.put(_DISCONNECTED)
 
 
