@@ -38,6 +38,14 @@ class SystemOfRecord(dg.ConfigurableResource):
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction whose queries all see the same snapshot (REPEATABLE READ)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                yield conn
+
 
 class EventBus(dg.ConfigurableResource):
     """NATS JetStream. Publish only events whose transaction has committed.

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from sqlalchemy import func, insert
+from pyproj import Geod
+from shapely import box
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from constellation_core.accounts import create_account
 from constellation_core.analytics_db import connect
 from constellation_core.settings import get_settings
 from constellation_core.tables import gpus, jobs, runs, tile_results, tiles
 from constellation_core.tiles import plan_tiles
-from constellation_dagster.analytics.assets import analytics_duckdb, run_metrics_parquet, tile_results_parquet
+from constellation_dagster.analytics.assets import (
+    analytics_duckdb,
+    run_metrics_parquet,
+    tile_results_parquet,
+)
 from constellation_dagster.resources import SystemOfRecord
-from pyproj import Geod
-from shapely import box
 
 
 @pytest.fixture
@@ -29,25 +35,9 @@ def local_dir(tmp_path, monkeypatch):
 
 def test_exports_a_day_to_geoparquet_and_duckdb_answers_spatially(engine, database_url, nats_url, local_dir):
     area = box(6.10, 46.18, 6.13, 46.20)
-    planned = plan_tiles(area, 15, cap=100)
     with engine.begin() as conn:
         account_id = create_account(conn, "analytics-owner")
-        job_id = conn.execute(insert(jobs).values(
-            name="analytics", state="succeeded", submitted_by="analytics-owner", account_id=account_id, zoom=15,
-            aoi=func.ST_GeomFromText(area.wkt, 4326), tiles_total=len(planned),
-        ).returning(jobs.c.id)).scalar_one()
-        gpu_id = conn.execute(insert(gpus).values(uuid="SIM-ANALYTICS", name="Simulated GPU (analytics test)",
-                                                  simulated=True).returning(gpus.c.id)).scalar_one()
-        run_id = conn.execute(insert(runs).values(
-            job_id=job_id, dagster_run_id="analytics-run", state="succeeded", finished_at=func.now(),
-            metrics={"tiles": len(planned), "gpu_seconds": 2.5, "devices": 1},
-        ).returning(runs.c.id)).scalar_one()
-        conn.execute(insert(tiles), [{"job_id": job_id, "z": t.z, "x": t.x, "y": t.y,
-                                      "footprint": f"SRID=4326;{t.footprint.wkt}"} for t in planned])
-        conn.execute(insert(tile_results), [{"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "run_id": run_id,
-                                             "class": "water", "confidence": 0.9, "inference_ms": 1.0,
-                                             "device": "sim", "gpu_id": gpu_id, "model_version": "m@1"}
-                                            for t in planned])
+    job_id, planned = add_job_with_results(engine, account_id, area)
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     result = dg.materialize(
         [tile_results_parquet, run_metrics_parquet, analytics_duckdb],
@@ -108,27 +98,105 @@ def test_exports_a_day_to_geoparquet_and_duckdb_answers_spatially(engine, databa
         assert backwards.status_code == 422 and backwards.headers["content-type"] == "application/problem+json"
 
 
+def add_job_with_results(engine, account_id, area, *, results: slice = slice(None)):
+    """A succeeded job over `area` at zoom 15 with its run, its tiles and the results of `results` of them."""
+    planned = plan_tiles(area, 15, cap=100)
+    with engine.begin() as conn:
+        job_id = conn.execute(insert(jobs).values(
+            name="analytics", state="succeeded", submitted_by="analytics-owner", account_id=account_id, zoom=15,
+            aoi=func.ST_GeomFromText(area.wkt, 4326), tiles_total=len(planned),
+        ).returning(jobs.c.id)).scalar_one()
+        gpu_id = conn.execute(pg_insert(gpus).values(
+            uuid="SIM-ANALYTICS", name="Simulated GPU (analytics test)", simulated=True,
+        ).on_conflict_do_update(index_elements=["uuid"], set_={"simulated": True}).returning(gpus.c.id)).scalar_one()
+        run_id = conn.execute(insert(runs).values(
+            job_id=job_id, dagster_run_id=f"analytics-run-{job_id}", state="succeeded", finished_at=func.now(),
+            metrics={"tiles": len(planned), "gpu_seconds": 2.5, "devices": 1},
+        ).returning(runs.c.id)).scalar_one()
+        conn.execute(insert(tiles), [{"job_id": job_id, "z": t.z, "x": t.x, "y": t.y,
+                                      "footprint": f"SRID=4326;{t.footprint.wkt}"} for t in planned])
+    add_results(engine, job_id, run_id, gpu_id, planned[results])
+    return job_id, planned
+
+
+def add_results(engine, job_id, run_id, gpu_id, planned) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(tile_results), [{"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "run_id": run_id,
+                                             "class": "water", "confidence": 0.9, "inference_ms": 1.0,
+                                             "device": "sim", "gpu_id": gpu_id, "model_version": "m@1"}
+                                            for t in planned])
+
+
+def test_each_export_reads_only_the_jobs_with_new_results_and_the_day_holds_each_result_once(
+        engine, database_url, local_dir):
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    path = local_dir / "analytics" / "tile_results" / f"day={today}" / "part-0.parquet"
+
+    def export() -> tuple[int, int]:
+        result = dg.materialize([tile_results_parquet], partition_key=today,
+                                resources={"db": SystemOfRecord(database_url=database_url)})
+        assert result.success
+        metadata = result.asset_materializations_for_node("tile_results_parquet")[0].metadata
+        return metadata["rows"].value, metadata["jobs_read"].value
+
+    with engine.begin() as conn:
+        account_id = create_account(conn, "analytics-owner")
+    west, west_tiles = add_job_with_results(engine, account_id, box(6.10, 46.18, 6.13, 46.20), results=slice(0, 3))
+    assert export() == (3, 1)
+    assert export() == (3, 0)  # nothing new: nothing read from Postgres
+
+    # The job running on gets more results, another job starts: those two are read, nothing else.
+    with engine.begin() as conn:
+        run_id, gpu_id = conn.execute(
+            select(tile_results.c.run_id, tile_results.c.gpu_id).where(tile_results.c.job_id == west).limit(1)).one()
+    add_results(engine, west, run_id, gpu_id, west_tiles[3:])
+    east, east_tiles = add_job_with_results(engine, account_id, box(7.40, 46.90, 7.44, 46.93))
+    assert export() == (len(west_tiles) + len(east_tiles), 2)
+    third, third_tiles = add_job_with_results(engine, account_id, box(8.50, 47.35, 8.53, 47.38))
+    assert export() == (len(west_tiles) + len(east_tiles) + len(third_tiles), 1)
+
+    # The file holds every result of the day once, its geometry readable as GeoParquet by geopandas and
+    # by DuckDB spatial, with a bounding box around all three areas.
+    import geopandas
+
+    frame = geopandas.read_parquet(path)
+    assert frame.crs.to_epsg() == 4326
+    counts = frame.groupby("job_id").size().to_dict()
+    assert counts == {str(west): len(west_tiles), str(east): len(east_tiles), str(third): len(third_tiles)}
+    assert not frame.duplicated(["job_id", "z", "x", "y"]).any()
+    stored = [(str(west), t.x, t.y) for t in west_tiles] + [(str(east), t.x, t.y) for t in east_tiles]
+    assert set(stored) <= set(zip(frame["job_id"], frame["x"], frame["y"], strict=True))
+    import pyarrow.parquet as pq
+
+    bbox = json.loads(pq.read_schema(path).metadata[b"geo"])["columns"]["footprint"]["bbox"]
+    assert bbox == pytest.approx(list(frame.geometry.total_bounds))
+    with connect(local_dir / "check.duckdb") as conn:
+        assert conn.execute(f"SELECT count(*), count(DISTINCT (job_id, z, x, y)), "
+                            f"min(ST_XMin(footprint)), max(ST_XMax(footprint)) FROM read_parquet('{path}')"
+                            ).fetchone() == (len(frame), len(frame), pytest.approx(6.10, abs=0.01),
+                                             pytest.approx(8.53, abs=0.01))
+
+
 def area_km2(geometry) -> float:
     return abs(Geod(ellps="WGS84").geometry_area_perimeter(geometry)[0]) / 1e6
 
 
-def test_an_export_that_dies_mid_write_leaves_the_days_previous_file_readable(tmp_path, monkeypatch):
+def test_an_export_that_dies_mid_write_leaves_the_days_previous_file_readable(tmp_path):
     import pandas
 
     from constellation_dagster.analytics.assets import _write_parquet
 
     path = tmp_path / "day=2026-12-02" / "part-0.parquet"
     path.parent.mkdir()
-    _write_parquet(pandas.DataFrame({"tiles": [1, 2]}), path)
+    _write_parquet(path, lambda target: pandas.DataFrame({"tiles": [1, 2]}).to_parquet(target))
 
-    def dies_half_way(self, target, **kwargs):
+    def dies_half_way(target):
         with open(target, "wb") as out:
             out.write(b"PAR1")  # a file too short to be Parquet, as an interrupted write leaves it
         raise OSError("killed")
 
-    monkeypatch.setattr(pandas.DataFrame, "to_parquet", dies_half_way)
     with pytest.raises(OSError, match="killed"):
-        _write_parquet(pandas.DataFrame({"tiles": [3]}), path)
+        _write_parquet(path, dies_half_way)
     with connect(tmp_path / "check.duckdb") as conn:  # what the views and the API read
         assert conn.execute(f"SELECT sum(tiles) FROM read_parquet('{tmp_path}/*/*.parquet')").fetchone()[0] == 3
     assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]
