@@ -120,8 +120,11 @@ class GpuFleet(dg.ConfigurableResource):
     def admit(self, conn: Connection, *, job_id: UUID, run_id: UUID, device: Device, step_key: str,
               model_version: str, model_uri: str) -> UUID:
         """Open the job's step on the device and wake the device's worker (at commit)."""
-        gpu_id = self.sync(conn, [device])[device.uuid]
-        worker_pid = conn.execute(select(gpus.c.spec["worker_pid"].as_integer()).where(gpus.c.id == gpu_id)).scalar()
+        # Read, not upserted: an upsert locks the device's row and waited (~17 ms per admission in a
+        # P9 backlog) for the worker's transaction that touched it; the worker registers its row.
+        row = conn.execute(select(gpus.c.id, gpus.c.spec["worker_pid"].as_integer().label("worker_pid"))
+                           .where(gpus.c.uuid == device.uuid)).one_or_none()
+        gpu_id, worker_pid = row if row is not None else (self.sync(conn, [device])[device.uuid], None)
         step_id = conn.execute(
             pg_insert(steps).values(
                 job_id=job_id, run_id=run_id, gpu_id=gpu_id, step_key=step_key, pid=worker_pid or os.getpid(),

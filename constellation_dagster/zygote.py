@@ -108,10 +108,26 @@ def _instance(instances: dict[str, Any], instance_ref_json: str) -> Any:
         from dagster._core.instance import DagsterInstance, InstanceRef
         from dagster._serdes import deserialize_value
 
+        from constellation_dagster.storage import warm
+
         instance = DagsterInstance.from_ref(deserialize_value(instance_ref_json, InstanceRef))
-        instance.run_storage, instance.event_log_storage  # noqa: B018 - build them before forking
+        warm(instance)  # build the storages, meet Postgres and answer the schema checks, once
+        _warm_system_of_record()
         instances[instance_ref_json] = instance
     return instances[instance_ref_json]
+
+
+def _warm_system_of_record() -> None:
+    """The ops' engine (`SystemOfRecord`, the same `DATABASE_URL`) set up here, once, as the storages'."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from constellation_core.db import meet_server, sync_engine
+
+    if os.environ.get("DATABASE_URL"):
+        try:
+            meet_server(sync_engine(os.environ["DATABASE_URL"]))
+        except SQLAlchemyError as exc:
+            print(f"system of record not warmed ({type(exc).__name__})", file=sys.stderr, flush=True)
 
 
 def _run_in_child(request: dict, instance: Any) -> int:

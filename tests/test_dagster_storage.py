@@ -5,6 +5,7 @@ loudly when a Dagster upgrade changes what they rely on."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
@@ -13,7 +14,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from sqlalchemy import event
 from sqlalchemy.pool import NullPool, QueuePool
 
-from constellation_dagster.storage import EventLogStorage, RunStorage, ScheduleStorage
+from constellation_dagster.storage import EventLogStorage, RunStorage, ScheduleStorage, warm
 from tests.conftest import drop_database, fresh_database_url
 
 
@@ -74,3 +75,35 @@ def test_schedule_and_event_log_storages_check_tables_once(dagster_pg_url):
         assert events.has_table("concurrency_slots")
     assert len(queries) == 1
     events.dispose()
+
+
+def test_warmed_storages_let_a_forked_run_worker_skip_dialect_setup_and_schema_checks(dagster_pg_url):
+    """What the zygote does before forking run workers: afterwards a run's storage calls (its run
+    record, the model's latest materialization, the concurrency check) make no catalog query and the
+    engines need no dialect set-up, though the warm-up's connections are closed."""
+    instance = SimpleNamespace(run_storage=RunStorage(dagster_pg_url, should_autocreate_tables=False),
+                               event_log_storage=EventLogStorage(dagster_pg_url, should_autocreate_tables=False),
+                               schedule_storage=ScheduleStorage(dagster_pg_url, should_autocreate_tables=False))
+    engines = [instance.run_storage._engine, instance.event_log_storage._engine]
+    assert all(engine.dialect.server_version_info is None for engine in engines)
+    warm(instance)
+    assert all(engine.dialect.server_version_info is not None for engine in engines)
+    assert all(engine.pool.checkedin() == 0 for engine in engines)  # nothing left open to inherit
+
+    seen = [_queries(engine) for engine in engines]
+    instance.run_storage.get_run_records(limit=1)
+    assert instance.event_log_storage.has_asset_key_col("last_materialization_timestamp")
+    assert instance.event_log_storage.supports_global_concurrency_limits
+    catalog = [q for q in (*seen[0], *seen[1]) if "pg_catalog" in q or "secondary_indexes" in q]
+    assert catalog == [], catalog
+    for storage in vars(instance).values():
+        storage.dispose()
+
+
+def test_warming_with_postgres_away_leaves_the_checks_to_each_run_worker(capsys):
+    url = "postgresql+psycopg2://nobody:nothing@127.0.0.1:9/dagster"  # nothing listens on port 9
+    instance = SimpleNamespace(run_storage=RunStorage(url, should_autocreate_tables=False),
+                               event_log_storage=EventLogStorage(url, should_autocreate_tables=False),
+                               schedule_storage=ScheduleStorage(url, should_autocreate_tables=False))
+    warm(instance)  # does not raise: the zygote goes on forking run workers
+    assert "storages not warmed (OperationalError)" in capsys.readouterr().err
