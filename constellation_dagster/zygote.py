@@ -62,6 +62,7 @@ def main(preload: list[str]) -> None:
 
     for module in (*preload, *RUN_WORKER_MODULES):
         importlib.import_module(module)
+    resolve_definitions(preload)
     from constellation_core import tracing
 
     tracing.preload()  # each run worker sets up its own exporter: its modules are imported already
@@ -83,6 +84,21 @@ def main(preload: list[str]) -> None:
             replies.close()
             os._exit(_run_in_child(request, instance))
         replies.write(f"{pid}\n")
+
+
+def resolve_definitions(modules: list[str]) -> list[str]:
+    """Build, once, what each run worker would build first from the code location it loads (the same
+    module, already imported here): the `Definitions`' repository and every job in it (Dagster caches
+    both on the objects a forked child inherits). Returns the jobs' names."""
+    import dagster as dg
+
+    names = []
+    for name in modules:
+        for value in vars(importlib.import_module(name)).values():
+            if isinstance(value, dg.Definitions):
+                repository = value.get_repository_def()
+                names += [repository.get_job(job).name for job in repository.job_names]
+    return names
 
 
 def _lines_while_parent_lives(requests: BinaryIO) -> Iterator[str]:

@@ -96,3 +96,25 @@ def test_a_run_is_started_a_bounded_number_of_times():
     with pytest.raises(OperationalError):
         zygote._start_through_outages(storage, "run-1", execute)
     assert len(calls) == zygote.START_ATTEMPTS
+
+
+def test_run_workers_inherit_the_code_locations_repository_and_jobs_built(monkeypatch):
+    """The zygote builds the repository and its jobs before it forks: a run worker's lookup of its job
+    (what `recon_job_from_origin(...).get_definition()` does) builds nothing again."""
+    import os
+
+    import dagster._core.definitions.definitions_class as definitions_class
+
+    monkeypatch.setenv("CONSTELLATION_SIMULATED_GPUS", os.environ.get("CONSTELLATION_SIMULATED_GPUS", "2"))
+    names = zygote.resolve_definitions(list(zygote.WARM_MODULES))
+    assert "tile_inference" in names and "analytics_export" in names
+
+    built = []
+    original = definitions_class._create_repository_using_definitions_args
+    monkeypatch.setattr(definitions_class, "_create_repository_using_definitions_args",
+                        lambda *args, **kwargs: built.append(1) or original(*args, **kwargs))
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repository = ReconstructableRepository.for_module("constellation_dagster.definitions", "defs", os.getcwd())
+    assert repository.get_reconstructable_job("tile_inference").get_definition().name == "tile_inference"
+    assert built == []
