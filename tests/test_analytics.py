@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from pyproj import Geod
 from shapely import box
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from constellation_core.accounts import create_account
@@ -129,6 +129,8 @@ def add_results(engine, job_id, run_id, gpu_id, planned) -> None:
 
 def test_each_export_reads_only_the_jobs_with_new_results_and_the_day_holds_each_result_once(
         engine, database_url, local_dir):
+    import geopandas
+
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     path = local_dir / "analytics" / "tile_results" / f"day={today}" / "part-0.parquet"
 
@@ -154,11 +156,16 @@ def test_each_export_reads_only_the_jobs_with_new_results_and_the_day_holds_each
     assert export() == (len(west_tiles) + len(east_tiles), 2)
     third, third_tiles = add_job_with_results(engine, account_id, box(8.50, 47.35, 8.53, 47.38))
     assert export() == (len(west_tiles) + len(east_tiles) + len(third_tiles), 1)
+    # An operator deletes a job (its results go with it): the next export drops its rows, reads nothing.
+    with engine.begin() as conn:
+        conn.execute(delete(jobs).where(jobs.c.id == third))
+    assert export() == (len(west_tiles) + len(east_tiles), 0)
+    add_job_with_results(engine, account_id, box(8.50, 47.35, 8.53, 47.38))
+    assert export() == (len(west_tiles) + len(east_tiles) + len(third_tiles), 1)
+    third = next(iter(set(geopandas.read_parquet(path)["job_id"]) - {str(west), str(east)}))
 
     # The file holds every result of the day once, its geometry readable as GeoParquet by geopandas and
     # by DuckDB spatial, with a bounding box around all three areas.
-    import geopandas
-
     frame = geopandas.read_parquet(path)
     assert frame.crs.to_epsg() == 4326
     counts = frame.groupby("job_id").size().to_dict()
