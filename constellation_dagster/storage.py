@@ -14,8 +14,6 @@ These subclasses (named in `infra/dagster/dagster.yaml`) change only that:
   it inherited (`constellation_core.db`);
 - the schema answers memoized: `constellation-dev setup` creates Dagster's tables before any
   Dagster process starts, and a schema migration (`dagster instance migrate`) means a restart.
-- one storage per configuration per process (`from_config_value`): the code server builds an
-  instance for every sensor evaluation, and each used to bring new engines, connections and checks;
 - `warm`: the run-worker zygote sets the engines up and asks the schema checks before it forks, so
   its run workers inherit the answers.
 
@@ -26,7 +24,6 @@ SQL storages): `tests/test_dagster_storage.py` fails loudly when an upgrade chan
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,10 +58,6 @@ def _storage_kwargs(config_value: Mapping[str, Any]) -> dict:
             "token_provider": get_token_provider_from_config(config_value)}
 
 
-_shared: dict[tuple, Any] = {}
-_shared_lock = threading.Lock()
-
-
 class _Pooled:
     """Mixed in before a dagster-postgres storage: its engine pooled, its schema answers memoized."""
 
@@ -74,21 +67,7 @@ class _Pooled:
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value):
-        """One storage per class and configuration per process. Dagster builds an instance from its
-        ref for every sensor evaluation in the code server: with a storage per instance, each tick made
-        a new engine, opened new connections (a SCRAM log-in through PgBouncer each) and asked the
-        schema checks again — ~27 % of the code server's CPU in a P9 backlog (py-spy). Storages are
-        safe to share between threads (the webserver serves every request from one instance)."""
-        kwargs = _storage_kwargs(config_value)
-        key = (cls, kwargs["postgres_url"], kwargs["should_autocreate_tables"])
-        with _shared_lock:
-            if key not in _shared:
-                _shared[key] = cls(inst_data=inst_data, **kwargs)
-            return _shared[key]
-
-    def dispose(self) -> None:
-        """Kept for the process's lifetime (see `from_config_value`): an instance that ends (a sensor
-        tick's) leaves the storage to the next one."""
+        return cls(inst_data=inst_data, **_storage_kwargs(config_value))
 
     def _memo(self, key: str, answer) -> Any:
         memo = self.__dict__.setdefault("_schema_memo", {})

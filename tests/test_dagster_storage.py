@@ -107,22 +107,3 @@ def test_warming_with_postgres_away_leaves_the_checks_to_each_run_worker(capsys)
                                schedule_storage=ScheduleStorage(url, should_autocreate_tables=False))
     warm(instance)  # does not raise: the zygote goes on forking run workers
     assert "storages not warmed (OperationalError)" in capsys.readouterr().err
-
-
-def test_instances_built_from_one_configuration_share_its_storages_and_their_connections(dagster_pg_url):
-    """What the code server does for every sensor evaluation: an instance from the ref, used, then
-    disposed. Five such "ticks" open one connection and check the schema once, not five times."""
-    config = {"postgres_url": dagster_pg_url, "should_autocreate_tables": False}
-    first = RunStorage.from_config_value(None, config)
-    queries = _queries(first._engine)
-    connections = []
-    event.listen(first._engine, "connect", lambda *_: connections.append(1))
-    for _ in range(5):
-        storage = RunStorage.from_config_value(None, config)
-        storage.get_run_records(limit=1)
-        storage.dispose()
-    assert storage is first
-    assert len(connections) == 1, f"{len(connections)} connections opened for 5 ticks"
-    assert len([q for q in queries if "pg_catalog.pg_attribute" in q]) <= 1
-    other = RunStorage.from_config_value(None, {**config, "postgres_url": dagster_pg_url + "?application_name=x"})
-    assert other is not first  # another configuration, another storage
