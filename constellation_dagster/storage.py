@@ -14,6 +14,8 @@ These subclasses (named in `infra/dagster/dagster.yaml`) change only that:
   it inherited (`constellation_core.db`);
 - the schema answers memoized: `constellation-dev setup` creates Dagster's tables before any
   Dagster process starts, and a schema migration (`dagster instance migrate`) means a restart.
+  Engines and answers are kept per process, by storage class and database (`pooled_engine`): the
+  code server makes new storage objects for every sensor evaluation;
 - `warm`: the run-worker zygote sets the engines up and asks the schema checks before it forks, so
   its run workers inherit the answers.
 
@@ -24,6 +26,7 @@ SQL storages): `tests/test_dagster_storage.py` fails loudly when an upgrade chan
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,10 +48,28 @@ MAX_OVERFLOW = 10
 POOL_RECYCLE_S = 600
 
 
+# Per process, by storage class and database: the engines (and their pools) and the schema answers.
+_engines: dict[tuple[str, str], Engine] = {}
+_schema_answers: dict[tuple[str, str, str], Any] = {}
+_lock = threading.Lock()
+
+
 def pooled_engine(storage: Any) -> Engine:
-    engine = create_pg_engine(storage.postgres_url, storage._token_provider, isolation_level="AUTOCOMMIT",  # noqa: SLF001
-                              pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_recycle=POOL_RECYCLE_S)
-    forget_in_forked_children(ping_if_in_doubt(engine))
+    """The storage's engine: one per storage class and database in a process, shared by every
+    storage object of that configuration. Dagster makes an instance — and so new storage objects —
+    for each sensor evaluation in the code server; an engine per object meant new connections (a
+    SCRAM log-in through PgBouncer each) on every tick. (Storages themselves cannot be shared: Dagster
+    registers each with one instance.)"""
+    token_provider = storage._token_provider  # noqa: SLF001
+    key = (type(storage).__name__, storage.postgres_url)
+    with _lock:
+        engine = _engines.get(key) if token_provider is None else None
+        if engine is None:
+            engine = create_pg_engine(storage.postgres_url, token_provider, isolation_level="AUTOCOMMIT",
+                                      pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_recycle=POOL_RECYCLE_S)
+            forget_in_forked_children(ping_if_in_doubt(engine))
+            if token_provider is None:
+                _engines[key] = engine
     return engine
 
 
@@ -70,10 +91,11 @@ class _Pooled:
         return cls(inst_data=inst_data, **_storage_kwargs(config_value))
 
     def _memo(self, key: str, answer) -> Any:
-        memo = self.__dict__.setdefault("_schema_memo", {})
-        if key not in memo:
-            memo[key] = answer()
-        return memo[key]
+        """The schema check's answer, asked once per process for this storage class and database."""
+        memo_key = (type(self).__name__, self.postgres_url, key)
+        if memo_key not in _schema_answers:
+            _schema_answers[memo_key] = answer()
+        return _schema_answers[memo_key]
 
 
 class RunStorage(_Pooled, PostgresRunStorage):

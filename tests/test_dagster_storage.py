@@ -14,6 +14,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from sqlalchemy import event
 from sqlalchemy.pool import NullPool, QueuePool
 
+from constellation_dagster import storage as storage_module
 from constellation_dagster.storage import EventLogStorage, RunStorage, ScheduleStorage, warm
 from tests.conftest import drop_database, fresh_database_url
 
@@ -27,6 +28,18 @@ def dagster_pg_url(pg_admin_url: str) -> Iterator[str]:
         storage(psycopg2_url, should_autocreate_tables=True).dispose()
     yield psycopg2_url
     drop_database(url)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    """Each test starts as a fresh process would: no engine or schema answer kept from another."""
+    storage_module._engines.clear()
+    storage_module._schema_answers.clear()
+    yield
+    for engine in storage_module._engines.values():
+        engine.dispose()
+    storage_module._engines.clear()
+    storage_module._schema_answers.clear()
 
 
 def test_the_storages_override_methods_that_still_exist():
@@ -107,3 +120,22 @@ def test_warming_with_postgres_away_leaves_the_checks_to_each_run_worker(capsys)
                                schedule_storage=ScheduleStorage(url, should_autocreate_tables=False))
     warm(instance)  # does not raise: the zygote goes on forking run workers
     assert "storages not warmed (OperationalError)" in capsys.readouterr().err
+
+
+def test_storages_made_for_each_sensor_tick_share_one_engine_and_the_schema_answers(dagster_pg_url):
+    """What the code server does for every sensor evaluation: an instance (and its storages) from the
+    ref, used, then dropped. Five such ticks open one connection and reflect the schema once."""
+    config = {"postgres_url": dagster_pg_url, "should_autocreate_tables": False}
+    first = RunStorage.from_config_value(None, config)
+    queries = _queries(first._engine)
+    connections = []
+    event.listen(first._engine, "connect", lambda *_: connections.append(1))
+    for _ in range(5):
+        storage = RunStorage.from_config_value(None, config)
+        storage.get_run_records(limit=1)
+        storage.dispose()
+    assert storage is not first and storage._engine is first._engine
+    assert len(connections) == 1, f"{len(connections)} connections opened for 5 ticks"
+    assert len([q for q in queries if "pg_catalog.pg_attribute" in q]) == 1
+    events = EventLogStorage.from_config_value(None, config)
+    assert events._engine is not first._engine  # each storage class keeps a pool of its own
