@@ -51,15 +51,6 @@ def _forget_inherited_connections() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
-def meet_server(engine: Engine) -> Engine:
-    """Connect once and close again: SQLAlchemy sets an engine's dialect up on its first connection
-    (server version, schema, type lookups, ~4 ms of CPU and five queries), so a process that forks
-    workers (the zygote) does it for all of them."""
-    engine.connect().close()
-    engine.dispose()
-    return engine
-
-
 def forget_in_forked_children(engine: Engine) -> Engine:
     """Have a forked child drop the pooled connections of `engine` it inherited (as `sync_engine`'s)."""
     _engines.add(engine)

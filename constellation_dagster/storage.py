@@ -41,7 +41,7 @@ from dagster_postgres.utils import (
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from constellation_core.db import forget_in_forked_children, meet_server, ping_if_in_doubt
+from constellation_core.db import forget_in_forked_children, ping_if_in_doubt
 
 POOL_SIZE = 1
 MAX_OVERFLOW = 10
@@ -136,29 +136,29 @@ class ScheduleStorage(_Pooled, PostgresScheduleStorage):
         return self._memo("secondary_index_table", super().has_secondary_index_table)
 
 
-def warm(instance: Any) -> None:
-    """Ready an instance's storages to be inherited by forked run workers (`constellation_dagster.zygote`):
-    each engine meets its server once (SQLAlchemy initializes its dialect on an engine's first
-    connection: server version, schema, type lookups) and the schema checks a run makes are answered
-    (memoized here, or cached by Dagster), so no run worker asks again: about ten catalog queries
-    per run fewer, and ~25 ms of CPU in a fresh process (within the noise of a run worker's total on
-    this host). The connections are closed again: a child drops what it inherits anyway. Best
-    effort: with Postgres away, each run worker asks for itself."""
+def warm(instance: Any, *engines: Engine) -> None:
+    """Ready an instance's storages (and any other `engines` a run uses) to be inherited by forked run
+    workers (`constellation_dagster.zygote`): each engine meets its server once (SQLAlchemy initializes
+    its dialect on an engine's first connection: server version, schema, type lookups) and the schema
+    checks a run makes are answered (memoized here, or cached by Dagster), so no run worker asks again:
+    about ten catalog queries per run fewer, and ~25 ms of CPU in a fresh process (within the noise of
+    a run worker's total on this host). The connections are closed again: a child drops what it
+    inherits anyway. Best effort: with Postgres away, each run worker asks for itself."""
     try:
-        _warm(instance)
+        _warm(instance, engines)
     except (SQLAlchemyError, DagsterPostgresException) as exc:
         print(f"storages not warmed ({type(exc).__name__}): each run worker checks the schema itself",
               file=sys.stderr, flush=True)
 
 
-def _warm(instance: Any) -> None:
+def _warm(instance: Any, others: tuple[Engine, ...]) -> None:
     from dagster._core.storage.event_log.migration import ASSET_KEY_INDEX_COLS
 
     runs, events = instance.run_storage, instance.event_log_storage
-    for storage in (runs, events, instance.schedule_storage):  # first: fails at once with Postgres away
-        engine = getattr(storage, "_engine", None)
-        if engine is not None:
-            meet_server(engine)
+    engines = [e for e in (getattr(s, "_engine", None) for s in (runs, events, instance.schedule_storage)) if e]
+    engines += others
+    for engine in engines:  # first: fails at once with Postgres away; the connection stays for the checks
+        engine.connect().close()
     if isinstance(runs, RunStorage):
         for check in (runs.has_run_stats_index_cols, runs.has_backfill_id_column, runs.has_bulk_actions_selector_cols,
                       runs.has_bulk_action_job_name_column, runs.has_backfill_tags_table):
@@ -168,7 +168,5 @@ def _warm(instance: Any) -> None:
         events.has_asset_key_col("cached_status_data")
         events.has_secondary_index(ASSET_KEY_INDEX_COLS)
         events.supports_global_concurrency_limits  # noqa: B018 - a cached property
-    for storage in (runs, events, instance.schedule_storage):  # the checks' connections closed again
-        engine = getattr(storage, "_engine", None)
-        if engine is not None:
-            engine.dispose()
+    for engine in engines:  # nothing left open for the children to inherit
+        engine.dispose()

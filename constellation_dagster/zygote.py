@@ -124,26 +124,15 @@ def _instance(instances: dict[str, Any], instance_ref_json: str) -> Any:
         from dagster._core.instance import DagsterInstance, InstanceRef
         from dagster._serdes import deserialize_value
 
+        from constellation_core.db import sync_engine
         from constellation_dagster.storage import warm
 
         instance = DagsterInstance.from_ref(deserialize_value(instance_ref_json, InstanceRef))
-        warm(instance)  # build the storages, meet Postgres and answer the schema checks, once
-        _warm_system_of_record()
+        # Build the storages, meet Postgres (also with the ops' `SystemOfRecord` engine, the same
+        # `DATABASE_URL`) and answer the schema checks, once.
+        warm(instance, *([sync_engine(os.environ["DATABASE_URL"])] if os.environ.get("DATABASE_URL") else []))
         instances[instance_ref_json] = instance
     return instances[instance_ref_json]
-
-
-def _warm_system_of_record() -> None:
-    """The ops' engine (`SystemOfRecord`, the same `DATABASE_URL`) set up here, once, as the storages'."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from constellation_core.db import meet_server, sync_engine
-
-    if os.environ.get("DATABASE_URL"):
-        try:
-            meet_server(sync_engine(os.environ["DATABASE_URL"]))
-        except SQLAlchemyError as exc:
-            print(f"system of record not warmed ({type(exc).__name__})", file=sys.stderr, flush=True)
 
 
 def _run_in_child(request: dict, instance: Any) -> int:
