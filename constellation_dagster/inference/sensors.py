@@ -256,7 +256,7 @@ def _every_batch_done(conn, job_id: UUID) -> bool:
 
 
 # How soon a run's end shows on its job. Every tick costs the daemon, a gRPC call into the code server
-# and Postgres (also with nothing queued: ~6 ms of CPU in each of the daemon and the code server). A
+# and Postgres (also with nothing queued: ~10 ms of CPU in each of the daemon and the code server). A
 # succeeded job is ended by its run worker as the run ends (`end_job_of_succeeded_run`), so that sensor
 # only catches run workers that died first; failures show within two seconds (a failed run is often
 # retried, which takes Dagster's retry daemon); a canceled job is canceled by the API at once, so that
