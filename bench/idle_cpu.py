@@ -75,8 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--settle", type=float, default=0,
-                        help="seconds to wait once Dagster is quiet: Ray's device actors spend ~2 %% of a core each "
-                             "in the first minute after their last batch; 120 measures the steady state")
+                        help="seconds to wait once Dagster is quiet: Ray's device actors spend ~4.5 %% of a core each "
+                             "in the first minute after a backlog; 120 measures the steady state")
     args = parser.parse_args()
     settings = get_settings()
     wait_dagster_quiet(settings)
