@@ -62,7 +62,9 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) ->
         monitored_jobs=ALL_JOBS,
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Marks the job {state} (and publishes it) when its Dagster run ends {status.value}.",
+        description=(f"Marks the job {state} (and publishes it) when its Dagster run ends {status.value}"
+                     + (" and its run worker did not (it does as the run ends)."
+                        if status == dg.DagsterRunStatus.SUCCESS else ".")),
     )
     def _sensor(context: dg.RunStatusSensorContext, db: SystemOfRecord, bus: EventBus) -> None:
         error = context.dagster_event.message if context.dagster_event else None
