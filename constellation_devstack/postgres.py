@@ -94,6 +94,9 @@ class PostgresCluster:
     root: Path
     port: int
     tuned_for_tests: bool = False
+    # With `tuned_for_tests`, still write each commit's WAL to the OS before acknowledging it, so that a
+    # killed server (not a crashed machine) loses no commit it acknowledged: what a chaos test needs.
+    commits_survive_kill: bool = False
     bindir: Path = field(default_factory=find_pg_bindir)
 
     @property
@@ -214,7 +217,9 @@ class PostgresCluster:
         ]
         if self.tuned_for_tests:
             # A throwaway cluster: durability buys nothing, speed does.
-            options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            options += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+            if not self.commits_survive_kill:
+                options += ["-c", "synchronous_commit=off"]
         return options
 
     def foreground_argv(self) -> list[str]:

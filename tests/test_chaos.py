@@ -56,7 +56,9 @@ def own_services() -> Iterator[tuple[PostgresCluster, NatsServer, str]]:
     """A Postgres and a NATS of this test alone, and a migrated template database on it."""
     tmp = Path(tempfile.mkdtemp(prefix="constellation-chaos-"))
     tmp.chmod(0o755)  # the postgres user must reach its data folder inside
-    pg = PostgresCluster(tmp / "postgres", free_port(), tuned_for_tests=True)
+    # SIGKILLed below: with `synchronous_commit=off` it could lose a job it had acknowledged (201) to the
+    # client a moment before (seen in CI: a job submitted as Postgres was killed was gone afterwards).
+    pg = PostgresCluster(tmp / "postgres", free_port(), tuned_for_tests=True, commits_survive_kill=True)
     nats = NatsServer(tmp / "nats" / "jetstream", free_port())
     patch = pytest.MonkeyPatch()
     try:
