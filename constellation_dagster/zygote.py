@@ -151,7 +151,7 @@ def _run_in_child(request: dict, instance: Any) -> int:
 
         with capture_interrupts(), instance:
             code = _start_through_outages(instance, run_id, execute)
-            _end_job_of_succeeded_run(instance, run_id, request.get("tags") or {})
+            _end_job_of_succeeded_run(instance, run_id)
     except BaseException:  # noqa: BLE001 - the run's failure is already in Dagster's event log
         import traceback
 
@@ -174,12 +174,9 @@ def _run_in_child(request: dict, instance: Any) -> int:
     return code
 
 
-def _end_job_of_succeeded_run(instance: Any, run_id: str, tags: dict[str, str]) -> None:
-    """Show the run's success on its job at once (the run-status sensor would take up to its interval).
-    A run without a job (an export) asks nothing: the launcher sent the run's tags with the request."""
-    from constellation_dagster.inference.jobs import JOB_ID_TAG
-
-    if not (tags.get(JOB_ID_TAG) and os.environ.get("DATABASE_URL") and os.environ.get("NATS_URL")):
+def _end_job_of_succeeded_run(instance: Any, run_id: str) -> None:
+    """Show the run's success on its job at once (the run-status sensor would take up to its interval)."""
+    if not (os.environ.get("DATABASE_URL") and os.environ.get("NATS_URL")):
         return
     from constellation_dagster.inference.sensors import end_job_of_succeeded_run
 
