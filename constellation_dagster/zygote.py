@@ -151,7 +151,7 @@ def _run_in_child(request: dict, instance: Any) -> int:
 
         with capture_interrupts(), instance:
             code = _start_through_outages(instance, run_id, execute)
-            _end_job_of_succeeded_run(instance, run_id)
+            _end_job_of_ended_run(instance, run_id)
     except BaseException:  # noqa: BLE001 - the run's failure is already in Dagster's event log
         import traceback
 
@@ -174,14 +174,15 @@ def _run_in_child(request: dict, instance: Any) -> int:
     return code
 
 
-def _end_job_of_succeeded_run(instance: Any, run_id: str) -> None:
-    """Show the run's success on its job at once (the run-status sensor would take up to its interval)."""
+def _end_job_of_ended_run(instance: Any, run_id: str) -> None:
+    """Show the run's outcome on its job at once when it is final (the run-status sensors would take up
+    to their interval)."""
     if not (os.environ.get("DATABASE_URL") and os.environ.get("NATS_URL")):
         return
-    from constellation_dagster.inference.sensors import end_job_of_succeeded_run
+    from constellation_dagster.inference.sensors import end_job_of_ended_run
 
     try:
-        end_job_of_succeeded_run(instance, run_id, database_url=os.environ["DATABASE_URL"],
+        end_job_of_ended_run(instance, run_id, database_url=os.environ["DATABASE_URL"],
                                  nats_url=os.environ["NATS_URL"])
     except Exception as exc:  # noqa: BLE001 - the run-status sensor ends the job instead
         print(f"run worker of {run_id}: could not end its job ({type(exc).__name__}: {exc}); the run-status "

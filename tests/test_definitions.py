@@ -137,6 +137,37 @@ def test_a_run_that_fails_after_its_last_batch_leaves_the_job_succeeded(engine, 
     assert "_worker_dies" in detail["run_failure"], detail
 
 
+def _run_worker_ends(engine, database_url, nats_url, job_id, *, retry_op_failures: bool) -> tuple[str, str | None]:
+    """A run of the job fails in an op on an instance with Dagster's run retries on; then its run
+    worker's last act (`end_job_of_ended_run`) — no sensor involved."""
+    from constellation_dagster.inference.sensors import end_job_of_ended_run
+
+    with engine.begin() as conn:
+        conn.execute(sql_text("UPDATE jobs SET state = 'running' WHERE id = :id"), {"id": job_id})
+    retries = {"run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": retry_op_failures}}
+    with dg.instance_for_test(overrides=retries) as instance:
+        result = _failing_job.execute_in_process(instance=instance, raise_on_error=False,
+                                                 tags={JOB_ID_TAG: str(job_id)})
+        ended = end_job_of_ended_run(instance, result.dagster_run.run_id, database_url=database_url,
+                                     nats_url=nats_url)
+    with engine.connect() as conn:
+        state, error = conn.execute(select(jobs.c.state, jobs.c.error).where(jobs.c.id == job_id)).one()
+    assert ended == (state != "running")
+    return state, error
+
+
+def test_a_run_worker_fails_its_job_at_once_when_dagster_will_not_retry_the_run(
+        engine, database_url, nats_url, queued_job):
+    state, error = _run_worker_ends(engine, database_url, nats_url, queued_job, retry_op_failures=False)
+    assert state == "failed"
+    assert "_worker_dies" in error
+
+
+def test_a_run_worker_leaves_its_job_running_when_dagster_retries_the_run(engine, database_url, nats_url, queued_job):
+    state, error = _run_worker_ends(engine, database_url, nats_url, queued_job, retry_op_failures=True)
+    assert (state, error) == ("running", None)
+
+
 @dg.op
 def _work_done():
     return 1

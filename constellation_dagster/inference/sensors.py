@@ -257,29 +257,42 @@ def _every_batch_done(conn, job_id: UUID) -> bool:
     return counts[0] > 0 and counts[1] == 0
 
 
-# How soon a run's end shows on its job. Every tick costs the daemon, a gRPC call into the code server
-# and Postgres (also with nothing queued: ~10 ms of CPU in each of the daemon and the code server). A
-# succeeded job is ended by its run worker as the run ends (`end_job_of_succeeded_run`), so that sensor
-# only catches run workers that died first; failures show within two seconds (a failed run is often
-# retried, which takes Dagster's retry daemon); a canceled job is canceled by the API at once, so that
-# sensor only catches runs canceled in Dagit.
+# How soon a run's end shows on its job when its run worker did not show it. Every tick costs the
+# daemon, a gRPC call into the code server and Postgres (also with nothing queued: ~10 ms of CPU in each
+# of the daemon and the code server). A run worker ends its job itself as its run ends
+# (`end_job_of_ended_run`): on success, and on a failure Dagster will not retry. So these sensors only
+# catch run workers that died first (run monitoring then fails the run), failures that are retried
+# (decided by Dagster's retry daemon) and runs canceled in Dagit (the API cancels a job at once).
 run_outcome_sensors = [
     _mirror_outcome(dg.DagsterRunStatus.SUCCESS, "succeeded", RECONCILE_INTERVAL_S),
-    _mirror_outcome(dg.DagsterRunStatus.FAILURE, "failed", 2),
+    _mirror_outcome(dg.DagsterRunStatus.FAILURE, "failed", RECONCILE_INTERVAL_S),
     _mirror_outcome(dg.DagsterRunStatus.CANCELED, "canceled", RECONCILE_INTERVAL_S),
 ]
 
 
-def end_job_of_succeeded_run(instance: dg.DagsterInstance, run_id: str, *, database_url: str, nats_url: str) -> bool:
-    """The run worker's last act: when its run succeeded, mark the job succeeded and publish it now,
-    not at the run-status sensor's next tick (which ends the job should the worker die first; ending
-    a job twice does nothing). Failures stay with the sensors: whether one is final depends on Dagster's
-    retry daemon. False when there was nothing to do."""
+def end_job_of_ended_run(instance: dg.DagsterInstance, run_id: str, *, database_url: str, nats_url: str) -> bool:
+    """The run worker's last act: when its run succeeded, or failed and Dagster will not run it again
+    (`dagster/will_retry` is false: Dagster sets it as the run worker reports the failure), end the
+    job and publish it now, not at the run-status sensor's next tick (which ends the job should the
+    worker die first; ending a job twice does nothing). A failure Dagster retries, or one whose retry
+    is undecided, stays with the sensors. False when there was nothing to do."""
     run = instance.get_run_by_id(run_id)
-    if run is None or run.status != dg.DagsterRunStatus.SUCCESS or not run.tags.get(JOB_ID_TAG):
+    if run is None or not run.tags.get(JOB_ID_TAG):
+        return False
+    error = None
+    if run.status == dg.DagsterRunStatus.FAILURE:
+        if retry_pending(run, instance.run_retries_enabled):
+            # Dagster may run it again (or has not decided): the failure sensor follows it, and records
+            # the failed attempt in the job's trace once.
+            return False
+        failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        error = (failures[-1].dagster_event.message if failures and failures[-1].dagster_event else None) \
+            or "the run failed"
+    elif run.status != dg.DagsterRunStatus.SUCCESS:
         return False
     return apply_run_outcome(logging.getLogger(__name__), SystemOfRecord(database_url=database_url),
-                             EventBus(nats_url=nats_url), run, run.status, None)
+                             EventBus(nats_url=nats_url), run, run.status, error,
+                             retries_enabled=instance.run_retries_enabled)
 
 
 @dg.sensor(
