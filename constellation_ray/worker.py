@@ -68,8 +68,10 @@ WAKE_CHANNEL = "constellation_devices"
 # `NOTIFY constellation_job_<job id hex>` (sent with each batch's commit, and when a step fails) tells
 # the op following the job on its devices to look again (`batches_notified`), instead of polling.
 JOB_CHANNEL_PREFIX = "constellation_job_"
-# With no notification, an idle worker still looks once this often (a batch left by a dead worker).
-IDLE_RECHECK_S = 2.0
+# With no notification, an idle worker still looks once this often (a batch of a `parallel` job left by
+# a worker that died: admissions and new batches come with a NOTIFY). Each look is a query: an idle
+# stack's cost, not a backlog's.
+IDLE_RECHECK_S = 5.0
 OPEN_READERS = 4
 
 

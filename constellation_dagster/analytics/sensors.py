@@ -17,7 +17,7 @@ from constellation_dagster.analytics.assets import analytics_export, analytics_r
 from constellation_dagster.inference.jobs import ALL_JOBS
 
 EXPORT_MAX_AGE_S = 60
-EXPORT_SENSOR_INTERVAL_S = 5
+EXPORT_SENSOR_INTERVAL_S = 10
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED]
 
