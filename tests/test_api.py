@@ -169,9 +169,13 @@ def test_metrics_count_submissions(client, make_account):
     assert after[created] == before.get(created, 0) + 1
 
 
-def test_metrics_read_the_jobs_lifecycle_and_the_devices_tiles_from_the_database(client, make_account, engine):
+def test_metrics_read_the_jobs_lifecycle_and_the_devices_tiles_from_the_database(client, make_account, engine,
+                                                                                  monkeypatch):
     """Counters every API process reports alike: jobs that entered each stage, by mode (from `events`),
     and each device's tiles (from its steps); a job's cancel counts once."""
+    from api import metrics
+
+    monkeypatch.setattr(metrics, "DATABASE_FIGURES_MAX_AGE_S", 0)  # each scrape reads Postgres
     account, admin = make_account(), make_account("admin")
 
     def series() -> dict[tuple, float]:
@@ -206,6 +210,28 @@ def test_metrics_read_the_jobs_lifecycle_and_the_devices_tiles_from_the_database
     wait = {le: figures[("constellation_job_first_batch_wait_seconds_bucket", (("le", le), ("mode", "serial")))]
             for le in ("1.0", "2.5", "+Inf")}
     assert wait["2.5"] - wait["1.0"] >= 1 and wait["+Inf"] >= 1
+
+
+def test_metrics_read_the_database_at_most_every_few_seconds(client, make_account, monkeypatch):
+    """Scrapes within DATABASE_FIGURES_MAX_AGE_S of a read serve its figures (reading them scans the
+    jobs' history); the first scrape after it reads again."""
+    from api import metrics
+
+    account, admin = make_account(), make_account("admin")
+    submitted = ("constellation_job_lifecycle_total", (("event", "submitted"), ("mode", "serial")))
+
+    def scraped() -> float:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(client.get("/metrics", headers=admin.headers).text)
+                for s in family.samples}.get(submitted, 0)
+
+    monkeypatch.setattr(metrics, "DATABASE_FIGURES_MAX_AGE_S", 0)
+    before = scraped()
+    monkeypatch.setattr(metrics, "DATABASE_FIGURES_MAX_AGE_S", 3600)
+    assert client.post("/jobs", json=job_body(mode="serial"), headers=account.headers).status_code == 201
+    assert scraped() == before, "read again within the window"
+    monkeypatch.setattr(metrics, "DATABASE_FIGURES_MAX_AGE_S", 0)
+    assert scraped() == before + 1
 
 
 def test_cancel_a_queued_job_once(client, make_account, engine):

@@ -58,6 +58,7 @@ async def metrics(
     if not (token and presented and hmac.compare_digest(presented, token)):
         if not (await authenticate(engine, presented)).is_admin:
             raise Forbidden("metrics are for the metrics token or an admin key")
-    async with engine.connect() as conn:
-        await DATABASE_FIGURES.refresh(conn, settings.local_dir / "analytics")
+    if DATABASE_FIGURES.stale():
+        async with engine.connect() as conn:
+            await DATABASE_FIGURES.refresh(conn, settings.local_dir / "analytics")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
