@@ -234,7 +234,9 @@ class DeviceHost:
         with self.engine.begin() as conn:
             conn.execute(update(gpus).where(gpus.c.gone_at.is_(None)).values(gone_at=func.now()))
 
-    def run_forever(self, tick: float = 1.0) -> None:
+    def run_forever(self, tick: float = 2.0) -> None:
+        """An actor's end is seen at once (`watch`); a new node's devices within `tick` (each look asks
+        the GCS for every node: an idle stack's cost)."""
         self.forget_stale()
         while True:
             self.reconcile()

@@ -263,10 +263,13 @@ def _every_batch_done(conn, job_id: UUID) -> bool:
 # (`end_job_of_ended_run`): on success, and on a failure Dagster will not retry. So these sensors only
 # catch run workers that died first (run monitoring then fails the run), failures that are retried
 # (decided by Dagster's retry daemon) and runs canceled in Dagit (the API cancels a job at once).
+# A success or a cancel needs these sensors only when its run worker died at the very end, or when
+# the run was canceled in Dagit: rare enough for a slower tick.
+RARE_OUTCOME_INTERVAL_S = 30
 run_outcome_sensors = [
-    _mirror_outcome(dg.DagsterRunStatus.SUCCESS, "succeeded", RECONCILE_INTERVAL_S),
+    _mirror_outcome(dg.DagsterRunStatus.SUCCESS, "succeeded", RARE_OUTCOME_INTERVAL_S),
     _mirror_outcome(dg.DagsterRunStatus.FAILURE, "failed", RECONCILE_INTERVAL_S),
-    _mirror_outcome(dg.DagsterRunStatus.CANCELED, "canceled", RECONCILE_INTERVAL_S),
+    _mirror_outcome(dg.DagsterRunStatus.CANCELED, "canceled", RARE_OUTCOME_INTERVAL_S),
 ]
 
 
