@@ -183,7 +183,7 @@ def _end_job_of_ended_run(instance: Any, run_id: str) -> None:
 
     try:
         end_job_of_ended_run(instance, run_id, database_url=os.environ["DATABASE_URL"],
-                                 nats_url=os.environ["NATS_URL"])
+                             nats_url=os.environ["NATS_URL"])
     except Exception as exc:  # noqa: BLE001 - the run-status sensor ends the job instead
         print(f"run worker of {run_id}: could not end its job ({type(exc).__name__}: {exc}); the run-status "
               "sensor will", file=sys.stderr, flush=True)

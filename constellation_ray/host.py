@@ -73,7 +73,7 @@ def start_ray(config: HostConfig, local_devices: list[Device]) -> None:
     simulated = sum(1 for d in local_devices if d.simulated)
     # Ray's log monitor (it forwards the workers' output to this process's log) looks for new log files
     # ten times a second while there are fewer than this many; then once every LOG_NAME_UPDATE_INTERVAL_S.
-    # Once every 2 s halves its CPU with nothing running (bare Ray, two idle actors: 0.83 → 0.38 % of a
+    # Once every 2 s halves its CPU with nothing running (bare Ray, two idle actors: 0.83 → 0.40 % of a
     # core); a new worker's first lines reach the log up to 2 s later.
     os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
     os.environ.setdefault("LOG_NAME_UPDATE_INTERVAL_S", "2")
