@@ -49,3 +49,19 @@ def test_make_dev_reloads_the_api_and_dagsters_code_and_runs_the_dashboard_live(
     assert "next dev" in dev["web"] and "--port 3222" in dev["web"] and "web" not in plain
     assert 'CONSTELLATION_API_URL="http://127.0.0.1:8000"' in dev["web"]
     assert 'CONSTELLATION_WEB_DEV_URL="http://127.0.0.1:3222"' in dev["setup"]
+
+
+def test_free_ports_come_from_below_the_kernels_ephemeral_range():
+    """A stack picks its ports first and starts its parts one after another: a port from the ephemeral
+    range can meanwhile become the local end of an outgoing connection (an e2e stack's GPU agent found
+    its metrics port taken so), one below it cannot."""
+    import socket
+
+    from constellation_core.waiting import FREE_PORTS_FROM, _ephemeral_ports, free_port
+
+    low, _ = _ephemeral_ports()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50, "each port is handed out once"
+    assert all(FREE_PORTS_FROM <= port < low for port in ports), ports
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", ports[0]))
