@@ -44,6 +44,22 @@ export function shouldRetry(failures: number, error: unknown): boolean {
 
 export const JOB_PAGE = 200;
 
+/** How long the spans of a job's processes may take to reach the trace store after the job's `end job`:
+ * each process's exporter sends its spans in batches, every 5 s (OpenTelemetry's default), so a device
+ * worker's last batches can arrive after the run worker's `end job`, which it sends as it exits. */
+export const SPANS_SETTLE_MS = 15_000;
+
+/** When to ask for a job's trace again: every 5 s while the job is live; once it has ended, until its
+ * `end job` span is in and SPANS_SETTLE_MS have passed since that span ended (a minute at most while
+ * there is no `end job`; 40 answers in all, should the clocks disagree). */
+export function traceRefetchMs(trace: JobTrace | undefined, live: boolean, updates: number, updatedAt: number): number | false {
+  if (live) return 5_000;
+  const end = trace?.spans.find((s) => s.name === "end job");
+  if (!trace || !end) return updates < 12 ? 5_000 : false;
+  const endedAt = Date.parse(trace.started_at) + end.start_ms + end.duration_ms;
+  return updatedAt < endedAt + SPANS_SETTLE_MS && updates < 40 ? 5_000 : false;
+}
+
 export const jobQueries = {
   list: (filters: JobFilters) =>
     infiniteQueryOptions({
@@ -89,10 +105,7 @@ export const jobQueries = {
       queryKey: jobKeys.trace(id),
       enabled: Boolean(id),
       queryFn: async ({ signal }) => unwrap(await api.GET("/jobs/{job_id}/trace", { signal, params: { path: { job_id: id } } }), "the job's trace"),
-      // Spans reach the trace store a second or so after they end: follow a live job, and an ended one
-      // until its last span (the job's end) is in (for a minute at most).
-      refetchInterval: (query) =>
-        live || (!query.state.data?.spans.some((s) => s.name === "end job") && query.state.dataUpdateCount < 12) ? 5_000 : false,
+      refetchInterval: (query) => traceRefetchMs(query.state.data, live, query.state.dataUpdateCount, query.state.dataUpdatedAt),
       retry: (failures, error) => (error instanceof ApiError && error.status === 404 ? failures < 6 : shouldRetry(failures, error)),
       retryDelay: 2_000,
     }),
