@@ -57,21 +57,19 @@ FREE_PORTS_FROM = 20000
 _handed_out: set[int] = set()
 
 
-def _ephemeral_ports() -> tuple[int, int]:
+def _ephemeral_ports_start() -> int:
     try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
     """A loopback TCP port nothing listens on, outside the ephemeral range where the kernel allows one
     (each handed out once per process)."""
-    low, _ = _ephemeral_ports()
-    candidates = list(range(FREE_PORTS_FROM, low))
-    random.shuffle(candidates)
-    for port in candidates[:200]:
+    below = _ephemeral_ports_start()
+    for _ in range(200 if below > FREE_PORTS_FROM else 0):
+        port = random.randrange(FREE_PORTS_FROM, below)
         if port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -57,9 +57,9 @@ def test_free_ports_come_from_below_the_kernels_ephemeral_range():
     its metrics port taken so), one below it cannot."""
     import socket
 
-    from constellation_core.waiting import FREE_PORTS_FROM, _ephemeral_ports, free_port
+    from constellation_core.waiting import FREE_PORTS_FROM, _ephemeral_ports_start, free_port
 
-    low, _ = _ephemeral_ports()
+    low = _ephemeral_ports_start()
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50, "each port is handed out once"
     assert all(FREE_PORTS_FROM <= port < low for port in ports), ports

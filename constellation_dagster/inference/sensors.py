@@ -220,10 +220,8 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
             if time.time() - finished_at >= RETRY_GRACE_S:
                 unretried[UUID(job_id)] = run.run_id
             continue
-        failure = None
-        if run.status == dg.DagsterRunStatus.FAILURE:
-            failures = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-            failure = failures[-1].dagster_event.message if failures and failures[-1].dagster_event else None
+        failure = run_failure_message(context.instance, run.run_id) if run.status == dg.DagsterRunStatus.FAILURE \
+            else None
         if apply_run_outcome(context.log, db, bus, run, run.status, failure, retries_enabled=retries):
             context.log.info(f"job {job_id} had missed the end of its run {run.run_id} ({run.status.value})")
             ended += 1
@@ -246,6 +244,12 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
     if requests:
         return dg.SensorResult(run_requests=requests)
     return dg.SkipReason(f"ended {ended} jobs" if ended else "every running job's run is still going")
+
+
+def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The message of the run's last RUN_FAILURE event (why Dagster failed it), if any."""
+    failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    return failures[-1].dagster_event.message if failures and failures[-1].dagster_event else None
 
 
 def _every_batch_done(conn, job_id: UUID) -> bool:
@@ -288,9 +292,7 @@ def end_job_of_ended_run(instance: dg.DagsterInstance, run_id: str, *, database_
             # Dagster may run it again (or has not decided): the failure sensor follows it, and records
             # the failed attempt in the job's trace once.
             return False
-        failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-        error = (failures[-1].dagster_event.message if failures and failures[-1].dagster_event else None) \
-            or "the run failed"
+        error = run_failure_message(instance, run_id) or "the run failed"
     elif run.status != dg.DagsterRunStatus.SUCCESS:
         return False
     return apply_run_outcome(logging.getLogger(__name__), SystemOfRecord(database_url=database_url),
