@@ -60,6 +60,7 @@ from constellation_core.tables import (
     tile_results,
     tiles,
 )
+from constellation_ray.compute import ComputeLost, ComputeProcess
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +125,12 @@ class DeviceWorker:
         self.demo_imagery_dir = Path(demo_imagery_dir)
         self.engine = sync_engine(database_url)
         self.stats = WorkerStats()
-        self._models: dict[str, object] = {}
         self._readers: dict[str, object] = {}
         self._stop = threading.Event()
-        if device.kind != "cuda":
-            import torch
-
-            if torch_threads:
-                torch.set_num_threads(torch_threads)
-        self.gpu_id = self._register(host, ray_node_id)
         self.torch_device = self._torch_device()
+        self._torch_threads = torch_threads if device.kind != "cuda" else None
+        self.compute = self._start_compute()
+        self.gpu_id = self._register(host, ray_node_id)
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -142,7 +139,9 @@ class DeviceWorker:
         d = self.device
         statement = pg_insert(gpus).values(
             uuid=d.uuid, name=d.label, total_mem_mb=d.total_mem_mb, compute_capability=d.compute_capability,
-            simulated=d.simulated, host=host, ray_node_id=ray_node_id, gone_at=None, spec={**device_spec(d), "worker_pid": os.getpid(), "torch_threads": _torch_threads()},
+            simulated=d.simulated, host=host, ray_node_id=ray_node_id, gone_at=None,
+            spec={**device_spec(d), "worker_pid": os.getpid(), "compute_pid": self.compute.pid,
+                  "torch_threads": self.compute.torch_threads},
         )
         statement = statement.on_conflict_do_update(
             index_elements=[gpus.c.uuid],
@@ -152,6 +151,18 @@ class DeviceWorker:
         with self.engine.begin() as conn:
             return conn.execute(statement).scalar_one()
 
+    def _start_compute(self) -> ComputeProcess:
+        return ComputeProcess(self.torch_device, self._torch_threads, name=self.device.slug)
+
+    def _note_compute_pid(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(gpus).where(gpus.c.id == self.gpu_id).values(
+                    spec=gpus.c.spec.op("||")(func.jsonb_build_object(literal_column("'compute_pid'"),
+                                                                      self.compute.pid))))
+        except DBAPIError:  # Postgres away: the pid shown stays the old one
+            log.warning("recording the new compute process failed", exc_info=True)
+
     def _torch_device(self) -> str:
         if self.device.kind != "cuda":
             return "cpu"
@@ -160,7 +171,7 @@ class DeviceWorker:
 
     def identity(self) -> dict:
         return {"uuid": self.device.uuid, "gpu_id": str(self.gpu_id), "pid": os.getpid(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+                "compute_pid": self.compute.pid, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def report(self) -> dict:
         s = self.stats
@@ -181,23 +192,31 @@ class DeviceWorker:
                 batch = ready.get()
                 if batch is None:
                     break
-                began = None
+                a = batch.admission
                 try:
-                    classifier = self._model(batch.admission)
-                    began = datetime.now(UTC)
-                    t0 = time.perf_counter()
-                    classes, confidences = classifier.predict(batch.images)
-                    batch_s = time.perf_counter() - t0
-                except Exception as exc:  # noqa: BLE001 - the job's step fails, the worker goes on
-                    self._fail(batch, exc, began)
+                    prediction = self.compute.predict(a.model_version, a.model_uri, batch.images)
+                except ComputeLost:
+                    log.error("the device's compute process went away; its batch is pending again, and a new "
+                              "process starts", exc_info=True, extra={"device": self.device.uuid})
+                    batch.close()
+                    self.compute.close()
+                    self.compute = self._start_compute()
+                    self._note_compute_pid()
                     continue
-                self.stats.compute_s += batch_s
-                interval = (began, began + timedelta(seconds=batch_s))
+                except Exception as exc:  # noqa: BLE001 - the job's step fails, the worker goes on
+                    self._fail(batch, exc)
+                    continue
+                if prediction.loaded:
+                    self._model_loaded(a.model_version)
+                self.stats.compute_s += prediction.seconds
+                interval = (prediction.began, prediction.began + timedelta(seconds=prediction.seconds))
                 if writing is not None:
                     writing.exception()  # at most one commit in flight (and its row locks)
-                writing = writer.submit(self._commit_and_publish, bus, batch, classes, confidences, interval)
+                writing = writer.submit(self._commit_and_publish, bus, batch, prediction.classes,
+                                        prediction.confidences, interval)
             if writing is not None:
                 writing.exception()
+        self.compute.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -305,17 +324,10 @@ class DeviceWorker:
             reader = self._readers[path] = TileReader(path).__enter__()
         return np.stack([reader.read(t.z, t.x, t.y) for t in batch.tiles])
 
-    def _model(self, admission: Admission):
-        """The classifier of this model version, loaded onto the device the first time it is needed."""
-        classifier = self._models.get(admission.model_version)
-        if classifier is None:
-            from constellation_core.inference.model import TileClassifier
-
-            classifier = TileClassifier(Path(admission.model_uri), self.torch_device)
-            self._models[admission.model_version] = classifier
-            self.stats.model_loads.append(admission.model_version)
-            log.info("model loaded", extra={"device": self.device.uuid, "model_version": admission.model_version})
-        return classifier
+    def _model_loaded(self, model_version: str) -> None:
+        """The compute process loaded this model version onto the device (once per version)."""
+        self.stats.model_loads.append(model_version)
+        log.info("model loaded", extra={"device": self.device.uuid, "model_version": model_version})
 
     def _commit(self, batch: ClaimedBatch, classes, confidences, interval: tuple[datetime, datetime]) -> Event | None:
         """Store the batch's results, mark it done with its interval on the device, count progress on
@@ -373,11 +385,11 @@ class DeviceWorker:
         finally:
             batch.close()
 
-    def _fail(self, batch: ClaimedBatch, exc: BaseException, began: datetime | None = None) -> None:
+    def _fail(self, batch: ClaimedBatch, exc: BaseException) -> None:
         batch.close()
         a = batch.admission
         now = datetime.now(UTC)
-        tracing.record_span("infer batch", a.traceparent, began or now, now, job_id=a.job_id, attributes={
+        tracing.record_span("infer batch", a.traceparent, now, now, job_id=a.job_id, attributes={
             "constellation.device.uuid": self.device.uuid, "constellation.device.name": self.device.label,
             "constellation.batch": batch.chunk_no, "constellation.tiles": len(batch.tiles)},
             error=f"{type(exc).__name__}: {exc}"[:1000])
@@ -398,12 +410,6 @@ class DeviceWorker:
                 notify_job(conn, admission.job_id)
         except Exception:  # noqa: BLE001 - Postgres away: the batch stays pending and is retried
             log.warning("recording the failure failed", exc_info=True)
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def wake(conn: Connection, device_uuid: str) -> None:

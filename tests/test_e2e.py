@@ -542,6 +542,46 @@ def test_sigkill_of_a_device_worker_loses_and_duplicates_no_tile(stack):
     assert counts.results == counts.distinct_tiles == counts.planned == job["tiles_total"]
 
 
+def test_sigkill_of_a_device_compute_process_loses_and_duplicates_no_tile(stack):
+    """The model's process dies under its worker: the batch it had is pending again, the worker starts
+    a new compute process and goes on (the worker itself stays); the job succeeds with every tile once."""
+    account = account_in(stack["database_url"], "e2e-kill-compute")
+    engine = create_engine(stack["database_url"])
+    job_id = _submit(stack, account, mode="parallel")
+    device, before = wait_for(lambda: _computing_device(engine, job_id), timeout=JOB_DEADLINE_S,
+                              what="a device computing the job's batches", interval=0.05)
+    os.kill(before["compute_pid"], signal.SIGKILL)
+
+    job = _wait_terminal(stack, account, job_id)
+    counts = _result_counts(engine, job_id)
+    after = wait_for(lambda: (s := _device_spec(engine, device))["compute_pid"] != before["compute_pid"] and s,
+                     timeout=30, what="the device's new compute process", interval=0.2)
+    engine.dispose()
+    assert job["state"] == "succeeded", _dump_logs(stack)
+    assert counts.results == counts.distinct_tiles == counts.planned == job["tiles_total"]
+    assert after["worker_pid"] == before["worker_pid"], "the device worker lives on"
+    assert os.path.exists(f"/proc/{after['compute_pid']}")
+
+
+def _device_spec(engine, device_uuid) -> dict:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT spec FROM gpus WHERE uuid = :uuid"), {"uuid": device_uuid}).scalar_one()
+
+
+def _computing_device(engine, job_id) -> tuple[str, dict] | None:
+    """A device that has run batches of the job, and its spec, while the job still has pending ones."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT g.uuid, g.spec FROM gpus g WHERE g.gone_at IS NULL AND EXISTS "
+                 "(SELECT 1 FROM tile_chunks c WHERE c.job_id = :id AND c.device_uuid = g.uuid) AND EXISTS "
+                 "(SELECT 1 FROM tile_chunks c WHERE c.job_id = :id AND c.state = 'pending') LIMIT 1"),
+            {"id": job_id},
+        ).first()
+    if row is None or not os.path.exists(f"/proc/{row.spec['compute_pid']}"):
+        return None
+    return row.uuid, row.spec
+
+
 def test_killing_the_run_worker_ends_the_job_and_frees_the_device(stack):
     account = account_in(stack["database_url"], "e2e-kill-worker")
     engine = create_engine(stack["database_url"])
