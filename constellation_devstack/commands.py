@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from constellation_core.settings import API_SERVER_ARGS, REPO_ROOT, Settings, get_settings
 from constellation_core.waiting import free_port, wait_for
+from constellation_devstack import credentials
 from constellation_devstack.jaeger import CONFIG as JAEGER_CONFIG
 from constellation_devstack.jaeger import JaegerServer, jaeger_binary, otel_env
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, NatsServer
@@ -73,7 +74,7 @@ def _local_prometheus(settings: Settings) -> PrometheusServer:
 
 def _local_pgbouncer(settings: Settings) -> PgBouncer:
     dagster = PROGRAM_ROLES["dagster-daemon"]  # only Dagster's processes go through it
-    logins = {dagster: _local_cluster(settings).passwords()[dagster]}
+    logins = {dagster: credentials.scram_verifier(_local_cluster(settings).passwords()[dagster])}
     return PgBouncer(settings.local_dir / "pgbouncer", settings.pgbouncer_port, settings.sync_database_url, logins)
 
 
@@ -271,8 +272,8 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
     settings = get_settings()
     wait_for(lambda: create_database(settings.sync_database_url) is not None, timeout=120, what="Postgres",
              interval=0.5)
-    if credentials := os.environ.get(PG_CREDENTIALS_ENV):  # the demo's own server: its service roles log in
-        ensure_login_roles(settings.sync_database_url, json.loads(Path(credentials).read_text()))
+    if credentials_file := os.environ.get(PG_CREDENTIALS_ENV):  # the demo's own server: its service roles log in
+        ensure_login_roles(settings.sync_database_url, json.loads(Path(credentials_file).read_text()))
     prepare_stack(settings, _dagster_home(settings))
     typer.echo("setup: databases migrated, NATS stream and Dagster storage ready")
     if not seed:

@@ -51,7 +51,8 @@ def with_login(url: str, role: str, password: str) -> str:
 
 
 def ensure_login_roles(admin_url: str, passwords: dict[str, str]) -> None:
-    """Each role of `passwords` exists and logs in with its password (the superuser's is left alone)."""
+    """Each role of `passwords` exists and logs in with its password (the superuser's is left alone),
+    stored as `credentials.scram_verifier` makes it: the secret PgBouncer holds for the role."""
     libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(libpq, autocommit=True) as conn:
         for role, password in passwords.items():
@@ -59,8 +60,8 @@ def ensure_login_roles(admin_url: str, passwords: dict[str, str]) -> None:
                 continue
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
-            conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
-                                                                             sql.Literal(password)))
+            secret = credentials.scram_verifier(password)
+            conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(secret)))
 
 
 def find_pg_bindir() -> Path:

@@ -23,6 +23,7 @@ from constellation_core.waiting import free_port, port_open, wait_for
 from constellation_dagster.bootstrap import ensure_model
 from constellation_dagster.models.assets import ModelTrainingConfig
 from constellation_devstack.commands import code_server_serving
+from constellation_devstack.credentials import scram_verifier
 from constellation_devstack.jaeger import JaegerServer
 from constellation_devstack.nats import NATS_CREDENTIALS_ENV, PROGRAM_USERS, url_for
 from constellation_devstack.pgbouncer import RUN_WORKERS_PROGRAM, PgBouncer
@@ -78,7 +79,7 @@ def running_stack(pg_admin_url: str, nats_url: str, migrated_template: str, *, s
     admin = make_url(pg_admin_url)
     dagster_role = PROGRAM_ROLES["dagster-daemon"]
     pooler = PgBouncer(tmp / "pgbouncer", free_port(), pg_admin_url,
-                       {admin.username: admin.password, dagster_role: role_password(dagster_role) or ""})
+                       {admin.username: admin.password, dagster_role: scram_verifier(role_password(dagster_role) or "")})
     pooler.write_config()
     local_dir = tmp / "local"
     patch = pytest.MonkeyPatch()

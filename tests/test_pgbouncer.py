@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -18,7 +19,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from constellation_core.waiting import free_port, port_open, wait_for
+from constellation_devstack.credentials import scram_verifier
 from constellation_devstack.pgbouncer import SERVER_LOGIN_RETRY_S, PgBouncer
+from constellation_devstack.postgres import ensure_login_roles
 
 
 @contextlib.contextmanager
@@ -83,3 +86,39 @@ def test_dagsters_pooler_logs_in_again_within_seconds_of_postgres_coming_back():
         process.terminate()
         process.wait(10)
 
+
+
+def test_the_pooler_holds_each_service_roles_scram_secret_not_its_password_and_logs_it_in():
+    """A service role's secret on the server and in PgBouncer's auth file are one (`scram_verifier`):
+    PgBouncer checks a client's proof with it and logs in upstream with that proof; no password is on
+    its disk; a wrong password is refused."""
+    admin = make_url(os.environ["CONSTELLATION_TEST_PG_ADMIN_URL"])
+    role, password = "constellation_scram_test", secrets.token_urlsafe(24)
+    ensure_login_roles(admin.render_as_string(hide_password=False), {role: password})
+    root = Path(tempfile.mkdtemp(prefix="constellation-pgbouncer-"))
+    root.chmod(0o755)  # PgBouncer runs as postgres when the tests run as root
+    pooler = PgBouncer(root / "pgbouncer", free_port(), admin.render_as_string(hide_password=False),
+                       {role: scram_verifier(password)})
+    pooler.write_config()
+    assert password not in (root / "pgbouncer" / "userlist.txt").read_text()
+
+    def url(secret: str) -> str:
+        return make_url(pooler.pooled_url(admin.render_as_string(hide_password=False))).set(
+            drivername="postgresql", username=role, password=secret, database="postgres",
+        ).render_as_string(hide_password=False)
+
+    with psycopg.connect(admin.set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
+        stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()[0]
+    assert stored == scram_verifier(password)
+
+    process = subprocess.Popen(pooler.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", pooler.port), timeout=20, what="PgBouncer", interval=0.1)
+        for _ in range(2):  # the second login finds the server connection the first left in the pool
+            with psycopg.connect(url(password), connect_timeout=5) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (role,)
+        with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+            psycopg.connect(url(password + "x"), connect_timeout=5)
+    finally:
+        process.terminate()
+        process.wait(10)
