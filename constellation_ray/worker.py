@@ -1,4 +1,4 @@
-"""The device worker: one long-lived process per device that holds the model and streams batches.
+"""The device worker: one long-lived process per device that streams batches to the model it holds.
 
 A job's Dagster run admits the job to a device by opening a `steps` row for it (the op runs in the
 device's pool, so Dagster still decides how many jobs a device holds at once). The device's worker
@@ -7,13 +7,15 @@ job, then batch order — and runs the model on it. Three threads keep the devic
 
 - the feeder claims the next batch (row lock, `SKIP LOCKED`, in its own transaction) and reads its
   tiles from the imagery while the device computes the current one;
-- the device thread runs the model, one batch at a time (a device never runs two batches at once);
+- the device thread hands each batch to the device's compute process, which runs the model
+  (`constellation_ray.compute`: an interpreter of its own, so these threads never hold the GIL the
+  model's Python needs), one batch at a time (a device never runs two batches at once);
 - the writer commits a batch's results, its `done` mark, its interval on the device, the job's and
   the step's progress, and the progress event together, then publishes the event.
 
 A crash at any point leaves a batch pending (its transaction rolls back), never half-written or
-doubled; another device the job is admitted to takes it. The worker loads each model version once and
-keeps it on its device. With nothing to do it sleeps on Postgres `LISTEN` (no polling loop).
+doubled; another device the job is admitted to takes it. The compute process loads each model version
+once and keeps it on its device. With nothing to do the worker sleeps on Postgres `LISTEN` (no polling loop).
 
 This module does not import Ray: `constellation_ray.host` wraps `DeviceWorker` in a Ray actor.
 """
