@@ -4,12 +4,15 @@ go away before the run has started, instead of dying (which left the run STARTIN
 
 from __future__ import annotations
 
+import os
+import sys
 from types import SimpleNamespace
 
 import pytest
 from dagster import DagsterRunStatus
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from constellation_core.waiting import wait_for
 from constellation_dagster import zygote
 
 
@@ -118,3 +121,26 @@ def test_run_workers_inherit_the_code_locations_repository_and_jobs_built(monkey
     repository = ReconstructableRepository.for_module("constellation_dagster.definitions", "defs", os.getcwd())
     assert repository.get_reconstructable_job("tile_inference").get_definition().name == "tile_inference"
     assert built == []
+
+
+def test_the_launching_process_starts_its_zygote_as_it_asks_for_the_run_coordinator():
+    """Dagster builds an instance's run launcher only for its first launch; the run queue asks for the
+    coordinator as the daemon starts, and the coordinator builds the launcher then: the zygote is up
+    before the first run (it took that run ~1.8 s longer otherwise)."""
+    import dagster as dg
+
+    from constellation_dagster.instance import WarmRunLauncher
+
+    program = os.path.basename(sys.argv[0])
+    overrides = {
+        "run_launcher": {"module": "constellation_dagster.instance", "class": "WarmRunLauncher",
+                         "config": {"start_in": [program]}},
+        "run_coordinator": {"module": "constellation_dagster.instance", "class": "PromptQueuedRunCoordinator"},
+    }
+    with dg.instance_for_test(overrides=overrides) as instance:
+        instance.run_coordinator  # noqa: B018 - what the run queue daemon does as it starts
+        launcher = instance._run_launcher  # noqa: SLF001 - built, not merely buildable on demand
+        assert isinstance(launcher, WarmRunLauncher)
+        zygote = wait_for(lambda: launcher._zygote, timeout=120, what="the zygote", interval=0.1)  # noqa: SLF001
+        assert zygote.poll() is None
+    zygote.wait(timeout=30)  # disposing the instance closes the zygote's stdin: it exits
