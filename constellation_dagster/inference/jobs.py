@@ -43,8 +43,8 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
         tags={"constellation/mode": "parallel"},
     )
     def parallel() -> None:
-        run_id = plan_tiles()
-        infer([admit(run_id) for admit in admit_ops.values()])
+        planned = plan_tiles()
+        infer(admitted=[admit(planned=planned) for admit in admit_ops.values()])
 
     def serial_job(device: Device) -> dg.JobDefinition:
         @dg.job(
@@ -54,7 +54,7 @@ def build_jobs(devices: list[Device]) -> tuple[dg.JobDefinition, dict[str, dg.Jo
             tags={"constellation/mode": "serial", DEVICE_TAG: device.uuid},
         )
         def serial() -> None:
-            infer([admit_ops[device.uuid](plan_tiles())])
+            infer(admitted=[admit_ops[device.uuid](planned=plan_tiles())])
 
         return serial
 

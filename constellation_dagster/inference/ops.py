@@ -18,8 +18,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from constellation_core import tracing
-from constellation_core.devices import Device, device_spec, from_spec
+from constellation_core.devices import Device, from_spec
 from constellation_core.events import record_event, transition_job
+from constellation_core.tables import gpus as gpus_table
 from constellation_core.tables import jobs, runs, steps, tile_chunks, tiles
 from constellation_core.tiles import plan_tiles as plan_tile_grid
 from constellation_core.vocabulary import DEFAULT_BATCH_SIZE
@@ -93,10 +94,22 @@ def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, 
     return run_id, event is not None
 
 
-# Each op has one output and at most one input (what the next needs): every output and input is a few
-# Dagster events written to Postgres, the bulk of a small job's run-worker CPU (P9).
-@dg.op(out=dg.Out(UUID, description="The `runs` row of this Dagster run (the tiles planned: its metadata)"))
-def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus) -> UUID:
+# The ops pass nothing through Dagster: each finds what it needs in Postgres (this Dagster run's `runs`
+# row, the job's steps on its devices), and their dependencies carry no value (`Nothing`). An output
+# that carries a value is stored by an IO manager (a pickle file per op and run) and costs Dagster
+# events of its own — `HANDLED_OUTPUT`, then `LOADED_INPUT` and `STEP_INPUT` in the next op: 7 of a
+# serial run's 30 events, and Dagster's event writes are the bulk of a small job's run-worker CPU (P9).
+PLANNED = "planned"
+ADMITTED = "admitted"
+
+
+def run_row(conn: Connection, context: dg.OpExecutionContext) -> UUID:
+    """This Dagster run's `runs` row (`plan_tiles` records it)."""
+    return conn.execute(select(runs.c.id).where(runs.c.dagster_run_id == context.run_id)).scalar_one()
+
+
+@dg.op(out=dg.Out(dg.Nothing, description="The job's tiles planned (their count in its metadata)"))
+def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus) -> None:
     """Start the run (job `running`, the run in `runs`), then cover the job's area with web-mercator
     tiles at its zoom and store each with its footprint, in chunks of the job's batch size.
 
@@ -138,7 +151,6 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
         span.set_attributes({"constellation.tiles": len(planned), "constellation.batches": len(chunks),
                              "constellation.zoom": job.zoom})
         context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom})
-    return run_id
 
 
 def make_admit_op(device: Device) -> dg.OpDefinition:
@@ -151,35 +163,39 @@ def make_admit_op(device: Device) -> dg.OpDefinition:
         pool=device.pool,
         description=f"Admit the job to the device worker of {device.label}.",
         tags={"constellation/device": device.uuid},
-        out=dg.Out(dict, description="The job's step on the device: its id, the device and the `runs` row"),
+        ins={PLANNED: dg.In(dg.Nothing)},
+        out=dg.Out(dg.Nothing, description="The job's step on the device opened"),
     )
     def admit(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
-              gpus: GpuFleet, run_id: UUID) -> dict:
+              gpus: GpuFleet) -> None:
         job_id = UUID(config.job_id)
         with through_outages(), op_span(context, f"admit on {device.label}", job_id,
                                         **{"constellation.device.uuid": device.uuid}):
             model_path, model_version = latest_model(context.instance)
             with db.begin() as conn:  # (one transaction: an op run again after an outage admits once)
+                run_id = run_row(conn, context)
                 job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
-                step_id = gpus.admit(conn, job_id=job_id, run_id=run_id, device=device,
-                                     step_key=context.op_handle.name, model_version=model_version,
-                                     model_uri=str(model_path))
+                gpus.admit(conn, job_id=job_id, run_id=run_id, device=device, step_key=context.op_handle.name,
+                           model_version=model_version, model_uri=str(model_path))
                 event = _log(conn, job, job_id, run_id, f"{device.label}: admitted (model {model_version})")
         bus.publish([event])
-        return {"step_id": str(step_id), "device": device_spec(device), "run_id": str(run_id)}
 
     return admit
 
 
-@dg.op(out=dg.Out(int, description="Tiles inferred"))
+@dg.op(ins={ADMITTED: dg.In(dg.Nothing)}, out=dg.Out(dg.Nothing, description="The job inferred (its figures in "
+                                                                               "its metadata)"))
 def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus,
-          gpus: GpuFleet, admitted: list[dict]) -> int:
-    """Follow the job on the devices it was admitted to until none of its batches is pending, the job
-    ends, or its devices are lost; close each device's step with its figures (also on failure), and
+          gpus: GpuFleet) -> None:
+    """Follow the job on the devices this run admitted it to until none of its batches is pending, the
+    job ends, or its devices are lost; close each device's step with its figures (also on failure), and
     record the run's metrics from the batches: tiles, device-seconds (compute time), devices."""
     job_id = UUID(config.job_id)
-    run_id = UUID(admitted[0]["run_id"])
-    steps_on = [(UUID(a["step_id"]), from_spec(a["device"])) for a in admitted]
+    with through_outages(), db.begin() as conn:  # the steps this run's admit ops opened
+        run_id = run_row(conn, context)
+        steps_on = [(row.id, from_spec(row.spec)) for row in conn.execute(
+            select(steps.c.id, gpus_table.c.spec).join(gpus_table, gpus_table.c.id == steps.c.gpu_id)
+            .where(steps.c.job_id == job_id, steps.c.run_id == run_id).order_by(steps.c.started_at))]
     with through_outages(), op_span(context, "infer", job_id, **{"constellation.devices": len(steps_on)}):
         try:
             outcome = gpus.follow(db, job_id, steps_on)
@@ -201,7 +217,6 @@ def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRec
             metrics = run_metrics(conn, job_id)
             conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
     context.add_output_metadata(metrics)
-    return metrics["tiles"]
 
 
 def _close_steps(context: dg.OpExecutionContext, db: SystemOfRecord, bus: EventBus, job_id: UUID, run_id: UUID,
