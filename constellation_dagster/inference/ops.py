@@ -98,7 +98,7 @@ def start_run(context: dg.OpExecutionContext, job_id: UUID, db: SystemOfRecord, 
 # row, the job's steps on its devices), and their dependencies carry no value (`Nothing`). An output
 # that carries a value is stored by an IO manager (a pickle file per op and run) and costs Dagster
 # events of its own — `HANDLED_OUTPUT`, then `LOADED_INPUT` and `STEP_INPUT` in the next op: 7 of a
-# serial run's 30 events, and Dagster's event writes are the bulk of a small job's run-worker CPU (P9).
+# serial run's 29 events, and Dagster's event writes are the bulk of a small job's run-worker CPU (P9).
 PLANNED = "planned"
 ADMITTED = "admitted"
 
