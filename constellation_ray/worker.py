@@ -81,9 +81,9 @@ OPEN_READERS = 4
 # worker's threads) can take longer than the device takes to compute one, above all a job's short last
 # batch: with one read ahead, the device waited for the next job's first batch at each switch (P1b
 # p50 0.08–0.11 s once the model ran in its own process and computed faster). Each read-ahead batch
-# stays locked to this device until it runs.
+# stays locked to this device until it runs (and the feeder holds one more while it waits for room).
 READ_AHEAD = 2
-SWITCH_INTERVAL_S = 0.001
+SWITCH_INTERVAL_S = 0.001  # the worker's GIL switch interval (`serve`)
 
 
 @dataclass(frozen=True)
