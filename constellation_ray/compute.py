@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 
@@ -116,8 +117,6 @@ def main(fd: int, torch_device: str, torch_threads: int) -> None:
         try:
             classifier, loaded = models.get(model_version), False
             if classifier is None:
-                from pathlib import Path
-
                 classifier = models[model_version] = TileClassifier(Path(model_uri), torch_device)
                 loaded = True
             images = np.frombuffer(pixels, dtype=np.dtype(dtype)).reshape(shape)
