@@ -285,8 +285,9 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
                     stuck = conn.execute(text("SELECT id, state, tiles_done, tiles_total, dispatched_at FROM jobs "
                                               "WHERE id = ANY(:ids) AND state NOT IN ('succeeded', 'failed', "
                                               "'canceled')"), {"ids": job_ids}).all()
-                pytest.fail(f"{exc}\nunfinished: {stuck}\n{logs()}\n"
-                            f"{_step_timeline(stack, [str(row.id) for row in stuck])}")
+                # The cause last: a report cut in the middle (as CI's is) still ends with it.
+                pytest.fail(f"{logs()}\n{_step_timeline(stack, [str(row.id) for row in stuck])}\n"
+                            f"{exc}\nunfinished: {stuck}")
             say("drained")
             figures["drain_s"] = round(time.monotonic() - backlog_started, 1)  # first submission → last job ended
 
@@ -367,8 +368,9 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
             if overlapping:
                 problems.append(f"jobs with two live runs at once: {overlapping}")
             engine.dispose()
-            if problems:
-                pytest.fail("\n".join(problems) + f"\n{logs()}")
+            if problems:  # the problems last, after the logs: a report cut in the middle still ends with them
+                pytest.fail(f"{logs()}\n" + "\n".join(problems) + f"\nchaos figures: {json.dumps(figures)}\n"
+                            + "; ".join(problem.split(":")[0] for problem in problems))
     # Nothing the stack started outlives it: no orphan of a killed parent is left running (the Postgres
     # and NATS this test restarted carry the marker too; they are stopped by now). Run workers outlive
     # the daemon by design (it can restart under them); one still running when the stack stopped (a
