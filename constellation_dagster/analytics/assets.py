@@ -168,6 +168,7 @@ def analytics_duckdb(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     from constellation_core.analytics_db import connect, create_views
 
     root = datasets_root()
+    root.mkdir(parents=True, exist_ok=True)  # nothing exported yet: a database with no views
     path = root / "constellation.duckdb"
     metadata = {}
     with connect(path) as conn:
@@ -177,13 +178,20 @@ def analytics_duckdb(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata)
 
 
+# The export and refresh runs carry this tag, and the run queue lets one such run go at a time
+# (`tag_concurrency_limits` in infra/dagster/dagster.yaml): the sensors request a day's exports and
+# then a refresh, so the refresh runs after the exports it follows, in the order requested. Launched
+# side by side, the first refresh of a fresh checkout ran before any export had written a file: it
+# failed, and the DuckDB views stayed missing until the next export.
+ANALYTICS_TAG = "constellation/analytics"
+
 analytics_export = dg.define_asset_job(
     "analytics_export", selection=[tile_results_parquet, run_metrics_parquet], partitions_def=DAILY,
     description="Export one day of results and metrics to Parquet.",
     # Two small steps: in the run worker, not two fresh interpreters competing with inference.
-    executor_def=dg.in_process_executor,
+    executor_def=dg.in_process_executor, tags={ANALYTICS_TAG: "export"},
 )
 analytics_refresh = dg.define_asset_job(
     "analytics_refresh", selection=[analytics_duckdb], description="Refresh the DuckDB views.",
-    executor_def=dg.in_process_executor,
+    executor_def=dg.in_process_executor, tags={ANALYTICS_TAG: "refresh"},
 )
