@@ -72,8 +72,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                               "instance_ref": serialize_value(self._instance.get_ref())})
         with self._lock:
             pid = self._fork(request)
-        identity = f"{pid}:{_start_ticks(pid) or 0}"
-        self._instance.add_run_tags(run.run_id, {WORKER_TAG: identity})
+        self._instance.add_run_tags(run.run_id, {WORKER_TAG: worker_identity(pid)})
         self._instance.report_engine_event(
             f"Run worker forked from the warm zygote (pid {pid}).", run, cls=self.__class__,
         )
@@ -166,6 +165,11 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return fields[0], int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def worker_identity(pid: int) -> str:
+    """What `WORKER_TAG` holds: the run worker's pid and its start time (a reused pid is not the worker)."""
+    return f"{pid}:{_start_ticks(pid) or 0}"
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -161,6 +161,7 @@ def _run_in_child(request: dict, instance: Any) -> int:
         from dagster._utils.interrupts import capture_interrupts
 
         def execute() -> int:
+            _record_worker(instance, run_id)
             with _run_span(run_id, request.get("job_name"), request.get("tags") or {}):
                 return _execute_run_command_body(run_id, instance, lambda _event: None,
                                                  set_exit_code_on_failure=False)
@@ -188,6 +189,16 @@ def _run_in_child(request: dict, instance: Any) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
     return code
+
+
+def _record_worker(instance: Any, run_id: str) -> None:
+    """Tag the run with this worker before the run starts. The launcher tags it too, but only once the
+    zygote has answered with the child's pid, by which time the child may have started the run: run
+    monitoring that found a started run with no worker tag failed it while its worker ran on, and the
+    retry ran beside it (a daemon killed between the fork and its tag left the run so for good)."""
+    from constellation_dagster.instance import WORKER_TAG, worker_identity
+
+    instance.add_run_tags(run_id, {WORKER_TAG: worker_identity(os.getpid())})
 
 
 def _end_job_of_ended_run(instance: Any, run_id: str) -> None:

@@ -164,3 +164,35 @@ def test_export_runs_find_their_libraries_loaded_in_the_zygote():
         for library in ("/pandas/_libs/", "/pyarrow/libarrow.so", "/_duckdb."):
             assert library in maps, f"{library} is not loaded in the zygote"
     zygote.wait(timeout=30)
+
+
+def test_a_run_worker_tags_its_run_with_itself_before_the_run_starts(monkeypatch):
+    """Run monitoring fails a started run whose worker it cannot find; the launcher tags the run only
+    after the zygote answers, so the worker tags it first: a run is never started untagged."""
+    import dagster as dg
+    import dagster._cli.api as dagster_api
+
+    from constellation_dagster.instance import WORKER_TAG, worker_identity
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # no job of ours to end afterwards
+    tagged_at_start = []
+
+    def run_starts(run_id, instance, *_args, **_kwargs) -> int:
+        tagged_at_start.append(instance.get_run_by_id(run_id).tags.get(WORKER_TAG))
+        return 0
+
+    monkeypatch.setattr(dagster_api, "_execute_run_command_body", run_starts)
+
+    @dg.op
+    def nothing() -> None:
+        pass
+
+    @dg.job
+    def a_job() -> None:
+        nothing()
+
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(a_job)
+        code = zygote._run_in_child({"run_id": run.run_id, "job_name": "a_job", "tags": {}}, instance)
+    assert code == 0
+    assert tagged_at_start == [worker_identity(os.getpid())]
