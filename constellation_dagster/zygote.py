@@ -46,8 +46,9 @@ RUN_WORKER_MODULES = ("dagster._cli.api", "dagster._core.execution.api", "dagste
                       "dagster._core.executor.in_process")
 # What the export runs import (`constellation_dagster.analytics.assets`, on first use so that the code
 # server and the inference runs never load them): about 0.5 s of CPU in each export run worker, of the
-# 1.2 s such a run took. pyarrow's allocator starts a thread as it loads: jemalloc's fork handlers make
-# the children's allocator whole again.
+# 1.2 s such a run took. pyarrow's allocator (jemalloc) starts a thread as it loads; its fork handlers
+# reset it in each child (checked: 30 children forked at once wrote and read Parquet, GeoParquet and
+# DuckDB with it loaded).
 EXPORT_MODULES = ("pandas", "geopandas", "pyarrow.parquet", "pyarrow.compute", "pyarrow.dataset",
                   "constellation_core.analytics_db")
 
