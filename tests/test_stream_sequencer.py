@@ -117,3 +117,59 @@ def test_events_committed_while_nats_was_away_reach_subscribers_when_it_is_back(
 
     committed, got = asyncio.run(main())
     assert [e.id for e in got] == [committed.id]
+
+
+def test_an_event_committed_but_never_published_reaches_subscribers_from_postgres(engine, database_url, nats_url,
+                                                                                  make_account, monkeypatch):
+    """A process killed between its commit and its publish (or one that lost Postgres as it committed)
+    never sends its event, with NATS up all along: the hub's periodic look in Postgres fans it out, once;
+    an event NATS brought is not read again."""
+    import nats as nats_client
+    from sqlalchemy import func, insert
+
+    import api.stream.hub as hub_module
+    from api.accounts.auth import Account
+    from api.stream.hub import StreamHub, Subscriber
+    from constellation_core.bus import publisher
+    from constellation_core.db import async_engine
+    from constellation_core.events import record_event
+    from constellation_core.tables import jobs
+
+    monkeypatch.setattr(hub_module, "RECONCILE_SETTLE_S", 0.0)
+    owner = make_account()
+    with engine.begin() as conn:
+        job_id = conn.execute(insert(jobs).values(
+            name="unpublished", state="running", submitted_by=owner.name, account_id=owner.id, zoom=12,
+            aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
+        ).scalar_one()
+
+    async def main() -> tuple[Event, Event, list[Event], list[int]]:
+        nc = await nats_client.connect(nats_url)
+        hub = StreamHub()
+        db = async_engine(database_url)
+        await hub.start(nc, db)
+        subscriber = Subscriber(account=Account(owner.id, owner.name, "member"))
+        hub.add(subscriber)
+        with engine.begin() as conn:  # committed and published: NATS brings it
+            published = record_event(conn, "job.progress", account_id=owner.id, job_id=job_id,
+                                     payload={"tiles_done": 1})
+        await asyncio.to_thread(publisher(nats_url).publish, [published])
+        await asyncio.to_thread(publisher(nats_url).flush)
+        for _ in range(100):  # until NATS has brought it
+            if not subscriber.queue.empty():
+                break
+            await asyncio.sleep(0.05)
+        with engine.begin() as conn:  # committed, never published
+            lost = record_event(conn, "job.state", account_id=owner.id, job_id=job_id, payload={"state": "succeeded"})
+        looks = [await hub.reconcile(), await hub.reconcile()]
+        got = []
+        while not subscriber.queue.empty():
+            got.append(subscriber.queue.get_nowait())
+        await hub.stop()
+        await nc.close()
+        await db.dispose()
+        return published, lost, got, looks
+
+    published, lost, got, looks = asyncio.run(main())
+    assert [e.id for e in got] == [published.id, lost.id]
+    assert looks == [1, 0], "the lost event is fanned out once; the published one is not read again"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +14,7 @@ from uuid import UUID
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import access
@@ -149,6 +149,16 @@ BACKFILL_MARGIN_S = 10
 BACKFILL_ID_MARGIN = 10_000
 BACKFILL_LIMIT = 50_000
 TRACED_PENDING_MAX = 10_000
+# A committed event can also miss NATS with NATS up: its process was killed between its commit and its
+# publish, or Postgres died as it committed and the process never learned that the commit held (the
+# chaos test lost two job states so). While clients are connected, the hub looks in Postgres every
+# RECONCILE_EVERY_S for the events of the last RECONCILE_WINDOW_S it has not seen — those committed over
+# RECONCILE_SETTLE_S ago, which NATS would have brought by then — and fans them out (ids only, then the
+# rows of the missing ones: a query of the last half minute's ids every 5 s).
+RECONCILE_EVERY_S = 5.0
+RECONCILE_WINDOW_S = 30.0
+RECONCILE_SETTLE_S = 2.0
+SEEN_MAX = 500_000  # event ids remembered (two windows' worth, at most this many)
 
 
 class StreamHub:
@@ -163,10 +173,22 @@ class StreamHub:
         self._engine: AsyncEngine | None = None
         self._last_event_id = 0
         self._away_since: float | None = None
+        self._seen: OrderedDict[int, float] = OrderedDict()  # event id → when it was fanned out here
+        self._id_marks: deque[tuple[float, int]] = deque()  # (when, the highest event id known then)
+        self._reconciler: asyncio.Task | None = None
 
     async def start(self, nc: NATS, engine: AsyncEngine | None = None) -> None:
         self._engine = engine
         self._subscription = await nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._on_message)
+        if engine is not None:
+            try:  # what was committed before this API started is for clients to resume from
+                async with engine.connect() as conn:
+                    known = (await conn.execute(select(func.coalesce(func.max(events.c.id), 0)))).scalar_one()
+            except Exception:  # noqa: BLE001 - Postgres away: the first look reads the whole window
+                log.warning("reading the latest event id failed", exc_info=True)
+                known = 0
+            self._id_marks.append((time.time(), known))
+            self._reconciler = asyncio.create_task(self._reconcile_forever())
 
     async def on_disconnected(self) -> None:
         """NATS callback: from now on, events may pass this API by."""
@@ -192,7 +214,50 @@ class StreamHub:
         for event in missed:
             self._accept(event)
 
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY_S)
+            self._forget_seen(time.time())
+            if not self._subscribers:
+                continue
+            try:
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - Postgres away: the next look covers the same window
+                log.warning("looking for events NATS did not bring failed", exc_info=True)
+
+    async def reconcile(self) -> int:
+        """Fan out the events committed over RECONCILE_SETTLE_S and under RECONCILE_WINDOW_S ago that
+        this hub has not seen; how many."""
+        now = time.time()
+        while len(self._id_marks) > 1 and self._id_marks[1][0] <= now - RECONCILE_WINDOW_S:
+            self._id_marks.popleft()
+        floor = self._id_marks[0][1]  # every event past it committed within the window, or later
+        self._id_marks.append((now, max(self._last_event_id, floor)))
+        async with self._engine.connect() as conn:
+            ids = (await conn.execute(
+                select(events.c.id).where(events.c.id > floor,
+                                          events.c.ts >= datetime.fromtimestamp(now - RECONCILE_WINDOW_S, UTC),
+                                          events.c.ts < datetime.fromtimestamp(now - RECONCILE_SETTLE_S, UTC))
+                .limit(BACKFILL_LIMIT))).scalars().all()
+            missing = [event_id for event_id in ids if event_id not in self._seen]
+            if not missing:
+                return 0
+            rows = (await conn.execute(select(events).where(events.c.id.in_(missing)).order_by(events.c.id))).mappings()
+            missed = [Event.model_validate(dict(row)) for row in rows]
+        log.warning("events that NATS did not bring fanned out from Postgres",
+                    extra={"events": len(missed), "ids": missing[:20]})
+        for event in missed:
+            self._accept(event)
+        return len(missed)
+
+    def _forget_seen(self, now: float) -> None:
+        forget_before = now - 2 * RECONCILE_WINDOW_S
+        while self._seen and (len(self._seen) > SEEN_MAX or next(iter(self._seen.values())) < forget_before):
+            self._seen.popitem(last=False)
+
     async def stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
         if self._subscription is not None:
             await self._subscription.unsubscribe()
         for subscriber in list(self._subscribers):
@@ -260,6 +325,9 @@ class StreamHub:
 
     def _accept(self, event: Event) -> None:
         """Fan out the event (and those it releases from the sequencer)."""
+        if event.id in self._seen:
+            return  # brought by NATS and by a look in Postgres: once is enough
+        self._seen[event.id] = time.time()
         self._last_event_id = max(self._last_event_id, event.id)
         for ready in self._sequencer.accept(event):
             self._fan_out(ready)
