@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from constellation_core.devices import simulated_devices
 from constellation_core.tables import jobs, tiles
 from constellation_dagster.definitions import defs
+from constellation_dagster.inference.dispatch import RECONCILE_GRACE_S
 from constellation_dagster.inference.jobs import JOB_ID_TAG, build_jobs
 from constellation_dagster.inference.ops import plan_tiles
 from constellation_dagster.inference.sensors import dispatch_queued_jobs
@@ -52,6 +53,12 @@ def queued_job(engine, make_account):
 
 def test_dispatch_sensor_requests_one_run_per_queued_job(engine, database_url, queued_job):
     resources = {"db": SystemOfRecord(database_url=database_url)}
+    with dg.instance_for_test() as instance:
+        fresh = dispatch_queued_jobs(dg.build_sensor_context(instance=instance, resources=resources))
+        assert fresh.run_requests == [], "a job just submitted is the dispatcher's (it asks in priority order)"
+    with engine.begin() as conn:
+        conn.execute(sql_text("UPDATE jobs SET created_at = now() - make_interval(secs => :s) WHERE id = :id"),
+                     {"id": queued_job, "s": RECONCILE_GRACE_S + 1})
     with dg.instance_for_test() as instance:
         result = dispatch_queued_jobs(dg.build_sensor_context(instance=instance, resources=resources))
         assert [r.run_key for r in result.run_requests] == [str(queued_job)]

@@ -33,6 +33,14 @@ from constellation_dagster.inference.jobs import (
 from constellation_dagster.inference.ops import TRACEPARENT_TAG
 
 DISPATCH_BATCH = 100
+# The reconciler sensor leaves a job that was never asked for to the dispatcher for this long after its
+# submission. The dispatcher asks for jobs one at a time, in priority order, the moment they are
+# queued; a sensor that took every job not yet asked for took the lower-priority end of a burst
+# (up to DISPATCH_BATCH jobs, created as runs after its tick) while the dispatcher went on with later
+# ones, so Dagster's queue (priority, then the order runs were created) started later jobs of the same
+# priority first: 45 of 160 jobs overtaken in a P9 backlog. A dispatcher that is down, or whose
+# launch failed (it hands the job back at once), leaves the job to the sensor after this.
+RECONCILE_GRACE_S = 30.0
 # A Dagster run in one of these may still run its job: while one exists, the job gets no other run.
 LIVE_RUN_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -54,13 +62,14 @@ class Launch:
 
 
 def claim_launches(
-    conn: Connection, instance: dg.DagsterInstance, limit: int = DISPATCH_BATCH
+    conn: Connection, instance: dg.DagsterInstance, limit: int = DISPATCH_BATCH, *, grace_s: float = 0.0
 ) -> tuple[int, list[Launch]]:
-    """Claim up to `limit` due jobs and plan a run for each that has no live Dagster run.
+    """Claim up to `limit` due jobs and plan a run for each that has no live Dagster run; a job never
+    asked for is due once it was submitted `grace_s` ago.
 
     Returns how many jobs were claimed and the launches. The claimed rows stay locked until `conn`'s
     transaction ends: a caller that launches before it commits cannot race another launcher."""
-    rows = _claim_due_jobs(conn, limit)
+    rows = _claim_due_jobs(conn, limit, grace_s)
     if not rows:
         return 0, []
     live = jobs_with_live_runs(instance, [row.id for row in rows])
@@ -102,17 +111,20 @@ def jobs_with_live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> se
     return live | {UUID(record.dagster_run.tags[JOB_ID_TAG]) for record in retrying}
 
 
-def _claim_due_jobs(conn: Connection, limit: int):
-    """Queued jobs not yet asked for (or asked for over the re-dispatch window ago), highest priority
-    first; marks them asked for now."""
+def _claim_due_jobs(conn: Connection, limit: int, grace_s: float = 0.0):
+    """Queued jobs not yet asked for (submitted over `grace_s` ago) or asked for over the re-dispatch
+    window ago, highest priority first; marks them asked for now."""
     window = timedelta(seconds=get_settings().redispatch_after_s)
+    never_asked = jobs.c.dispatched_at.is_(None)
+    if grace_s > 0:
+        never_asked &= jobs.c.created_at < func.now() - timedelta(seconds=grace_s)
     due = (
         select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params,
                jobs.c.created_at, jobs.c.traceparent)
         .where(
             jobs.c.state == "queued",
             jobs.c.dagster_run_id.is_(None),
-            jobs.c.dispatched_at.is_(None) | (jobs.c.dispatched_at < func.now() - window),
+            never_asked | (jobs.c.dispatched_at < func.now() - window),
         )
         .order_by(jobs.c.priority.desc(), jobs.c.created_at)
         .limit(limit)

@@ -11,6 +11,7 @@ from constellation_core import tracing
 from constellation_core.events import transition_job
 from constellation_core.tables import jobs, runs, steps, tile_chunks
 from constellation_dagster.inference.dispatch import (
+    RECONCILE_GRACE_S,
     RETRY_GRACE_S,
     RETRY_NUMBER_TAG,
     WILL_RETRY_TAG,
@@ -33,13 +34,14 @@ RECONCILE_INTERVAL_S = 10
     jobs=ALL_JOBS,
     minimum_interval_seconds=RECONCILE_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Reconciler: launches a run for each queued job the fast-path dispatcher did not (run key = job id).",
+    description="Reconciler: launches a run for each queued job the fast-path dispatcher did not take within "
+                f"{RECONCILE_GRACE_S:.0f} s of its submission (run key = job id).",
 )
 def dispatch_queued_jobs(context: dg.SensorEvaluationContext, db: SystemOfRecord) -> dg.SensorResult:
     # State lives in jobs.dispatched_at rather than a cursor: an id/time cursor can skip a job
     # whose transaction committed late. The launch guard skips jobs that have a live run.
     with db.begin() as conn:
-        _, launches = claim_launches(conn, context.instance)
+        _, launches = claim_launches(conn, context.instance, grace_s=RECONCILE_GRACE_S)
     return dg.SensorResult(run_requests=[
         dg.RunRequest(run_key=str(launch.job_id), job_name=launch.job_name, run_config=launch.run_config,
                       tags=traced_dispatch(launch, "reconciler"))
