@@ -38,7 +38,7 @@ DISPATCH_BATCH = 100
 # queued; a sensor that took every job not yet asked for took the lower-priority end of a burst
 # (up to DISPATCH_BATCH jobs, created as runs after its tick) while the dispatcher went on with later
 # ones, so Dagster's queue (priority, then the order runs were created) started later jobs of the same
-# priority first: 45 of 160 jobs overtaken in a P9 backlog. A dispatcher that is down, or whose
+# priority first: 11–45 of 160 jobs overtaken in a P9 backlog (2 with this). A dispatcher that is down, or whose
 # launch failed (it hands the job back at once), leaves the job to the sensor after this.
 RECONCILE_GRACE_S = 30.0
 # A Dagster run in one of these may still run its job: while one exists, the job gets no other run.
