@@ -5,6 +5,7 @@ cases per operation. No 5xx, and every response (status, content type, body) is 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -69,6 +70,7 @@ def served_api(database_url, nats_url):
         api.stop()
         usage.stop()
         prometheus.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @schema.parametrize()

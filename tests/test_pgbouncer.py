@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -85,6 +86,7 @@ def test_dagsters_pooler_logs_in_again_within_seconds_of_postgres_coming_back():
     finally:
         process.terminate()
         process.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 
@@ -122,3 +124,4 @@ def test_the_pooler_holds_each_service_roles_scram_secret_not_its_password_and_l
     finally:
         process.terminate()
         process.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
