@@ -159,7 +159,8 @@ def test_export_runs_find_their_libraries_loaded_in_the_zygote():
     """An export run's worker inherits pandas, pyarrow and DuckDB from the zygote, loaded once, instead
     of importing them for every export (about 0.5 s of CPU each)."""
     with _launching_instance() as instance:
-        zygote = instance.run_launcher._ensure_zygote()  # noqa: SLF001 - answers once the zygote is ready
+        launcher = instance.run_launcher  # built here: it starts its zygote in a thread of its own
+        zygote = wait_for(lambda: launcher._zygote, timeout=120, what="the zygote", interval=0.1)  # noqa: SLF001
         maps = Path(f"/proc/{zygote.pid}/maps").read_text()
         for library in ("/pandas/_libs/", "/pyarrow/libarrow.so", "/_duckdb."):
             assert library in maps, f"{library} is not loaded in the zygote"
