@@ -223,6 +223,73 @@ def test_a_retry_that_recorded_a_run_row_of_its_own_succeeds_its_job(engine, dat
     assert _job_outcome(engine, queued_job) == ("succeeded", ["succeeded", "succeeded"])
 
 
+def _serial_job_of_one_device(database_url: str, nats_url: str) -> dg.JobDefinition:
+    """The real serial tile-inference job of one simulated device, its resources bound (rebuilt by
+    name for a re-execution)."""
+    from constellation_dagster.resources import EventBus, GpuFleet
+
+    (device,) = simulated_devices(1)
+    _, serial = build_jobs([device])
+    return dg.Definitions(jobs=list(serial.values()), resources={
+        "db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url),
+        "gpus": GpuFleet(simulated_gpus=1)}).get_job_def(serial[device.uuid].name)
+
+
+def test_a_run_retried_from_its_failed_infer_op_follows_the_steps_its_root_run_opened(
+        engine, database_url, nats_url, queued_job, monkeypatch, tmp_path):
+    """Dagster retries a run whose worker died (a SIGKILL during `infer`) from its failure: the retry
+    runs `infer` alone, without `plan_tiles` (which records the run's `runs` row) or the admit ops
+    (which open its steps). It follows the job on the steps of the run it re-executes, and its success
+    ends the job and that run's row."""
+    from constellation_core.tables import runs, steps, tile_chunks
+    from constellation_dagster.inference.sensors import end_job_of_ended_run
+    from constellation_dagster.models.assets import MODEL_ASSET
+    from constellation_dagster.resources import Followed, GpuFleet
+
+    followed: list[list] = []
+
+    def follow(self, db, job_id, admitted):  # the device worker's part: the first run's worker dies
+        followed.append([step_id for step_id, _ in admitted])
+        if len(followed) == 1:
+            raise RuntimeError("run worker killed")
+        with engine.begin() as conn:
+            conn.execute(sql_text("UPDATE tile_chunks SET state = 'done', started_at = now(), finished_at = now() "
+                                  "WHERE job_id = :id"), {"id": job_id})
+        return Followed()
+
+    monkeypatch.setattr(GpuFleet, "follow", follow)
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    job = dg.build_reconstructable_job(__name__, _serial_job_of_one_device.__name__,
+                                       reconstructable_kwargs={"database_url": database_url, "nats_url": nats_url})
+    run_config = {"ops": {node.name: {"config": {"job_id": str(queued_job)}}
+                          for node in _serial_job_of_one_device(database_url, nats_url).graph.nodes}}
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(MODEL_ASSET, metadata={
+            "path": dg.MetadataValue.path(str(tmp_path / "model.pt")), "version": "test"}))
+        with dg.execute_job(job, instance, run_config=run_config, tags={JOB_ID_TAG: str(queued_job)}) as first:
+            assert not first.success
+            root_run_id = first.run_id
+        options = dg.ReexecutionOptions.from_failure(root_run_id, instance)
+        # (Dagster's retry daemon gives a retry its parent's tags; `execute_job` does not)
+        with dg.execute_job(job, instance, reexecution_options=options, tags={JOB_ID_TAG: str(queued_job)}) as retry:
+            failures = [e.message for e in retry.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+            assert retry.success, failures
+            assert [e.step_key for e in retry.all_events if e.event_type == dg.DagsterEventType.STEP_START] \
+                == ["infer"], "the retry re-executes only the op that failed"
+            retry_run_id = retry.run_id
+        assert end_job_of_ended_run(instance, retry_run_id, database_url=database_url, nats_url=nats_url)
+    with engine.connect() as conn:
+        opened = conn.execute(select(steps.c.id).join(runs, runs.c.id == steps.c.run_id)
+                              .where(runs.c.dagster_run_id == root_run_id)).scalars().all()
+        run_rows = conn.execute(select(runs.c.dagster_run_id, runs.c.state, runs.c.metrics["tiles"].as_integer())
+                                .where(runs.c.job_id == queued_job)).all()
+        planned = conn.execute(select(func.sum(tile_chunks.c.tiles)).where(tile_chunks.c.job_id == queued_job)
+                               ).scalar_one()
+    assert followed == [opened, opened], "the retry follows the steps its root run opened"
+    assert run_rows == [(root_run_id, "succeeded", planned)]
+    assert _job_outcome(engine, queued_job)[0] == "succeeded"
+
+
 def test_the_reconciler_ends_a_job_whose_run_ended_without_the_run_status_sensor(
         engine, database_url, nats_url, queued_job, monkeypatch):
     """A run-status sensor tick that failed is never evaluated again (Dagster moves its cursor on): the

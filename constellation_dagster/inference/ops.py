@@ -103,9 +103,35 @@ PLANNED = "planned"
 ADMITTED = "admitted"
 
 
+def run_lineage(run: dg.DagsterRun, instance: dg.DagsterInstance | None = None) -> list[str]:
+    """The run's id, then its parent's, its parent's parent's… to its root's: a run retry and the
+    runs it re-executes (the instance finds each parent; without it, only the parent and the root)."""
+    ids = [run.run_id]
+    parent = run.parent_run_id
+    while parent and parent not in ids:
+        ids.append(parent)
+        ancestor = instance.get_run_by_id(parent) if instance is not None else None
+        parent = ancestor.parent_run_id if ancestor is not None else None
+    if run.root_run_id and run.root_run_id not in ids:
+        ids.append(run.root_run_id)
+    return ids
+
+
 def run_row(conn: Connection, context: dg.OpExecutionContext) -> UUID:
-    """This Dagster run's `runs` row (`plan_tiles` records it)."""
-    return conn.execute(select(runs.c.id).where(runs.c.dagster_run_id == context.run_id)).scalar_one()
+    """This Dagster run's `runs` row (`plan_tiles` records it). A run retry re-executes only the ops
+    that had not succeeded (Dagster's default `FROM_FAILURE` strategy): when its `plan_tiles` did not
+    run, it carries on with the row of the nearest run it re-executes that recorded one, and with the
+    steps that run's admit ops opened (still open: their run worker was killed)."""
+    own = conn.execute(select(runs.c.id).where(runs.c.dagster_run_id == context.run_id)).scalar_one_or_none()
+    if own is not None:
+        return own
+    lineage = run_lineage(context.run, context.instance)
+    rows = dict(conn.execute(select(runs.c.dagster_run_id, runs.c.id).where(runs.c.dagster_run_id.in_(lineage))).all())
+    nearest = next((rows[run_id] for run_id in lineage if run_id in rows), None)
+    if nearest is None:
+        raise dg.Failure(description=f"run {context.run_id} has no runs row, nor has any run it re-executes: "
+                                     "its plan_tiles op never ran")
+    return nearest
 
 
 @dg.op(out=dg.Out(dg.Nothing, description="The job's tiles planned (their count in its metadata)"))

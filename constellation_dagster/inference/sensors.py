@@ -21,7 +21,7 @@ from constellation_dagster.inference.dispatch import (
     runs_to_terminate,
 )
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
-from constellation_dagster.inference.ops import TRACEPARENT_TAG
+from constellation_dagster.inference.ops import TRACEPARENT_TAG, run_lineage
 from constellation_dagster.resources import EventBus, SystemOfRecord
 
 # The dispatcher process launches and terminates runs the moment a job is queued or canceled; the
@@ -71,7 +71,7 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) ->
     def _sensor(context: dg.RunStatusSensorContext, db: SystemOfRecord, bus: EventBus) -> None:
         error = context.dagster_event.message if context.dagster_event else None
         apply_run_outcome(context.log, db, bus, context.dagster_run, status, error,
-                          retries_enabled=context.instance.run_retries_enabled)
+                          retries_enabled=context.instance.run_retries_enabled, instance=context.instance)
 
     return _sensor
 
@@ -108,7 +108,8 @@ OUTCOMES = {dg.DagsterRunStatus.SUCCESS: "succeeded", dg.DagsterRunStatus.FAILUR
 
 
 def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun, status: dg.DagsterRunStatus,
-                      error: str | None, retries_enabled: bool = False) -> bool:
+                      error: str | None, retries_enabled: bool = False,
+                      instance: dg.DagsterInstance | None = None) -> bool:
     """Put a finished Dagster run's outcome on its job (and publish it); False when there is nothing to
     do: no job, a failed run Dagster retries, or the job already ended."""
     job_id = run.tags.get(JOB_ID_TAG)
@@ -129,7 +130,7 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
     tracing.setup("constellation-dagster-sensors")
     with tracing.span_of_job("end job", run.tags.get(TRACEPARENT_TAG), job_id=job_id,
                              attributes={"dagster.run_id": run.run_id, "dagster.run_status": status.value}) as span:
-        event = _end_job(log, db, run, job_id, status, outcome, error)
+        event = _end_job(log, db, run, job_id, status, outcome, error, instance)
         span.set_attribute("constellation.job.state", event.payload["state"] if event else "unchanged")
         if event is None:
             return False
@@ -138,7 +139,7 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
 
 
 def _end_job(log, db: SystemOfRecord, run: dg.DagsterRun, job_id: str, status: dg.DagsterRunStatus, outcome: str,
-             error: str | None):
+             error: str | None, instance: dg.DagsterInstance | None):
     with db.begin() as conn:
         if status == dg.DagsterRunStatus.FAILURE and _every_batch_done(conn, UUID(job_id)):
             # The run worker ended after the job's last batch committed (killed, or interrupted
@@ -146,15 +147,17 @@ def _end_job(log, db: SystemOfRecord, run: dg.DagsterRun, job_id: str, status: d
             # to run, and the user's job is complete — every tile inferred once.
             outcome = "succeeded"
             log.info(f"run {run.run_id} failed after every batch of job {job_id} was done: {error}")
-        # A re-executed run (run retry) reuses its root run's `runs` row; one that had to run
-        # `start_run` again (its root failed before recording it) has a row of its own: both end.
+        # A re-executed run (run retry) reuses the `runs` row of the nearest run it re-executes that
+        # recorded one (`ops.run_row`); one that had to run `start_run` again (its parent failed before
+        # recording it) has a row of its own: all of them end.
+        lineage = run_lineage(run, instance)
         rows = dict(conn.execute(
             update(runs)
-            .where(runs.c.dagster_run_id.in_([run.run_id, run.root_run_id or run.run_id]))
+            .where(runs.c.dagster_run_id.in_(lineage))
             .values(state=outcome, finished_at=func.now())
             .returning(runs.c.dagster_run_id, runs.c.id)
         ).all())
-        run_row = rows.get(run.run_id) or rows.get(run.root_run_id)
+        run_row = next((rows[run_id] for run_id in lineage if run_id in rows), None)
         # A step whose process was killed never closed its `steps` row: the device would look
         # busy forever. The run has ended, so none of its steps still holds a device.
         conn.execute(
@@ -224,7 +227,8 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
             continue
         failure = run_failure_message(context.instance, run.run_id) if run.status == dg.DagsterRunStatus.FAILURE \
             else None
-        if apply_run_outcome(context.log, db, bus, run, run.status, failure, retries_enabled=retries):
+        if apply_run_outcome(context.log, db, bus, run, run.status, failure, retries_enabled=retries,
+                             instance=context.instance):
             context.log.info(f"job {job_id} had missed the end of its run {run.run_id} ({run.status.value})")
             ended += 1
     requests = []
@@ -299,7 +303,7 @@ def end_job_of_ended_run(instance: dg.DagsterInstance, run_id: str, *, database_
         return False
     return apply_run_outcome(logging.getLogger(__name__), SystemOfRecord(database_url=database_url),
                              EventBus(nats_url=nats_url), run, run.status, error,
-                             retries_enabled=instance.run_retries_enabled)
+                             retries_enabled=instance.run_retries_enabled, instance=instance)
 
 
 @dg.sensor(
