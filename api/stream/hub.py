@@ -200,19 +200,14 @@ class StreamHub:
         away_since, self._away_since = self._away_since, None
         if away_since is None or self._engine is None:
             return
-        since = datetime.fromtimestamp(away_since - BACKFILL_MARGIN_S, UTC)
-        query = (select(events).where(events.c.id > self._last_event_id - BACKFILL_ID_MARGIN, events.c.ts >= since)
-                 .order_by(events.c.id).limit(BACKFILL_LIMIT))
+        since = away_since - BACKFILL_MARGIN_S
         try:
-            async with self._engine.connect() as conn:
-                missed = [Event.model_validate(dict(row)) for row in (await conn.execute(query)).mappings()]
+            missed = await self._fan_out_unseen(after_id=self._last_event_id - BACKFILL_ID_MARGIN, since=since)
         except Exception:  # noqa: BLE001 - Postgres away too: clients resume from `events` when they reconnect
             log.warning("reading the events NATS may have missed failed", exc_info=True)
             return
         log.info("NATS is back: events committed meanwhile fanned out from Postgres",
-                 extra={"events": len(missed), "since": since.isoformat()})
-        for event in missed:
-            self._accept(event)
+                 extra={"events": len(missed), "since": datetime.fromtimestamp(since, UTC).isoformat()})
 
     async def _reconcile_forever(self) -> None:
         while True:
@@ -233,22 +228,30 @@ class StreamHub:
             self._id_marks.popleft()
         floor = self._id_marks[0][1]  # every event past it committed within the window, or later
         self._id_marks.append((now, max(self._last_event_id, floor)))
+        missed = await self._fan_out_unseen(after_id=floor, since=now - RECONCILE_WINDOW_S,
+                                             until=now - RECONCILE_SETTLE_S)
+        if missed:
+            log.warning("events that NATS did not bring fanned out from Postgres",
+                        extra={"events": len(missed), "ids": missed[:20]})
+        return len(missed)
+
+    async def _fan_out_unseen(self, *, after_id: int, since: float, until: float | None = None) -> list[int]:
+        """Fan out the events with ids past `after_id`, committed from `since` (until `until`), that
+        this hub has not seen; their ids. Reads the window's ids, then the rows of the missing ones."""
+        window = [events.c.id > after_id, events.c.ts >= datetime.fromtimestamp(since, UTC)]
+        if until is not None:
+            window.append(events.c.ts < datetime.fromtimestamp(until, UTC))
         async with self._engine.connect() as conn:
-            ids = (await conn.execute(
-                select(events.c.id).where(events.c.id > floor,
-                                          events.c.ts >= datetime.fromtimestamp(now - RECONCILE_WINDOW_S, UTC),
-                                          events.c.ts < datetime.fromtimestamp(now - RECONCILE_SETTLE_S, UTC))
-                .limit(BACKFILL_LIMIT))).scalars().all()
+            ids = (await conn.execute(select(events.c.id).where(*window).order_by(events.c.id)
+                                      .limit(BACKFILL_LIMIT))).scalars().all()
             missing = [event_id for event_id in ids if event_id not in self._seen]
             if not missing:
-                return 0
+                return []
             rows = (await conn.execute(select(events).where(events.c.id.in_(missing)).order_by(events.c.id))).mappings()
             missed = [Event.model_validate(dict(row)) for row in rows]
-        log.warning("events that NATS did not bring fanned out from Postgres",
-                    extra={"events": len(missed), "ids": missing[:20]})
         for event in missed:
             self._accept(event)
-        return len(missed)
+        return missing
 
     def _forget_seen(self, now: float) -> None:
         forget_before = now - 2 * RECONCILE_WINDOW_S
