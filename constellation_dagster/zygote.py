@@ -196,7 +196,8 @@ def _record_worker(instance: Any, run_id: str) -> None:
     """Tag the run with this worker before the run starts. The launcher tags it too, but only once the
     zygote has answered with the child's pid, by which time the child may have started the run: run
     monitoring that found a started run with no worker tag failed it while its worker ran on, and the
-    retry ran beside it (a daemon killed between the fork and its tag left the run so for good)."""
+    retry ran beside it (a daemon killed between the fork and its tag left the run so for good). The
+    launcher's tag stays: it lets a cancel reach this worker while it waits for Postgres, before this."""
     from constellation_dagster.instance import WORKER_TAG, worker_identity
 
     instance.add_run_tags(run_id, {WORKER_TAG: worker_identity(os.getpid())})
