@@ -161,14 +161,14 @@ def nvml_state(devices: list[Device]) -> dict[str, DeviceState]:
         pynvml.nvmlShutdown()
 
 
-def choose_device(devices: list[Device], open_steps: dict[str, int]) -> Device:
-    """The device a new serial job should run on: fewest open inference steps, then (NVIDIA devices)
-    the least utilized, then the most free memory, then the lowest index."""
+def choose_device(devices: list[Device], work_ahead: dict[str, float]) -> Device:
+    """The device a new serial job should run on: the least work ahead of it (device uuid → tiles),
+    then (NVIDIA devices) the least utilized, then the most free memory, then the lowest index."""
     states = nvml_state(devices)
 
     def key(device: Device) -> tuple:
         state = states.get(device.uuid)
-        return (open_steps.get(device.uuid, 0), state.utilization_pct if state else 0,
+        return (work_ahead.get(device.uuid, 0), state.utilization_pct if state else 0,
                 -state.free_mem_mb if state else 0, device.index)
 
     return min(devices, key=key)

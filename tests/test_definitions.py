@@ -81,6 +81,47 @@ def test_dispatch_sensor_requests_one_run_per_queued_job(engine, database_url, q
         assert conn.execute(select(jobs.c.dispatched_at).where(jobs.c.id == queued_job)).scalar_one()
 
 
+def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine, make_account, monkeypatch):
+    """Not the device with the fewest jobs: one 3,000-tile job holds sim0 longer than three 100-tile
+    jobs hold sim1. Work of a lower priority is not ahead (a device worker takes the highest-priority
+    job's batches first), and each choice counts for the next job claimed with it."""
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from constellation_dagster.inference import dispatch
+
+    devices = simulated_devices(2)
+    parallel, serial = build_jobs(devices)
+    monkeypatch.setattr(dispatch, "DEVICES", devices)
+    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
+    monkeypatch.setattr(dispatch, "tile_inference", parallel)
+    account = make_account()
+
+    def job(priority: int, tiles: int) -> SimpleNamespace:
+        with engine.begin() as conn:
+            job_id = conn.execute(insert(jobs).values(
+                name="placement", priority=priority, state="queued", submitted_by=account.name,
+                account_id=account.id, zoom=12, tiles_total=tiles, params={"mode": "serial"},
+                aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
+            ).scalar_one()
+        return SimpleNamespace(id=job_id, priority=priority, tiles_total=tiles, params={"mode": "serial"},
+                               submitted_by=account.name, correlation_id=None, traceparent=None, created_at=None)
+
+    with dg.instance_for_test() as instance:
+        for device, priority, tiles in [(devices[0], 0, 3000)] + [(devices[1], 5, 100)] * 3:
+            instance.add_run(dg.DagsterRun(job_name=serial[device.uuid].name, run_id=str(uuid4()),
+                                           status=dg.DagsterRunStatus.STARTED,
+                                           tags={JOB_ID_TAG: str(job(priority, tiles).id)}))
+        urgent, bulk, next_bulk = job(5, 200), job(0, 4000), job(0, 200)
+        with engine.begin() as conn:
+            launches = dispatch.plan_launches(conn, instance, [urgent, bulk, next_bulk])
+    assert [launch.job_name for launch in launches] == [
+        "tile_inference_on_sim0",  # only the 300 tiles of priority 5 on sim1 are ahead of it
+        "tile_inference_on_sim1",  # sim0: 3,000 + 200 tiles ahead; sim1: 300
+        "tile_inference_on_sim0",  # sim0: 3,200; sim1: 300 + the 4,000 just placed there
+    ]
+
+
 def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, queued_job):
     from constellation_core.waiting import free_port
     from constellation_dagster.dispatcher import dispatch_once, graphql_client

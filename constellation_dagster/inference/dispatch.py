@@ -20,7 +20,7 @@ from sqlalchemy import Connection, func, select, update
 from constellation_core import tracing
 from constellation_core.devices import choose_device
 from constellation_core.settings import get_settings
-from constellation_core.tables import gpus, jobs, steps
+from constellation_core.tables import jobs
 from constellation_dagster.inference.jobs import (
     ACCOUNT_TAG,
     ALL_JOBS,
@@ -120,7 +120,7 @@ def _claim_due_jobs(conn: Connection, limit: int, grace_s: float = 0.0):
         never_asked &= jobs.c.created_at < func.now() - timedelta(seconds=grace_s)
     due = (
         select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params,
-               jobs.c.created_at, jobs.c.traceparent)
+               jobs.c.created_at, jobs.c.traceparent, jobs.c.tiles_total)
         .where(
             jobs.c.state == "queued",
             jobs.c.dagster_run_id.is_(None),
@@ -143,17 +143,21 @@ def release(conn: Connection, job_ids: list[UUID]) -> None:
 
 def plan_launches(conn: Connection, instance: dg.DagsterInstance, rows) -> list[Launch]:
     """The run for each claimed job: `tile_inference` for parallel jobs; for serial jobs the job of
-    the least loaded device now — its open steps plus the serial runs already assigned to it and not
-    finished (queued in Dagster included), then NVML utilization and free memory. Each choice
-    counts, so serial jobs submitted together spread out."""
-    busy = _device_load(conn, instance) if any(row.params.get("mode") == "serial" for row in rows) else {}
+    the device where it starts soonest: the one with the fewest tiles left to infer, before it, of the
+    jobs of the same or higher priority that run or wait there (a device worker takes the
+    highest-priority job's batches first); then NVML utilization and free memory. Each choice counts,
+    so serial jobs claimed together spread out by their sizes."""
+    ahead = _work_ahead(conn, instance) if any(row.params.get("mode") == "serial" for row in rows) else []
     launches = []
     for row in rows:
         job = tile_inference
+        tiles = row.tiles_total or 0
         if row.params.get("mode") == "serial":
-            device = choose_device(DEVICES, busy)
-            busy[device.uuid] = busy.get(device.uuid, 0) + 1
+            device = choose_device(DEVICES, _tiles_before(ahead, row.priority))
+            ahead.append((device.uuid, row.priority, tiles))
             job = next(j for j in ALL_JOBS if j.name == serial_job_name(device))
+        else:  # its batches go to every device: a share of them is ahead of later jobs on each
+            ahead.extend((device.uuid, row.priority, tiles / len(DEVICES)) for device in DEVICES)
         launches.append(
             Launch(
                 job_id=row.id,
@@ -173,22 +177,38 @@ def plan_launches(conn: Connection, instance: dg.DagsterInstance, rows) -> list[
     return launches
 
 
-def _device_load(conn: Connection, instance: dg.DagsterInstance) -> dict[str, int]:
-    """Device uuid → the serial runs assigned to it and not finished, plus the parallel jobs' steps on it."""
-    parallel_steps = (
-        select(steps.c.gpu_id, steps.c.id).join(jobs, jobs.c.id == steps.c.job_id)
-        .where(steps.c.finished_at.is_(None), jobs.c.params["mode"].astext == "parallel").subquery()
-    )
-    rows = conn.execute(
-        select(gpus.c.uuid, func.count(parallel_steps.c.id))
-        .select_from(gpus.outerjoin(parallel_steps, parallel_steps.c.gpu_id == gpus.c.id))
-        .group_by(gpus.c.uuid)
+def _tiles_before(ahead: list[tuple[str, int, float]], priority: int) -> dict[str, float]:
+    """Device uuid → the tiles a new job of this priority would wait for there."""
+    before: dict[str, float] = {}
+    for device_uuid, job_priority, tiles in ahead:
+        if job_priority >= priority:
+            before[device_uuid] = before.get(device_uuid, 0) + tiles
+    return before
+
+
+def _work_ahead(conn: Connection, instance: dg.DagsterInstance) -> list[tuple[str, int, float]]:
+    """(device uuid, priority, tiles not yet inferred) of each job with a live run: a serial job on its
+    device, a parallel job's share on each device."""
+    on_device = {serial_job_name(device): device.uuid for device in DEVICES}
+    live = {}
+    for record in instance.get_run_records(dg.RunsFilter(job_name=None, statuses=LIVE_RUN_STATUSES)):
+        run = record.dagster_run
+        if run.tags.get(JOB_ID_TAG) and (run.job_name in on_device or run.job_name == tile_inference.name):
+            live[UUID(run.tags[JOB_ID_TAG])] = on_device.get(run.job_name)
+    if not live:
+        return []
+    left = conn.execute(
+        select(jobs.c.id, jobs.c.priority, func.greatest(func.coalesce(jobs.c.tiles_total, 0) - jobs.c.tiles_done, 0))
+        .where(jobs.c.id.in_(list(live)))
     ).all()
-    load = {uuid: count for uuid, count in rows}
-    for device in DEVICES:
-        load[device.uuid] = load.get(device.uuid, 0) + instance.get_runs_count(
-            dg.RunsFilter(job_name=serial_job_name(device), statuses=LIVE_RUN_STATUSES))
-    return load
+    ahead = []
+    for job_id, priority, tiles in left:
+        device_uuid = live[job_id]
+        if device_uuid is not None:
+            ahead.append((device_uuid, priority, float(tiles)))
+        else:
+            ahead.extend((device.uuid, priority, tiles / len(DEVICES)) for device in DEVICES)
+    return ahead
 
 
 @contextmanager

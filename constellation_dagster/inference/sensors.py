@@ -237,7 +237,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
         with db.begin() as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.priority, jobs.c.submitted_by, jobs.c.correlation_id, jobs.c.params,
-                       jobs.c.traceparent)
+                       jobs.c.traceparent, jobs.c.tiles_total)
                 .where(jobs.c.id.in_(list(unretried)), jobs.c.state == "running")
             ).all()
             launches = plan_launches(conn, context.instance, rows)
