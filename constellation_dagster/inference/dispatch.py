@@ -191,7 +191,7 @@ def _work_ahead(conn: Connection, instance: dg.DagsterInstance) -> list[tuple[st
     device, a parallel job's share on each device."""
     on_device = {serial_job_name(device): device.uuid for device in DEVICES}
     live = {}
-    for record in instance.get_run_records(dg.RunsFilter(job_name=None, statuses=LIVE_RUN_STATUSES)):
+    for record in instance.get_run_records(dg.RunsFilter(statuses=LIVE_RUN_STATUSES)):
         run = record.dagster_run
         if run.tags.get(JOB_ID_TAG) and (run.job_name in on_device or run.job_name == tile_inference.name):
             live[UUID(run.tags[JOB_ID_TAG])] = on_device.get(run.job_name)
