@@ -115,6 +115,8 @@ jobs = Table(
     Column("finished_at", DateTime(timezone=True)),
     # When its first batch was done (0013): the submit → first batch wait.
     Column("first_batch_at", DateTime(timezone=True)),
+    # The device a serial job's run is bound to, set as the run is launched (0014; NULL: every device).
+    Column("device_uuid", Text),
     Column("submitted_by", Text, nullable=False),
     Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
     Column("area_id", UUID(as_uuid=True), ForeignKey("areas.id")),

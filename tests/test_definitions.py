@@ -84,9 +84,9 @@ def test_dispatch_sensor_requests_one_run_per_queued_job(engine, database_url, q
 def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine, make_account, monkeypatch):
     """Not the device with the fewest jobs: one 3,000-tile job holds sim0 longer than three 100-tile
     jobs hold sim1. Work of a lower priority is not ahead (a device worker takes the highest-priority
-    job's batches first), and each choice counts for the next job claimed with it."""
+    job's batches first), each choice counts for the next job claimed with it, and each is recorded
+    on its job."""
     from types import SimpleNamespace
-    from uuid import uuid4
 
     from constellation_dagster.inference import dispatch
 
@@ -97,29 +97,32 @@ def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine,
     monkeypatch.setattr(dispatch, "tile_inference", parallel)
     account = make_account()
 
-    def job(priority: int, tiles: int) -> SimpleNamespace:
+    def job(priority: int, tiles: int, **launched) -> SimpleNamespace:
         with engine.begin() as conn:
             job_id = conn.execute(insert(jobs).values(
-                name="placement", priority=priority, state="queued", submitted_by=account.name,
-                account_id=account.id, zoom=12, tiles_total=tiles, params={"mode": "serial"},
+                name="placement", priority=priority, submitted_by=account.name, account_id=account.id, zoom=12,
+                tiles_total=tiles, params={"mode": "serial"}, **{"state": "queued", **launched},
                 aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
             ).scalar_one()
         return SimpleNamespace(id=job_id, priority=priority, tiles_total=tiles, params={"mode": "serial"},
                                submitted_by=account.name, correlation_id=None, traceparent=None, created_at=None)
 
-    with dg.instance_for_test() as instance:
-        for device, priority, tiles in [(devices[0], 0, 3000)] + [(devices[1], 5, 100)] * 3:
-            instance.add_run(dg.DagsterRun(job_name=serial[device.uuid].name, run_id=str(uuid4()),
-                                           status=dg.DagsterRunStatus.STARTED,
-                                           tags={JOB_ID_TAG: str(job(priority, tiles).id)}))
-        urgent, bulk, next_bulk = job(5, 200), job(0, 4000), job(0, 200)
-        with engine.begin() as conn:
-            launches = dispatch.plan_launches(conn, instance, [urgent, bulk, next_bulk])
+    job(0, 3000, state="running", tiles_done=0, device_uuid=devices[0].uuid)
+    for _ in range(3):
+        job(5, 100, dispatched_at=func.now(), device_uuid=devices[1].uuid)  # runs asked for, still queued
+    job(0, 10_000, device_uuid=devices[1].uuid)  # not launched (yet): not ahead of anything
+    urgent, bulk, next_bulk = job(5, 200), job(0, 4000), job(0, 200)
+    with engine.begin() as conn:
+        launches = dispatch.plan_launches(conn, [urgent, bulk, next_bulk])
     assert [launch.job_name for launch in launches] == [
         "tile_inference_on_sim0",  # only the 300 tiles of priority 5 on sim1 are ahead of it
         "tile_inference_on_sim1",  # sim0: 3,000 + 200 tiles ahead; sim1: 300
         "tile_inference_on_sim0",  # sim0: 3,200; sim1: 300 + the 4,000 just placed there
     ]
+    with engine.connect() as conn:
+        bound = dict(conn.execute(select(jobs.c.id, jobs.c.device_uuid).where(
+            jobs.c.id.in_([urgent.id, bulk.id, next_bulk.id]))).all())
+    assert [bound[j.id] for j in (urgent, bulk, next_bulk)] == [devices[0].uuid, devices[1].uuid, devices[0].uuid]
 
 
 def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, queued_job):

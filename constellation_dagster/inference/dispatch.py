@@ -73,7 +73,7 @@ def claim_launches(
     if not rows:
         return 0, []
     live = jobs_with_live_runs(instance, [row.id for row in rows])
-    return len(rows), plan_launches(conn, instance, [row for row in rows if row.id not in live])
+    return len(rows), plan_launches(conn, [row for row in rows if row.id not in live])
 
 
 def live_runs(instance: dg.DagsterInstance, job_ids: list[UUID]) -> list[dg.DagsterRun]:
@@ -141,13 +141,14 @@ def release(conn: Connection, job_ids: list[UUID]) -> None:
     conn.execute(update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.state == "queued").values(dispatched_at=None))
 
 
-def plan_launches(conn: Connection, instance: dg.DagsterInstance, rows) -> list[Launch]:
+def plan_launches(conn: Connection, rows) -> list[Launch]:
     """The run for each claimed job: `tile_inference` for parallel jobs; for serial jobs the job of
     the device where it starts soonest: the one with the fewest tiles left to infer, before it, of the
-    jobs of the same or higher priority that run or wait there (a device worker takes the
-    highest-priority job's batches first); then NVML utilization and free memory. Each choice counts,
-    so serial jobs claimed together spread out by their sizes."""
-    ahead = _work_ahead(conn, instance) if any(row.params.get("mode") == "serial" for row in rows) else []
+    launched jobs of the same or higher priority bound to it (a device worker takes the highest-priority
+    job's batches first; a parallel job counts its share on each device); then NVML utilization and
+    free memory. The choice is recorded on the job (`jobs.device_uuid`, in `conn`'s transaction) and
+    counts for the next one, so serial jobs claimed together spread out by their sizes."""
+    ahead = _work_ahead(conn) if any(row.params.get("mode") == "serial" for row in rows) else []
     launches = []
     for row in rows:
         job = tile_inference
@@ -155,8 +156,9 @@ def plan_launches(conn: Connection, instance: dg.DagsterInstance, rows) -> list[
         if row.params.get("mode") == "serial":
             device = choose_device(DEVICES, _tiles_before(ahead, row.priority))
             ahead.append((device.uuid, row.priority, tiles))
+            conn.execute(update(jobs).where(jobs.c.id == row.id).values(device_uuid=device.uuid))
             job = next(j for j in ALL_JOBS if j.name == serial_job_name(device))
-        else:  # its batches go to every device: a share of them is ahead of later jobs on each
+        else:
             ahead.extend((device.uuid, row.priority, tiles / len(DEVICES)) for device in DEVICES)
         launches.append(
             Launch(
@@ -186,28 +188,22 @@ def _tiles_before(ahead: list[tuple[str, int, float]], priority: int) -> dict[st
     return before
 
 
-def _work_ahead(conn: Connection, instance: dg.DagsterInstance) -> list[tuple[str, int, float]]:
-    """(device uuid, priority, tiles not yet inferred) of each job with a live run: a serial job on its
-    device, a parallel job's share on each device."""
-    on_device = {serial_job_name(device): device.uuid for device in DEVICES}
-    live = {}
-    for record in instance.get_run_records(dg.RunsFilter(statuses=LIVE_RUN_STATUSES)):
-        run = record.dagster_run
-        if run.tags.get(JOB_ID_TAG) and (run.job_name in on_device or run.job_name == tile_inference.name):
-            live[UUID(run.tags[JOB_ID_TAG])] = on_device.get(run.job_name)
-    if not live:
-        return []
-    left = conn.execute(
-        select(jobs.c.id, jobs.c.priority, func.greatest(func.coalesce(jobs.c.tiles_total, 0) - jobs.c.tiles_done, 0))
-        .where(jobs.c.id.in_(list(live)))
+def _work_ahead(conn: Connection) -> list[tuple[str, int, float]]:
+    """(device uuid, priority, tiles not yet inferred) of the launched jobs — running, or queued with a
+    run asked for — by device and priority: a serial job on the device it is bound to, a parallel job
+    (no device) a share on each device. One query on `jobs`, whatever the size of Dagster's queue."""
+    left = func.sum(func.greatest(func.coalesce(jobs.c.tiles_total, 0) - jobs.c.tiles_done, 0))
+    rows = conn.execute(
+        select(jobs.c.device_uuid, jobs.c.priority, left)
+        .where((jobs.c.state == "running") | ((jobs.c.state == "queued") & jobs.c.dispatched_at.is_not(None)))
+        .group_by(jobs.c.device_uuid, jobs.c.priority)
     ).all()
     ahead = []
-    for job_id, priority, tiles in left:
-        device_uuid = live[job_id]
+    for device_uuid, priority, tiles in rows:
         if device_uuid is not None:
             ahead.append((device_uuid, priority, float(tiles)))
         else:
-            ahead.extend((device.uuid, priority, tiles / len(DEVICES)) for device in DEVICES)
+            ahead.extend((device.uuid, priority, float(tiles) / len(DEVICES)) for device in DEVICES)
     return ahead
 
 

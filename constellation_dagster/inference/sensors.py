@@ -240,7 +240,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
                        jobs.c.traceparent, jobs.c.tiles_total)
                 .where(jobs.c.id.in_(list(unretried)), jobs.c.state == "running")
             ).all()
-            launches = plan_launches(conn, context.instance, rows)
+            launches = plan_launches(conn, rows)
         for launch in launches:
             failed_run = unretried[launch.job_id]
             context.instance.add_run_tags(failed_run, {WILL_RETRY_TAG: "false", RELAUNCHED_TAG: "true"})
