@@ -111,7 +111,9 @@ def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine,
     for _ in range(3):
         job(5, 100, dispatched_at=func.now(), device_uuid=devices[1].uuid)  # runs asked for, still queued
     job(0, 10_000, device_uuid=devices[1].uuid)  # not launched (yet): not ahead of anything
-    urgent, bulk, next_bulk = job(5, 200), job(0, 4000), job(0, 200)
+    # as claimed: asked for now; `bulk` asked for again (its earlier run was bound to sim0)
+    urgent, next_bulk = job(5, 200, dispatched_at=func.now()), job(0, 200, dispatched_at=func.now())
+    bulk = job(0, 4000, dispatched_at=func.now(), device_uuid=devices[0].uuid)
     with engine.begin() as conn:
         launches = dispatch.plan_launches(conn, [urgent, bulk, next_bulk])
     assert [launch.job_name for launch in launches] == [

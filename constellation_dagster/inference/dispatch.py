@@ -148,7 +148,8 @@ def plan_launches(conn: Connection, rows) -> list[Launch]:
     job's batches first; a parallel job counts its share on each device); then NVML utilization and
     free memory. The choice is recorded on the job (`jobs.device_uuid`, in `conn`'s transaction) and
     counts for the next one, so serial jobs claimed together spread out by their sizes."""
-    ahead = _work_ahead(conn) if any(row.params.get("mode") == "serial" for row in rows) else []
+    serial = any(row.params.get("mode") == "serial" for row in rows)
+    ahead = _work_ahead(conn, excluding=[row.id for row in rows]) if serial else []
     launches = []
     for row in rows:
         job = tile_inference
@@ -188,14 +189,16 @@ def _tiles_before(ahead: list[tuple[str, int, float]], priority: int) -> dict[st
     return before
 
 
-def _work_ahead(conn: Connection) -> list[tuple[str, int, float]]:
+def _work_ahead(conn: Connection, excluding: list[UUID]) -> list[tuple[str, int, float]]:
     """(device uuid, priority, tiles not yet inferred) of the launched jobs — running, or queued with a
-    run asked for — by device and priority: a serial job on the device it is bound to, a parallel job
-    (no device) a share on each device. One query on `jobs`, whatever the size of Dagster's queue."""
+    run asked for — but those being placed now, by device and priority: a serial job on the device it
+    is bound to, a parallel job (no device) a share on each device. One query on `jobs`, whatever the
+    size of Dagster's queue."""
     left = func.sum(func.greatest(func.coalesce(jobs.c.tiles_total, 0) - jobs.c.tiles_done, 0))
     rows = conn.execute(
         select(jobs.c.device_uuid, jobs.c.priority, left)
-        .where((jobs.c.state == "running") | ((jobs.c.state == "queued") & jobs.c.dispatched_at.is_not(None)))
+        .where((jobs.c.state == "running") | ((jobs.c.state == "queued") & jobs.c.dispatched_at.is_not(None)),
+               jobs.c.id.not_in(excluding))
         .group_by(jobs.c.device_uuid, jobs.c.priority)
     ).all()
     ahead = []
