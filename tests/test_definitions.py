@@ -37,18 +37,18 @@ def test_definitions_load_with_one_pool_per_device():
     assert defs.get_assets_def("landcover_model")
 
 
+def _insert_job(engine, account, **values):
+    """A queued job of `account` over a small square at zoom 12; `values` set or replace its columns."""
+    with engine.begin() as conn:
+        return conn.execute(insert(jobs).values(**{
+            "name": "sensor test", "state": "queued", "submitted_by": account.name, "account_id": account.id,
+            "zoom": 12, "aoi": func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326), **values,
+        }).returning(jobs.c.id)).scalar_one()
+
+
 @pytest.fixture
 def queued_job(engine, make_account):
-    account = make_account()
-    with engine.begin() as conn:
-        job_id = conn.execute(
-            insert(jobs)
-            .values(name="sensor test", priority=7, state="queued", submitted_by=account.name,
-                    account_id=account.id, zoom=12, correlation_id="corr-1",
-                    aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326))
-            .returning(jobs.c.id)
-        ).scalar_one()
-    return job_id
+    return _insert_job(engine, make_account(), priority=7, correlation_id="corr-1")
 
 
 def test_dispatch_sensor_requests_one_run_per_queued_job(engine, database_url, queued_job):
@@ -98,12 +98,8 @@ def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine,
     account = make_account()
 
     def job(priority: int, tiles: int, **launched) -> SimpleNamespace:
-        with engine.begin() as conn:
-            job_id = conn.execute(insert(jobs).values(
-                name="placement", priority=priority, submitted_by=account.name, account_id=account.id, zoom=12,
-                tiles_total=tiles, params={"mode": "serial"}, **{"state": "queued", **launched},
-                aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
-            ).scalar_one()
+        job_id = _insert_job(engine, account, name="placement", priority=priority, tiles_total=tiles,
+                             params={"mode": "serial"}, **launched)
         return SimpleNamespace(id=job_id, priority=priority, tiles_total=tiles, params={"mode": "serial"},
                                submitted_by=account.name, correlation_id=None, traceparent=None, created_at=None)
 
@@ -372,8 +368,8 @@ def test_the_reconciler_runs_a_job_again_when_dagster_never_retried_its_failed_r
         tick = sensors.reconcile_run_outcomes(dg.build_sensor_context(instance=instance, resources=resources))
         failed = instance.get_run_by_id(result.dagster_run.run_id)
         # The failed-run sensor coming to the failure late (its daemon was down) leaves the job running.
-        late = sensors.apply_run_outcome(logging.getLogger("test"), resources["db"], resources["bus"], failed,
-                                         dg.DagsterRunStatus.FAILURE, "run worker gone")
+        late = sensors.apply_run_outcome(logging.getLogger("test"), resources["db"], resources["bus"], instance,
+                                         failed, dg.DagsterRunStatus.FAILURE, "run worker gone")
     assert [r.run_key for r in tick.run_requests] == [f"{queued_job}/after/{result.dagster_run.run_id}"]
     # Dagster's retry daemon, should it come back to this failure now, leaves it alone (one live run).
     assert failed.tags["dagster/will_retry"] == "false" and failed.tags[sensors.RELAUNCHED_TAG] == "true"

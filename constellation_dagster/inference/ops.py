@@ -103,14 +103,14 @@ PLANNED = "planned"
 ADMITTED = "admitted"
 
 
-def run_lineage(run: dg.DagsterRun, instance: dg.DagsterInstance | None = None) -> list[str]:
+def run_lineage(run: dg.DagsterRun, instance: dg.DagsterInstance) -> list[str]:
     """The run's id, then its parent's, its parent's parent's… to its root's: a run retry and the
-    runs it re-executes (the instance finds each parent; without it, only the parent and the root)."""
+    runs it re-executes."""
     ids = [run.run_id]
     parent = run.parent_run_id
     while parent and parent not in ids:
         ids.append(parent)
-        ancestor = instance.get_run_by_id(parent) if instance is not None else None
+        ancestor = instance.get_run_by_id(parent)
         parent = ancestor.parent_run_id if ancestor is not None else None
     if run.root_run_id and run.root_run_id not in ids:
         ids.append(run.root_run_id)

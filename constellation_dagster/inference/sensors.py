@@ -70,8 +70,7 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) ->
     )
     def _sensor(context: dg.RunStatusSensorContext, db: SystemOfRecord, bus: EventBus) -> None:
         error = context.dagster_event.message if context.dagster_event else None
-        apply_run_outcome(context.log, db, bus, context.dagster_run, status, error,
-                          retries_enabled=context.instance.run_retries_enabled, instance=context.instance)
+        apply_run_outcome(context.log, db, bus, context.instance, context.dagster_run, status, error)
 
     return _sensor
 
@@ -107,15 +106,14 @@ OUTCOMES = {dg.DagsterRunStatus.SUCCESS: "succeeded", dg.DagsterRunStatus.FAILUR
             dg.DagsterRunStatus.CANCELED: "canceled"}
 
 
-def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun, status: dg.DagsterRunStatus,
-                      error: str | None, retries_enabled: bool = False,
-                      instance: dg.DagsterInstance | None = None) -> bool:
+def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, instance: dg.DagsterInstance, run: dg.DagsterRun,
+                      status: dg.DagsterRunStatus, error: str | None) -> bool:
     """Put a finished Dagster run's outcome on its job (and publish it); False when there is nothing to
     do: no job, a failed run Dagster retries, or the job already ended."""
     job_id = run.tags.get(JOB_ID_TAG)
     if not job_id:
         return False
-    if status == dg.DagsterRunStatus.FAILURE and retry_pending(run, retries_enabled):
+    if status == dg.DagsterRunStatus.FAILURE and retry_pending(run, instance.run_retries_enabled):
         # (A run-status sensor may come to the failure late, after the reconciler ran the job again.)
         log.info(f"run {run.run_id} failed and will be retried; job {job_id} stays running")
         # The failed attempt in the job's trace; the retry (same tags, so the same trace) follows it.
@@ -139,7 +137,7 @@ def apply_run_outcome(log, db: SystemOfRecord, bus: EventBus, run: dg.DagsterRun
 
 
 def _end_job(log, db: SystemOfRecord, run: dg.DagsterRun, job_id: str, status: dg.DagsterRunStatus, outcome: str,
-             error: str | None, instance: dg.DagsterInstance | None):
+             error: str | None, instance: dg.DagsterInstance):
     with db.begin() as conn:
         if status == dg.DagsterRunStatus.FAILURE and _every_batch_done(conn, UUID(job_id)):
             # The run worker ended after the job's last batch committed (killed, or interrupted
@@ -227,8 +225,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
             continue
         failure = run_failure_message(context.instance, run.run_id) if run.status == dg.DagsterRunStatus.FAILURE \
             else None
-        if apply_run_outcome(context.log, db, bus, run, run.status, failure, retries_enabled=retries,
-                             instance=context.instance):
+        if apply_run_outcome(context.log, db, bus, context.instance, run, run.status, failure):
             context.log.info(f"job {job_id} had missed the end of its run {run.run_id} ({run.status.value})")
             ended += 1
     requests = []
@@ -302,8 +299,7 @@ def end_job_of_ended_run(instance: dg.DagsterInstance, run_id: str, *, database_
     elif run.status != dg.DagsterRunStatus.SUCCESS:
         return False
     return apply_run_outcome(logging.getLogger(__name__), SystemOfRecord(database_url=database_url),
-                             EventBus(nats_url=nats_url), run, run.status, error,
-                             retries_enabled=instance.run_retries_enabled, instance=instance)
+                             EventBus(nats_url=nats_url), instance, run, run.status, error)
 
 
 @dg.sensor(
