@@ -166,12 +166,20 @@ async def run_dispatcher(engine: Engine, nats_url: str, dagit_url: str) -> None:
         while True:
             await wake.wait()
             wake.clear()
-            if canceled:
-                job_ids = list(canceled)
-                canceled.clear()
-                await asyncio.to_thread(terminate_canceled, instance, client, job_ids)
-            _, failed = await asyncio.to_thread(dispatch_once, engine, instance, client)
-            if failed:  # Dagit unreachable (starting, restarting): try again shortly, the sensor behind us
+            job_ids = list(canceled)
+            canceled.clear()
+            try:
+                if job_ids:
+                    await asyncio.to_thread(terminate_canceled, instance, client, job_ids)
+                    job_ids = []
+                _, failed = await asyncio.to_thread(dispatch_once, engine, instance, client)
+            except Exception:  # noqa: BLE001 - Postgres out of reach (restarting): this process goes on
+                # A claim whose COMMIT failed left its job due again, and the launch guard sees a run
+                # launched before the failure; a job's cancel not yet passed on is tried again.
+                log.warning("dispatching failed; trying again shortly", exc_info=True)
+                canceled.update(job_ids)
+                failed = True
+            if failed:  # Dagit or Postgres unreachable (starting, restarting): try again shortly, the sensor behind us
                 asyncio.get_running_loop().call_later(RETRY_S, wake.set)
     finally:
         await nc.drain()

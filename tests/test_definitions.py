@@ -136,6 +136,55 @@ def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, qu
     assert state == "queued" and dispatched_at is None, "the reconciler sensor will launch it on its next tick"
 
 
+
+def test_the_dispatcher_outlives_postgres_going_away_and_launches_once_it_is_back(
+        engine, nats_url, queued_job, monkeypatch):
+    """A claim whose COMMIT fails (Postgres killed under it) used to end the dispatcher's loop: its
+    process died, and jobs waited for the reconciler sensor's grace (30 s in the chaos run)."""
+    import asyncio
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from constellation_dagster import dispatcher
+
+    real_dispatch_once, calls, launched = dispatcher.dispatch_once, [], []
+
+    def postgres_away_once(*args):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return real_dispatch_once(*args)
+
+    class Dagit:
+        def submit_job_execution(self, job_name, **_):
+            launched.append(job_name)
+            return "a-run-id"
+
+    async def run() -> BaseException | None:
+        task = asyncio.create_task(dispatcher.run_dispatcher(engine, nats_url, "http://127.0.0.1:1"))
+        deadline = time.monotonic() + 3 * dispatcher.RETRY_S + 5
+        while not launched and not task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if task.done():
+            return task.exception()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    with dg.instance_for_test() as instance:
+        monkeypatch.setattr(dispatcher, "dispatch_once", postgres_away_once)
+        monkeypatch.setattr(dispatcher, "graphql_client", lambda url: Dagit())
+        monkeypatch.setattr(dispatcher.DagsterInstance, "get", staticmethod(lambda: instance))
+        monkeypatch.setattr(dispatcher, "REGISTRY", CollectorRegistry())
+        monkeypatch.setattr(dispatcher.tracing, "setup", lambda service: None)
+        ended = asyncio.run(run())
+    assert ended is None, f"the dispatcher's loop ended: {ended!r}"
+    assert len(calls) == 2 and launched == ["tile_inference"]
+    with engine.connect() as conn:
+        assert conn.execute(select(jobs.c.dispatched_at).where(jobs.c.id == queued_job)).scalar_one() is not None
+
 @dg.op
 def _worker_dies():
     raise RuntimeError("run worker gone")
