@@ -42,7 +42,7 @@ from tests.samples import GENEVA
 from tests.test_e2e import _step_timeline, account_in
 
 pytestmark = pytest.mark.e2e
-JOBS = 24
+JOBS = int(os.environ.get("CONSTELLATION_CHAOS_JOBS", "24"))  # bench/chaos_drain.py sets it for its baseline
 # Kills land on a backlog: below this many unfinished jobs, TOP_UP more are submitted before the next kill.
 TOP_UP_BELOW, TOP_UP = 3, 4
 DEVICES = simulated_devices(2)
