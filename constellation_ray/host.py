@@ -49,7 +49,19 @@ log = logging.getLogger(__name__)
 
 SIM_RESOURCE = "constellation_simulated_gpu"
 NAMESPACE = "constellation"
+# A device worker that died is started again at once: its device's jobs wait for it (one that served a
+# while and died, e.g. killed, was down ~6 s longer with a fixed 5 s wait). One that dies again soon
+# after its start is in a crash loop: it waits RESTART_BACKOFF_S, twice that after the next, and so on.
 RESTART_BACKOFF_S = 5.0
+RESTART_BACKOFF_MAX_S = 60.0
+SERVED_LONG_S = 60.0  # an actor that served this long before it died starts afresh: at once
+
+
+def restart_wait(deaths_in_a_row: int) -> float:
+    """How long to wait before starting a device's worker again after its n-th quick death in a row."""
+    if deaths_in_a_row <= 1:
+        return 0.0
+    return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (deaths_in_a_row - 2))
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,7 @@ class Running:
     actor: object
     serving: object  # the ObjectRef of `serve()`: it resolves only when the actor ends
     uuid: str | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -143,6 +156,7 @@ class DeviceHost:
     local_devices: list[Device]
     running: dict[str, Running] = field(default_factory=dict)
     retry_after: dict[str, float] = field(default_factory=dict)
+    deaths: dict[str, int] = field(default_factory=dict)  # a device's worker's quick deaths in a row
 
     def __post_init__(self) -> None:
         self.engine = sync_engine(self.config.database_url)
@@ -208,7 +222,10 @@ class DeviceHost:
             except RayError as exc:
                 log.warning("device worker died", extra={"device": entry.key, "error": repr(exc)[:500]})
             self._gone([entry])
-            self.retry_after[entry.key] = time.monotonic() + RESTART_BACKOFF_S
+            now = time.monotonic()
+            quick = now - entry.started < SERVED_LONG_S
+            self.deaths[entry.key] = self.deaths.get(entry.key, 0) + 1 if quick else 1
+            self.retry_after[entry.key] = now + restart_wait(self.deaths[entry.key])
 
     def learn_uuids(self) -> None:
         """A GPU actor names its device once it has started."""

@@ -113,3 +113,37 @@ def test_simulated_devices_share_the_cores(monkeypatch):
     assert cpu_threads(_gpus()) == 8
     monkeypatch.setenv("CONSTELLATION_SIMULATED_DEVICE_THREADS", "1")  # a core per simulated device (P9 bench)
     assert cpu_threads(simulated_devices(2)) == 1
+
+
+def test_a_device_worker_that_died_starts_again_at_once_and_one_that_keeps_dying_waits_longer(monkeypatch):
+    """Its device's jobs wait while it is down: after a death (a kill, an OOM) it starts again at once;
+    one that dies again soon after starting is in a crash loop and waits longer each time."""
+    import time
+    from types import SimpleNamespace
+
+    from ray.exceptions import RayError
+
+    from constellation_ray import host
+
+    monkeypatch.setattr(host, "sync_engine", lambda url: None)
+    monkeypatch.setattr(host.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "head"))
+    monkeypatch.setattr(host.ray, "wait", lambda refs, num_returns, timeout: (refs[:1], refs[1:]))
+
+    def died(ref):
+        raise RayError("the actor died unexpectedly")
+
+    monkeypatch.setattr(host.ray, "get", died)
+    device_host = host.DeviceHost(host.HostConfig("postgresql://unused", "nats://unused", "/unused"), [])
+
+    def dies_after(served_s: float) -> float:
+        """The next wait before the device's worker starts again, after one that served this long."""
+        started = time.monotonic() - served_s
+        device_host.running["SIM-GPU-0"] = host.Running("SIM-GPU-0", "head", None, object(), started=started)
+        device_host.watch(timeout=1)
+        assert "SIM-GPU-0" not in device_host.running
+        return round(device_host.retry_after["SIM-GPU-0"] - time.monotonic())
+
+    assert [dies_after(served_s) for served_s in (20, 1, 1, 1)] == [0, host.RESTART_BACKOFF_S,
+                                                                     2 * host.RESTART_BACKOFF_S,
+                                                                     4 * host.RESTART_BACKOFF_S]
+    assert dies_after(host.SERVED_LONG_S + 1) == 0, "one that served a while is no crash loop"
