@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from constellation_core.tables import gpus
-
 from constellation_core.devices import CPU_DEVICE, SIMULATED_ENV, discover
+from constellation_core.tables import gpus
 from constellation_dagster.resources import GpuFleet
 
 
