@@ -33,6 +33,7 @@ def run(baseline: bool, jobs: int) -> dict:
         sys.exit(f"the chaos test printed no figures (exit {done.returncode}):\n{done.stdout[-4000:]}")
     figures = json.loads(line.removeprefix("chaos figures: "))
     figures["passed"] = done.returncode == 0
+    figures["timeline"] = [line for line in done.stdout.splitlines() if line.startswith("chaos +")]
     return figures
 
 
@@ -49,6 +50,7 @@ def main() -> None:
         print(f"{name:>10}: drain {figures['drain_s']:6.1f} s  succeeded {figures['succeeded']}/{figures['jobs']}  "
               f"duplicates {figures['duplicates']}  lost events {figures['lost_events']}  "
               f"held slots {figures['held_slots']}  kills {len(figures['kills'])}  test passed {figures['passed']}")
+    print("\n".join(with_kills["timeline"]))
     print(f"drain with kills / without: {with_kills['drain_s'] / without['drain_s']:.2f} (goal ≤ 1.5)")
     if with_kills.get("topped_up"):
         print(f"(the backlog drained before the last kill: the kill run added {with_kills['topped_up']} jobs "
