@@ -60,6 +60,8 @@ EXIT_FLUSH_S = 3.0
 # start timeout, and how often it asks.
 STORAGE_WAIT_S = 90.0
 STORAGE_RETRY_S = 1.0
+# How long a run worker whose run has ended waits for Postgres to end its job (then the sensors do).
+JOB_END_WAIT_S = 30.0
 START_ATTEMPTS = 3  # times a run worker starts its run when Postgres goes away before it has started
 
 
@@ -205,17 +207,34 @@ def _record_worker(instance: Any, run_id: str) -> None:
 
 def _end_job_of_ended_run(instance: Any, run_id: str) -> None:
     """Show the run's outcome on its job at once when it is final (the run-status sensors would take up
-    to their interval)."""
+    to their interval). Should Postgres be restarting, ask again until it answers, for up to
+    `JOB_END_WAIT_S`: a worker that gave up at once left its job `running` until a sensor's tick missed
+    it and the reconciler's 30 s grace ran out (seen in the chaos test). Ending a job twice does nothing."""
     if not (os.environ.get("DATABASE_URL") and os.environ.get("NATS_URL")):
         return
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     from constellation_dagster.inference.sensors import end_job_of_ended_run
 
-    try:
-        end_job_of_ended_run(instance, run_id, database_url=os.environ["DATABASE_URL"],
-                             nats_url=os.environ["NATS_URL"])
-    except Exception as exc:  # noqa: BLE001 - the run-status sensor ends the job instead
-        print(f"run worker of {run_id}: could not end its job ({type(exc).__name__}: {exc}); the run-status "
-              "sensor will", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + JOB_END_WAIT_S
+    while True:
+        try:
+            end_job_of_ended_run(instance, run_id, database_url=os.environ["DATABASE_URL"],
+                                 nats_url=os.environ["NATS_URL"])
+            return
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() < deadline:
+                print(f"run worker of {run_id}: Postgres did not answer as it ended its job "
+                      f"({type(exc.orig or exc).__name__}); trying again in {STORAGE_RETRY_S:.0f} s",
+                      file=sys.stderr, flush=True)
+                time.sleep(STORAGE_RETRY_S)
+                continue
+            reason = exc
+        except Exception as exc:  # noqa: BLE001 - the run-status sensor ends the job instead
+            reason = exc
+        print(f"run worker of {run_id}: could not end its job ({type(reason).__name__}: {reason}); the "
+              "run-status sensor will", file=sys.stderr, flush=True)
+        return
 
 
 def _start_through_outages(instance: Any, run_id: str, execute: Callable[[], int]) -> int:

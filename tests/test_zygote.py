@@ -77,6 +77,37 @@ def test_errors_that_are_not_an_outage_are_not_waited_on():
     assert storage.asked == 1
 
 
+def test_a_run_worker_whose_run_ended_as_postgres_restarts_ends_its_job_once_postgres_is_back(monkeypatch, capsys):
+    """It gave up at once, and its job stayed `running` until the reconciler's grace ran out."""
+    from constellation_dagster.inference import sensors
+
+    asked = []
+
+    def end_job(instance, run_id, *, database_url, nats_url) -> bool:
+        asked.append(run_id)
+        if len(asked) <= 3:
+            raise OUTAGE
+        return True
+
+    monkeypatch.setattr(sensors, "end_job_of_ended_run", end_job)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused")
+    monkeypatch.setenv("NATS_URL", "nats://unused")
+    zygote._end_job_of_ended_run(None, "run-1")
+    assert asked == ["run-1"] * 4
+    assert "could not end its job" not in capsys.readouterr().err
+
+    monkeypatch.setattr(zygote, "JOB_END_WAIT_S", 0.05)  # Postgres stays away: the sensors end the job
+    asked.clear()
+
+    def postgres_away(instance, run_id, *, database_url, nats_url) -> bool:
+        asked.append(run_id)
+        raise OUTAGE
+
+    monkeypatch.setattr(sensors, "end_job_of_ended_run", postgres_away)
+    zygote._end_job_of_ended_run(None, "run-2")
+    assert 1 < len(asked) < 50
+    assert "run worker of run-2: could not end its job" in capsys.readouterr().err
+
 def test_a_run_that_lost_postgres_before_starting_is_started_again(capsys):
     storage = RestartingStorage(down=0)
     execute, calls = run_losing_postgres(1, storage)
