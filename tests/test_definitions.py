@@ -185,6 +185,24 @@ def test_the_dispatcher_outlives_postgres_going_away_and_launches_once_it_is_bac
     with engine.connect() as conn:
         assert conn.execute(select(jobs.c.dispatched_at).where(jobs.c.id == queued_job)).scalar_one() is not None
 
+def test_an_op_waits_out_postgres_when_dagsters_own_storage_gives_up_connecting_to_it():
+    """The admit op reads the model from Dagster's storage: during a Postgres restart that gives up with
+    its own error (raised from the refused connection). It failed the op, and so the run."""
+    from dagster_postgres.utils import DagsterPostgresException
+
+    from constellation_dagster.inference.ops import through_outages
+
+    def dagster_storage_gives_up():
+        try:
+            raise OperationalError("connect", {}, Exception("connection refused"))
+        except OperationalError as exc:
+            raise DagsterPostgresException("too many retries for DB connection") from exc
+
+    with pytest.raises(dg.RetryRequested), through_outages():
+        dagster_storage_gives_up()
+    with pytest.raises(ValueError, match="not an outage"), through_outages():
+        raise ValueError("not an outage")
+
 @dg.op
 def _worker_dies():
     raise RuntimeError("run worker gone")

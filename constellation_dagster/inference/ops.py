@@ -58,9 +58,16 @@ def op_span(context: dg.OpExecutionContext, name: str, job_id: UUID, **attribute
 
 def is_outage(exc: BaseException) -> bool:
     """Whether an error says Postgres was out of reach (refused, restarted under a query), not that
-    the work itself failed."""
-    return isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+    the work itself failed: the error or one it was raised from (Dagster's Postgres storages, which
+    the admit op reads for the model, give up connecting with their own `DagsterPostgresException`)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OperationalError | InterfaceError) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return False
 
 
 @contextmanager
