@@ -17,7 +17,9 @@ These subclasses (named in `infra/dagster/dagster.yaml`) change only that:
   Engines and answers are kept per process, by storage class and database (`pooled_engine`): the
   code server makes new storage objects for every sensor evaluation;
 - `warm`: the run-worker zygote sets the engines up and asks the schema checks before it forks, so
-  its run workers inherit the answers.
+  its run workers inherit the answers;
+- an event whose write found Postgres restarting waits for it (`EventLogStorage.store_event`), rather
+  than end the run worker that wrote it.
 
 They rely on `dagster_postgres` internals (`_engine`, `create_pg_engine`, the `has_*` methods of the
 SQL storages): `tests/test_dagster_storage.py` fails loudly when an upgrade changes them.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,13 +42,16 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from constellation_core.db import forget_in_forked_children, ping_if_in_doubt
 
 POOL_SIZE = 1
 MAX_OVERFLOW = 10
 POOL_RECYCLE_S = 600
+# How long an event's write waits for Postgres (a restart), and how often it tries.
+STORE_WAIT_S = 30.0
+STORE_RETRY_S = 1.0
 
 
 # Per process, by storage class and database: the engines (and their pools) and the schema answers.
@@ -115,7 +121,32 @@ class RunStorage(_Pooled, PostgresRunStorage):
         return self._memo("backfill_tags_table", super().has_backfill_tags_table)
 
 
+def _not_written(exc: BaseException) -> bool:
+    """Whether a failed `store_event` left nothing behind: the connection could not be made, or the
+    event's INSERT itself failed (the storage autocommits each statement). A failure after it (the
+    NOTIFY, an asset event's index rows) means the event row is stored: trying again would store it twice."""
+    if isinstance(exc, DagsterPostgresException):  # dagster-postgres gave up connecting
+        return True
+    statement = (getattr(exc, "statement", None) or "").lstrip().upper()
+    return not statement or statement.startswith("INSERT INTO EVENT_LOGS")
+
+
 class EventLogStorage(_Pooled, PostgresEventLogStorage):
+    def store_event(self, event: Any) -> None:
+        """Store the event; should Postgres be restarting, wait for it (up to `STORE_WAIT_S`). A run
+        worker whose event could not be written died with its run (exit code 1): run monitoring then
+        failed the run and Dagster retried it — five runs per Postgres kill in the chaos test."""
+        deadline = time.monotonic() + STORE_WAIT_S
+        while True:
+            try:
+                return super().store_event(event)
+            except (OperationalError, InterfaceError, DagsterPostgresException) as exc:
+                if not _not_written(exc) or time.monotonic() >= deadline:
+                    raise
+                print(f"an event of run {event.run_id} waits for Postgres ({type(exc).__name__}); trying again "
+                      f"in {STORE_RETRY_S:.0f} s", file=sys.stderr, flush=True)
+                time.sleep(STORE_RETRY_S)
+
     def has_table(self, table_name: str) -> bool:
         return self._memo(f"table:{table_name}", lambda: super(EventLogStorage, self).has_table(table_name))
 

@@ -139,3 +139,39 @@ def test_storages_made_for_each_sensor_tick_share_one_engine_and_the_schema_answ
     assert len([q for q in queries if "pg_catalog.pg_attribute" in q]) == 1
     events = EventLogStorage.from_config_value(None, config)
     assert events._engine is not first._engine  # each storage class keeps a pool of its own
+
+
+def test_an_event_written_while_postgres_restarts_waits_for_it_and_is_stored_once(dagster_pg_url, monkeypatch):
+    """A run worker's event write that failed (Postgres restarting) ended the worker, and with it the run
+    (chaos test: five runs failed and were retried per Postgres kill)."""
+    import logging
+    import time
+
+    from dagster import EventLogEntry
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setattr(storage_module, "STORE_RETRY_S", 0.01)
+    storage = EventLogStorage(dagster_pg_url, should_autocreate_tables=False)
+    refused = {"INSERT": 0, "NOTIFY": 0}
+    refuse = {"INSERT": 2, "NOTIFY": 0}
+
+    @event.listens_for(storage._engine, "before_cursor_execute")
+    def postgres_restarting(conn, cursor, statement, *_):
+        kind = statement.split()[0]
+        if statement.startswith(("INSERT INTO event_logs", "NOTIFY")) and refused[kind] < refuse[kind]:
+            refused[kind] += 1
+            raise OperationalError(statement, {}, Exception("server closed the connection unexpectedly"))
+
+    def entry(message: str) -> EventLogEntry:
+        return EventLogEntry(error_info=None, level=logging.INFO, user_message=message, run_id="run-1",
+                             timestamp=time.time())
+
+    storage.store_event(entry("stored once Postgres is back"))
+    assert refused["INSERT"] == 2
+    # Failing after its row was written (the NOTIFY), it is not written again.
+    refuse["NOTIFY"] = 1
+    with pytest.raises(OperationalError):
+        storage.store_event(entry("stored, its NOTIFY lost"))
+    messages = [r.event_log_entry.user_message for r in storage.get_records_for_run("run-1").records]
+    assert messages == ["stored once Postgres is back", "stored, its NOTIFY lost"]
+    storage.dispose()
