@@ -6,12 +6,14 @@ import os
 import select
 import time
 import weakref
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from constellation_core.settings import REPO_ROOT, get_settings
@@ -104,6 +106,28 @@ def _has_word_from_server(dbapi_connection) -> bool:
     except (AttributeError, OSError, ValueError, TypeError):
         return True
     return bool(readable)
+
+
+T = TypeVar("T")
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
+def through_restarts(call: Callable[[], T], *, wait_s: float, every_s: float,
+                     errors: tuple[type[BaseException], ...] = OUTAGE_ERRORS,
+                     retryable: Callable[[BaseException], bool] = lambda exc: True,
+                     on_retry: Callable[[BaseException], None] | None = None) -> T:
+    """`call()`, asked again every `every_s` while it fails because Postgres is out of reach (one of
+    `errors` that `retryable` accepts: a restart), for up to `wait_s`; then its last error is raised."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return call()
+        except errors as exc:
+            if not retryable(exc) or time.monotonic() >= deadline:
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+            time.sleep(every_s)
 
 
 @lru_cache

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,9 +41,9 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from constellation_core.db import forget_in_forked_children, ping_if_in_doubt
+from constellation_core.db import OUTAGE_ERRORS, forget_in_forked_children, ping_if_in_doubt, through_restarts
 
 POOL_SIZE = 1
 MAX_OVERFLOW = 10
@@ -136,16 +135,11 @@ class EventLogStorage(_Pooled, PostgresEventLogStorage):
         """Store the event; should Postgres be restarting, wait for it (up to `STORE_WAIT_S`). A run
         worker whose event could not be written died with its run (exit code 1): run monitoring then
         failed the run and Dagster retried it — five runs per Postgres kill in the chaos test."""
-        deadline = time.monotonic() + STORE_WAIT_S
-        while True:
-            try:
-                return super().store_event(event)
-            except (OperationalError, InterfaceError, DagsterPostgresException) as exc:
-                if not _not_written(exc) or time.monotonic() >= deadline:
-                    raise
-                print(f"an event of run {event.run_id} waits for Postgres ({type(exc).__name__}); trying again "
-                      f"in {STORE_RETRY_S:.0f} s", file=sys.stderr, flush=True)
-                time.sleep(STORE_RETRY_S)
+        through_restarts(
+            lambda: super(EventLogStorage, self).store_event(event), wait_s=STORE_WAIT_S, every_s=STORE_RETRY_S,
+            errors=(*OUTAGE_ERRORS, DagsterPostgresException), retryable=_not_written,
+            on_retry=lambda exc: print(f"an event of run {event.run_id} waits for Postgres ({type(exc).__name__}); "
+                                       f"trying again in {STORE_RETRY_S:.0f} s", file=sys.stderr, flush=True))
 
     def has_table(self, table_name: str) -> bool:
         return self._memo(f"table:{table_name}", lambda: super(EventLogStorage, self).has_table(table_name))

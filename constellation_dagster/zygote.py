@@ -212,29 +212,17 @@ def _end_job_of_ended_run(instance: Any, run_id: str) -> None:
     it and the reconciler's 30 s grace ran out (seen in the chaos test). Ending a job twice does nothing."""
     if not (os.environ.get("DATABASE_URL") and os.environ.get("NATS_URL")):
         return
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
+    from constellation_core.db import through_restarts
     from constellation_dagster.inference.sensors import end_job_of_ended_run
 
-    deadline = time.monotonic() + JOB_END_WAIT_S
-    while True:
-        try:
-            end_job_of_ended_run(instance, run_id, database_url=os.environ["DATABASE_URL"],
-                                 nats_url=os.environ["NATS_URL"])
-            return
-        except (OperationalError, InterfaceError) as exc:
-            if time.monotonic() < deadline:
-                print(f"run worker of {run_id}: Postgres did not answer as it ended its job "
-                      f"({type(exc.orig or exc).__name__}); trying again in {STORAGE_RETRY_S:.0f} s",
-                      file=sys.stderr, flush=True)
-                time.sleep(STORAGE_RETRY_S)
-                continue
-            reason = exc
-        except Exception as exc:  # noqa: BLE001 - the run-status sensor ends the job instead
-            reason = exc
-        print(f"run worker of {run_id}: could not end its job ({type(reason).__name__}: {reason}); the "
-              "run-status sensor will", file=sys.stderr, flush=True)
-        return
+    try:
+        through_restarts(
+            lambda: end_job_of_ended_run(instance, run_id, database_url=os.environ["DATABASE_URL"],
+                                         nats_url=os.environ["NATS_URL"]),
+            wait_s=JOB_END_WAIT_S, every_s=STORAGE_RETRY_S, on_retry=_waiting(run_id, " as it ended its job"))
+    except Exception as exc:  # noqa: BLE001 - the run-status sensor ends the job instead
+        print(f"run worker of {run_id}: could not end its job ({type(exc).__name__}: {exc}); the run-status "
+              "sensor will", file=sys.stderr, flush=True)
 
 
 def _start_through_outages(instance: Any, run_id: str, execute: Callable[[], int]) -> int:
@@ -266,18 +254,19 @@ def _wait_for_run_storage(instance: Any, run_id: str) -> Any:
     run but Dagster's start timeout (`run_monitoring.start_timeout_seconds`, 120 s), and its job waits
     that long (seen in the chaos test). The ops ride out a lost Postgres the same way
     (`OUTAGE_RETRIES`). Returns the run as Postgres then has it."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
+    from constellation_core.db import through_restarts
 
-    deadline = time.monotonic() + STORAGE_WAIT_S
-    while True:
-        try:
-            return instance.get_run_by_id(run_id)
-        except (OperationalError, InterfaceError) as exc:
-            if time.monotonic() >= deadline:
-                raise
-            print(f"run worker of {run_id}: Postgres did not answer ({type(exc.orig or exc).__name__}); "
-                  f"trying again in {STORAGE_RETRY_S:.0f} s", file=sys.stderr, flush=True)
-            time.sleep(STORAGE_RETRY_S)
+    return through_restarts(
+        lambda: instance.get_run_by_id(run_id), wait_s=STORAGE_WAIT_S, every_s=STORAGE_RETRY_S,
+        on_retry=_waiting(run_id))
+
+
+def _waiting(run_id: str, doing: str = "") -> Callable[[BaseException], None]:
+    """What a run worker says each time it waits for Postgres."""
+    def say(exc: BaseException) -> None:
+        print(f"run worker of {run_id}: Postgres did not answer{doing} ({type(exc.orig or exc).__name__}); "
+              f"trying again in {STORAGE_RETRY_S:.0f} s", file=sys.stderr, flush=True)
+    return say
 
 
 def _run_span(run_id: str, job_name: str | None, tags: dict[str, str]) -> contextlib.AbstractContextManager:

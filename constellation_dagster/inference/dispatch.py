@@ -152,15 +152,13 @@ def plan_launches(conn: Connection, rows) -> list[Launch]:
     ahead = _work_ahead(conn, excluding=[row.id for row in rows]) if serial else []
     launches = []
     for row in rows:
-        job = tile_inference
-        tiles = row.tiles_total or 0
+        job, device_uuid = tile_inference, None
         if row.params.get("mode") == "serial":
             device = choose_device(DEVICES, _tiles_before(ahead, row.priority))
-            ahead.append((device.uuid, row.priority, tiles))
-            conn.execute(update(jobs).where(jobs.c.id == row.id).values(device_uuid=device.uuid))
+            device_uuid = device.uuid
+            conn.execute(update(jobs).where(jobs.c.id == row.id).values(device_uuid=device_uuid))
             job = next(j for j in ALL_JOBS if j.name == serial_job_name(device))
-        else:
-            ahead.extend((device.uuid, row.priority, tiles / len(DEVICES)) for device in DEVICES)
+        ahead.extend(_shares(device_uuid, row.priority, row.tiles_total or 0))
         launches.append(
             Launch(
                 job_id=row.id,
@@ -201,13 +199,14 @@ def _work_ahead(conn: Connection, excluding: list[UUID]) -> list[tuple[str, int,
                jobs.c.id.not_in(excluding))
         .group_by(jobs.c.device_uuid, jobs.c.priority)
     ).all()
-    ahead = []
-    for device_uuid, priority, tiles in rows:
-        if device_uuid is not None:
-            ahead.append((device_uuid, priority, float(tiles)))
-        else:
-            ahead.extend((device.uuid, priority, float(tiles) / len(DEVICES)) for device in DEVICES)
-    return ahead
+    return [share for device_uuid, priority, tiles in rows for share in _shares(device_uuid, priority, float(tiles))]
+
+
+def _shares(device_uuid: str | None, priority: int, tiles: float) -> list[tuple[str, int, float]]:
+    """A job's tiles as work ahead on each device: all on its device (serial), or a share on each (parallel)."""
+    if device_uuid is not None:
+        return [(device_uuid, priority, tiles)]
+    return [(device.uuid, priority, tiles / len(DEVICES)) for device in DEVICES]
 
 
 @contextmanager
