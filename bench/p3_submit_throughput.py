@@ -72,6 +72,10 @@ def main() -> None:
     parser.add_argument("--sample-ratio", type=float, default=None,
                         help="with --tracing: the API samples this share of requests that come without a trace "
                              "context (OTEL_TRACES_SAMPLER=parentbased_traceidratio), instead of every one")
+    parser.add_argument("--member", action="store_true",
+                        help="submit as a member whose limits an operator raised to let the run queue everything it "
+                             "submits (each submission then checks the account's whole backlog against them), "
+                             "instead of an account without limits (an admin: no load to check)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the runs this many times (off, on, off, on, …): this machine's speed drifts")
     args = parser.parse_args()
@@ -88,11 +92,13 @@ def main() -> None:
         each run slower than the one before — and tracing (measured after "off" in a round) look costlier."""
         with engine.begin() as conn:
             conn.execute(text("TRUNCATE jobs, events CASCADE"))
-            account_id = create_account(conn, f"p3-bench-{phase}", "member")
-            # A member's default limits (100 active jobs) would turn most of the load into 429s: P3
-            # measures submission, so this account may queue as much as the run submits.
-            conn.execute(update(accounts).where(accounts.c.id == account_id)
-                         .values(limits={"max_active_jobs": 1_000_000, "max_active_tiles": 1_000_000_000}))
+            # A member's default limits (100 active jobs) would turn most of the load into 429s: P3 measures
+            # submission, as a pipeline's account without limits would submit (nothing is dispatched, so the
+            # account's queue grows by every submission); `--member`: one whose limits let it queue all of them.
+            account_id = create_account(conn, f"p3-bench-{phase}", "member" if args.member else "admin")
+            if args.member:
+                conn.execute(update(accounts).where(accounts.c.id == account_id)
+                             .values(limits={"max_active_jobs": 1_000_000, "max_active_tiles": 1_000_000_000}))
             key = issue_api_key(conn, account_id)
         script = tmp / f"post_job_{phase}.lua"
         script.write_text(

@@ -99,13 +99,23 @@ def _insert(type_: str, account_id: UUID | None, job_id: UUID | None, run_id: UU
 # One statement, built once, that checks an account's load against its limits and, within them, writes
 # a new job and its first event (`job.state` `queued`, seq 1): atomic on its own, one round trip, no
 # per-request statement building (the SQLAlchemy construct it replaced cost ~2 ms of CPU to build).
-# Its one row always carries the account's load before this job (`active_jobs`, `active_tiles`); the
-# job's columns (with `aoi_geojson`) and `event_id`/`event_ts` are NULL when a limit refused it.
-# `:aoi_wkb` is the area as WKB in EPSG:4326; a NULL limit is no limit.
+# Its one row carries the account's load before this job (`active_jobs`, `active_tiles`) as far as its
+# limits need it; the job's columns (with `aoi_geojson`) and `event_id`/`event_ts` are NULL when a limit
+# refused it. `:aoi_wkb` is the area as WKB in EPSG:4326; a NULL limit is no limit.
+#
+# The load is read from at most `max_active_jobs` of the account's queued and running jobs (an account
+# with that many is refused whatever their tiles), and not at all when the account has no limit (an
+# admin's load is 0 here): counting every queued job made each submission cost Postgres time in
+# proportion to the account's backlog, 0.2 ms of CPU with 500 queued and 2.0 ms with 16,000 (P3).
 SUBMIT_JOB = text(f"""
 WITH load AS (
     SELECT count(*) AS active_jobs, coalesce(sum(tiles_total - tiles_done), 0) AS active_tiles
-    FROM jobs WHERE account_id = :account_id AND state IN ('queued', 'running')
+    FROM (
+        SELECT tiles_total, tiles_done FROM jobs
+        WHERE account_id = :account_id AND state IN ('queued', 'running')
+          AND (CAST(:max_active_jobs AS bigint) IS NOT NULL OR CAST(:max_active_tiles AS bigint) IS NOT NULL)
+        LIMIT CAST(:max_active_jobs AS bigint)
+    ) AS active
 ), new_job AS (
     INSERT INTO jobs (name, params, priority, zoom, submitted_by, account_id, area_id, aoi, tiles_total,
                       correlation_id, traceparent, idempotency_key, request_hash, state, event_seq)

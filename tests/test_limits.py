@@ -46,7 +46,12 @@ def test_too_many_jobs_or_tiles_queued_is_429_with_the_reason(client, make_accou
         assert client.post("/jobs", json=job_body(), headers=member.headers).status_code == 201
     third = client.post("/jobs", json=job_body(), headers=member.headers)
     assert third.status_code == 429 and third.headers["content-type"] == PROBLEM
-    assert third.headers["retry-after"] and "2 jobs queued or running" in third.json()["detail"]
+    assert third.headers["retry-after"] and "jobs queued or running as its limit allows (2)" in third.json()["detail"]
+    assert _jobs_of(engine, member) == 2
+    # An operator lowers the limit below what the account already has queued: still refused, naming it.
+    _set_limits(client, admin, member, max_active_jobs=1)
+    lowered = client.post("/jobs", json=job_body(), headers=member.headers)
+    assert lowered.status_code == 429 and "as its limit allows (1)" in lowered.json()["detail"]
     assert _jobs_of(engine, member) == 2
     # Tiles: the next job would take the account over its tile limit.
     back = _set_limits(client, admin, member, max_active_jobs=None, max_active_tiles=1)
@@ -54,6 +59,21 @@ def test_too_many_jobs_or_tiles_queued_is_429_with_the_reason(client, make_accou
     over = client.post("/jobs", json=job_body(), headers=member.headers)
     assert over.status_code == 429 and "limit of 1 tiles" in over.json()["detail"]
     assert _jobs_of(engine, member) == 2
+
+
+def test_the_tile_limit_counts_the_tiles_left_of_every_queued_job(client, make_account, engine):
+    """The load is read from at most `max_active_jobs` of the account's jobs: every one of them counts."""
+    member, admin = make_account(), make_account("admin")
+    _set_limits(client, admin, member, max_active_jobs=3)
+    queued = [client.post("/jobs", json=job_body(), headers=member.headers).json()["tiles_total"] for _ in range(2)]
+    new = queued[0]  # the same area again
+    _set_limits(client, admin, member, max_active_jobs=3, max_active_tiles=sum(queued) + new - 1)
+    over = client.post("/jobs", json=job_body(), headers=member.headers)
+    assert over.status_code == 429, over.text
+    assert f"the {sum(queued)} of this account's queued or running jobs" in over.json()["detail"]
+    _set_limits(client, admin, member, max_active_jobs=3, max_active_tiles=sum(queued) + new)
+    assert client.post("/jobs", json=job_body(), headers=member.headers).status_code == 201
+    assert _jobs_of(engine, member) == 3
 
 
 def test_too_many_open_streams_is_429(client, make_account):

@@ -121,8 +121,8 @@ async def _insert_job(
     if row["id"] is None:
         active_jobs, active_tiles = row["active_jobs"], row["active_tiles"]
         if limits.max_active_jobs is not None and active_jobs >= limits.max_active_jobs:
-            raise TooManyRequests(f"this account has {active_jobs} jobs queued or running, its limit is "
-                                  f"{limits.max_active_jobs}: submit again when some have finished")
+            raise TooManyRequests(f"this account has as many jobs queued or running as its limit allows "
+                                  f"({limits.max_active_jobs}): submit again when some have finished")
         raise TooManyRequests(f"this job's {tiles_total} tiles and the {active_tiles} of this account's queued or "
                               f"running jobs exceed its limit of {limits.max_active_tiles} tiles: submit again "
                               "when some have finished")
