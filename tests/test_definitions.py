@@ -537,6 +537,38 @@ def test_an_op_that_loses_postgres_runs_again_in_its_run_and_the_job_goes_on(
     assert planned > 0
 
 
+def test_planning_stores_each_tile_with_its_footprint_in_its_batch_once(
+        engine, database_url, nats_url, queued_job, monkeypatch):
+    """The plan op stores every tile of the area (its footprint exactly the tile's bounds) and the job's
+    batches of `batch_size` tiles (the last one partial); planning again (an op run again) adds nothing."""
+    import mercantile
+    from shapely import wkt
+
+    from constellation_core.tables import tile_chunks
+    from constellation_core.tiles import plan_tiles as plan_tile_grid
+
+    with engine.begin() as conn:
+        conn.execute(sql_text("UPDATE jobs SET params = '{\"batch_size\": 4}' WHERE id = :id"), {"id": queued_job})
+        area = conn.execute(select(func.ST_AsText(jobs.c.aoi)).where(jobs.c.id == queued_job)).scalar_one()
+    expected = plan_tile_grid(wkt.loads(area), 12, 1000)
+    assert len(expected) > 4 and len(expected) % 4, "the area needs more than a batch, the last one partial"
+    for _ in range(2):
+        assert _plan_through(monkeypatch, database_url, nats_url, queued_job, []).success
+    with engine.connect() as conn:
+        stored = conn.execute(select(tiles.c.z, tiles.c.x, tiles.c.y, tiles.c.chunk_no,
+                                     func.ST_XMin(tiles.c.footprint), func.ST_YMin(tiles.c.footprint),
+                                     func.ST_XMax(tiles.c.footprint), func.ST_YMax(tiles.c.footprint),
+                                     func.ST_NPoints(tiles.c.footprint))
+                              .where(tiles.c.job_id == queued_job).order_by(tiles.c.z, tiles.c.x, tiles.c.y)).all()
+        batches = conn.execute(select(tile_chunks.c.chunk_no, tile_chunks.c.tiles, tile_chunks.c.state)
+                               .where(tile_chunks.c.job_id == queued_job).order_by(tile_chunks.c.chunk_no)).all()
+    assert [(z, x, y, n) for z, x, y, n, *_ in stored] == [(t.z, t.x, t.y, i // 4) for i, t in enumerate(expected)]
+    for (z, x, y, _, *envelope, points) in stored:
+        assert envelope == pytest.approx(list(mercantile.bounds(x, y, z)), abs=1e-12) and points == 5
+    full, last = divmod(len(expected), 4)
+    assert batches == [(n, 4, "pending") for n in range(full)] + [(full, last, "pending")]
+
+
 def test_an_op_that_fails_for_another_reason_is_not_run_again(engine, database_url, nats_url, queued_job, monkeypatch):
     result = _plan_through(monkeypatch, database_url, nats_url, queued_job, [ValueError("a bug, not an outage")])
     assert not result.success

@@ -10,10 +10,12 @@ from contextlib import contextmanager
 from uuid import UUID
 
 import dagster as dg
+import mercantile
 from opentelemetry import trace
 from shapely import wkt
-from sqlalchemy import Connection, func, literal, select, update
+from sqlalchemy import Connection, bindparam, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -21,7 +23,7 @@ from constellation_core import tracing
 from constellation_core.devices import Device, from_spec
 from constellation_core.events import record_event, transition_job
 from constellation_core.tables import gpus as gpus_table
-from constellation_core.tables import jobs, runs, steps, tile_chunks, tiles
+from constellation_core.tables import jobs, runs, steps, tile_chunks
 from constellation_core.tiles import plan_tiles as plan_tile_grid
 from constellation_core.vocabulary import DEFAULT_BATCH_SIZE
 from constellation_dagster.models.assets import latest_model
@@ -141,6 +143,34 @@ def run_row(conn: Connection, context: dg.OpExecutionContext) -> UUID:
     return nearest
 
 
+# A job's tiles and its batches, each in one statement whatever their number: the tiles' columns go as
+# arrays (`unnest`), each footprint made from its bounds in Postgres. Given as rows to one statement,
+# they went as one INSERT per row (psycopg's executemany): 4,648 statements in a 40-job backlog (P9),
+# ~0.5 s of Postgres time, beside a WKT text per tile built and parsed.
+INSERT_TILES = text("""
+INSERT INTO tiles (job_id, z, x, y, chunk_no, footprint)
+SELECT :job_id, t.z, t.x, t.y, t.chunk_no, ST_MakeEnvelope(t.west, t.south, t.east, t.north, 4326)
+FROM unnest(CAST(:z AS int[]), CAST(:x AS int[]), CAST(:y AS int[]), CAST(:chunk_no AS int[]),
+            CAST(:west AS float8[]), CAST(:south AS float8[]), CAST(:east AS float8[]), CAST(:north AS float8[]))
+     AS t(z, x, y, chunk_no, west, south, east, north)
+ON CONFLICT DO NOTHING
+""").bindparams(bindparam("job_id", type_=PG_UUID(as_uuid=True)))
+INSERT_CHUNKS = text("""
+INSERT INTO tile_chunks (job_id, chunk_no, tiles)
+SELECT :job_id, n, least(:batch, :tiles - n * :batch) FROM generate_series(0, :chunks - 1) AS n
+ON CONFLICT DO NOTHING
+""").bindparams(bindparam("job_id", type_=PG_UUID(as_uuid=True)))
+
+
+def tile_columns(job_id: UUID, planned: list, batch: int) -> dict:
+    """`INSERT_TILES`' parameters: the planned tiles' columns, each tile in batch `i // batch`."""
+    bounds = [mercantile.bounds(t.x, t.y, t.z) for t in planned]
+    return {"job_id": job_id, "z": [t.z for t in planned], "x": [t.x for t in planned],
+            "y": [t.y for t in planned], "chunk_no": [i // batch for i in range(len(planned))],
+            "west": [b.west for b in bounds], "south": [b.south for b in bounds],
+            "east": [b.east for b in bounds], "north": [b.north for b in bounds]}
+
+
 @dg.op(out=dg.Out(dg.Nothing, description="The job's tiles planned (their count in its metadata)"))
 def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRecord, bus: EventBus) -> None:
     """Start the run (job `running`, the run in `runs`), then cover the job's area with web-mercator
@@ -163,27 +193,19 @@ def plan_tiles(context: dg.OpExecutionContext, config: TileJobConfig, db: System
         with db.begin() as conn:
             batch = int(job.params.get("batch_size", DEFAULT_BATCH_SIZE))
             planned = plan_tile_grid(wkt.loads(job.aoi), job.zoom, PLAN_CAP)
-            # Rows go as parameters of one statement (SQLAlchemy sends them as multi-row VALUES): a
-            # statement with every row's values in it was compiled anew for each job, ~0.1 s of a run
-            # worker's CPU.
-            rows = [{"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "chunk_no": i // batch,
-                     "footprint": f"SRID=4326;{t.footprint.wkt}"} for i, t in enumerate(planned)]
-            if rows:
-                conn.execute(pg_insert(tiles).on_conflict_do_nothing(), rows)
-            chunks = [{"job_id": job_id, "chunk_no": n, "tiles": min(batch, len(planned) - n * batch)}
-                      for n in range(math.ceil(len(planned) / batch))]
-            if chunks:
-                conn.execute(pg_insert(tile_chunks).on_conflict_do_nothing(), chunks)
+            conn.execute(INSERT_TILES, tile_columns(job_id, planned, batch))
+            chunks = math.ceil(len(planned) / batch)
+            conn.execute(INSERT_CHUNKS, {"job_id": job_id, "chunks": chunks, "batch": batch, "tiles": len(planned)})
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(tiles_total=len(planned)))
             event = record_event(
                 conn, "job.log", account_id=job.account_id, job_id=job_id, run_id=run_id,
                 payload={"level": "info", "message": f"planned {len(planned)} tiles at zoom {job.zoom} "
-                                                     f"in {len(chunks)} batches of {batch}"},
+                                                     f"in {chunks} batches of {batch}"},
             )
         bus.publish([event], flush=True)
-        span.set_attributes({"constellation.tiles": len(planned), "constellation.batches": len(chunks),
+        span.set_attributes({"constellation.tiles": len(planned), "constellation.batches": chunks,
                              "constellation.zoom": job.zoom})
-        context.add_output_metadata({"tiles": len(planned), "batches": len(chunks), "zoom": job.zoom})
+        context.add_output_metadata({"tiles": len(planned), "batches": chunks, "zoom": job.zoom})
 
 
 def make_admit_op(device: Device) -> dg.OpDefinition:
