@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import mercantile
 import numpy as np
 import shapely
+from shapely import Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 MIN_ZOOM = 1
@@ -26,6 +27,11 @@ class Tile:
     z: int
     x: int
     y: int
+
+    @property
+    def footprint(self) -> Polygon:
+        b = mercantile.bounds(self.x, self.y, self.z)
+        return box(b.west, b.south, b.east, b.north)
 
 
 def _parts(aoi: BaseGeometry) -> list[BaseGeometry]:

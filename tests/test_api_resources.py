@@ -8,7 +8,6 @@ import math
 import threading
 import uuid
 
-import mercantile
 from shapely.geometry import box, shape
 from sqlalchemy import func, insert, select
 
@@ -132,8 +131,7 @@ def _fake_results(engine, job_id) -> int:
         gpu_id = conn.execute(insert(gpus).values(uuid=f"TEST-{uuid.uuid4()}", name="Test GPU", simulated=True)
                               .returning(gpus.c.id)).scalar_one()
         conn.execute(insert(tiles), [{"job_id": job_id, "z": t.z, "x": t.x, "y": t.y,
-                                      "footprint": f"SRID=4326;{box(*mercantile.bounds(t.x, t.y, t.z)).wkt}"}
-                                     for t in planned])
+                                      "footprint": f"SRID=4326;{t.footprint.wkt}"} for t in planned])
         conn.execute(insert(tile_results), [
             {"job_id": job_id, "z": t.z, "x": t.x, "y": t.y, "class": "water", "confidence": 0.9,
              "device": "Test GPU", "gpu_id": gpu_id, "model_version": "test"} for t in planned[:-1]])
