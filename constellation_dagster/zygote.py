@@ -63,6 +63,12 @@ STORAGE_RETRY_S = 1.0
 # How long a run worker whose run has ended waits for Postgres to end its job (then the sensors do).
 JOB_END_WAIT_S = 30.0
 START_ATTEMPTS = 3  # times a run worker starts its run when Postgres goes away before it has started
+# A run worker's garbage collector looks for cycles among its young objects once per this many new ones
+# (Python's default: 700), and the older generations every 20 and 200 of those: a job followed for hours
+# still has its cyclic garbage collected. With the instance frozen with the rest of what the children
+# share, a run worker's CPU per run in P9 drains: 0.219 → 0.200 s (means of 4 drains each, thresholds
+# (50,000, 50, 1,000)), and 0.215 → 0.201 s with these (one pair).
+RUN_WORKER_GC_THRESHOLDS = (50_000, 20, 10)
 
 
 def main(preload: list[str]) -> None:
@@ -151,11 +157,13 @@ def _instance(instances: dict[str, Any], instance_ref_json: str) -> Any:
         instance.compute_log_manager  # noqa: B018
         instance.run_coordinator  # noqa: B018
         instances[instance_ref_json] = instance
+        gc.freeze()  # the instance, its storages and engines join what the children share untouched
     return instances[instance_ref_json]
 
 
 def _run_in_child(request: dict, instance: Any) -> int:
     run_id = request["run_id"]
+    gc.set_threshold(*RUN_WORKER_GC_THRESHOLDS)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     code = 1
     started = time.monotonic()
