@@ -239,13 +239,14 @@ def _start_through_outages(instance: Any, run_id: str, execute: Callable[[], int
     than leave it to Dagster's start timeout. A run that had started is left to run monitoring (its
     worker is gone: the run fails and Dagster retries it)."""
     from dagster import DagsterRunStatus
-    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from constellation_core.db import OUTAGE_ERRORS
 
     _wait_for_run_storage(instance, run_id)
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
             return execute()
-        except (OperationalError, InterfaceError) as exc:
+        except OUTAGE_ERRORS as exc:
             if attempt == START_ATTEMPTS:
                 raise
             run = _wait_for_run_storage(instance, run_id)

@@ -17,9 +17,10 @@ from sqlalchemy import Connection, bindparam, func, literal, select, text, updat
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from constellation_core import tracing
+from constellation_core.db import OUTAGE_ERRORS
 from constellation_core.devices import Device, from_spec
 from constellation_core.events import record_event, transition_job
 from constellation_core.tables import gpus as gpus_table
@@ -64,7 +65,7 @@ def is_outage(exc: BaseException) -> bool:
     the admit op reads for the model, give up connecting with their own `DagsterPostgresException`)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OperationalError | InterfaceError) or (
+        if isinstance(exc, OUTAGE_ERRORS) or (
                 isinstance(exc, DBAPIError) and exc.connection_invalidated):
             return True
         seen.add(id(exc))
