@@ -6,12 +6,14 @@
 
 Runs against throwaway Postgres and NATS (`with-services`) and the API under uvicorn. N clients
 subscribe to `/stream` (all jobs, as admins). A publisher sends `job.progress` events to JetStream
-exactly as inference steps do (`constellation_core.bus.publish_events`, one event per message) at the
-given rate, each stamped with its send time; every client records arrival − send; the API's CPU over
-the run (its process's user + system time) per event delivered to a client. Side by side, a
-plain NATS subscriber in the client process gives the floor (NATS alone, no API). Synthetic events:
-ids above any real one and a job id of their own, never written to `events`. The clients and the
-publisher run on uvloop (as the API does), so that less of the two cores goes to the load itself.
+exactly as inference steps do: each committed to `events` first (`record_event_async`, a job of the
+bench's own), then sent (`constellation_core.bus.publish_events`, one event per message) at the given
+rate, each stamped with its send time after its commit; every client records arrival − send; the
+API's CPU over the run (its process's user + system time) per event delivered to a client. Side by
+side, a plain NATS subscriber in the client process gives the floor (NATS alone, no API). The API
+sends an event only once every smaller event id has settled, so the events must be real rows (before
+the stream ordered events by id, P2 published ids that no row had). The clients and the publisher run
+on uvloop (as the API does), so that less of the two cores goes to the load itself.
 """
 
 from __future__ import annotations
@@ -25,26 +27,26 @@ import statistics
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
 import uvloop
 from served_api import api_cpu_s, checkouts, served_api
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, insert
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from constellation_core.accounts import create_account, issue_api_key
 from constellation_core.bus import publish_events
-from constellation_core.events import SUBJECT_ROOT, Event
+from constellation_core.db import async_engine
+from constellation_core.events import SUBJECT_ROOT, record_event_async
+from constellation_core.tables import jobs
 from constellation_core.waiting import free_port
 from constellation_devstack.jaeger import JaegerServer
 
 # Every event carries a job's trace context, as an op's do (the API's stream hub then records a fan-out
 # span per event it delivers, when its tracing is on).
 JOB_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-FIRST_ID = 10**15
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,9 +76,22 @@ async def client(url: str, key: str, job_id: str, latencies: list[float], ready:
     return received
 
 
-async def run(args, base: str, key: str, nats_url: str) -> None:
+def new_job(database_url: str, account_id: uuid.UUID) -> str:
+    """A running job for the bench's events (an event of a job bumps the job's sequence)."""
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        job_id = conn.execute(insert(jobs).values(
+            name="p2", state="running", submitted_by="p2", account_id=account_id, zoom=12,
+            aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
+        ).scalar_one()
+    engine.dispose()
+    return str(job_id)
+
+
+async def run(args, base: str, key: str, nats_url: str, database_url: str, account_id: uuid.UUID) -> None:
     ws_url = f"{base.replace('http', 'ws', 1)}/stream"
-    job_id = str(uuid.uuid4())
+    job_id = new_job(database_url, account_id)
+    db = async_engine(database_url)
     total = args.rate * args.seconds
     latencies: list[float] = []
     floor: list[float] = []
@@ -101,13 +116,16 @@ async def run(args, base: str, key: str, nats_url: str) -> None:
         delay = started + i / args.rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        event = Event(id=FIRST_ID + i, type="job.progress", job_id=job_id, ts=datetime.now(UTC),
-                      payload={"tiles_done": i, "tiles_total": total, "sent_at": time.time()})
+        async with db.begin() as conn:
+            event = await record_event_async(conn, "job.progress", account_id=account_id, job_id=uuid.UUID(job_id),
+                                             payload={"tiles_done": i, "tiles_total": total})
+        event.payload["sent_at"] = time.time()
         await publish_events(js, [event], traceparent=JOB_TRACEPARENT)
     sent_in = time.perf_counter() - started
     received = await asyncio.gather(*clients)
     api_cpu = api_cpu_s(base) - cpu_before
     await nc.drain()
+    await db.dispose()
 
     print(f"{args.clients} clients, {total} events at {args.rate}/s (sent in {sent_in:.1f} s), "
           f"{os.cpu_count()} cores shared by API, NATS, Postgres, publisher and clients")
@@ -137,14 +155,15 @@ def main() -> None:
         raise SystemExit("run under `constellation-dev with-services -- ...` (throwaway Postgres and NATS)")
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        key = issue_api_key(conn, create_account(conn, f"p2-{uuid.uuid4().hex[:6]}", "admin"))
+        account_id = create_account(conn, f"p2-{uuid.uuid4().hex[:6]}", "admin")
+        key = issue_api_key(conn, account_id)
     engine.dispose()
     with checkouts(args.baseline) as sources:
         if not args.tracing:
             for label, source in sources:
                 print(f"-- {label}")
                 with served_api(source=source) as base:
-                    uvloop.run(run(args, base, key, nats_url))
+                    uvloop.run(run(args, base, key, nats_url, database_url, account_id))
             return
         jaeger = JaegerServer(Path(tempfile.mkdtemp(prefix="constellation-p2-")), free_port(), free_port(),
                               free_port(), free_port())
@@ -154,7 +173,7 @@ def main() -> None:
                     sources, (("tracing off", {"OTEL_SDK_DISABLED": "true"}), ("tracing on", jaeger.otel_env()))):
                 print(f"-- {label}, the API with {tracing}")
                 with served_api(source=source, env=env) as base:
-                    uvloop.run(run(args, base, key, nats_url))
+                    uvloop.run(run(args, base, key, nats_url, database_url, account_id))
         finally:
             jaeger.stop()
 

@@ -6,7 +6,9 @@ transaction that wrote it commits, a NATS message on a subject under `constellat
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal
@@ -73,6 +75,53 @@ class Event(BaseModel):
     @classmethod
     def from_bytes(cls, data: bytes) -> Event:
         return cls.model_validate(json.loads(data))
+
+
+# An event's id comes from `next_event_id()` (migration 0015). Its transaction holds, until it ends, a
+# shared advisory lock on (EVENT_ID_LOCK, 0) from before it takes its first id, and one on
+# (EVENT_ID_LOCK + 1 + id >> 31, id & 0x7fffffff) for that first id.
+EVENT_ID_LOCK = 1129270867
+LAST_EVENT_ID = text("SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM events_id_seq")
+# The smallest event id of the open transactions, and those still taking their first one.
+_OPEN_EVENT_IDS = text(f"""
+WITH held AS (
+    SELECT virtualtransaction, classid::bigint AS high, objid::bigint AS low FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 2
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid::bigint BETWEEN {EVENT_ID_LOCK} AND {EVENT_ID_LOCK} + 1 + 1000000
+)
+SELECT (SELECT min(((high - {EVENT_ID_LOCK} - 1) << 31) + low) FROM held WHERE high > {EVENT_ID_LOCK}) AS first_open,
+       ARRAY(SELECT virtualtransaction FROM held WHERE high = {EVENT_ID_LOCK} AND low = 0
+             EXCEPT SELECT virtualtransaction FROM held WHERE high > {EVENT_ID_LOCK}) AS taking
+""")
+
+
+class EventIdsUnsettled(TimeoutError):
+    """Transactions were taking an event id for longer than allowed; `last`: the last id handed out."""
+
+    def __init__(self, message: str, last: int) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+async def settled_event_id(conn: AsyncConnection, *, timeout_s: float = 5.0) -> int:
+    """An id such that every event id up to it has settled — committed (visible to the next statement)
+    or rolled back, never to appear — however the commits were ordered.
+
+    Ids are handed out in one order and may commit in another: id 7 can commit while 6 is still in its
+    transaction. Every id up to the sequence's last value, read here first, was taken by a transaction
+    that has ended since, or that holds the lock of its first id (no larger than any id it holds), or
+    that is in the moment between taking an id and locking it (waited for: microseconds)."""
+    last = (await conn.execute(LAST_EVENT_ID)).scalar_one()
+    deadline, wait = time.monotonic() + timeout_s, 0.001
+    while True:
+        first_open, taking = (await conn.execute(_OPEN_EVENT_IDS)).one()
+        if not taking:
+            return last if first_open is None else min(last, first_open - 1)
+        if time.monotonic() > deadline:
+            raise EventIdsUnsettled(f"transactions {taking[:5]} were taking an event id for {timeout_s:.0f} s", last)
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, 0.05)
 
 
 def _insert(type_: str, account_id: UUID | None, job_id: UUID | None, run_id: UUID | None, payload: dict | None):

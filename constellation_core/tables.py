@@ -174,7 +174,8 @@ events = Table(
     "events",
     metadata,
     # Append-only (a trigger refuses UPDATE and DELETE); clients resume from the last id they saw.
-    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    # `next_event_id()` hands ids out (events.settled_event_id says up to which they have settled).
+    Column("id", BigInteger, primary_key=True, autoincrement=False, server_default=text("next_event_id()")),
     Column("type", Text, nullable=False),
     # The account whose job the event concerns, so members' streams carry only their own.
     Column("account_id", UUID(as_uuid=True)),

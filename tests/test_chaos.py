@@ -366,7 +366,10 @@ def test_sigkill_of_every_part_of_the_stack_during_a_backlog_loses_and_doubles_n
                         and job_states[-1] in TERMINAL_JOB_STATES):
                     problems.append(f"job {job_id} changed state as {job_states}")
             if figures["lost_events"] or figures["events_received_twice"]:
-                problems.append("the resuming stream client did not get every state change once")
+                lost = [(e.id, e.job_id, e.state) for e in state_events if e.id in wanted - set(seen)]
+                twice = sorted({i for i in seen if seen.count(i) > 1})
+                problems.append(f"the resuming stream client did not get every state change once: lost {lost}, "
+                                f"twice {twice}, the client's last id {client.last}")
             if figures["held_slots"] or open_steps:
                 problems.append(f"held pool slots {held}, open steps {open_steps}")
             if overlapping:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from api import access
 from api.deps import CurrentAccount, EngineDep
-from api.events.service import history
+from api.events.service import history, settled_through
 from api.pagination import DEFAULT_LIMIT, Limit, Page
 from constellation_core.events import Event
 
@@ -23,10 +23,13 @@ async def list_events(
     job_id: Annotated[UUID | None, Query(description="Only this job's events")] = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[Event]:
-    """Events in id order (yours; admins: everyone's). `next_cursor` is the last id: pass it as `after`."""
+    """Events in id order (yours; admins: everyone's). `next_cursor` is the last id: pass it as `after`.
+    A page ends before any id whose transaction is still open, so polling with the last id seen as
+    `after` never skips an event that committed after a later one."""
     async with engine.connect() as conn:
         if job_id is not None:
             await access.require_job(conn, account, job_id)
-        found = await history(conn, account, after=after, job_id=job_id, limit=limit + 1)
+        found = await history(conn, account, after=after, job_id=job_id, limit=limit + 1,
+                              until=await settled_through(conn))
     page = found[:limit]
     return Page[Event](data=page, next_cursor=str(page[-1].id) if len(found) > limit else None)

@@ -47,9 +47,14 @@ async def log_stream(engine, hub: StreamHub, account: Account, job_id: UUID, aft
     hub.add(subscriber)  # before reading history: nothing committed meanwhile is missed
     delivered = Delivered(after)
     try:
+        try:
+            until = await hub.position()  # every later event comes live, in id order
+        except TimeoutError:  # the hub has not reached Postgres since this API started: the client retries
+            yield "retry: 2000\n\n"
+            return
         async with engine.connect() as conn:
             past = await history(conn, account, after=after, job_id=job_id, types=LOG_EVENT_TYPES,
-                                 limit=HISTORY_LIMIT)
+                                 limit=HISTORY_LIMIT, until=until)
             state = (await conn.execute(select(jobs.c.state).where(jobs.c.id == job_id))).scalar_one()
         yield "retry: 2000\n\n"
         for event in past:

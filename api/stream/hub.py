@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from uuid import UUID
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import access
@@ -22,7 +20,13 @@ from api.accounts.auth import REVOCATION_SUBJECT, Account, Revocation, forget
 from api.accounts.limits import TooManyRequests
 from api.metrics import STREAM_CLIENTS, STREAM_DROPPED
 from constellation_core import tracing
-from constellation_core.events import SUBJECT_ROOT, Event
+from constellation_core.events import (
+    LAST_EVENT_ID,
+    SUBJECT_ROOT,
+    Event,
+    EventIdsUnsettled,
+    settled_event_id,
+)
 from constellation_core.tables import events
 from constellation_core.telemetry import GpuSample
 from constellation_core.vocabulary import LOG_EVENT_TYPES
@@ -68,97 +72,21 @@ class Subscriber:
         return access.device_sample(self.account, message) if isinstance(message, GpuSample) else message
 
 
-class JobSequencer:
-    """Puts each job's events back in `seq` order before they are fanned out.
-
-    A job's events are numbered in commit order but published by several processes, so NATS may
-    deliver seq 6 before seq 5. The next expected seq is released at once (the common case: no added
-    latency); a later one waits until the gap fills, or at most `max_wait_s`, then everything held is
-    released in order (a gap that never fills: an event lost or not yet committed when this API
-    started). Events without a seq (older rows, synthetic ones) pass straight through.
-    """
-
-    def __init__(self, release: Callable[[Event], None], max_wait_s: float = 0.25, max_jobs: int = 10_000) -> None:
-        self._release = release
-        self._max_wait_s = max_wait_s
-        self._max_jobs = max_jobs
-        self._next: OrderedDict[UUID, int] = OrderedDict()  # job → the seq it expects next
-        self._held: dict[UUID, dict[int, Event]] = {}
-        self._timers: dict[UUID, asyncio.TimerHandle] = {}
-
-    def accept(self, event: Event) -> list[Event]:
-        """The events to fan out now, in order (maybe none: this one waits for an earlier one)."""
-        job_id, seq = event.job_id, event.seq
-        if job_id is None or seq is None:
-            return [event]
-        expected = self._next.get(job_id)
-        if expected is None or seq <= expected:  # first seen, the expected one, or a late straggler
-            ready = [event]
-            if expected is None or seq == expected:
-                self._advance(job_id, seq + 1)
-                ready += self._drain(job_id)
-            return ready
-        self._held.setdefault(job_id, {})[seq] = event
-        if job_id not in self._timers:
-            self._timers[job_id] = asyncio.get_running_loop().call_later(self._max_wait_s, self._give_up, job_id)
-        return []
-
-    def _advance(self, job_id: UUID, next_seq: int) -> None:
-        self._next[job_id] = next_seq
-        self._next.move_to_end(job_id)
-        while len(self._next) > self._max_jobs:  # forget the least recently active jobs
-            old, _ = self._next.popitem(last=False)
-            for event in self._flush(old):
-                self._release(event)
-
-    def _drain(self, job_id: UUID) -> list[Event]:
-        held = self._held.get(job_id)
-        ready = []
-        while held and (event := held.pop(self._next[job_id], None)) is not None:
-            ready.append(event)
-            self._next[job_id] += 1
-        if not held:
-            self._held.pop(job_id, None)
-            timer = self._timers.pop(job_id, None)
-            if timer is not None:
-                timer.cancel()
-        return ready
-
-    def _flush(self, job_id: UUID) -> list[Event]:
-        held = self._held.pop(job_id, {})
-        timer = self._timers.pop(job_id, None)
-        if timer is not None:
-            timer.cancel()
-        return [held[seq] for seq in sorted(held)]
-
-    def _give_up(self, job_id: UUID) -> None:
-        self._timers.pop(job_id, None)
-        ready = self._flush(job_id)
-        if ready:
-            log.warning("releasing a job's events past a gap in their sequence",
-                        extra={"job_id": str(job_id), "expected": self._next.get(job_id), "released": [e.seq for e in ready]})
-            self._next[job_id] = ready[-1].seq + 1
-        for event in ready:
-            self._release(event)
-
-
-# After NATS comes back, the events committed since a little before it went away are read from
-# Postgres: their publishers may have sent them before this API's subscription was back (NATS does not
-# keep messages for a subscriber that is away). Subscribers drop the ones they already got.
-BACKFILL_MARGIN_S = 10
-BACKFILL_ID_MARGIN = 10_000
-BACKFILL_LIMIT = 50_000
+# Events go out in id order, each once, and an event goes out only when every smaller id has settled
+# (committed, or rolled back for good): a client that resumes from the last id it got misses nothing.
+# Ids are handed out in one order and committed in another, and several processes publish them, so
+# NATS may bring id 7 before 6, or never bring 6 (its process was killed between its commit and its
+# publish; NATS was away). An event past a gap waits GAP_WAIT_S for NATS to fill it, then the hub asks
+# Postgres up to which id everything has settled (`settled_event_id`: just below the first id of a
+# transaction still open) and reads the missing rows. The same look runs when NATS comes back, every
+# TAIL_CHECK_S while events are held (their gap is an open transaction's), and when the last id handed
+# out a tick ago has not come (the last event of a burst NATS never brought: no later one shows the gap).
+GAP_WAIT_S = 0.05
+TAIL_CHECK_S = 1.0
+SETTLE_RETRY_S = 1.0
+BACKFILL_LIMIT = 50_000  # rows read from Postgres in one look
+HELD_MAX = 100_000  # events held past a gap before they go out regardless (Postgres unreachable meanwhile)
 TRACED_PENDING_MAX = 10_000
-# A committed event can also miss NATS with NATS up: its process was killed between its commit and its
-# publish, or Postgres died as it committed and the process never learned that the commit held (the
-# chaos test lost two job states so). While clients are connected, the hub looks in Postgres every
-# RECONCILE_EVERY_S for the events of the last RECONCILE_WINDOW_S it has not seen — those committed over
-# RECONCILE_SETTLE_S ago, which NATS would have brought by then — and fans them out (ids only, then the
-# rows of the missing ones: a query of the last half minute's ids every 5 s).
-RECONCILE_EVERY_S = 5.0
-RECONCILE_WINDOW_S = 30.0
-RECONCILE_SETTLE_S = 2.0
-SEEN_MAX = 500_000  # event ids remembered (two windows' worth, at most this many)
 
 
 class StreamHub:
@@ -167,100 +95,113 @@ class StreamHub:
         self._subscription = None
         # device uuid → its latest sample (GET /gpus); history is Prometheus's (GET /gpus/{uuid}/telemetry)
         self._latest_gpu_samples: dict[str, GpuSample] = {}
-        self._sequencer = JobSequencer(self._fan_out)
         # event id → (traceparent, received, subject) of traced events not yet fanned out (bounded below)
         self._traced: OrderedDict[int, tuple[str, float, str]] = OrderedDict()
         self._engine: AsyncEngine | None = None
-        self._last_event_id = 0
-        self._away_since: float | None = None
-        self._seen: OrderedDict[int, float] = OrderedDict()  # event id → when it was fanned out here
-        self._id_marks: deque[tuple[float, int]] = deque()  # (when, the highest event id known then)
-        self._reconciler: asyncio.Task | None = None
+        # Every event up to `_position` has settled and gone out (None: not known yet, until the first
+        # look in Postgres); `_held`: events that came past a gap, waiting for it to fill.
+        self._position: int | None = None
+        self._positioned = asyncio.Event()
+        self._held: dict[int, Event] = {}
+        self._wake = asyncio.Event()  # a gap opened, or NATS came back
+        self._look_now = False  # NATS came back: look in Postgres whatever is held
+        self._keeper: asyncio.Task | None = None
 
     async def start(self, nc: NATS, engine: AsyncEngine | None = None) -> None:
+        """Listen to NATS; with `engine`, fan events out in id order (without, as they come)."""
         self._engine = engine
         self._subscription = await nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._on_message)
         if engine is not None:
-            try:  # what was committed before this API started is for clients to resume from
-                async with engine.connect() as conn:
-                    known = (await conn.execute(select(func.coalesce(func.max(events.c.id), 0)))).scalar_one()
-            except Exception:  # noqa: BLE001 - Postgres away: the first look reads the whole window
-                log.warning("reading the latest event id failed", exc_info=True)
-                known = 0
-            self._id_marks.append((time.time(), known))
-            self._reconciler = asyncio.create_task(self._reconcile_forever())
+            self._keeper = asyncio.create_task(self._keep_in_order())
 
     async def on_disconnected(self) -> None:
-        """NATS callback: from now on, events may pass this API by."""
-        if self._away_since is None:
-            self._away_since = time.time()
+        """NATS callback: events may pass this API by until it is back (the look when it is back finds them)."""
 
     async def on_reconnected(self) -> None:
         """NATS callback: fan out what was committed while this API was away, from Postgres."""
-        away_since, self._away_since = self._away_since, None
-        if away_since is None or self._engine is None:
-            return
-        since = away_since - BACKFILL_MARGIN_S
-        try:
-            missed = await self._fan_out_unseen(after_id=self._last_event_id - BACKFILL_ID_MARGIN, since=since)
-        except Exception:  # noqa: BLE001 - Postgres away too: clients resume from `events` when they reconnect
-            log.warning("reading the events NATS may have missed failed", exc_info=True)
-            return
-        log.info("NATS is back: events committed meanwhile fanned out from Postgres",
-                 extra={"events": len(missed), "since": datetime.fromtimestamp(since, UTC).isoformat()})
+        self._look_now = True
+        self._wake.set()
 
-    async def _reconcile_forever(self) -> None:
+    async def position(self, timeout_s: float = 10.0) -> int | None:
+        """The id up to which every event has gone out to the subscribers of this moment: a stream's
+        replay reads history up to it, and its subscriber (added before) gets every later event live.
+        None when this hub does not order events (no Postgres)."""
+        if self._engine is None:
+            return None
+        await asyncio.wait_for(self._positioned.wait(), timeout=timeout_s)
+        return self._position
+
+    async def _keep_in_order(self) -> None:
+        tail = None  # the id handed out last, a tick ago
         while True:
-            await asyncio.sleep(RECONCILE_EVERY_S)
-            self._forget_seen(time.time())
-            if not self._subscribers:
-                continue
+            woke = False
+            if self._position is not None:  # (the first look is at once)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=TAIL_CHECK_S)
+                    woke = True
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            if woke and not self._look_now:
+                await asyncio.sleep(GAP_WAIT_S)  # NATS usually brings the missing event within milliseconds
             try:
-                await self.reconcile()
-            except Exception:  # noqa: BLE001 - Postgres away: the next look covers the same window
-                log.warning("looking for events NATS did not bring failed", exc_info=True)
+                if (self._position is None or self._look_now or self._held
+                        or (tail is not None and tail > self._position)):
+                    self._look_now = False
+                    await self._settle()
+                async with self._engine.connect() as conn:
+                    tail = (await conn.execute(LAST_EVENT_ID)).scalar_one()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Postgres away: held events wait for it (bounded by HELD_MAX)
+                log.warning("looking in Postgres for the events NATS did not bring failed", exc_info=True)
+                self._look_now = True
+                await asyncio.sleep(SETTLE_RETRY_S)
 
-    async def reconcile(self) -> int:
-        """Fan out the events committed over RECONCILE_SETTLE_S and under RECONCILE_WINDOW_S ago that
-        this hub has not seen; how many."""
-        now = time.time()
-        while len(self._id_marks) > 1 and self._id_marks[1][0] <= now - RECONCILE_WINDOW_S:
-            self._id_marks.popleft()
-        floor = self._id_marks[0][1]  # every event past it committed within the window, or later
-        self._id_marks.append((now, max(self._last_event_id, floor)))
-        missed = await self._fan_out_unseen(after_id=floor, since=now - RECONCILE_WINDOW_S,
-                                             until=now - RECONCILE_SETTLE_S)
-        if missed:
-            log.warning("events that NATS did not bring fanned out from Postgres",
-                        extra={"events": len(missed), "ids": missed[:20]})
-        return len(missed)
-
-    async def _fan_out_unseen(self, *, after_id: int, since: float, until: float | None = None) -> list[int]:
-        """Fan out the events with ids past `after_id`, committed from `since` (until `until`), that
-        this hub has not seen; their ids. Reads the window's ids, then the rows of the missing ones."""
-        window = [events.c.id > after_id, events.c.ts >= datetime.fromtimestamp(since, UTC)]
-        if until is not None:
-            window.append(events.c.ts < datetime.fromtimestamp(until, UTC))
+    async def _settle(self) -> None:
+        """Fan out, in id order, every event up to the id that has settled now, reading from Postgres
+        those that NATS has not brought."""
+        missed: list[Event] = []
         async with self._engine.connect() as conn:
-            ids = (await conn.execute(select(events.c.id).where(*window).order_by(events.c.id)
-                                      .limit(BACKFILL_LIMIT))).scalars().all()
-            missing = [event_id for event_id in ids if event_id not in self._seen]
-            if not missing:
-                return []
-            rows = (await conn.execute(select(events).where(events.c.id.in_(missing)).order_by(events.c.id))).mappings()
-            missed = [Event.model_validate(dict(row)) for row in rows]
+            try:
+                settled = await settled_event_id(conn)
+            except EventIdsUnsettled as exc:  # stuck taking an id: go on without waiting for its event
+                log.warning("events go out past ids that may not have settled", extra={"detail": str(exc)})
+                settled = exc.last
+            if self._position is not None and settled > self._position:
+                rows = (await conn.execute(select(events).where(events.c.id > self._position, events.c.id <= settled)
+                                           .order_by(events.c.id).limit(BACKFILL_LIMIT))).mappings().all()
+                missed = [Event.model_validate(dict(row)) for row in rows]
+                if len(rows) == BACKFILL_LIMIT:
+                    settled = rows[-1]["id"]  # the rest on the next look
+        if self._position is None:  # the first look: what settled before this hub is history
+            self._position = settled
+            self._positioned.set()
+        from_postgres = []
         for event in missed:
-            self._accept(event)
-        return missing
+            if event.id <= self._position:
+                continue  # NATS brought it while Postgres was read
+            held = self._held.pop(event.id, None)
+            if held is None:
+                from_postgres.append(event.id)
+            self._position = event.id
+            self._fan_out(held or event)
+        self._position = max(self._position, settled)
+        for event_id in [i for i in self._held if i <= self._position]:
+            del self._held[event_id]  # committed before this hub's first look: history, not live
+        self._release_held()
+        if from_postgres:
+            log.warning("events fanned out from Postgres: NATS had not brought them",
+                        extra={"events": len(from_postgres), "ids": from_postgres[:20]})
 
-    def _forget_seen(self, now: float) -> None:
-        forget_before = now - 2 * RECONCILE_WINDOW_S
-        while self._seen and (len(self._seen) > SEEN_MAX or next(iter(self._seen.values())) < forget_before):
-            self._seen.popitem(last=False)
+    def _release_held(self) -> None:
+        while (event := self._held.pop(self._position + 1, None)) is not None:
+            self._position = event.id
+            self._fan_out(event)
 
     async def stop(self) -> None:
-        if self._reconciler is not None:
-            self._reconciler.cancel()
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self._subscription is not None:
             await self._subscription.unsubscribe()
         for subscriber in list(self._subscribers):
@@ -319,7 +260,7 @@ class StreamHub:
             return
         if message.type in LOG_EVENT_TYPES and msg.headers and tracing.active():
             # Its trace context, for the fan-out span (recorded when the event is fanned out: the
-            # sequencer may hold it back until an earlier one arrives).
+            # hub may hold it back until every earlier id has settled).
             if traceparent := msg.headers.get("traceparent"):
                 self._traced[message.id] = (traceparent, time.time(), msg.subject)
                 while len(self._traced) > TRACED_PENDING_MAX:
@@ -327,13 +268,22 @@ class StreamHub:
         self._accept(message)
 
     def _accept(self, event: Event) -> None:
-        """Fan out the event (and those it releases from the sequencer)."""
-        if event.id in self._seen:
-            return  # brought by NATS and by a look in Postgres: once is enough
-        self._seen[event.id] = time.time()
-        self._last_event_id = max(self._last_event_id, event.id)
-        for ready in self._sequencer.accept(event):
-            self._fan_out(ready)
+        """Fan the event out when every smaller id has (else hold it until they have)."""
+        if self._engine is None:
+            self._fan_out(event)
+            return
+        if self._position is not None and event.id <= self._position:
+            return  # out already (from Postgres), or committed before this hub's first look
+        self._held[event.id] = event
+        if self._position is not None:
+            self._release_held()
+        if self._held:
+            self._wake.set()
+            if len(self._held) > HELD_MAX:  # Postgres has not answered for long: out past the gap
+                log.warning("events go out past a gap Postgres did not fill", extra={"held": len(self._held)})
+                for event_id in sorted(self._held):
+                    self._position = event_id
+                    self._fan_out(self._held.pop(event_id))
 
     def _fan_out(self, message: Event | GpuSample) -> int:
         queued = self._deliver(message)

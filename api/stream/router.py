@@ -48,8 +48,9 @@ async def stream(
     `gpus=true` adds telemetry; `after` replays from that event id). Then the client may send
     `{"type": "subscribe" | "unsubscribe", "topic": "jobs" | "job" | "logs" | "gpus", "job_id": …, "after": …}`;
     each is answered with `subscribed` / `unsubscribed` or an `error`. Every event is sent once per
-    socket; each job's events in commit order (`seq`; the hub waits up to 0.25 s for a gap when two
-    processes publish out of order); a replay (`after`) sends history first, then live."""
+    socket, in id order, and only once every smaller id has settled (an event past a gap waits for it:
+    usually milliseconds), so the last id a client got is where it resumes; a replay (`after`) sends
+    history first, then live."""
     engine = websocket.app.state.engine
     hub = websocket.app.state.hub
     key_protocol, app_protocol = _offered_protocols(websocket)
@@ -88,7 +89,7 @@ async def stream(
     tasks: list[asyncio.Task] = []
     try:
         if after is not None:
-            await send(await _history(engine, account, ("job", job_id) if job_id else ("jobs", None), after))
+            await send(await _history(engine, hub, account, ("job", job_id) if job_id else ("jobs", None), after))
         sent_at = [time.monotonic()]
         tasks = [asyncio.create_task(_read_controls(websocket, subscriber.queue)),
                  asyncio.create_task(_beat(subscriber.queue, sent_at))]
@@ -125,6 +126,8 @@ async def stream(
                 sent_at[0] = time.monotonic()
     except WebSocketDisconnect:
         pass
+    except TimeoutError:  # the hub has not reached Postgres since this API started: history has no end yet
+        await websocket.close(code=TRY_AGAIN_LATER, reason="the event history cannot be read yet; try again")
     finally:
         for task in tasks:
             task.cancel()
@@ -226,7 +229,7 @@ async def _control(websocket: WebSocket, engine, account: Account, subscriber: S
                                "job_id": str(message.job_id) if message.job_id else None})
     if message.after is None or message.topic == "gpus":
         return []
-    return await _history(engine, account, topic, message.after)
+    return await _history(engine, websocket.app.state.hub, account, topic, message.after)
 
 
 async def _check_job_access(engine, account: Account, job_id: UUID | None) -> None:
@@ -235,8 +238,11 @@ async def _check_job_access(engine, account: Account, job_id: UUID | None) -> No
             await access.require_job(conn, account, job_id)
 
 
-async def _history(engine, account: Account, topic: tuple[str, UUID | None], after: int) -> list[Event]:
+async def _history(engine, hub, account: Account, topic: tuple[str, UUID | None], after: int) -> list[Event]:
+    """The topic's events after `after`, up to the hub's position: every later one comes live (the
+    subscriber was added first), in id order, so the client's last id is always a place to resume."""
     kind, job_id = topic
+    until = await hub.position()
     async with engine.connect() as conn:
         return await history(conn, account, after=after, job_id=job_id, jobs_only=True, limit=HISTORY_LIMIT,
-                             types=LOG_EVENT_TYPES if kind == "logs" else None)
+                             types=LOG_EVENT_TYPES if kind == "logs" else None, until=until)

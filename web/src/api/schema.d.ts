@@ -484,6 +484,8 @@ export interface paths {
         /**
          * List
          * @description Events in id order (yours; admins: everyone's). `next_cursor` is the last id: pass it as `after`.
+         *     A page ends before any id whose transaction is still open, so polling with the last id seen as
+         *     `after` never skips an event that committed after a later one.
          */
         get: operations["events-list"];
         put?: never;
