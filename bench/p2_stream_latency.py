@@ -2,14 +2,15 @@
 
     make install && .local/venv/bin/constellation-dev with-services -- \
         .local/venv/bin/python bench/p2_stream_latency.py [--clients 50] [--rate 500] [--seconds 10] \
-        [--baseline REF] [--tracing]
+        [--publishers 4] [--baseline REF] [--tracing]
 
 Runs against throwaway Postgres and NATS (`with-services`) and the API under uvicorn. N clients
-subscribe to `/stream` (all jobs, as admins). A publisher sends `job.progress` events to JetStream
-exactly as inference steps do: each committed to `events` first (`record_event_async`, a job of the
-bench's own), then sent (`constellation_core.bus.publish_events`, one event per message) at the given
-rate, each stamped with its send time after its commit; every client records arrival − send; the
-API's CPU over the run (its process's user + system time) per event delivered to a client. Side by
+subscribe to `/stream` (all jobs, as admins). Publishers (`--publishers`, each with a job of its own,
+as devices' steps are) send `job.progress` events to JetStream exactly as inference steps do: each
+committed to `events` first (`record_event_async`), then sent (`constellation_core.bus.publish_events`,
+one event per message) at the given rate in all, each stamped with its send time after its commit;
+every client records arrival − send; the API's CPU over the run (its process's user + system time)
+per event delivered to a client. Side by
 side, a plain NATS subscriber in the client process gives the floor (NATS alone, no API). The API
 sends an event only once every smaller event id has settled, so the events must be real rows (before
 the stream ordered events by id, P2 published ids that no row had). The clients and the publisher run
@@ -54,7 +55,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def client(url: str, key: str, job_id: str, latencies: list[float], ready: asyncio.Event,
+async def client(url: str, key: str, job_ids: set[str], latencies: list[float], ready: asyncio.Event,
                  expected: int, dropped: list[str]) -> int:
     received = 0
     async with connect(url, max_queue=None, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
@@ -69,7 +70,7 @@ async def client(url: str, key: str, job_id: str, latencies: list[float], ready:
                 break
             now = time.time()
             message = json.loads(raw)
-            if message.get("job_id") != job_id:
+            if message.get("job_id") not in job_ids:
                 continue
             latencies.append((now - message["payload"]["sent_at"]) * 1000)
             received += 1
@@ -90,14 +91,14 @@ def new_job(database_url: str, account_id: uuid.UUID) -> str:
 
 async def run(args, base: str, key: str, nats_url: str, database_url: str, account_id: uuid.UUID) -> None:
     ws_url = f"{base.replace('http', 'ws', 1)}/stream"
-    job_id = new_job(database_url, account_id)
-    db = async_engine(database_url)
+    job_ids = [new_job(database_url, account_id) for _ in range(args.publishers)]
+    db = async_engine(database_url, pool_size=args.publishers)
     total = args.rate * args.seconds
     latencies: list[float] = []
     floor: list[float] = []
     readies = [asyncio.Event() for _ in range(args.clients)]
     dropped: list[str] = []
-    clients = [asyncio.create_task(client(ws_url, key, job_id, latencies, ready, total, dropped))
+    clients = [asyncio.create_task(client(ws_url, key, set(job_ids), latencies, ready, total, dropped))
                for ready in readies]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), timeout=60)
 
@@ -106,28 +107,35 @@ async def run(args, base: str, key: str, nats_url: str, database_url: str, accou
     async def on_floor(msg) -> None:
         floor.append((time.time() - json.loads(msg.data)["payload"]["sent_at"]) * 1000)
 
-    await nc.subscribe(f"{SUBJECT_ROOT}.jobs.{job_id}.>", cb=on_floor)
+    for job_id in job_ids:
+        await nc.subscribe(f"{SUBJECT_ROOT}.jobs.{job_id}.>", cb=on_floor)
     js = nc.jetstream()
     await asyncio.sleep(0.5)  # let the subscriptions settle before the clock starts
     cpu_before = api_cpu_s(base)
     started = time.perf_counter()
-    for i in range(total):
-        # Pace to the rate: event i leaves at i / rate seconds.
-        delay = started + i / args.rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        async with db.begin() as conn:
-            event = await record_event_async(conn, "job.progress", account_id=account_id, job_id=uuid.UUID(job_id),
-                                             payload={"tiles_done": i, "tiles_total": total})
-        event.payload["sent_at"] = time.time()
-        await publish_events(js, [event], traceparent=JOB_TRACEPARENT)
+
+    async def publisher(k: int) -> None:  # events k, k + n, k + 2n … of a job of its own, as one device's steps
+        for i in range(k, total, args.publishers):
+            # Pace to the rate: event i leaves at i / rate seconds.
+            delay = started + i / args.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with db.begin() as conn:
+                event = await record_event_async(conn, "job.progress", account_id=account_id,
+                                                 job_id=uuid.UUID(job_ids[k]),
+                                                 payload={"tiles_done": i, "tiles_total": total})
+            event.payload["sent_at"] = time.time()
+            await publish_events(js, [event], traceparent=JOB_TRACEPARENT)
+
+    await asyncio.gather(*(publisher(k) for k in range(args.publishers)))
     sent_in = time.perf_counter() - started
     received = await asyncio.gather(*clients)
     api_cpu = api_cpu_s(base) - cpu_before
     await nc.drain()
     await db.dispose()
 
-    print(f"{args.clients} clients, {total} events at {args.rate}/s (sent in {sent_in:.1f} s), "
+    print(f"{args.clients} clients, {total} events at {args.rate}/s from {args.publishers} publishers "
+          f"(sent in {sent_in:.1f} s), "
           f"{os.cpu_count()} cores shared by API, NATS, Postgres, publisher and clients")
     for name, values in (("NATS alone (floor)", floor), ("op event → WebSocket", latencies)):
         if values:
@@ -146,6 +154,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--publishers", type=int, default=4,
+                        help="concurrent writers, each committing and publishing a job's events (as devices do)")
     parser.add_argument("--baseline", help="a commit whose API to measure the same way first, side by side")
     parser.add_argument("--tracing", action="store_true",
                         help="run with the API's tracing off, then on (spans to a Jaeger of its own)")
