@@ -56,16 +56,19 @@ def small_areas(count: int, rng: random.Random, low: int, high: int) -> list[tup
     return areas
 
 
-def bare_rate(settings, model_path, threads: int, tiles: int = 640) -> float:
-    """The device's rate with nothing around it: read and classify demo tiles in batches."""
+def bare_rate(settings, model_path, threads: int, *, one_at_a_time: bool = False) -> float:
+    """The device's rate with nothing around it: read and classify demo tiles in batches, each batch
+    read as the device workers read it (`TileReader.read_many`), or its tiles one at a time (as they
+    were read before 2026-12-05: the bare rate this bench compared with until then)."""
     torch.set_num_threads(threads)
-    grid = plan_tiles(box(6.12, 46.19, 6.16, 46.21), ZOOM, 10_000)[:tiles]
+    grid = plan_tiles(box(6.12, 46.19, 6.16, 46.21), ZOOM, 10_000) * 3  # 495 tiles
     classifier = TileClassifier(model_path, "cpu")
     started = time.perf_counter()
     with TileReader(ensure_demo_scene(settings.local_dir / "imagery")) as reader:
         for start in range(0, len(grid), BATCH):
             batch = grid[start:start + BATCH]
-            classifier.predict(np.stack([reader.read(t.z, t.x, t.y) for t in batch]))
+            classifier.predict(np.stack([reader.read(t.z, t.x, t.y) for t in batch]) if one_at_a_time
+                               else reader.read_many(batch))
     return len(grid) / (time.perf_counter() - started)
 
 
@@ -137,6 +140,8 @@ def main() -> None:
 
     wait_dagster_idle(settings)
     bare = bare_rate(settings, settings.local_dir / "models" / f"{model_version}.pt", threads or 1)
+    bare_one_at_a_time = bare_rate(settings, settings.local_dir / "models" / f"{model_version}.pt", threads or 1,
+                                   one_at_a_time=True)
 
     tiles = sum(b.tiles for b in batches)
     drain = (max(b.finished_at for b in batches) - submitted_at).total_seconds()
@@ -156,6 +161,8 @@ def main() -> None:
     print(f"drain             {drain:8.1f} s   {rate:8.1f} tiles/s")
     print(f"bare rate         {bare:8.1f} tiles/s per device (same model, batch, threads; nothing else)")
     print(f"P9 ratio          {rate / (bare * len(devices)):8.3f}   (drain ÷ bare × devices; goal ≥ 0.90)")
+    print(f"  (bare with its tiles read one at a time: {bare_one_at_a_time:.1f} tiles/s, "
+          f"ratio {rate / (bare_one_at_a_time * len(devices)):.3f})")
     for uuid, name in per_device.items():
         busy = sum((b.finished_at - b.started_at).total_seconds() for b in batches if b.device_uuid == uuid)
         print(f"  {name:28s} busy {busy / drain:6.1%} of the drain")

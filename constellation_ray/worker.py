@@ -336,7 +336,7 @@ class DeviceWorker:
                 oldest = next(iter(self._readers))
                 self._readers.pop(oldest).__exit__(None, None, None)
             reader = self._readers[path] = TileReader(path).__enter__()
-        return np.stack([reader.read(t.z, t.x, t.y) for t in batch.tiles])
+        return reader.read_many(batch.tiles)
 
     def _model_loaded(self, model_version: str) -> None:
         """The compute process loaded this model version onto the device (once per version)."""

@@ -66,3 +66,26 @@ def test_another_members_job_imagery_is_not_found_and_bad_tiles_are_refused(clie
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(params={"imagery": "/nonexistent/scene.tif"}))
     gone = client.get(path, headers=owner.headers)
     assert gone.status_code == 404 and "no longer on this machine" in gone.json()["detail"]
+
+
+def test_a_batch_of_tiles_read_at_once_is_each_tile_as_read_alone(tmp_path):
+    """The device workers read a batch's tiles a block at a time: every pixel must be what a tile read
+    alone gives — a compact batch, a thin diagonal, tiles across the scene's edge and outside it, two
+    zooms in one batch, and a tile asked for twice."""
+    from constellation_core.inference.imagery import TileReader, write_scene
+    from constellation_core.tiles import Tile
+
+    scene = write_scene(tmp_path / "scene.tif", (6.10, 46.15, 6.20, 46.22), seed=7)
+    corner = mercantile.tile(6.1, 46.22, 16)
+    compact = [Tile(16, corner.x + dx, corner.y + dy) for dx in range(-1, 4) for dy in range(-1, 5)]
+    diagonal = [Tile(17, 2 * corner.x + 4 + i, 2 * corner.y + 4 + i) for i in range(12)]
+    outside = [Tile(16, corner.x - 6, corner.y - 6)]
+    tiles = [*compact, *diagonal, *outside, compact[7]]
+    with TileReader(scene) as reader:
+        alone = np.stack([reader.read(t.z, t.x, t.y) for t in tiles])
+        together = reader.read_many(tiles)
+    assert together.shape == alone.shape == (len(tiles), 64, 64, 3)
+    differing = [tiles[i] for i in range(len(tiles)) if not np.array_equal(together[i], alone[i])]
+    assert differing == [], f"tiles whose pixels differ when read in a batch: {differing}"
+    assert alone[len(compact) + len(diagonal)].max() == 0, "a tile outside the scene is nodata"
+    assert alone[:len(compact)].std() > 5 and (alone[:len(compact)] == 0).any(), "the scene's edge crosses the block"
