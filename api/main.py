@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = async_engine(settings.sync_database_url, pool_size=30, max_overflow=0)
         app.state.hub = hub = StreamHub()
         app.state.nats = await connect(settings.nats_url, name="constellation-api",
-                                       disconnected_cb=hub.on_disconnected, reconnected_cb=hub.on_reconnected)
+                                       reconnected_cb=hub.on_reconnected)
         await ensure_stream(app.state.nats.jetstream())
         app.state.usage_client = httpx.AsyncClient(base_url=settings.usage_base_url, timeout=5)
         app.state.trace_client = httpx.AsyncClient(base_url=settings.jaeger_query_base_url, timeout=5)

@@ -114,9 +114,6 @@ class StreamHub:
         if engine is not None:
             self._keeper = asyncio.create_task(self._keep_in_order())
 
-    async def on_disconnected(self) -> None:
-        """NATS callback: events may pass this API by until it is back (the look when it is back finds them)."""
-
     async def on_reconnected(self) -> None:
         """NATS callback: fan out what was committed while this API was away, from Postgres."""
         self._look_now = True
