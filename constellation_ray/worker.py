@@ -41,8 +41,11 @@ import psycopg
 from sqlalchemy import (
     Connection,
     RootTransaction,
+    and_,
+    exists,
     func,
     literal_column,
+    or_,
     select,
     text,
     update,
@@ -76,6 +79,14 @@ JOB_CHANNEL_PREFIX = "constellation_job_"
 # a worker that died: admissions and new batches come with a NOTIFY). Each look is a query: an idle
 # stack's cost, not a backlog's.
 IDLE_RECHECK_S = 5.0
+# A job's first batch is not taken while a job ahead of it (higher priority, or as high and submitted
+# earlier) that will come to this device has had its run started for less than AHEAD_PLANNING_S and is
+# not admitted yet: its run is planning its tiles, and its admission (a NOTIFY) follows in tens of
+# milliseconds. Runs start in the queue's order, but a small job's planning can finish first: with
+# batches read a block at a time the device ran out of admitted jobs sooner and took the later job
+# (P9, 40 jobs: 2 and 3 overtakes). Held back so, the worker looks again every AHEAD_RECHECK_S.
+AHEAD_PLANNING_S = 1.0
+AHEAD_RECHECK_S = 0.05
 OPEN_READERS = 4
 # Batches claimed and read ahead of the one on the device. Reading a batch's tiles (reprojection, on the
 # worker's threads) can take longer than the device takes to compute one, above all a job's short last
@@ -263,7 +274,7 @@ class DeviceWorker:
                 time.sleep(1.0)
                 continue
             if batch is None:
-                listener = self._wait_for_work(listener)
+                listener = self._wait_for_work(listener, AHEAD_RECHECK_S if self._held_back() else IDLE_RECHECK_S)
                 continue
             try:
                 batch.images = self._read(batch)
@@ -273,13 +284,13 @@ class DeviceWorker:
             ready.put(batch)
         ready.put(None)
 
-    def _wait_for_work(self, listener: psycopg.Connection | None) -> psycopg.Connection | None:
-        """Sleep until a job is admitted to this device (NOTIFY), or IDLE_RECHECK_S passes."""
+    def _wait_for_work(self, listener: psycopg.Connection | None, timeout_s: float) -> psycopg.Connection | None:
+        """Sleep until a job is admitted to this device (NOTIFY), or `timeout_s` passes."""
         try:
             if listener is None or listener.closed:
                 listener = _listen(self.database_url, WAKE_CHANNEL)
                 return listener  # look once more: an admission may have come before LISTEN
-            for note in listener.notifies(timeout=IDLE_RECHECK_S):
+            for note in listener.notifies(timeout=timeout_s):
                 if note.payload in (self.device.uuid, "*"):
                     break
         except psycopg.Error:
@@ -288,28 +299,52 @@ class DeviceWorker:
             return None
         return listener
 
+    def _pending(self, *columns, wait_for_jobs_ahead: bool = True):
+        """The pending batches of the jobs admitted here, best first, locked as they are read (`columns`
+        of each). With `wait_for_jobs_ahead`, none that would start a job while a job ahead of it is
+        still planning (AHEAD_PLANNING_S)."""
+        query = (
+            select(*columns)
+            .select_from(
+                tile_chunks.join(jobs, jobs.c.id == tile_chunks.c.job_id)
+                .join(steps, steps.c.job_id == tile_chunks.c.job_id)
+            )
+            .where(steps.c.gpu_id == self.gpu_id, steps.c.finished_at.is_(None),
+                   steps.c.metrics["error"].astext.is_(None),
+                   jobs.c.state == "running", tile_chunks.c.state == "pending")
+            .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id, tile_chunks.c.chunk_no)
+            .limit(1)
+            .with_for_update(of=tile_chunks, skip_locked=True)
+        )
+        if wait_for_jobs_ahead:
+            ahead, ahead_steps = jobs.alias("ahead"), steps.alias("ahead_steps")
+            planning_ahead = exists().where(
+                ahead.c.state == "running", ahead.c.first_batch_at.is_(None),
+                or_(ahead.c.priority > jobs.c.priority,
+                    and_(ahead.c.priority == jobs.c.priority, ahead.c.created_at < jobs.c.created_at)),
+                ahead.c.updated_at > func.now() - timedelta(seconds=AHEAD_PLANNING_S),
+                or_(ahead.c.device_uuid.is_(None), ahead.c.device_uuid == self.device.uuid),
+                ~exists().where(ahead_steps.c.job_id == ahead.c.id, ahead_steps.c.gpu_id == self.gpu_id),
+            )
+            query = query.where(or_(jobs.c.first_batch_at.is_not(None), ~planning_ahead))
+        return query
+
+    def _held_back(self) -> bool:
+        """Whether a batch is pending here that only a job ahead, still planning, keeps back."""
+        with self.engine.connect() as conn, conn.begin():
+            return conn.execute(self._pending(tile_chunks.c.chunk_no, wait_for_jobs_ahead=False)).first() is not None
+
     def _claim(self) -> ClaimedBatch | None:
         """Lock the next pending batch of the jobs admitted here and fetch its tiles (one round trip)."""
         conn = self.engine.connect()
         transaction = conn.begin()
         try:
-            chunk = (
-                select(tile_chunks.c.job_id, tile_chunks.c.chunk_no, steps.c.id.label("step_id"), steps.c.run_id,
-                       steps.c.model_version, steps.c.model_uri, jobs.c.account_id, jobs.c.tiles_total,
-                       jobs.c.params["imagery"].astext.label("imagery"),
-                       func.coalesce(steps.c.traceparent, jobs.c.traceparent).label("traceparent"))
-                .select_from(
-                    tile_chunks.join(jobs, jobs.c.id == tile_chunks.c.job_id)
-                    .join(steps, steps.c.job_id == tile_chunks.c.job_id)
-                )
-                .where(steps.c.gpu_id == self.gpu_id, steps.c.finished_at.is_(None),
-                       steps.c.metrics["error"].astext.is_(None),
-                       jobs.c.state == "running", tile_chunks.c.state == "pending")
-                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id, tile_chunks.c.chunk_no)
-                .limit(1)
-                .with_for_update(of=tile_chunks, skip_locked=True)
-                .cte("chunk")
-            )
+            chunk = self._pending(
+                tile_chunks.c.job_id, tile_chunks.c.chunk_no, steps.c.id.label("step_id"), steps.c.run_id,
+                steps.c.model_version, steps.c.model_uri, jobs.c.account_id, jobs.c.tiles_total,
+                jobs.c.params["imagery"].astext.label("imagery"),
+                func.coalesce(steps.c.traceparent, jobs.c.traceparent).label("traceparent"),
+            ).cte("chunk")
             rows = conn.execute(
                 select(chunk, tiles.c.z, tiles.c.x, tiles.c.y)
                 .join(tiles, (tiles.c.job_id == chunk.c.job_id) & (tiles.c.chunk_no == chunk.c.chunk_no))

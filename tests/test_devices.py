@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import select
 
-from constellation_core.devices import CPU_DEVICE, SIMULATED_ENV, discover
+from constellation_core.devices import CPU_DEVICE, SIMULATED_ENV, discover, simulated_devices
 from constellation_core.tables import gpus
 from constellation_dagster.resources import GpuFleet
 
@@ -146,3 +148,74 @@ def test_a_device_worker_that_died_starts_again_at_once_and_one_that_keeps_dying
                                                                      2 * host.RESTART_BACKOFF_S,
                                                                      4 * host.RESTART_BACKOFF_S]
     assert dies_after(host.SERVED_LONG_S + 1) == 0, "one that served a while is no crash loop"
+
+
+def test_a_device_does_not_start_a_job_while_a_job_ahead_of_it_is_still_planning(engine, database_url, nats_url,
+                                                                                  make_account, monkeypatch,
+                                                                                  tmp_path):
+    """Runs start in the queue's order, but a later job's planning can end first: its first batch waits
+    (briefly) for the job ahead of it that will come to this device, so jobs start in order. A job
+    already started, a job ahead that is not coming here, or one planning too long hold nothing back."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, insert, update
+
+    from constellation_core.tables import jobs, steps, tile_chunks, tiles
+    from constellation_ray import worker as worker_module
+
+    class NoCompute:  # the claim is what is tested: no compute process
+        pid, torch_threads = 0, 1
+
+    monkeypatch.setattr(worker_module.DeviceWorker, "_start_compute", lambda self: NoCompute())
+    device = simulated_devices(1)[0]
+    worker = worker_module.DeviceWorker(device, database_url, nats_url, str(tmp_path), host="test")
+    owner = make_account()
+    aoi = func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)
+
+    def job(name: str, priority: int = 0, **values) -> uuid.UUID:
+        with engine.begin() as conn:
+            return conn.execute(insert(jobs).values(
+                name=name, state="running", priority=priority, submitted_by=owner.name, account_id=owner.id,
+                zoom=17, aoi=aoi, tiles_total=1, **values).returning(jobs.c.id)).scalar_one()
+
+    def admit(job_id: uuid.UUID) -> None:
+        with engine.begin() as conn:
+            conn.execute(insert(steps).values(job_id=job_id, gpu_id=worker.gpu_id, step_key="admit", pid=1))
+            conn.execute(insert(tile_chunks).values(job_id=job_id, chunk_no=0, tiles=1))
+            conn.execute(insert(tiles).values(job_id=job_id, z=17, x=1, y=1, chunk_no=0,
+                                              footprint=func.ST_MakeEnvelope(6, 46, 6.1, 46.1, 4326)))
+
+    def claimed() -> uuid.UUID | None:
+        batch = worker._claim()
+        if batch is None:
+            return None
+        batch.close()
+        return batch.admission.job_id
+
+    ahead = job("ahead")  # its run started just now: planning
+    later = job("later")
+    admit(later)
+    assert claimed() is None, "the later job started while the job ahead of it planned"
+    assert worker._held_back(), "the worker looks again soon, not in IDLE_RECHECK_S"
+    admit(ahead)
+    assert claimed() == ahead
+
+    lower = job("lower", priority=-1)
+    admit(lower)
+    with engine.begin() as conn:
+        conn.execute(update(tile_chunks).where(tile_chunks.c.job_id.in_([ahead, later])).values(state="done"))
+    planning = job("planning")  # ahead of `lower` by priority, not admitted yet
+    assert claimed() is None
+    with engine.begin() as conn:  # … for too long now: it holds nothing back any more
+        conn.execute(update(jobs).where(jobs.c.id == planning).values(
+            updated_at=func.now() - timedelta(seconds=worker_module.AHEAD_PLANNING_S + 1)))
+    assert claimed() == lower
+
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == planning).values(updated_at=func.now()))
+        conn.execute(update(jobs).where(jobs.c.id == lower).values(first_batch_at=func.now()))
+    assert claimed() == lower, "a job already started goes on"
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == lower).values(first_batch_at=None))
+        conn.execute(update(jobs).where(jobs.c.id == planning).values(device_uuid="GPU-elsewhere"))
+    assert claimed() == lower, "a serial job bound to another device does not hold this one back"
