@@ -299,10 +299,10 @@ class DeviceWorker:
             return None
         return listener
 
-    def _pending(self, *columns, wait_for_jobs_ahead: bool = True):
-        """The pending batches of the jobs admitted here, best first, locked as they are read (`columns`
-        of each). With `wait_for_jobs_ahead`, none that would start a job while a job ahead of it is
-        still planning (AHEAD_PLANNING_S)."""
+    def _pending(self, *columns, wait_for_jobs_ahead: bool = True, lock: bool = True):
+        """The best pending batch of the jobs admitted here (its `columns`), locked as it is read unless
+        `lock` is False. With `wait_for_jobs_ahead`, none that would start a job while a job ahead of it
+        is still planning (AHEAD_PLANNING_S)."""
         query = (
             select(*columns)
             .select_from(
@@ -314,8 +314,9 @@ class DeviceWorker:
                    jobs.c.state == "running", tile_chunks.c.state == "pending")
             .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id, tile_chunks.c.chunk_no)
             .limit(1)
-            .with_for_update(of=tile_chunks, skip_locked=True)
         )
+        if lock:
+            query = query.with_for_update(of=tile_chunks, skip_locked=True)
         if wait_for_jobs_ahead:
             ahead, ahead_steps = jobs.alias("ahead"), steps.alias("ahead_steps")
             planning_ahead = exists().where(
@@ -330,9 +331,12 @@ class DeviceWorker:
         return query
 
     def _held_back(self) -> bool:
-        """Whether a batch is pending here that only a job ahead, still planning, keeps back."""
-        with self.engine.connect() as conn, conn.begin():
-            return conn.execute(self._pending(tile_chunks.c.chunk_no, wait_for_jobs_ahead=False)).first() is not None
+        """Whether a batch is pending here that a job ahead, still planning, may keep back (or that
+        another device holds: either way, worth a look again soon). Locks nothing: a claim never skips
+        a batch because this looked at it."""
+        with self.engine.connect() as conn:
+            return conn.execute(self._pending(tile_chunks.c.chunk_no, wait_for_jobs_ahead=False,
+                                              lock=False)).first() is not None
 
     def _claim(self) -> ClaimedBatch | None:
         """Lock the next pending batch of the jobs admitted here and fetch its tiles (one round trip)."""
