@@ -81,8 +81,11 @@ class Subscriber:
 # transaction still open) and reads the missing rows. The same look runs when NATS comes back, every
 # TAIL_CHECK_S while events are held (their gap is an open transaction's), and when the last id handed
 # out a tick ago has not come (the last event of a burst NATS never brought: no later one shows the gap).
+# With no event for a while the look backs off to TAIL_IDLE_S, and with no stream client it stops (a
+# client that connects triggers one at once): an idle API's cost, not a busy one's.
 GAP_WAIT_S = 0.05
 TAIL_CHECK_S = 1.0
+TAIL_IDLE_S = 5.0
 SETTLE_RETRY_S = 1.0
 BACKFILL_LIMIT = 50_000  # rows read from Postgres in one look
 HELD_MAX = 100_000  # events held past a gap before they go out regardless (Postgres unreachable meanwhile)
@@ -130,24 +133,30 @@ class StreamHub:
 
     async def _keep_in_order(self) -> None:
         tail = None  # the id handed out last, a tick ago
+        tail_wait = TAIL_CHECK_S
         while True:
             woke = False
             if self._position is not None:  # (the first look is at once)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=TAIL_CHECK_S)
+                    await asyncio.wait_for(self._wake.wait(), timeout=tail_wait)
                     woke = True
                 except TimeoutError:
                     pass
             self._wake.clear()
             if woke and not self._look_now:
                 await asyncio.sleep(GAP_WAIT_S)  # NATS usually brings the missing event within milliseconds
+            if not (self._subscribers or self._held or self._look_now or self._position is None):
+                tail = None  # no one to send to: nothing to look for (a client's arrival wakes this)
+                continue
             try:
                 if (self._position is None or self._look_now or self._held
                         or (tail is not None and tail > self._position)):
                     self._look_now = False
                     await self._settle()
                 async with self._engine.connect() as conn:
-                    tail = (await conn.execute(LAST_EVENT_ID)).scalar_one()
+                    last = (await conn.execute(LAST_EVENT_ID)).scalar_one()
+                tail_wait = TAIL_CHECK_S if last != tail else min(tail_wait * 2, TAIL_IDLE_S)
+                tail = last
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Postgres away: held events wait for it (bounded by HELD_MAX)
@@ -211,6 +220,9 @@ class StreamHub:
     def add(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
         STREAM_CLIENTS.set(len(self._subscribers))
+        if len(self._subscribers) == 1:  # the looks in Postgres resume (they stop while no one listens)
+            self._look_now = True
+            self._wake.set()
 
     def check_stream_limit(self, account: Account) -> None:
         """429 when the account already holds as many streams (WebSocket and SSE alike, in this process)
