@@ -18,27 +18,25 @@ from constellation_core.events import Event, record_event
 from constellation_core.tables import jobs
 
 
+def _running_job(engine, owner, name: str):
+    with engine.begin() as conn:
+        return conn.execute(insert(jobs).values(
+            name=name, state="running", submitted_by=owner.name, account_id=owner.id, zoom=12,
+            aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
+        ).scalar_one()
+
+
 @pytest.fixture
 def running_job(engine, make_account):
     """An account and a running job of it: (owner, job id)."""
     owner = make_account()
-    with engine.begin() as conn:
-        job_id = conn.execute(insert(jobs).values(
-            name="streamed", state="running", submitted_by=owner.name, account_id=owner.id, zoom=12,
-            aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
-        ).scalar_one()
-    return owner, job_id
+    return owner, _running_job(engine, owner, "streamed")
 
 
 @pytest.fixture
 def other_job(engine, running_job):
     """A second running job of the same owner (its events and the first job's do not share a row lock)."""
-    owner, _ = running_job
-    with engine.begin() as conn:
-        return conn.execute(insert(jobs).values(
-            name="streamed too", state="running", submitted_by=owner.name, account_id=owner.id, zoom=12,
-            aoi=func.ST_GeomFromText("POLYGON((6 46,6.1 46,6.1 46.1,6 46.1,6 46))", 4326)).returning(jobs.c.id)
-        ).scalar_one()
+    return _running_job(engine, running_job[0], "streamed too")
 
 
 @contextlib.asynccontextmanager

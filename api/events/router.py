@@ -9,11 +9,13 @@ from fastapi import APIRouter, Query
 
 from api import access
 from api.deps import CurrentAccount, EngineDep
-from api.events.service import history, settled_through
+from api.events.service import history
 from api.pagination import DEFAULT_LIMIT, Limit, Page
-from constellation_core.events import Event
+from constellation_core.events import Event, settled_event_id
 
 router = APIRouter(prefix="/events", tags=["events"])
+# A page waits at most this long for a transaction caught taking an event id (it takes microseconds).
+SETTLE_WAIT_S = 2.0
 
 
 @router.get("", response_model=Page[Event], name="list")
@@ -30,6 +32,6 @@ async def list_events(
         if job_id is not None:
             await access.require_job(conn, account, job_id)
         found = await history(conn, account, after=after, job_id=job_id, limit=limit + 1,
-                              until=await settled_through(conn))
+                              until=await settled_event_id(conn, timeout_s=SETTLE_WAIT_S))
     page = found[:limit]
     return Page[Event](data=page, next_cursor=str(page[-1].id) if len(found) > limit else None)

@@ -4,11 +4,10 @@ and the rule that a client gets each event once — history first, then live, no
 A client subscribes to the hub *before* it reads history, so nothing committed meanwhile is missed;
 then it drops every live event it already got from the history (`Delivered`). History is read up to
 an id below which every event has settled: the hub's position for a stream (every later event comes
-live), `settled_through` for a page of `GET /events`."""
+live), `settled_event_id` for a page of `GET /events`."""
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Collection
 from uuid import UUID
@@ -18,23 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import access
 from api.accounts.auth import Account
-from constellation_core.events import Event, EventIdsUnsettled, settled_event_id
+from constellation_core.events import Event
 from constellation_core.tables import events
-
-log = logging.getLogger(__name__)
-SETTLE_WAIT_S = 2.0
-
-
-async def settled_through(conn: AsyncConnection) -> int:
-    """The id up to which every event has settled: a page of history ends there, before the first id
-    of a transaction still open, so a client that goes on from its last id never skips an event that
-    committed late. (Should a transaction be caught taking an id for SETTLE_WAIT_S, which takes
-    microseconds, the page goes up to the last id handed out, as pages did before.)"""
-    try:
-        return await settled_event_id(conn, timeout_s=SETTLE_WAIT_S)
-    except EventIdsUnsettled as exc:
-        log.warning("a page of events goes past ids that may not have settled", extra={"detail": str(exc)})
-        return exc.last
 
 
 async def history(

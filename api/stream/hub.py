@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api import access
 from api.accounts.auth import REVOCATION_SUBJECT, Account, Revocation, forget
@@ -24,7 +24,6 @@ from constellation_core.events import (
     LAST_EVENT_ID,
     SUBJECT_ROOT,
     Event,
-    EventIdsUnsettled,
     settled_event_id,
 )
 from constellation_core.tables import events
@@ -149,11 +148,11 @@ class StreamHub:
                 tail = None  # no one to send to: nothing to look for (a client's arrival wakes this)
                 continue
             try:
-                if (self._position is None or self._look_now or self._held
-                        or (tail is not None and tail > self._position)):
-                    self._look_now = False
-                    await self._settle()
                 async with self._engine.connect() as conn:
+                    if (self._position is None or self._look_now or self._held
+                            or (tail is not None and tail > self._position)):
+                        self._look_now = False
+                        await self._settle(conn)
                     last = (await conn.execute(LAST_EVENT_ID)).scalar_one()
                 tail_wait = TAIL_CHECK_S if last != tail else min(tail_wait * 2, TAIL_IDLE_S)
                 tail = last
@@ -164,22 +163,17 @@ class StreamHub:
                 self._look_now = True
                 await asyncio.sleep(SETTLE_RETRY_S)
 
-    async def _settle(self) -> None:
+    async def _settle(self, conn: AsyncConnection) -> None:
         """Fan out, in id order, every event up to the id that has settled now, reading from Postgres
         those that NATS has not brought."""
         missed: list[Event] = []
-        async with self._engine.connect() as conn:
-            try:
-                settled = await settled_event_id(conn)
-            except EventIdsUnsettled as exc:  # stuck taking an id: go on without waiting for its event
-                log.warning("events go out past ids that may not have settled", extra={"detail": str(exc)})
-                settled = exc.last
-            if self._position is not None and settled > self._position:
-                rows = (await conn.execute(select(events).where(events.c.id > self._position, events.c.id <= settled)
-                                           .order_by(events.c.id).limit(BACKFILL_LIMIT))).mappings().all()
-                missed = [Event.model_validate(dict(row)) for row in rows]
-                if len(rows) == BACKFILL_LIMIT:
-                    settled = rows[-1]["id"]  # the rest on the next look
+        settled = await settled_event_id(conn)
+        if self._position is not None and settled > self._position:
+            rows = (await conn.execute(select(events).where(events.c.id > self._position, events.c.id <= settled)
+                                       .order_by(events.c.id).limit(BACKFILL_LIMIT))).mappings().all()
+            missed = [Event.model_validate(dict(row)) for row in rows]
+            if len(rows) == BACKFILL_LIMIT:
+                settled = rows[-1]["id"]  # the rest on the next look
         if self._position is None:  # the first look: what settled before this hub is history
             self._position = settled
             self._positioned.set()
