@@ -75,8 +75,21 @@ try {
 
   await page.goto(`${base}/app/submit/`);
   await page.getByLabel("Name", { exact: true }).fill("from the browser");
+  // Change the zoom while the first estimate is still on its way (held back here), as a quick user
+  // does: the page drops that answer without an error and shows the new zoom's.
+  step = "estimate superseded";
+  let held;
+  const heldBack = new Promise((resolve) => { held = resolve; });
+  await page.route("**/jobs/estimate", async (route) => {
+    held();
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await route.continue().catch(() => {}); // the page has aborted it by now
+  });
   await page.getByLabel("Area (GeoJSON file)").setInputFiles(areaFile);
+  await heldBack;
   await page.getByLabel("Zoom", { exact: true }).fill("14");
+  await page.unroute("**/jobs/estimate");
+  step = "submit";
   await page.getByLabel("Mode", { exact: true }).selectOption("serial");
   await page.getByTestId("estimate").filter({ hasText: /Estimated \d+ tiles/ }).waitFor({ timeout: 15000 });
   console.log(`ok: ${await page.getByTestId("estimate").textContent()}`);

@@ -28,8 +28,11 @@ export default function Submit() {
     if (!source) { setEstimate(null); return; }
     const controller = new AbortController();
     const t = setTimeout(async () => {
-      const { data, error } = await api.POST("/jobs/estimate", { body: { zoom, area: source as never }, signal: controller.signal });
-      if (controller.signal.aborted) return;
+      // A newer area or zoom aborts this request (the cleanup below): its rejection is expected, not an error.
+      const answer = await api.POST("/jobs/estimate", { body: { zoom, area: source as never }, signal: controller.signal })
+        .catch((failure: unknown) => (controller.signal.aborted ? null : { data: undefined, error: { detail: `could not estimate: ${String(failure)}` } }));
+      if (!answer || controller.signal.aborted) return;
+      const { data, error } = answer;
       setEstimate(data ?? { error: (error as { detail?: string } | undefined)?.detail ?? "could not estimate" });
       if (data) setArea(data.area as Geometry);
     }, 250);
