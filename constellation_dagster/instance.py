@@ -1,7 +1,8 @@
 """Plug-ins of the Dagster instance (named in `infra/dagster/dagster.yaml`).
 
-- `WarmRunLauncher` forks each run worker from a warm zygote (`constellation_dagster.zygote`) instead
-  of starting a fresh `dagster api execute_run` interpreter: the run's first op starts in tens of
+- `WarmRunLauncher` hands each run to a worker forked from a warm zygote (`constellation_dagster.zygote`),
+  or to one such worker that is free again after its last run, instead of starting a fresh
+  `dagster api execute_run` interpreter: the run's first op starts in tens of
   milliseconds rather than 3–5 s. Cancel is SIGINT to the worker, as stock Dagster's; run monitoring
   asks the launcher whether the worker is alive, so a killed worker fails its run and frees its slots.
 - `PromptQueuedRunCoordinator` is Dagster's queued run coordinator with a sub-second dequeue interval
@@ -34,11 +35,17 @@ ZYGOTE_START_TIMEOUT_S = 120.0
 
 class WarmRunLauncher(RunLauncher, ConfigurableClass):
     def __init__(self, preload_modules: list[str] | None = None, start_in: list[str] | None = None,
+                 runs_per_worker: int | None = None, worker_idle_seconds: float | None = None,
                  inst_data: ConfigurableClassData | None = None) -> None:
         from constellation_dagster.zygote import WARM_MODULES
 
         self._inst_data = inst_data
         self._preload = list(preload_modules or WARM_MODULES)
+        self._zygote_env = {**os.environ}
+        if runs_per_worker is not None:
+            self._zygote_env["CONSTELLATION_RUNS_PER_WORKER"] = str(runs_per_worker)
+        if worker_idle_seconds is not None:
+            self._zygote_env["CONSTELLATION_RUN_WORKER_IDLE_S"] = str(worker_idle_seconds)
         self._lock = threading.Lock()
         self._zygote: subprocess.Popen | None = None
         super().__init__()
@@ -58,6 +65,12 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                                      description="Modules the zygote imports before it forks run workers."),
             "start_in": Field([str], is_required=False,
                               description="Programs that start their zygote at once (default: dagster-daemon)."),
+            "runs_per_worker": Field(int, is_required=False,
+                                     description="Runs one run worker serves, one after another (default 50; "
+                                                 "1: a fresh fork for every run)."),
+            "worker_idle_seconds": Field(Float, is_required=False,
+                                         description="How long a free run worker waits for its next run "
+                                                     "before it exits (default 60)."),
         }
 
     @classmethod
@@ -71,10 +84,12 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         request = json.dumps({"run_id": run.run_id, "job_name": run.job_name, "tags": dict(run.tags),
                               "instance_ref": serialize_value(self._instance.get_ref())})
         with self._lock:
-            pid = self._fork(request)
+            pid, how = self._fork(request)
         self._instance.add_run_tags(run.run_id, {WORKER_TAG: worker_identity(pid)})
         self._instance.report_engine_event(
-            f"Run worker forked from the warm zygote (pid {pid}).", run, cls=self.__class__,
+            f"Run worker forked from the warm zygote (pid {pid})." if how == "forked"
+            else f"Run handed to a free run worker that has run runs before (pid {pid}).",
+            run, cls=self.__class__,
         )
 
     def _warm(self) -> None:
@@ -89,7 +104,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             return self._zygote
         zygote = subprocess.Popen(
             [sys.executable, "-m", "constellation_dagster.zygote", *self._preload],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=self._zygote_env,
         )
         if _read_line(zygote, ZYGOTE_START_TIMEOUT_S) != "ready":
             zygote.kill()
@@ -97,13 +112,15 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._zygote = zygote
         return zygote
 
-    def _fork(self, request: str) -> int:
+    def _fork(self, request: str) -> tuple[int, str]:
+        """Hand the run to the zygote: the pid of its worker, and "forked" or "free" (see the zygote)."""
         for attempt in (1, 2):  # a zygote that died since the last run is replaced once
             zygote = self._ensure_zygote()
             try:
                 zygote.stdin.write(request + "\n")
                 zygote.stdin.flush()
-                return int(_read_line(zygote, 30.0))
+                pid, _, how = _read_line(zygote, 30.0).partition(" ")
+                return int(pid), how
             except (BrokenPipeError, ValueError):
                 zygote.kill()
                 self._zygote = None
@@ -118,11 +135,13 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         if not run or run.is_finished:
             return False
         self._instance.report_run_canceling(run)
-        pid = _live_worker(run)
+        pid = _live_worker(run, self._instance.root_directory)
         if pid is None:
             self._instance.report_engine_event("No live run worker to send the cancel to.", run, cls=self.__class__)
             return False
-        os.kill(pid, signal.SIGINT)  # what `dagster api execute_run` treats as the cancel request
+        # What `dagster api execute_run` treats as the cancel request. The worker runs this run (it
+        # names it: see `zygote.current_run_file`), and runs no other before its execution has ended.
+        os.kill(pid, signal.SIGINT)
         return True
 
     @property
@@ -132,7 +151,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         if WORKER_TAG not in run.tags:
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "run worker not recorded yet", transient=True)
-        if _live_worker(run) is not None:
+        if _live_worker(run, self._instance.root_directory) is not None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=run.tags[WORKER_TAG])
         latest = self._instance.get_run_by_id(run.run_id)
         if latest is not None and latest.is_finished:
@@ -177,13 +196,19 @@ def _start_ticks(pid: int) -> int | None:
     return stat[1] if stat else None
 
 
-def _live_worker(run: DagsterRun) -> int | None:
+def _live_worker(run: DagsterRun, root_directory: str) -> int | None:
+    """The pid of the worker running `run`: the one its tag names, alive, and running this run (a
+    worker serves several runs, one after another)."""
+    from constellation_dagster.zygote import running_run
+
     identity = run.tags.get(WORKER_TAG)
     if not identity:
         return None
     pid_text, _, ticks = identity.partition(":")
     stat = _proc_stat(int(pid_text))
     if stat is None or stat[0] == "Z" or (ticks not in ("", "0") and stat[1] != int(ticks)):
+        return None
+    if running_run(root_directory, int(pid_text)) != run.run_id:
         return None
     return int(pid_text)
 

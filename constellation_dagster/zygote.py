@@ -11,10 +11,21 @@ behave the same).
 Every op of our jobs runs in the run worker (the in-process executor): there are no step processes,
 so no multiprocessing forkserver either.
 
+A run worker serves several runs, one after another (`RUNS_PER_WORKER`): once its run has ended it
+tells the zygote it is free, and the zygote hands it the next run instead of forking a new worker. A
+worker that has run once keeps what a fresh fork pays for again on every run: the pages its run
+touched (a fork's copy-on-write faults), SQLAlchemy's compiled statements and its pooled
+connections. A worker whose run was canceled, did not end, or raised is not reused: it exits, as
+every worker did before. A worker free for `WORKER_IDLE_S` is let go (the zygote closes its pipe).
+
 Protocol (with `WarmRunLauncher`): one JSON line per run on stdin, `{"run_id", "job_name", "tags",
-"instance_ref"}`; the zygote answers with one line, the child's pid. It exits when its stdin closes or its parent
-changes (the launching process went away); runs already forked go on to their end. Nothing CUDA is
-touched before a fork.
+"instance_ref"}`; the zygote answers with one line, the pid of the worker that runs it and how it
+got it (`<pid> forked` or `<pid> free`). It exits when its stdin closes or its parent changes (the
+launching process went away); its workers finish the run they have and exit. Nothing CUDA is touched before a fork.
+
+Each worker names the run it is running in `<DAGSTER_HOME>/storage/run_workers/<pid>`
+(`current_run_file`), so that a cancel (SIGINT to the worker, as stock Dagster's) reaches only the
+run it was meant for.
 """
 
 from __future__ import annotations
@@ -69,6 +80,27 @@ START_ATTEMPTS = 3  # times a run worker starts its run when Postgres goes away 
 # share, a run worker's CPU per run in P9 drains: 0.219 → 0.200 s (means of 4 drains each, thresholds
 # (50,000, 50, 1,000)), and 0.215 → 0.201 s with these (one pair).
 RUN_WORKER_GC_THRESHOLDS = (50_000, 20, 10)
+# How many runs one run worker serves, one after another (1: a fresh fork for every run), and how
+# long a free worker waits for its next run before it is let go.
+RUNS_PER_WORKER = int(os.environ.get("CONSTELLATION_RUNS_PER_WORKER", "50"))
+WORKER_IDLE_S = float(os.environ.get("CONSTELLATION_RUN_WORKER_IDLE_S", "60"))
+FREE = b"free\n"  # what a worker writes to the zygote when it can take another run
+
+
+class _Worker:
+    """The zygote's side of one run worker: the pipe it sends runs on, the pipe the worker says
+    it is free on, and since when it has been free (None: running a run)."""
+
+    def __init__(self, pid: int, instance_key: str, runs_fd: int, free_fd: int) -> None:
+        self.pid, self.instance_key, self.runs_fd, self.free_fd = pid, instance_key, runs_fd, free_fd
+        self.free_since: float | None = None
+
+    def let_go(self) -> None:
+        """Close the pipe it waits on for runs: a free worker reads its end and exits."""
+        if self.runs_fd >= 0:
+            os.close(self.runs_fd)
+            self.runs_fd = -1
+        self.free_since = None
 
 
 def main(preload: list[str]) -> None:
@@ -96,15 +128,63 @@ def main(preload: list[str]) -> None:
     replies.write("ready\n")
 
     instances: dict[str, Any] = {}
-    for line in _lines_while_parent_lives(requests):
+    workers: dict[int, _Worker] = {}  # by the fd the worker says it is free on
+
+    def in_child() -> None:  # what a forked worker must not hold: the protocol, the other workers' pipes
+        requests.close()
+        replies.close()
+        for other in workers.values():
+            other.let_go()
+            os.close(other.free_fd)
+
+    for line in _lines_while_parent_lives(requests, workers):
         request = json.loads(line)
-        instance = _instance(instances, request["instance_ref"])
-        pid = os.fork()
-        if pid == 0:
-            requests.close()
-            replies.close()
-            os._exit(_run_in_child(request, instance))
-        replies.write(f"{pid}\n")
+        key = request["instance_ref"]
+        instance = _instance(instances, key)
+        pid = _hand_to_free_worker(workers, key, line, instance.root_directory, request["run_id"])
+        if pid is not None:
+            replies.write(f"{pid} free\n")
+        else:
+            replies.write(f"{_fork_worker(workers, request, key, instance, in_child)} forked\n")
+    for worker in workers.values():  # free workers exit; busy ones when their run ends
+        worker.let_go()
+
+
+def _hand_to_free_worker(workers: dict[int, _Worker], key: str, line: str, root_directory: str,
+                         run_id: str) -> int | None:
+    """Send the run to the worker that became free last (the warmest); its pid, or None when no
+    worker of this instance is free."""
+    free = sorted((w for w in workers.values() if w.free_since is not None and w.instance_key == key),
+                  key=lambda w: w.free_since, reverse=True)
+    for worker in free:
+        worker.free_since = None
+        _name_run(root_directory, worker.pid, run_id)  # before anyone learns the pid
+        try:
+            os.write(worker.runs_fd, (line + "\n").encode())  # a line is far below a pipe's atomic size
+            return worker.pid
+        except OSError:  # it exited since it said it was free
+            worker.let_go()
+    return None
+
+
+def _fork_worker(workers: dict[int, _Worker], request: dict, key: str, instance: Any,
+                 in_child: Callable[[], None]) -> int:
+    runs_read, runs_write = os.pipe()
+    free_read, free_write = os.pipe()
+    # A cancel cannot reach the child before it has its handler (`_serve` unblocks it).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    pid = os.fork()
+    if pid == 0:
+        in_child()
+        os.close(runs_write)
+        os.close(free_read)
+        os._exit(_serve(request, instance, runs_read, free_write))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    os.close(runs_read)
+    os.close(free_write)
+    workers[free_read] = _Worker(pid, key, runs_write, free_read)
+    _name_run(instance.root_directory, pid, request["run_id"])  # before anyone learns the pid
+    return pid
 
 
 def resolve_definitions(modules: list[str]) -> list[str]:
@@ -122,13 +202,30 @@ def resolve_definitions(modules: list[str]) -> list[str]:
     return names
 
 
-def _lines_while_parent_lives(requests: BinaryIO) -> Iterator[str]:
+def _lines_while_parent_lives(requests: BinaryIO, workers: dict[int, _Worker]) -> Iterator[str]:
     """The request lines, until stdin closes or the launching process is gone: its death closes our
-    stdin, unless a process it forked still holds the pipe; a zygote never outlives its launcher."""
+    stdin, unless a process it forked still holds the pipe; a zygote never outlives its launcher.
+    Meanwhile, note the workers that say they are free, forget those that exited, and let go of those
+    free for longer than `WORKER_IDLE_S`."""
     parent, pending = os.getppid(), b""
     while os.getppid() == parent:
-        ready, _, _ = select.select([requests], [], [], PARENT_CHECK_S)
-        if not ready:
+        ready, _, _ = select.select([requests, *workers], [], [], PARENT_CHECK_S)
+        now = time.monotonic()
+        for fd in ready:
+            if fd is requests:
+                continue
+            worker = workers[fd]
+            said = os.read(fd, 1 << 12)
+            if not said:  # it exited (its run ended or it was killed)
+                worker.let_go()
+                os.close(fd)
+                del workers[fd]
+            elif worker.runs_fd >= 0:
+                worker.free_since = now
+        for worker in workers.values():
+            if worker.free_since is not None and now - worker.free_since > WORKER_IDLE_S:
+                worker.let_go()
+        if requests not in ready:
             continue
         chunk = os.read(requests.fileno(), 1 << 16)
         if not chunk:
@@ -149,6 +246,7 @@ def _instance(instances: dict[str, Any], instance_ref_json: str) -> Any:
         from constellation_dagster.storage import warm
 
         instance = DagsterInstance.from_ref(deserialize_value(instance_ref_json, InstanceRef))
+        _forget_names_of_dead_workers(instance.root_directory)
         # Build the storages, meet Postgres (also with the ops' `SystemOfRecord` engine, the same
         # `DATABASE_URL`) and answer the schema checks, once.
         warm(instance, *([sync_engine(os.environ["DATABASE_URL"])] if os.environ.get("DATABASE_URL") else []))
@@ -161,12 +259,90 @@ def _instance(instances: dict[str, Any], instance_ref_json: str) -> Any:
     return instances[instance_ref_json]
 
 
-def _run_in_child(request: dict, instance: Any) -> int:
-    run_id = request["run_id"]
+def current_run_file(root_directory: str, pid: int) -> str:
+    """Where run worker `pid` names the run it is running (absent while it has none)."""
+    return os.path.join(root_directory, "storage", "run_workers", str(pid))
+
+
+def running_run(root_directory: str, pid: int) -> str | None:
+    """The run worker `pid` is running now, as it says (None when it says none)."""
+    try:
+        with open(current_run_file(root_directory, pid)) as named:
+            return named.read().strip() or None
+    except OSError:
+        return None
+
+
+def _name_run(root_directory: str, pid: int, run_id: str | None) -> None:
+    path = current_run_file(root_directory, pid)
+    if run_id is None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.new", "w") as named:
+        named.write(run_id)
+    os.replace(f"{path}.new", path)  # a reader never sees half a run id
+
+
+def _forget_names_of_dead_workers(root_directory: str) -> None:
+    """Remove what killed workers (SIGKILL skips their clean-up) left in `run_workers/`."""
+    folder = os.path.dirname(current_run_file(root_directory, 0))
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if name.isdigit() and not os.path.exists(f"/proc/{name}"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
+# Runs a worker was asked to cancel before they started in it (see `_serve`).
+_early_cancels: set[str] = set()
+
+
+def _serve(request: dict, instance: Any, runs_fd: int, free_fd: int) -> int:
+    """A run worker's life: run the request, then, while its runs can be trusted to have left it
+    clean, say it is free and run the next one the zygote hands it. Returns the exit code of its
+    last run."""
+    root, pid = instance.root_directory, os.getpid()
+
+    def between_runs(_signum: int, _frame: Any) -> None:
+        # A cancel (SIGINT) outside a run's execution: for the run the zygote has just named here, it
+        # is kept and delivered once that run's execution has begun; any other is stale: dropped.
+        if named := running_run(root, pid):
+            _early_cancels.add(named)
+
+    signal.signal(signal.SIGINT, between_runs)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the zygote across the fork
     gc.set_threshold(*RUN_WORKER_GC_THRESHOLDS)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    code = 1
+    served, code = 0, 1
+    runs = os.fdopen(runs_fd, "rb", buffering=0)
+    try:
+        while True:
+            code, reusable = run_one(request, instance)
+            served += 1
+            _name_run(root, pid, None)
+            if not reusable or served >= RUNS_PER_WORKER:
+                return code
+            try:
+                os.write(free_fd, FREE)
+                line = runs.readline()
+            except OSError:  # the zygote is gone
+                return code
+            if not line:  # let go: free too long, or the zygote exited
+                return code
+            request = json.loads(line)
+    finally:
+        _name_run(root, pid, None)
+
+
+def run_one(request: dict, instance: Any) -> tuple[int, bool]:
+    """Run the requested run in this worker. Returns its exit code, and whether this worker may run
+    another: only when its run has ended (succeeded or failed) and nothing interrupted it."""
+    run_id = request["run_id"]
+    code, reusable = 1, False
     started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     try:
         from dagster._cli.api import _execute_run_command_body
         from dagster._utils.interrupts import capture_interrupts
@@ -177,29 +353,53 @@ def _run_in_child(request: dict, instance: Any) -> int:
                 return _execute_run_command_body(run_id, instance, lambda _event: None,
                                                  set_exit_code_on_failure=False)
 
-        with capture_interrupts(), instance:
+        with capture_interrupts():
+            if run_id in _early_cancels:  # canceled before it began here: Dagster's handler takes it now
+                signal.raise_signal(signal.SIGINT)
             code = _start_through_outages(instance, run_id, execute)
-            _end_job_of_ended_run(instance, run_id)
+            interrupted = _interrupt_was_captured()
+        # Leaving, Dagster pointed SIGTERM at the handler it restored for SIGINT (ours, between runs):
+        # a worker between runs ends on SIGTERM, as any process.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _end_job_of_ended_run(instance, run_id)
+        reusable = not interrupted and _ended_cleanly(instance, run_id)
     except BaseException:  # noqa: BLE001 - the run's failure is already in Dagster's event log
         import traceback
 
         traceback.print_exc()
     finally:
-        # `os._exit` skips atexit: send the run's last events and spans now.
+        _early_cancels.discard(run_id)
+        # A worker that is not reused ends with `os._exit`, which skips atexit: send the run's last
+        # events and spans now.
         from constellation_core import tracing
         from constellation_core.bus import flush_publishers
 
         flush_publishers(EXIT_FLUSH_S)
         tracing.flush(EXIT_FLUSH_S)
-        # What the run cost this process (its counters start at the fork): the figure to watch when
-        # orchestration, not the device, sets the pace of a backlog (bench/p9_backlog_throughput.py).
+        # What the run cost this process: the figure to watch when orchestration, not the device,
+        # sets the pace of a backlog (bench/p9_backlog_throughput.py).
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
         print(f"run worker of {run_id} ({request.get('job_name')}) ended: exit code {code}, "
-              f"{usage.ru_utime + usage.ru_stime:.3f} s of CPU in {time.monotonic() - started:.2f} s",
-              file=sys.stderr)
+              f"{cpu:.3f} s of CPU in {time.monotonic() - started:.2f} s", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-    return code
+    return code, reusable
+
+
+def _interrupt_was_captured() -> bool:
+    from dagster._utils.interrupts import check_captured_interrupt
+
+    return check_captured_interrupt()
+
+
+def _ended_cleanly(instance: Any, run_id: str) -> bool:
+    """Whether the run has ended as runs do (succeeded or failed, not canceled): only then is what it
+    leaves in this process what any run leaves."""
+    from dagster import DagsterRunStatus
+
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)
 
 
 def _record_worker(instance: Any, run_id: str) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import dagster as dg
 import pytest
 from dagster import DagsterRunStatus
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -159,8 +161,6 @@ def test_run_workers_inherit_the_code_locations_repository_and_jobs_built(monkey
 @contextlib.contextmanager
 def _launching_instance():
     """A Dagster instance with our run launcher and coordinator, whose zygote starts from this interpreter."""
-    import dagster as dg
-
     program = os.path.basename(sys.argv[0])
     overrides = {
         "run_launcher": {"module": "constellation_dagster.instance", "class": "WarmRunLauncher",
@@ -201,7 +201,6 @@ def test_export_runs_find_their_libraries_loaded_in_the_zygote():
 def test_a_run_worker_tags_its_run_with_itself_before_the_run_starts(monkeypatch):
     """Run monitoring fails a started run whose worker it cannot find; the launcher tags the run only
     after the zygote answers, so the worker tags it first: a run is never started untagged."""
-    import dagster as dg
     import dagster._cli.api as dagster_api
 
     from constellation_dagster.instance import WORKER_TAG, worker_identity
@@ -225,6 +224,75 @@ def test_a_run_worker_tags_its_run_with_itself_before_the_run_starts(monkeypatch
 
     with dg.instance_for_test() as instance:
         run = instance.create_run_for_job(a_job)
-        code = zygote._run_in_child({"run_id": run.run_id, "job_name": "a_job", "tags": {}}, instance)
+        code, _reusable = zygote.run_one({"run_id": run.run_id, "job_name": "a_job", "tags": {}}, instance)
     assert code == 0
     assert tagged_at_start == [worker_identity(os.getpid())]
+
+
+
+@dg.op
+def quick_op() -> None:
+    pass
+
+
+@dg.op
+def long_op() -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until canceled
+        time.sleep(0.05)
+
+
+@dg.job
+def quick() -> None:
+    quick_op()
+
+
+@dg.job
+def long() -> None:
+    long_op()
+
+
+def _launch(instance, job) -> tuple[str, int]:
+    """Launch a run of `job` (defined in this file) through the warm launcher; its id and worker's pid."""
+    from dagster._core.launcher import LaunchRunContext
+
+    from constellation_dagster.instance import WORKER_TAG
+
+    run = instance.create_run_for_job(job, job_code_origin=dg.reconstructable(job).get_python_origin())
+    instance.run_launcher.launch_run(LaunchRunContext(dagster_run=instance.get_run_by_id(run.run_id), workspace=None))
+    return run.run_id, int(instance.get_run_by_id(run.run_id).tags[WORKER_TAG].split(":")[0])
+
+
+def _ended(instance, run_id: str):
+    return wait_for(lambda: (run := instance.get_run_by_id(run_id)).is_finished and run, timeout=60,
+                    what=f"run {run_id} to end", interval=0.05)
+
+
+def test_a_run_worker_runs_the_next_run_once_its_own_has_ended_and_a_cancel_reaches_only_its_run(monkeypatch):
+    """A worker whose run succeeded runs the next one (no fork: it keeps its warmed pages, compiled
+    statements and connections); a cancel meant for a run it no longer runs is dropped; a canceled
+    run's worker is not reused."""
+    import signal as signals
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # no job of ours to end afterwards
+    with _launching_instance() as instance:
+        first, worker = _launch(instance, quick)
+        assert _ended(instance, first).status == DagsterRunStatus.SUCCESS
+        wait_for(lambda: zygote.running_run(instance.root_directory, worker) is None, timeout=30,
+                 what="the worker to be free", interval=0.05)
+        os.kill(worker, signals.SIGINT)  # a late cancel of the run it has ended
+        second, second_worker = _launch(instance, quick)
+        assert second_worker == worker
+        assert _ended(instance, second).status == DagsterRunStatus.SUCCESS
+
+        long_run, long_worker = _launch(instance, long)
+        assert long_worker == worker
+        wait_for(lambda: instance.get_run_by_id(long_run).status == DagsterRunStatus.STARTED, timeout=30,
+                 what="the long run to start", interval=0.05)
+        assert instance.run_launcher.terminate(long_run)
+        assert _ended(instance, long_run).status == DagsterRunStatus.CANCELED
+        wait_for(lambda: not os.path.exists(f"/proc/{worker}"), timeout=30, what="the canceled run's worker to exit",
+                 interval=0.05)
+        third, third_worker = _launch(instance, quick)
+        assert third_worker != worker
+        assert _ended(instance, third).status == DagsterRunStatus.SUCCESS
