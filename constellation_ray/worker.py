@@ -75,6 +75,10 @@ log = logging.getLogger(__name__)
 # `NOTIFY constellation_devices, '<device uuid>'` wakes the device's worker (sent when a job is admitted).
 WAKE_CHANNEL = "constellation_devices"
 
+# `NOTIFY constellation_job_<job id hex>` (sent with each batch's commit, and when a step fails) tells
+# the op following the job on its devices to look again (`batches_notified`), instead of polling.
+JOB_CHANNEL_PREFIX = "constellation_job_"
+
 # A batch's commit, as statements built once (their values as parameters, `b_…`).
 _JOB_STATE_LOCKED = select(jobs.c.state).where(jobs.c.id == bindparam("b_job_id")).with_for_update()
 _STORE_RESULTS = (pg_insert(tile_results).on_conflict_do_nothing(constraint="tile_results_job_tile_key")
@@ -93,9 +97,7 @@ _JOB_COUNTS = (
             first_batch_at=func.coalesce(jobs.c.first_batch_at, func.clock_timestamp()))
     .returning(jobs.c.tiles_done)
 )
-# `NOTIFY constellation_job_<job id hex>` (sent with each batch's commit, and when a step fails) tells
-# the op following the job on its devices to look again (`batches_notified`), instead of polling.
-JOB_CHANNEL_PREFIX = "constellation_job_"
+
 # With no notification, an idle worker still looks once this often (a batch of a `parallel` job left by
 # a worker that died: admissions and new batches come with a NOTIFY). Each look is a query: an idle
 # stack's cost, not a backlog's.

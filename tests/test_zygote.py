@@ -229,7 +229,6 @@ def test_a_run_worker_tags_its_run_with_itself_before_the_run_starts(monkeypatch
     assert tagged_at_start == [worker_identity(os.getpid())]
 
 
-
 @dg.op
 def quick_op() -> None:
     pass
