@@ -1,5 +1,5 @@
 """The warm run-worker zygote: a process that has already imported Dagster and our code, and forks
-one child per Dagster run.
+the run workers that run Dagster runs (each serves several, one after another: see below).
 
 A stock Dagster run worker is a fresh interpreter (`dagster api execute_run`) that imports Dagster and
 loads the code location before its first op starts (the model and PyTorch live in the device workers,
