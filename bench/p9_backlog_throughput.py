@@ -14,7 +14,8 @@ interval on its device (`tile_chunks.started_at/finished_at`):
 - tiles/s over the whole drain (first submission → last batch) ÷ the bare rate (goal ≥ 0.90);
 - each device's busy share of the drain;
 - overtakes: a job that started before an earlier-submitted job of the same or higher priority
-  (goal: none);
+  (goal: none), and how many of them started on a device the earlier job was not bound to (a
+  serial job is bound to one device at dispatch);
 - the longest wait of a job for its first batch, by priority.
 """
 
@@ -130,6 +131,8 @@ def main() -> None:
                  "WHERE job_id = ANY(CAST(:ids AS uuid[])) ORDER BY started_at"),
             {"ids": [j[0] for j in jobs]},
         ).all()
+        bound = dict(conn.execute(text("SELECT id::text, device_uuid FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                                  {"ids": [j[0] for j in jobs]}).all())
         dagster_runs = conn.execute(text("SELECT dagster_run_id FROM runs WHERE job_id = ANY(CAST(:ids AS uuid[]))"),
                                     {"ids": [j[0] for j in jobs]}).scalars().all()
         threads = conn.execute(
@@ -148,11 +151,16 @@ def main() -> None:
     rate = tiles / drain
     per_device = {d.uuid: d.name for d in devices}
     first_batch = {job_id: min(b.started_at for b in batches if b.job_id == job_id) for job_id, *_ in jobs}
+    first_device = {job_id: min((b for b in batches if b.job_id == job_id), key=lambda b: b.started_at).device_uuid
+                    for job_id, *_ in jobs}
     overtakes = [
-        (earlier[0][:8], later[0][:8])
+        (earlier[0], later[0])
         for i, earlier in enumerate(jobs) for later in jobs[i + 1:]
         if later[1] <= earlier[1] and first_batch[later[0]] < first_batch[earlier[0]]
     ]
+    # Of those, the later job started on a device the earlier (serial) job was not bound to: that device
+    # could not have run it; the binding at dispatch (`choose_device`) picked the device that freed later.
+    elsewhere = [(e, later) for e, later in overtakes if bound.get(e) and bound[e] != first_device[later]]
     waits = {p: max((first_batch[j] - submitted_at).total_seconds() for j, pr, *_ in jobs if pr == p)
              for p in sorted({j[1] for j in jobs})}
 
@@ -174,7 +182,10 @@ def main() -> None:
         print(f"run workers       {statistics.median(worker_cpu):8.3f} s of CPU per run (median of {len(worker_cpu)}; "
               f"mean {statistics.fmean(worker_cpu):.3f} s)")
     print(f"overtakes         {len(overtakes)}   (a later job of the same or lower priority started first; goal 0)"
-          + (f"  e.g. {overtakes[:3]}" if overtakes else ""))
+          + (f"  e.g. {[(e[:8], later[:8]) for e, later in overtakes[:3]]}" if overtakes else ""))
+    if overtakes:
+        print(f"  of which {len(elsewhere)} on a device the earlier job was not bound to (serial jobs are bound "
+              "to a device at dispatch)")
     print("first batch wait  " + "  ".join(f"p{p:+d}: {w:.0f} s" for p, w in waits.items())
           + f"   (median over jobs {statistics.median((first_batch[j[0]] - submitted_at).total_seconds() for j in jobs):.0f} s)")
 
