@@ -150,9 +150,11 @@ def main() -> None:
     drain = (max(b.finished_at for b in batches) - submitted_at).total_seconds()
     rate = tiles / drain
     per_device = {d.uuid: d.name for d in devices}
-    first_batch = {job_id: min(b.started_at for b in batches if b.job_id == job_id) for job_id, *_ in jobs}
-    first_device = {job_id: min((b for b in batches if b.job_id == job_id), key=lambda b: b.started_at).device_uuid
-                    for job_id, *_ in jobs}
+    firsts = {}
+    for b in batches:  # (ordered by start)
+        firsts.setdefault(b.job_id, b)
+    first_batch = {job_id: firsts[job_id].started_at for job_id, *_ in jobs}
+    first_device = {job_id: firsts[job_id].device_uuid for job_id, *_ in jobs}
     overtakes = [
         (earlier[0], later[0])
         for i, earlier in enumerate(jobs) for later in jobs[i + 1:]

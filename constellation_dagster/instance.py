@@ -37,15 +37,13 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     def __init__(self, preload_modules: list[str] | None = None, start_in: list[str] | None = None,
                  runs_per_worker: int | None = None, worker_idle_seconds: float | None = None,
                  inst_data: ConfigurableClassData | None = None) -> None:
-        from constellation_dagster.zygote import WARM_MODULES
+        from constellation_dagster.zygote import RUNS_PER_WORKER_ENV, WARM_MODULES, WORKER_IDLE_ENV
 
         self._inst_data = inst_data
         self._preload = list(preload_modules or WARM_MODULES)
-        self._zygote_env = {**os.environ}
-        if runs_per_worker is not None:
-            self._zygote_env["CONSTELLATION_RUNS_PER_WORKER"] = str(runs_per_worker)
-        if worker_idle_seconds is not None:
-            self._zygote_env["CONSTELLATION_RUN_WORKER_IDLE_S"] = str(worker_idle_seconds)
+        self._zygote_settings = {name: str(value) for name, value in
+                                 ((RUNS_PER_WORKER_ENV, runs_per_worker), (WORKER_IDLE_ENV, worker_idle_seconds))
+                                 if value is not None}
         self._lock = threading.Lock()
         self._zygote: subprocess.Popen | None = None
         super().__init__()
@@ -104,7 +102,8 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             return self._zygote
         zygote = subprocess.Popen(
             [sys.executable, "-m", "constellation_dagster.zygote", *self._preload],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=self._zygote_env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            env={**os.environ, **self._zygote_settings},
         )
         if _read_line(zygote, ZYGOTE_START_TIMEOUT_S) != "ready":
             zygote.kill()

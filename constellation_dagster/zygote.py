@@ -82,8 +82,10 @@ START_ATTEMPTS = 3  # times a run worker starts its run when Postgres goes away 
 RUN_WORKER_GC_THRESHOLDS = (50_000, 20, 10)
 # How many runs one run worker serves, one after another (1: a fresh fork for every run), and how
 # long a free worker waits for its next run before it is let go.
-RUNS_PER_WORKER = int(os.environ.get("CONSTELLATION_RUNS_PER_WORKER", "50"))
-WORKER_IDLE_S = float(os.environ.get("CONSTELLATION_RUN_WORKER_IDLE_S", "60"))
+# (`WarmRunLauncher` sets them from its config, in the zygote's environment.)
+RUNS_PER_WORKER_ENV, WORKER_IDLE_ENV = "CONSTELLATION_RUNS_PER_WORKER", "CONSTELLATION_RUN_WORKER_IDLE_S"
+RUNS_PER_WORKER = int(os.environ.get(RUNS_PER_WORKER_ENV, "50"))
+WORKER_IDLE_S = float(os.environ.get(WORKER_IDLE_ENV, "60"))
 FREE = b"free\n"  # what a worker writes to the zygote when it can take another run
 
 
@@ -345,7 +347,7 @@ def run_one(request: dict, instance: Any) -> tuple[int, bool]:
     before = resource.getrusage(resource.RUSAGE_SELF)
     try:
         from dagster._cli.api import _execute_run_command_body
-        from dagster._utils.interrupts import capture_interrupts
+        from dagster._utils.interrupts import capture_interrupts, check_captured_interrupt
 
         def execute() -> int:
             _record_worker(instance, run_id)
@@ -357,7 +359,7 @@ def run_one(request: dict, instance: Any) -> tuple[int, bool]:
             if run_id in _early_cancels:  # canceled before it began here: Dagster's handler takes it now
                 signal.raise_signal(signal.SIGINT)
             code = _start_through_outages(instance, run_id, execute)
-            interrupted = _interrupt_was_captured()
+            interrupted = check_captured_interrupt()
         # Leaving, Dagster pointed SIGTERM at the handler it restored for SIGINT (ours, between runs):
         # a worker between runs ends on SIGTERM, as any process.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -385,12 +387,6 @@ def run_one(request: dict, instance: Any) -> tuple[int, bool]:
         sys.stdout.flush()
         sys.stderr.flush()
     return code, reusable
-
-
-def _interrupt_was_captured() -> bool:
-    from dagster._utils.interrupts import check_captured_interrupt
-
-    return check_captured_interrupt()
 
 
 def _ended_cleanly(instance: Any, run_id: str) -> bool:
