@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import statistics
 from dataclasses import dataclass
 
 SIMULATED_ENV = "CONSTELLATION_SIMULATED_GPUS"
@@ -161,17 +162,30 @@ def nvml_state(devices: list[Device]) -> dict[str, DeviceState]:
         pynvml.nvmlShutdown()
 
 
-def choose_device(devices: list[Device], work_ahead: dict[str, float]) -> Device:
-    """The device a new serial job should run on: the least work ahead of it (device uuid → tiles),
-    then (NVIDIA devices) the least utilized, then the most free memory, then the lowest index."""
+def choose_device(devices: list[Device], work_ahead: dict[str, float], rates: dict[str, float] | None = None,
+                  job_tiles: float = 0) -> Device:
+    """The device a new serial job of `job_tiles` tiles should run on: the one where it would finish
+    first — the work ahead of it there (device uuid → tiles) and its own tiles, at the device's rate
+    (device uuid → tiles per second of device time; see `fill_rates`: without rates, every device
+    counts as equally fast) — then (NVIDIA devices) the least utilized, then the most free memory,
+    then the lowest index."""
+    rates = fill_rates(devices, rates or {})
     states = nvml_state(devices)
 
     def key(device: Device) -> tuple:
         state = states.get(device.uuid)
-        return (work_ahead.get(device.uuid, 0), state.utilization_pct if state else 0,
-                -state.free_mem_mb if state else 0, device.index)
+        return ((work_ahead.get(device.uuid, 0) + job_tiles) / rates[device.uuid],
+                state.utilization_pct if state else 0, -state.free_mem_mb if state else 0, device.index)
 
     return min(devices, key=key)
+
+
+def fill_rates(devices: list[Device], measured: dict[str, float]) -> dict[str, float]:
+    """Each device's rate: as measured, else the median of the measured ones (a device that has not
+    run a batch lately is taken to be as fast as a typical one), else 1 for all (equally fast)."""
+    known = [measured[d.uuid] for d in devices if measured.get(d.uuid, 0) > 0]
+    typical = statistics.median(known) if known else 1.0
+    return {d.uuid: measured[d.uuid] if measured.get(d.uuid, 0) > 0 else typical for d in devices}
 
 
 def energy_counter_mj(device: Device) -> int | None:

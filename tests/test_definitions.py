@@ -15,7 +15,7 @@ from constellation_core.devices import simulated_devices
 from constellation_core.tables import jobs, tiles
 from constellation_dagster.definitions import defs
 from constellation_dagster.inference.dispatch import RECONCILE_GRACE_S
-from constellation_dagster.inference.jobs import JOB_ID_TAG, build_jobs
+from constellation_dagster.inference.jobs import JOB_ID_TAG, build_jobs, serial_job_name
 from constellation_dagster.inference.ops import plan_tiles
 from constellation_dagster.inference.sensors import dispatch_queued_jobs
 from constellation_dagster.resources import SystemOfRecord
@@ -95,6 +95,7 @@ def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine,
     monkeypatch.setattr(dispatch, "DEVICES", devices)
     monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
     monkeypatch.setattr(dispatch, "tile_inference", parallel)
+    monkeypatch.setattr(dispatch, "device_rates", lambda conn: {})  # equally fast (no recent batches)
     account = make_account()
 
     def job(priority: int, tiles: int, **launched) -> SimpleNamespace:
@@ -121,6 +122,55 @@ def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine,
         bound = dict(conn.execute(select(jobs.c.id, jobs.c.device_uuid).where(
             jobs.c.id.in_([urgent.id, bulk.id, next_bulk.id]))).all())
     assert [bound[j.id] for j in (urgent, bulk, next_bulk)] == [devices[0].uuid, devices[1].uuid, devices[0].uuid]
+
+
+def test_a_serial_job_goes_where_it_would_finish_first_at_each_devices_measured_rate(engine, make_account, monkeypatch):
+    """A fleet's devices need not be equally fast (GPUs of different generations, a shared one): the
+    rate each device ran its batches at over the last two minutes weighs the work ahead. Here the slow
+    device has nothing ahead, and the fast one 600 tiles at eight times its rate: the new job finishes
+    first on the fast one. A parallel job's tiles count on each device in proportion to its rate."""
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from constellation_core.tables import tile_chunks
+    from constellation_dagster.inference import dispatch
+
+    slow, fast = devices = simulated_devices(2, node=uuid4().hex[:8])  # uuids of this test alone
+    parallel, serial = build_jobs(devices)
+    monkeypatch.setattr(dispatch, "DEVICES", devices)
+    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
+    monkeypatch.setattr(dispatch, "tile_inference", parallel)
+    account = make_account()
+    earlier = _insert_job(engine, account, state="succeeded", params={"mode": "parallel"})
+    batches = [(slow, 32, 0.64, 5), (slow, 32, 0.64, 4), (fast, 32, 0.08, 3), (fast, 32, 0.08, 2),
+               (slow, 32, 0.0032, 600)]  # (device, tiles, seconds on it, finished this long ago); the last too old
+    with engine.begin() as conn:
+        for chunk_no, (device, count, seconds, ago) in enumerate(batches):
+            finished = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, ago)
+            conn.execute(insert(tile_chunks).values(
+                job_id=earlier, chunk_no=chunk_no, tiles=count, state="done", device_uuid=device.uuid,
+                started_at=finished - func.make_interval(0, 0, 0, 0, 0, 0, seconds), finished_at=finished))
+        rates = dispatch.device_rates(conn)
+    assert rates[slow.uuid] == pytest.approx(50) and rates[fast.uuid] == pytest.approx(400)
+
+    _insert_job(engine, account, state="running", tiles_total=600, tiles_done=0, params={"mode": "serial"},
+                device_uuid=fast.uuid)
+    new_id = _insert_job(engine, account, tiles_total=100, params={"mode": "serial"}, dispatched_at=func.now())
+    new = SimpleNamespace(id=new_id, priority=0, tiles_total=100, params={"mode": "serial"}, submitted_by=account.name,
+                          correlation_id=None, traceparent=None, created_at=None)
+    with engine.begin() as conn:
+        [launch] = dispatch.plan_launches(conn, [new])
+    assert launch.job_name == serial_job_name(fast), "slow: 100 tiles at 50/s = 2 s; fast: 700 at 400/s = 1.75 s"
+
+    monkeypatch.setattr(dispatch, "device_rates", lambda conn: {slow.uuid: 100, fast.uuid: 300})
+    _insert_job(engine, account, state="running", tiles_total=1200, tiles_done=0, params={"mode": "parallel"})
+    with engine.begin() as conn:
+        conn.execute(sql_text("UPDATE jobs SET tiles_total = 250 WHERE account_id = :a AND device_uuid = :d "
+                              "AND state = 'running'"), {"a": account.id, "d": fast.uuid})
+        [launch] = dispatch.plan_launches(conn, [new])
+    # The parallel job's 1,200 tiles: 300 on slow, 900 on fast (3 s on each). Slow: 3 + 100/100 = 4 s;
+    # fast: 3 + (250 + 100)/300 = 4.2 s. Split evenly, fast would have looked 3.2 s against 7 s.
+    assert launch.job_name == serial_job_name(slow)
 
 
 def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, queued_job):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import pytest
 from sqlalchemy import select
 
-from constellation_core.devices import CPU_DEVICE, SIMULATED_ENV, discover, simulated_devices
+from constellation_core.devices import (
+    CPU_DEVICE,
+    SIMULATED_ENV,
+    discover,
+    simulated_devices,
+)
 from constellation_core.tables import gpus
 from constellation_dagster.resources import GpuFleet
 
@@ -93,6 +99,23 @@ def test_a_serial_job_goes_to_the_least_loaded_gpu_by_nvml_state(monkeypatch):
     assert choose_device([gpu0, gpu1], {}) == gpu0
     # ...and our own open steps come first.
     assert choose_device([gpu0, gpu1], {"GPU-0": 1}) == gpu1
+
+
+def test_a_serial_job_goes_to_the_gpu_where_it_would_finish_first_at_its_rate(monkeypatch):
+    from constellation_core.devices import choose_device, fill_rates
+
+    gpu0, gpu1 = _gpus()
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", FakeNvml({"GPU-0": (70000, 0), "GPU-1": (70000, 0)}))
+    # Equally fast (no rates): the fewer tiles ahead; three times as fast: three times the tiles ahead is as soon.
+    assert choose_device([gpu0, gpu1], {"GPU-0": 1000, "GPU-1": 2000}, job_tiles=100) == gpu0
+    assert choose_device([gpu0, gpu1], {"GPU-0": 1000, "GPU-1": 2000}, {"GPU-0": 100, "GPU-1": 300}, 100) == gpu1
+    # Its own tiles count too: a big job goes to the fast device even with more work ahead there.
+    assert choose_device([gpu0, gpu1], {"GPU-1": 300}, {"GPU-0": 100, "GPU-1": 300}, 10) == gpu0
+    assert choose_device([gpu0, gpu1], {"GPU-1": 300}, {"GPU-0": 100, "GPU-1": 300}, 1000) == gpu1
+    # A device with no recent batch counts as the middle of the measured ones; none measured: all equal.
+    three = [*_gpus(), dataclasses.replace(gpu0, uuid="GPU-2", index=2)]
+    assert fill_rates(three, {"GPU-0": 100, "GPU-1": 300}) == {"GPU-0": 100, "GPU-1": 300, "GPU-2": 200}
+    assert fill_rates(three, {}) == {"GPU-0": 1.0, "GPU-1": 1.0, "GPU-2": 1.0}
 
 
 def test_energy_comes_from_nvml_counters_and_is_never_invented(monkeypatch):

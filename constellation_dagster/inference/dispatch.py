@@ -18,9 +18,9 @@ from opentelemetry.trace import Span, SpanKind
 from sqlalchemy import Connection, func, select, update
 
 from constellation_core import tracing
-from constellation_core.devices import choose_device
+from constellation_core.devices import choose_device, fill_rates
 from constellation_core.settings import get_settings
-from constellation_core.tables import jobs
+from constellation_core.tables import jobs, tile_chunks
 from constellation_dagster.inference.jobs import (
     ACCOUNT_TAG,
     ALL_JOBS,
@@ -143,22 +143,25 @@ def release(conn: Connection, job_ids: list[UUID]) -> None:
 
 def plan_launches(conn: Connection, rows) -> list[Launch]:
     """The run for each claimed job: `tile_inference` for parallel jobs; for serial jobs the job of
-    the device where it starts soonest: the one with the fewest tiles left to infer, before it, of the
-    launched jobs of the same or higher priority bound to it (a device worker takes the highest-priority
-    job's batches first; a parallel job counts its share on each device); then NVML utilization and
-    free memory. The choice is recorded on the job (`jobs.device_uuid`, in `conn`'s transaction) and
-    counts for the next one, so serial jobs claimed together spread out by their sizes."""
+    the device where it would finish first: the tiles left to infer, before it, of the launched jobs
+    of the same or higher priority bound to it (a device worker takes the highest-priority job's
+    batches first; a parallel job counts its share on each device), and its own, at the device's rate
+    over the last RATE_WINDOW_S (`device_rates`: a fleet's devices need not be equally fast); then
+    NVML utilization and free memory. The choice is recorded on the job (`jobs.device_uuid`, in
+    `conn`'s transaction) and counts for the next one, so serial jobs claimed together spread out by
+    their sizes."""
     serial = any(row.params.get("mode") == "serial" for row in rows)
-    ahead = _work_ahead(conn, excluding=[row.id for row in rows]) if serial else []
+    rates = fill_rates(DEVICES, device_rates(conn)) if serial else {}
+    ahead = _work_ahead(conn, rates, excluding=[row.id for row in rows]) if serial else []
     launches = []
     for row in rows:
         job, device_uuid = tile_inference, None
         if row.params.get("mode") == "serial":
-            device = choose_device(DEVICES, _tiles_before(ahead, row.priority))
+            device = choose_device(DEVICES, _tiles_before(ahead, row.priority), rates, row.tiles_total or 0)
             device_uuid = device.uuid
             conn.execute(update(jobs).where(jobs.c.id == row.id).values(device_uuid=device_uuid))
             job = next(j for j in ALL_JOBS if j.name == serial_job_name(device))
-        ahead.extend(_shares(device_uuid, row.priority, row.tiles_total or 0))
+        ahead.extend(_shares(device_uuid, row.priority, row.tiles_total or 0, rates))
         launches.append(
             Launch(
                 job_id=row.id,
@@ -178,6 +181,25 @@ def plan_launches(conn: Connection, rows) -> list[Launch]:
     return launches
 
 
+# A device's rate is measured over the batches it finished this long ago at most: long enough to hold
+# many batches on a busy device, short enough to follow a device that slows down (a shared GPU, thermal
+# limits). A device with no batch in the window counts as the middle of the others (`fill_rates`).
+RATE_WINDOW_S = 120
+
+
+def device_rates(conn: Connection) -> dict[str, float]:
+    """Device uuid → tiles per second of its time on batches, over the batches it finished in the last
+    RATE_WINDOW_S (`tile_chunks_recent_idx`)."""
+    busy_s = func.sum(func.extract("epoch", tile_chunks.c.finished_at - tile_chunks.c.started_at))
+    rows = conn.execute(
+        select(tile_chunks.c.device_uuid, func.sum(tile_chunks.c.tiles), busy_s)
+        .where(tile_chunks.c.state == "done",
+               tile_chunks.c.finished_at > func.now() - timedelta(seconds=RATE_WINDOW_S))
+        .group_by(tile_chunks.c.device_uuid)
+    ).all()
+    return {uuid: float(tiles) / float(seconds) for uuid, tiles, seconds in rows if uuid and seconds and seconds > 0}
+
+
 def _tiles_before(ahead: list[tuple[str, int, float]], priority: int) -> dict[str, float]:
     """Device uuid → the tiles a new job of this priority would wait for there."""
     before: dict[str, float] = {}
@@ -187,7 +209,7 @@ def _tiles_before(ahead: list[tuple[str, int, float]], priority: int) -> dict[st
     return before
 
 
-def _work_ahead(conn: Connection, excluding: list[UUID]) -> list[tuple[str, int, float]]:
+def _work_ahead(conn: Connection, rates: dict[str, float], excluding: list[UUID]) -> list[tuple[str, int, float]]:
     """(device uuid, priority, tiles not yet inferred) of the launched jobs — running, or queued with a
     run asked for — but those being placed now, by device and priority: a serial job on the device it
     is bound to, a parallel job (no device) a share on each device. One query on `jobs`, whatever the
@@ -199,14 +221,19 @@ def _work_ahead(conn: Connection, excluding: list[UUID]) -> list[tuple[str, int,
                jobs.c.id.not_in(excluding))
         .group_by(jobs.c.device_uuid, jobs.c.priority)
     ).all()
-    return [share for device_uuid, priority, tiles in rows for share in _shares(device_uuid, priority, float(tiles))]
+    return [share for device_uuid, priority, tiles in rows
+            for share in _shares(device_uuid, priority, float(tiles), rates)]
 
 
-def _shares(device_uuid: str | None, priority: int, tiles: float) -> list[tuple[str, int, float]]:
-    """A job's tiles as work ahead on each device: all on its device (serial), or a share on each (parallel)."""
+def _shares(device_uuid: str | None, priority: int, tiles: float,
+            rates: dict[str, float]) -> list[tuple[str, int, float]]:
+    """A job's tiles as work ahead on each device: all on its device (serial), or a share on each
+    (parallel) in proportion to the devices' rates (each device's worker takes the job's next batch
+    when it is free, so a faster device takes more of them)."""
     if device_uuid is not None:
         return [(device_uuid, priority, tiles)]
-    return [(device.uuid, priority, tiles / len(DEVICES)) for device in DEVICES]
+    total = sum(rates.get(device.uuid, 1.0) for device in DEVICES)
+    return [(device.uuid, priority, tiles * rates.get(device.uuid, 1.0) / total) for device in DEVICES]
 
 
 @contextmanager
