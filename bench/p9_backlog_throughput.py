@@ -16,7 +16,9 @@ interval on its device (`tile_chunks.started_at/finished_at`):
 - overtakes: a job that started before an earlier-submitted job of the same or higher priority
   (goal: none), and how many of them started on a device the earlier job was not bound to (a
   serial job is bound to one device at dispatch);
-- the longest wait of a job for its first batch, by priority.
+- the longest wait of a job for its first batch, by priority;
+- the machine's CPU over the drain, and the stack's by program (`stack_cpu.py`): what each job costs
+  besides the model's compute.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from demo_client import demo_api, wait_dagster_idle, wait_finished
 from shapely.geometry import box, mapping
 from sqlalchemy import create_engine, text
+from stack_cpu import StackCpu
 
 from constellation_core.inference.imagery import TileReader, ensure_demo_scene
 from constellation_core.inference.model import TileClassifier
@@ -115,12 +118,14 @@ def main() -> None:
                   for i, (area, _) in enumerate(areas)]
         submitted_at = datetime.now(UTC)
         cpu_before = machine_cpu_seconds()
+        by_program = StackCpu(settings).start()
         jobs = []
         for body in bodies:
             created = client.post("/jobs", json=body).raise_for_status().json()
             jobs.append((created["id"], body["priority"], body["mode"], created["tiles_total"]))
         states = wait_finished(client, [j[0] for j in jobs], timeout=3600)
         cpu_used = machine_cpu_seconds() - cpu_before  # (the client's polling included: a small share)
+        used, ended, _, _ = by_program.stop()
     failed = [j for j, s in states.items() if s != "succeeded"]
     if failed:
         raise SystemExit(f"{len(failed)} bench jobs did not succeed: {failed[:5]}")
@@ -176,9 +181,19 @@ def main() -> None:
     for uuid, name in per_device.items():
         busy = sum((b.finished_at - b.started_at).total_seconds() for b in batches if b.device_uuid == uuid)
         print(f"  {name:28s} busy {busy / drain:6.1%} of the drain")
-    device_busy = sum((b.finished_at - b.started_at).total_seconds() for b in batches)
-    print(f"machine CPU       {cpu_used:8.1f} core-s over the drain: the devices' batches {device_busy:.1f} s, "
-          f"everything else {(cpu_used - device_busy) / len(jobs):.2f} core-s per job")
+    programs = {name: used[name] + ended[name] for name in used.keys() | ended.keys()}
+    model_cpu = programs.get("device compute", 0.0)
+    print(f"machine CPU       {cpu_used:8.1f} core-s over the drain: the model on the devices {model_cpu:.1f} s, "
+          f"everything else {(cpu_used - model_cpu) / len(jobs):.2f} core-s per job (the device workers' tile "
+          "reading among it, which the bare rate also does)")
+    # The drain cannot be much shorter than all that CPU spread over every core: the ratio's ceiling here
+    # (about: the CPU is counted to the last job's end, a little past its last batch).
+    ceiling = tiles * os.cpu_count() / (cpu_used * bare * len(devices))
+    print(f"  at that CPU, {os.cpu_count()} cores allow a ratio of about {ceiling:.3f} (a drain as long as the "
+          "CPU ÷ the cores)")
+    print("  by program (core-s over the drain, per job): " + ", ".join(
+        f"{name} {cpu:.1f} ({cpu / len(jobs):.3f})" for name, cpu in sorted(programs.items(), key=lambda p: -p[1])
+        if cpu >= 0.05))
     worker_cpu = run_worker_cpu(settings.local_dir / "logs" / "dagster-daemon.log", set(dagster_runs))
     if worker_cpu:
         print(f"run workers       {statistics.median(worker_cpu):8.3f} s of CPU per run (median of {len(worker_cpu)}; "
@@ -188,8 +203,9 @@ def main() -> None:
     if overtakes:
         print(f"  of which {len(elsewhere)} on a device the earlier job was not bound to (serial jobs are bound "
               "to a device at dispatch)")
+    median_wait = statistics.median((first_batch[j[0]] - submitted_at).total_seconds() for j in jobs)
     print("first batch wait  " + "  ".join(f"p{p:+d}: {w:.0f} s" for p, w in waits.items())
-          + f"   (median over jobs {statistics.median((first_batch[j[0]] - submitted_at).total_seconds() for j in jobs):.0f} s)")
+          + f"   (median over jobs {median_wait:.0f} s)")
 
 
 if __name__ == "__main__":
