@@ -10,6 +10,7 @@ import uuid
 
 from shapely.geometry import box, shape
 from sqlalchemy import func, insert, select
+from sqlalchemy import text as sql_text
 
 from constellation_core.tables import areas, gpus, jobs, steps, tile_results, tiles
 from constellation_core.tiles import plan_tiles
@@ -175,6 +176,16 @@ def test_gpus_list_marks_simulated_devices_and_who_is_on_them(client, make_accou
     assert listed.status_code == 200
     mine = [g for g in listed.json() if g["name"] == "Test GPU" and job["id"] in g["job_ids"]]
     assert len(mine) == 1 and mine[0]["simulated"] is True and mine[0]["busy"] is True
+    assert mine[0]["tiles_per_s"] is None, "no batch in the last two minutes: no rate"
+    with engine.begin() as conn:  # 32 tiles in 0.5 s on it a second ago; 32 in 0.01 s three minutes ago
+        for chunk_no, (ended_ago, seconds) in enumerate(((1, 0.5), (180, 0.01))):
+            conn.execute(sql_text(
+                "INSERT INTO tile_chunks (job_id, chunk_no, tiles, state, device_uuid, started_at, finished_at) "
+                "VALUES (:job, :n, 32, 'done', :device, now() - make_interval(secs => :ago + :s), "
+                "now() - make_interval(secs => :ago))"),
+                {"job": job["id"], "n": chunk_no, "device": mine[0]["uuid"], "ago": ended_ago, "s": seconds})
+    rated = [g for g in client.get("/gpus", headers=admin.headers).json() if g["uuid"] == mine[0]["uuid"]]
+    assert rated[0]["tiles_per_s"] == 64.0, "what serial placement weighs the work ahead by: the last two minutes"
     # The job's owner sees it on the device too; another member sees the device busy, not whose job.
     own_view = [g for g in client.get("/gpus", headers=account.headers).json() if g["name"] == "Test GPU"]
     assert own_view[0]["job_ids"] == [job["id"]]

@@ -14,6 +14,7 @@ from api import access
 from api.deps import CurrentAccount, EngineDep
 from api.errors import NotFound
 from api.prometheus import label_value, query_range, step_for
+from constellation_core.rates import RECENT_BATCHES, rates_of
 from constellation_core.tables import gpus, jobs, steps, tile_chunks
 from constellation_core.telemetry import GpuSample
 
@@ -33,6 +34,9 @@ class GpuPublic(BaseModel):
     busy: bool = Field(description="A job is admitted to the device now")
     job_ids: list[UUID] = Field(description="Jobs on the device now that the caller may see (admins: all; members: their own)")
     latest: GpuSample | None = Field(description="The latest telemetry sample (1 Hz), if one arrived")
+    tiles_per_s: float | None = Field(
+        description="Tiles per second of the device's time on batches, over the batches it finished in the last two "
+                    "minutes: serial jobs go where they would finish first at these rates (null: no batch then)")
 
 
 @router.get("", response_model=list[GpuPublic], name="list")
@@ -44,6 +48,7 @@ async def list_gpus(request: Request, account: CurrentAccount, engine: EngineDep
             select(steps.c.gpu_id, steps.c.job_id, jobs.c.account_id)
             .join(jobs, jobs.c.id == steps.c.job_id).where(steps.c.finished_at.is_(None))
         )).all()
+        rates = rates_of((await conn.execute(RECENT_BATCHES)).all())
     hub = request.app.state.hub
     result = []
     for device in devices:
@@ -55,6 +60,7 @@ async def list_gpus(request: Request, account: CurrentAccount, engine: EngineDep
             host=device["host"], state="gone" if device["gone_at"] else "serving", gone_at=device["gone_at"],
             busy=bool(on_device), job_ids=[h.job_id for h in on_device if access.may_see(account, h.account_id)],
             latest=access.device_sample(account, sample) if sample is not None else None,
+            tiles_per_s=round(rates[device["uuid"]], 1) if device["uuid"] in rates else None,
         ))
     return result
 

@@ -19,8 +19,9 @@ from sqlalchemy import Connection, func, select, update
 
 from constellation_core import tracing
 from constellation_core.devices import choose_device, fill_rates
+from constellation_core.rates import device_rates
 from constellation_core.settings import get_settings
-from constellation_core.tables import jobs, tile_chunks
+from constellation_core.tables import jobs
 from constellation_dagster.inference.jobs import (
     ACCOUNT_TAG,
     ALL_JOBS,
@@ -146,7 +147,7 @@ def plan_launches(conn: Connection, rows) -> list[Launch]:
     the device where it would finish first: the tiles left to infer, before it, of the launched jobs
     of the same or higher priority bound to it (a device worker takes the highest-priority job's
     batches first; a parallel job counts its share on each device), and its own, at the device's rate
-    over the last RATE_WINDOW_S (`device_rates`: a fleet's devices need not be equally fast); then
+    over the last two minutes (`constellation_core.rates`: a fleet's devices need not be equally fast); then
     NVML utilization and free memory. The choice is recorded on the job (`jobs.device_uuid`, in
     `conn`'s transaction) and counts for the next one, so serial jobs claimed together spread out by
     their sizes."""
@@ -179,25 +180,6 @@ def plan_launches(conn: Connection, rows) -> list[Launch]:
             )
         )
     return launches
-
-
-# A device's rate is measured over the batches it finished this long ago at most: long enough to hold
-# many batches on a busy device, short enough to follow a device that slows down (a shared GPU, thermal
-# limits). A device with no batch in the window counts as the middle of the others (`fill_rates`).
-RATE_WINDOW_S = 120
-
-
-def device_rates(conn: Connection) -> dict[str, float]:
-    """Device uuid → tiles per second of its time on batches, over the batches it finished in the last
-    RATE_WINDOW_S (`tile_chunks_recent_idx`)."""
-    busy_s = func.sum(func.extract("epoch", tile_chunks.c.finished_at - tile_chunks.c.started_at))
-    rows = conn.execute(
-        select(tile_chunks.c.device_uuid, func.sum(tile_chunks.c.tiles), busy_s)
-        .where(tile_chunks.c.state == "done",
-               tile_chunks.c.finished_at > func.now() - timedelta(seconds=RATE_WINDOW_S))
-        .group_by(tile_chunks.c.device_uuid)
-    ).all()
-    return {uuid: float(tiles) / float(seconds) for uuid, tiles, seconds in rows if uuid and seconds and seconds > 0}
 
 
 def _tiles_before(ahead: list[tuple[str, int, float]], priority: int) -> dict[str, float]:

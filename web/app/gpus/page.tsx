@@ -38,6 +38,11 @@ function DeviceCard({ gpu, index }: { gpu: Gpu; index: number }) {
       <p style={{ margin: "0 0 0.5rem" }}>
         {gpu.state === "gone" ? null : gpu.busy ? <>Busy: {gpu.job_ids.length ? gpu.job_ids.map((id) => <a key={id} href={`/app/jobs/detail/?id=${id}`} style={{ marginRight: 6 }}>job {id.slice(0, 8)}</a>) : "another account's job"}</> : "Idle"}
       </p>
+      <p style={{ margin: "0 0 0.5rem" }} data-testid="device-rate">
+        {gpu.tiles_per_s != null
+          ? <>{Math.round(gpu.tiles_per_s)} tiles/s <Muted>on its batches of the last 2 minutes: serial jobs go where they would finish first at these rates</Muted></>
+          : <Muted>No batch in the last 2 minutes</Muted>}
+      </p>
       {telemetry.isPending ? <Loading what="telemetry" /> : telemetry.isError ? <ErrorState error={telemetry.error} /> : (
         CHARTS.map(([field, label, unit, max]) => {
           const ys = series.fields[field];

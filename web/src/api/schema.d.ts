@@ -1019,6 +1019,11 @@ export interface components {
             job_ids: string[];
             /** @description The latest telemetry sample (1 Hz), if one arrived */
             latest: components["schemas"]["GpuSample"] | null;
+            /**
+             * Tiles Per S
+             * @description Tiles per second of the device's time on batches, over the batches it finished in the last two minutes: serial jobs go where they would finish first at these rates (null: no batch then)
+             */
+            tiles_per_s: number | null;
         };
         /** GpuSample */
         GpuSample: {
