@@ -22,12 +22,15 @@ from constellation_devstack.commands import STACK_MARKER, _marker
 TICKS = os.sysconf("SC_CLK_TCK")
 LOOK_S = 0.5
 # (what a command line holds, the program it is counted as), first match wins
-GROUPS = (("pgbouncer", "pgbouncer"), ("postgres", "postgres"), ("nats-server", "nats-server"),
-          ("dagster-daemon", "dagster-daemon"), ("dagster-webserver", "dagster-webserver"),
-          ("dagster api grpc", "dagster api grpc"), ("uvicorn", "uvicorn"), ("dispatcher", "dispatcher"),
-          ("gpu-agent", "gpu-agent"), ("usage", "usage"), ("supervisord", "supervisord"),
-          ("zygote", "zygote (run workers)"), ("constellation_ray.compute", "device compute"),
-          ("ray::DeviceActor", "device workers"), ("ray", "ray"))
+GROUPS = (
+    ("pgbouncer", "pgbouncer"), ("postgres", "postgres"), ("nats-server", "nats-server"),
+    ("dagster-daemon", "dagster-daemon"), ("dagster-webserver", "dagster-webserver"),
+    ("dagster api grpc", "dagster api grpc"), ("uvicorn", "uvicorn"), ("dispatcher", "dispatcher"),
+    ("multiprocessing.spawn", "api planning processes"),  # (the API's only multiprocessing children)
+    ("gpu-agent", "gpu-agent"), ("usage", "usage"), ("supervisord", "supervisord"),
+    ("zygote", "zygote (run workers)"), ("constellation_ray.compute", "device compute"),
+    ("ray::DeviceActor", "device workers"), ("ray", "ray"),
+)
 
 
 def stack_processes(marker: bytes) -> dict[int, str]:
