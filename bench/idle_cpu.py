@@ -14,18 +14,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from demo_client import wait_dagster_quiet
-from stack_cpu import TICKS, measure
+from stack_cpu import machine_cpu_seconds, measure
 
 from constellation_core.settings import get_settings
-
-
-def machine_busy_ticks() -> int:
-    """All CPUs' non-idle time (user, nice, system, irq, softirq, steal), in clock ticks."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return user + nice + system + irq + softirq + steal
 
 
 def main() -> None:
@@ -38,16 +31,16 @@ def main() -> None:
     settings = get_settings()
     wait_dagster_quiet(settings)
     time.sleep(args.settle)  # a chosen wait, not a condition: the stack settles by itself
-    busy_before = machine_busy_ticks()
+    busy_before = machine_cpu_seconds()
     used, ended, seen, gone, elapsed = measure(settings, args.seconds)
-    busy = machine_busy_ticks() - busy_before
+    busy = machine_cpu_seconds() - busy_before
     print(f"{seen} stack processes ({gone} ended), {elapsed:.0f} s with nothing queued")
     for name in sorted(used.keys() | ended.keys(), key=lambda g: -(used[g] + ended[g])):
         if used[name] + ended[name] > 0:
             extra = f"   (of which {ended[name] / elapsed:.1%} in processes that ended)" if ended[name] > 0 else ""
             print(f"  {name:28s} {(used[name] + ended[name]) / elapsed:6.1%} of a core{extra}")
     stack = (sum(used.values()) + sum(ended.values())) / elapsed
-    machine = busy / TICKS / elapsed
+    machine = busy / elapsed
     print(f"the stack         {stack:6.1%} of one core   (goal ≤ 10 %)")
     print(f"machine busy      {machine:6.1%} of one core   (the stack, and what this machine runs besides it: "
           f"{max(machine - stack, 0):.1%} — its own agents, kernel threads, steal)")

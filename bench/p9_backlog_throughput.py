@@ -36,7 +36,7 @@ import torch
 from demo_client import demo_api, wait_dagster_idle, wait_finished
 from shapely.geometry import box, mapping
 from sqlalchemy import create_engine, text
-from stack_cpu import StackCpu
+from stack_cpu import StackCpu, machine_cpu_seconds
 
 from constellation_core.inference.imagery import TileReader, ensure_demo_scene
 from constellation_core.inference.model import TileClassifier
@@ -74,13 +74,6 @@ def bare_rate(settings, model_path, threads: int, *, one_at_a_time: bool = False
             classifier.predict(np.stack([reader.read(t.z, t.x, t.y) for t in batch]) if one_at_a_time
                                else reader.read_many(batch))
     return len(grid) / (time.perf_counter() - started)
-
-
-def machine_cpu_seconds() -> float:
-    """CPU time the whole machine spent busy (user, nice, system, irq, softirq), from /proc/stat."""
-    with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def run_worker_cpu(daemon_log, run_ids: set[str]) -> list[float]:

@@ -66,6 +66,12 @@ def cpu_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (user, nice, system, irq, softirq, steal), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 def group(cmdline: str) -> str:
     return next((name for part, name in GROUPS if part in cmdline), cmdline.split(" ", 1)[0].rsplit("/", 1)[-1])
 
