@@ -5,6 +5,7 @@
     constellation status JOB_ID
     constellation watch JOB_ID        # live progress bar from the stream; resumes after a dropped connection
     constellation cancel JOB_ID
+    constellation gpus                # the devices: serving or gone, host, busy, tiles/s, utilization
     constellation logs JOB_ID -f      # Server-Sent Events, resumes with Last-Event-ID
     constellation areas import area.geojson --name Geneva
     constellation admin create-account field-team     # admins: accounts and keys (see `admin --help`)
@@ -136,6 +137,30 @@ def list_jobs(
     for job in page["data"]:
         table.add_row(job["id"], job["name"], job["state"], f"{job['progress']:.0%}", str(job["tiles_total"]),
                       job["mode"], job["created_at"][:19].replace("T", " "))
+    out.print(table)
+
+
+@app.command()
+def gpus() -> None:
+    """The devices jobs run on: serving or gone, their host, what runs on them now, and how fast they have
+    been (tiles/s over their batches of the last two minutes: where serial jobs go)."""
+    devices = _run(lambda: _call("GET", "/gpus"))
+    table = Table("device", "state", "host", "now", "tiles/s (2 min)", "util", "memory")
+    for gpu in devices:
+        fields = (gpu["latest"] or {}).get("fields") or {}
+        util, used = fields.get("DCGM_FI_DEV_GPU_UTIL"), fields.get("DCGM_FI_DEV_FB_USED")
+        if gpu["state"] == "gone":
+            now = "-"
+        elif gpu["job_ids"]:
+            now = ", ".join(f"job {job_id[:8]}" for job_id in gpu["job_ids"])
+        else:
+            now = "another account's job" if gpu["busy"] else "idle"
+        simulated = gpu["simulated"] and "simulated" not in gpu["name"].lower()
+        table.add_row(gpu["name"] + (" (simulated)" if simulated else ""),
+                      gpu["state"], gpu["host"] or "-", now,
+                      f"{gpu['tiles_per_s']:.0f}" if gpu["tiles_per_s"] is not None else "-",
+                      f"{util:.0f} %" if util is not None else "-",
+                      f"{used:.0f} MiB" if used is not None else "-")
     out.print(table)
 
 

@@ -194,6 +194,31 @@ def test_gpus_list_marks_simulated_devices_and_who_is_on_them(client, make_accou
     assert theirs[0]["busy"] is True and theirs[0]["job_ids"] == []
 
 
+def test_the_cli_lists_the_devices_with_their_rate_and_who_is_on_them(client, make_account, engine, monkeypatch):
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    from constellation_cli import main as cli
+
+    account = make_account()
+    job = client.post("/jobs", json=job_body(), headers=account.headers).json()
+    _fake_results(engine, job["id"])
+    with engine.begin() as conn:
+        device = conn.execute(sql_text("SELECT g.uuid FROM gpus g JOIN steps s ON s.gpu_id = g.id "
+                                       "WHERE s.job_id = :job"), {"job": job["id"]}).scalar_one()
+        conn.execute(sql_text(
+            "INSERT INTO tile_chunks (job_id, chunk_no, tiles, state, device_uuid, started_at, finished_at) "
+            "VALUES (:job, 0, 64, 'done', :device, now() - interval '1.25 s', now() - interval '1 s')"),
+            {"job": job["id"], "device": device})
+    client.headers["Authorization"] = f"Bearer {account.key}"
+    monkeypatch.setattr(cli, "_client", lambda: contextlib.nullcontext(client))
+    shown = CliRunner().invoke(cli.app, ["gpus"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    row = next(line for line in shown.output.splitlines() if f"job {job['id'][:8]}" in line)
+    assert "Test GPU (simulated)" in row and "serving" in row and " 256 " in row, row
+
+
 def test_events_history_pages_by_id_and_respects_ownership(client, make_account):
     account, other = make_account(), make_account()
     job = client.post("/jobs", json=job_body(), headers=account.headers).json()
