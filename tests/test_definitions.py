@@ -7,7 +7,7 @@ import logging
 
 import dagster as dg
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.exc import OperationalError
 
@@ -171,6 +171,42 @@ def test_a_serial_job_goes_where_it_would_finish_first_at_each_devices_measured_
     # The parallel job's 1,200 tiles: 300 on slow, 900 on fast (3 s on each). Slow: 3 + 100/100 = 4 s;
     # fast: 3 + (250 + 100)/300 = 4.2 s. Split evenly, fast would have looked 3.2 s against 7 s.
     assert launch.job_name == serial_job_name(slow)
+
+
+def test_a_serial_job_goes_to_no_device_marked_gone_while_another_serves(engine, make_account, monkeypatch):
+    """After a node dies its devices have no work ahead: placed by work ahead alone, every new serial
+    job went there and waited until its run gave up on the device. With every device gone, the job is
+    still placed (a device may come back)."""
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from constellation_core.tables import gpus
+    from constellation_dagster.inference import dispatch
+
+    dead, alive = devices = simulated_devices(2, node=uuid4().hex[:8])
+    parallel, serial = build_jobs(devices)
+    monkeypatch.setattr(dispatch, "DEVICES", devices)
+    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
+    monkeypatch.setattr(dispatch, "tile_inference", parallel)
+    monkeypatch.setattr(dispatch, "device_rates", lambda conn: {})
+    account = make_account()
+    with engine.begin() as conn:
+        for device in devices:
+            conn.execute(insert(gpus).values(uuid=device.uuid, name=device.label, simulated=True,
+                                             gone_at=func.now() if device is dead else None))
+    _insert_job(engine, account, state="running", tiles_total=3000, tiles_done=0, params={"mode": "serial"},
+                device_uuid=alive.uuid)
+    new_id = _insert_job(engine, account, tiles_total=100, params={"mode": "serial"}, dispatched_at=func.now())
+    new = SimpleNamespace(id=new_id, priority=0, tiles_total=100, params={"mode": "serial"}, submitted_by=account.name,
+                          correlation_id=None, traceparent=None, created_at=None)
+    with engine.begin() as conn:
+        [launch] = dispatch.plan_launches(conn, [new])
+    assert launch.job_name == serial_job_name(alive), "3,000 tiles ahead on a serving device, not a dead one"
+
+    with engine.begin() as conn:
+        conn.execute(update(gpus).where(gpus.c.uuid == alive.uuid).values(gone_at=func.now()))
+        [launch] = dispatch.plan_launches(conn, [new])
+    assert launch.job_name == serial_job_name(dead), "every device gone: the least work ahead, as before"
 
 
 def test_dispatcher_hands_a_job_back_to_the_sensor_when_dagit_is_down(engine, queued_job):

@@ -18,10 +18,10 @@ from opentelemetry.trace import Span, SpanKind
 from sqlalchemy import Connection, func, select, update
 
 from constellation_core import tracing
-from constellation_core.devices import choose_device, fill_rates
+from constellation_core.devices import Device, choose_device, fill_rates
 from constellation_core.rates import device_rates
 from constellation_core.settings import get_settings
-from constellation_core.tables import jobs
+from constellation_core.tables import gpus, jobs
 from constellation_dagster.inference.jobs import (
     ACCOUNT_TAG,
     ALL_JOBS,
@@ -148,17 +148,20 @@ def plan_launches(conn: Connection, rows) -> list[Launch]:
     of the same or higher priority bound to it (a device worker takes the highest-priority job's
     batches first; a parallel job counts its share on each device), and its own, at the device's rate
     over the last two minutes (`constellation_core.rates`: a fleet's devices need not be equally fast); then
-    NVML utilization and free memory. The choice is recorded on the job (`jobs.device_uuid`, in
+    NVML utilization and free memory. A device marked gone (its worker or node died) gets no serial job
+    while another serves: with no work ahead it would otherwise look the soonest, and the job would wait
+    there until its run gave up on the device. The choice is recorded on the job (`jobs.device_uuid`, in
     `conn`'s transaction) and counts for the next one, so serial jobs claimed together spread out by
     their sizes."""
     serial = any(row.params.get("mode") == "serial" for row in rows)
     rates = fill_rates(DEVICES, device_rates(conn)) if serial else {}
     ahead = _work_ahead(conn, rates, excluding=[row.id for row in rows]) if serial else []
+    candidates = _serving(conn) if serial else DEVICES
     launches = []
     for row in rows:
         job, device_uuid = tile_inference, None
         if row.params.get("mode") == "serial":
-            device = choose_device(DEVICES, _tiles_before(ahead, row.priority), rates, row.tiles_total or 0)
+            device = choose_device(candidates, _tiles_before(ahead, row.priority), rates, row.tiles_total or 0)
             device_uuid = device.uuid
             conn.execute(update(jobs).where(jobs.c.id == row.id).values(device_uuid=device_uuid))
             job = next(j for j in ALL_JOBS if j.name == serial_job_name(device))
@@ -180,6 +183,12 @@ def plan_launches(conn: Connection, rows) -> list[Launch]:
             )
         )
     return launches
+
+
+def _serving(conn: Connection) -> list[Device]:
+    """The devices not marked gone in `gpus`; all of them if every one is (one may come back)."""
+    gone = set(conn.execute(select(gpus.c.uuid).where(gpus.c.gone_at.is_not(None))).scalars())
+    return [device for device in DEVICES if device.uuid not in gone] or DEVICES
 
 
 def _tiles_before(ahead: list[tuple[str, int, float]], priority: int) -> dict[str, float]:
