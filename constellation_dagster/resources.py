@@ -77,9 +77,10 @@ class EventBus(dg.ConfigurableResource):
 @dataclass(frozen=True)
 class Followed:
     """How following a job on a device ended: every batch done (both None), the job or device gone
-    (`stopped_because`), or the device's worker failed a batch (`error`)."""
+    (`stopped_because`; `devices_gone` for the latter), or the device's worker failed a batch (`error`)."""
     stopped_because: str | None = None
     error: str | None = None
+    devices_gone: bool = False
 
 
 class GpuFleet(dg.ConfigurableResource):
@@ -165,5 +166,6 @@ class GpuFleet(dg.ConfigurableResource):
                 if not row.pending:
                     return Followed()
                 if row.all_gone:
-                    return Followed(stopped_because="its devices are gone (their workers or machines stopped)")
+                    return Followed(stopped_because="its devices are gone (their workers or machines stopped)",
+                                    devices_gone=True)
                 wait(self.recheck_seconds)

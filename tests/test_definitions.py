@@ -329,7 +329,7 @@ def _job_after_failed_run(engine, database_url, nats_url, job_id, *, batches_don
 def test_a_failed_run_fails_its_job_with_the_reason(engine, database_url, nats_url, queued_job):
     state, detail = _job_after_failed_run(engine, database_url, nats_url, queued_job, batches_done=False)
     assert state == "failed"
-    assert "_worker_dies" in detail["error"], detail
+    assert "_worker_dies: run worker gone" in detail["error"], detail  # the op and its error, not "Steps failed"
 
 
 def test_a_run_that_fails_after_its_last_batch_leaves_the_job_succeeded(engine, database_url, nats_url, queued_job):
@@ -362,7 +362,7 @@ def test_a_run_worker_fails_its_job_at_once_when_dagster_will_not_retry_the_run(
         engine, database_url, nats_url, queued_job):
     state, error = _run_worker_ends(engine, database_url, nats_url, queued_job, retry_op_failures=False)
     assert state == "failed"
-    assert "_worker_dies" in error
+    assert "_worker_dies: run worker gone" in error
 
 
 def test_a_run_worker_leaves_its_job_running_when_dagster_retries_the_run(engine, database_url, nats_url, queued_job):
@@ -711,3 +711,75 @@ def test_a_failed_run_dagster_retries_shows_as_a_failed_attempt_in_the_jobs_trac
     assert not failed.status.is_ok and "_worker_dies" in failed.status.description
     assert failed.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736
     assert failed.attributes["constellation.job.id"] == str(queued_job) and failed.attributes["dagster.run_id"]
+
+
+def test_a_job_whose_devices_are_gone_runs_again_on_a_device_that_serves(
+        engine, database_url, nats_url, queued_job, monkeypatch, tmp_path):
+    """A serial job bound to a device whose node then died: its run gives up on the device (after the
+    gone grace) but does not fail the job while another device serves. The reconciler runs the job
+    again on that device. A job whose devices keep dying fails on its third such run, with the reason."""
+    from constellation_core.devices import device_spec
+    from constellation_core.tables import gpus
+    from constellation_dagster.inference import dispatch, sensors
+    from constellation_dagster.inference.ops import DEVICES_GONE_TAG
+    from constellation_dagster.models.assets import MODEL_ASSET
+    from constellation_dagster.resources import EventBus, Followed, GpuFleet
+
+    gone_reason = "its devices are gone (their workers or machines stopped)"
+    monkeypatch.setattr(GpuFleet, "follow", lambda self, db, job_id, admitted: Followed(
+        stopped_because=gone_reason, devices_gone=True))
+    dead, alive = simulated_devices(2)
+    with engine.begin() as conn:
+        conn.execute(sql_text("DELETE FROM gpus WHERE uuid IN (:a, :b)"), {"a": dead.uuid, "b": alive.uuid})
+        conn.execute(update(jobs).where(jobs.c.id == queued_job).values(params={"mode": "serial"}))
+        for device in (dead, alive):
+            conn.execute(insert(gpus).values(uuid=device.uuid, name=device.label, simulated=True,
+                                             spec=device_spec(device), gone_at=func.now() if device is dead else None))
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    job = dg.build_reconstructable_job(__name__, _serial_job_of_one_device.__name__,
+                                       reconstructable_kwargs={"database_url": database_url, "nats_url": nats_url})
+    run_config = {"ops": {node.name: {"config": {"job_id": str(queued_job)}}
+                          for node in _serial_job_of_one_device(database_url, nats_url).graph.nodes}}
+    parallel, serial = build_jobs([dead, alive])
+    monkeypatch.setattr(dispatch, "DEVICES", [dead, alive])
+    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
+    monkeypatch.setattr(dispatch, "tile_inference", parallel)
+    monkeypatch.setattr(dispatch, "device_rates", lambda conn: {})
+    monkeypatch.setattr(sensors, "OUTCOME_GRACE_S", 0)
+    resources = {"db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url)}
+
+    def job_state() -> tuple[str, str | None]:
+        with engine.connect() as conn:
+            return conn.execute(select(jobs.c.state, jobs.c.error).where(jobs.c.id == queued_job)).one()
+
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(MODEL_ASSET, metadata={
+            "path": dg.MetadataValue.path(str(tmp_path / "model.pt")), "version": "test"}))
+        for attempt in (1, 2):
+            with dg.execute_job(job, instance, run_config=run_config,
+                                tags={JOB_ID_TAG: str(queued_job), "attempt": str(attempt)}) as result:
+                assert not result.success
+                run = instance.get_run_by_id(result.run_id)
+            assert run.tags.get(DEVICES_GONE_TAG) == "true"
+            assert not sensors.end_job_of_ended_run(instance, run.run_id, database_url=database_url,
+                                                    nats_url=nats_url)
+            assert job_state() == ("running", None), "the job is not failed: another device serves"
+            with engine.begin() as conn:
+                conn.execute(sql_text("UPDATE jobs SET updated_at = now() - interval '1 minute' WHERE id = :id"),
+                             {"id": queued_job})
+            reconciled = sensors.reconcile_run_outcomes(dg.build_sensor_context(instance=instance,
+                                                                                resources=resources))
+            [request] = reconciled.run_requests
+            assert request.job_name == serial_job_name(alive) and request.run_key == f"{queued_job}/after/{run.run_id}"
+            assert instance.get_run_by_id(run.run_id).tags[sensors.RELAUNCHED_TAG] == "true"
+        with engine.connect() as conn:
+            logged = conn.execute(sql_text("SELECT payload->>'message' FROM events WHERE job_id = :id "
+                                           "AND type = 'job.log' ORDER BY seq"), {"id": queued_job}).scalars().all()
+        assert sum("the job will run again on a device that serves" in line for line in logged) == 2, logged
+
+        with dg.execute_job(job, instance, run_config=run_config, tags={JOB_ID_TAG: str(queued_job)}) as result:
+            run = instance.get_run_by_id(result.run_id)
+        assert DEVICES_GONE_TAG not in run.tags, "moved twice already: the third time the job fails"
+        assert sensors.end_job_of_ended_run(instance, run.run_id, database_url=database_url, nats_url=nats_url)
+    state, error = job_state()
+    assert state == "failed" and gone_reason in error, error

@@ -268,11 +268,51 @@ def infer(context: dg.OpExecutionContext, config: TileJobConfig, db: SystemOfRec
                 .where(tile_chunks.c.job_id == job_id, tile_chunks.c.state == "pending")
             ).scalar_one()
             state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
-            if left and state == "running":
-                raise dg.Failure(description=f"{left} batches were not inferred: {outcome.stopped_because}")
-            metrics = run_metrics(conn, job_id)
-            conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
+            unfinished = bool(left) and state == "running"
+            if not unfinished:
+                metrics = run_metrics(conn, job_id)
+                conn.execute(update(runs).where(runs.c.id == run_id).values(metrics=metrics))
+        if unfinished:
+            reason = outcome.stopped_because
+            if outcome.devices_gone and _run_elsewhere(context, db, bus, job_id, run_id, steps_on):
+                reason += "; the job runs again on a device that serves"
+            raise dg.Failure(description=f"{left} batches were not inferred: {reason}")
     context.add_output_metadata(metrics)
+
+
+# A run that gave up on its job because every device it admitted the job to is gone (their workers or
+# node died) carries this tag when another device serves: the job is not failed; the reconciler
+# (`sensors.reconcile_run_outcomes`) runs it again, placed on a device that serves, and it carries on
+# from its batches not done. At most MAX_DEVICE_RELAUNCHES times per job: a fleet whose nodes keep
+# dying fails the job rather than moving it for ever.
+DEVICES_GONE_TAG = "constellation/devices_gone"
+MAX_DEVICE_RELAUNCHES = 2
+
+
+def _run_elsewhere(context: dg.OpExecutionContext, db: SystemOfRecord, bus: EventBus, job_id: UUID, run_id: UUID,
+                   steps_on: list[tuple[UUID, Device]]) -> bool:
+    """Tag this run for the reconciler to run the job again on a serving device (see DEVICES_GONE_TAG);
+    False when no other device serves or the job has moved MAX_DEVICE_RELAUNCHES times already."""
+    from constellation_dagster.inference.jobs import JOB_ID_TAG  # (jobs.py builds its jobs from these ops)
+
+    gone = [device.uuid for _, device in steps_on]
+    with db.begin() as conn:
+        serving = conn.execute(select(func.count()).select_from(gpus_table)
+                               .where(gpus_table.c.gone_at.is_(None), gpus_table.c.uuid.not_in(gone))).scalar_one()
+    if not serving:
+        return False
+    moved = context.instance.get_runs_count(
+        dg.RunsFilter(tags={JOB_ID_TAG: str(job_id), DEVICES_GONE_TAG: "true"}))
+    if moved >= MAX_DEVICE_RELAUNCHES:
+        return False
+    context.instance.add_run_tags(context.run_id, {DEVICES_GONE_TAG: "true"})
+    with db.begin() as conn:
+        job = conn.execute(select(jobs.c.account_id).where(jobs.c.id == job_id)).one()
+        labels = ", ".join(device.label for _, device in steps_on)
+        event = _log(conn, job, job_id, run_id, f"{labels}: gone (its worker or machine stopped); the job will "
+                                                f"run again on a device that serves", level="warning")
+    bus.publish([event], flush=True)
+    return True
 
 
 def _close_steps(context: dg.OpExecutionContext, db: SystemOfRecord, bus: EventBus, job_id: UUID, run_id: UUID,

@@ -21,7 +21,7 @@ from constellation_dagster.inference.dispatch import (
     runs_to_terminate,
 )
 from constellation_dagster.inference.jobs import ALL_JOBS, JOB_ID_TAG
-from constellation_dagster.inference.ops import TRACEPARENT_TAG, run_lineage
+from constellation_dagster.inference.ops import DEVICES_GONE_TAG, TRACEPARENT_TAG, run_lineage
 from constellation_dagster.resources import EventBus, SystemOfRecord
 
 # The dispatcher process launches and terminates runs the moment a job is queued or canceled; the
@@ -69,7 +69,8 @@ def _mirror_outcome(status: dg.DagsterRunStatus, state: str, interval_s: int) ->
                         if status == dg.DagsterRunStatus.SUCCESS else ".")),
     )
     def _sensor(context: dg.RunStatusSensorContext, db: SystemOfRecord, bus: EventBus) -> None:
-        error = context.dagster_event.message if context.dagster_event else None
+        error = run_failure_message(context.instance, context.dagster_run.run_id) \
+            if status == dg.DagsterRunStatus.FAILURE else None
         apply_run_outcome(context.log, db, bus, context.instance, context.dagster_run, status, error)
 
     return _sensor
@@ -82,12 +83,13 @@ RELAUNCHED_TAG = "constellation/relaunched"
 
 
 def retry_pending(run: dg.DagsterRun, retries_enabled: bool = False) -> bool:
-    """Whether another run of this failed run's job may be coming: Dagster's retry, or the reconciler's.
-    With Dagster's run retries on, a failed run without `dagster/will_retry` is undecided, not final:
-    the retry daemon sets the tag when it comes to the failure (one written while Postgres restarted
-    can lack it)."""
+    """Whether another run of this failed run's job may be coming: Dagster's retry, or the reconciler's
+    (also for a run whose devices are all gone: `ops.DEVICES_GONE_TAG`). With Dagster's run retries on,
+    a failed run without `dagster/will_retry` is undecided, not final: the retry daemon sets the tag
+    when it comes to the failure (one written while Postgres restarted can lack it)."""
     undecided = "true" if retries_enabled else "false"
-    return run.tags.get(WILL_RETRY_TAG, undecided) == "true" or run.tags.get(RELAUNCHED_TAG) == "true"
+    return (run.tags.get(WILL_RETRY_TAG, undecided) == "true" or run.tags.get(RELAUNCHED_TAG) == "true"
+            or run.tags.get(DEVICES_GONE_TAG) == "true")
 
 
 # The engine event Dagster's retry daemon writes on a failed run when its retry could not be created
@@ -211,7 +213,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
         job_id = record.dagster_run.tags[JOB_ID_TAG]
         if job_id not in latest or record.create_timestamp > latest[job_id].create_timestamp:
             latest[job_id] = record
-    ended, unretried = 0, {}
+    ended, unretried = 0, {}  # job id → its failed run, to run again
     retries = context.instance.run_retries_enabled
     for job_id, record in latest.items():
         run = record.dagster_run
@@ -220,8 +222,9 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
             continue
         if run.status == dg.DagsterRunStatus.FAILURE and (retry_pending(run, retries)
                                                           or retry_failed(context.instance, run)):
-            if time.time() - finished_at >= RETRY_GRACE_S:
-                unretried[UUID(job_id)] = run.run_id
+            # (Dagster never retries a run whose devices were gone: it failed in an op. It runs again at once.)
+            if run.tags.get(DEVICES_GONE_TAG) == "true" or time.time() - finished_at >= RETRY_GRACE_S:
+                unretried[UUID(job_id)] = run
             continue
         failure = run_failure_message(context.instance, run.run_id) if run.status == dg.DagsterRunStatus.FAILURE \
             else None
@@ -239,9 +242,12 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
             ).all()
             launches = plan_launches(conn, rows)
         for launch in launches:
-            failed_run = unretried[launch.job_id]
+            failed_run = unretried[launch.job_id].run_id
             context.instance.add_run_tags(failed_run, {WILL_RETRY_TAG: "false", RELAUNCHED_TAG: "true"})
-            context.log.info(f"job {launch.job_id}: run {failed_run} failed and was never retried; running it again")
+            why = ("its devices were gone" if unretried[launch.job_id].tags.get(DEVICES_GONE_TAG) == "true"
+                   else "it failed and was never retried")
+            context.log.info(f"job {launch.job_id}: run {failed_run} ended ({why}); running it again "
+                             f"({launch.job_name})")
             requests.append(dg.RunRequest(run_key=f"{launch.job_id}/after/{failed_run}", job_name=launch.job_name,
                                           run_config=launch.run_config, tags=traced_dispatch(launch, "recovery")))
     if requests:
@@ -249,8 +255,26 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
     return dg.SkipReason(f"ended {ended} jobs" if ended else "every running job's run is still going")
 
 
+# A job's `error` holds at most this much of its run's failure.
+FAILURE_MESSAGE_CHARS = 2000
+
+
 def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str | None:
-    """The message of the run's last RUN_FAILURE event (why Dagster failed it), if any."""
+    """Why the run failed, as a user should read it: each failed op's reason (the description of the
+    `Failure` it raised, else its error's message), else the message of the run's last RUN_FAILURE
+    event ("Steps failed: ['infer']" alone, or a run that failed outside its ops), if any."""
+    reasons = []
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        event = entry.dagster_event
+        data = event.step_failure_data if event is not None else None
+        if data is None:
+            continue
+        described = data.user_failure_data.description if data.user_failure_data is not None else None
+        reason = described or (data.error.message.strip() if data.error is not None else "")
+        if reason:
+            reasons.append(f"{event.step_key}: {reason}")
+    if reasons:
+        return "; ".join(reasons)[:FAILURE_MESSAGE_CHARS]
     failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
     return failures[-1].dagster_event.message if failures and failures[-1].dagster_event else None
 
