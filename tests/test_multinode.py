@@ -5,7 +5,8 @@ whole stack pointed at it with `RAY_ADDRESS`.
 A parallel job's batches go to the devices of both nodes; then the worker node is killed (its raylet
 and its device workers, no goodbye) while the job runs: the batches it had in hand run again on the
 head node's devices, the job succeeds with every tile exactly once, and the dead node's devices show
-as gone in `GET /gpus`.
+as gone in `GET /gpus`. Serial jobs submitted after that go to the head node's devices, which serve, and
+not to the dead node's, which have no work ahead.
 """
 
 from __future__ import annotations
@@ -103,4 +104,40 @@ def test_a_parallel_job_spreads_over_both_nodes_and_survives_losing_one(cluster,
             listed[d]["state"] == "serving" for d in HEAD_DEVICES)
 
     wait_for(worker_devices_gone, timeout=60, what="the dead node's devices to show as gone", interval=0.5)
+    engine.dispose()
+
+
+def test_serial_jobs_submitted_after_a_node_died_go_to_the_devices_that_serve(cluster, stack):
+    ray_cluster, worker_node = cluster
+    if worker_node in ray_cluster.worker_nodes:  # (this test run alone: lose the node here)
+        ray_cluster.remove_node(worker_node, allow_graceful=False)
+    account = account_in(stack["database_url"], "e2e-multinode-serial")
+    engine = create_engine(stack["database_url"])
+
+    def worker_devices_gone():
+        listed = httpx.get(f"{stack['api']}/gpus", headers=account.headers).json()
+        gone = {g["uuid"] for g in listed if g["state"] == "gone"}
+        return len(gone) == DEVICES_PER_NODE and not gone & HEAD_DEVICES
+
+    wait_for(worker_devices_gone, timeout=60, what="the dead node's devices to show as gone", interval=0.5)
+    # More jobs than the head node has devices, at once: by work ahead alone the dead node's devices,
+    # idle, were the next choice once each head device held one.
+    job_ids = []
+    for n in range(2 * DEVICES_PER_NODE):
+        response = httpx.post(f"{stack['api']}/jobs", headers=account.headers,
+                              json={"name": f"after the node died {n}", "zoom": 15, "area": GENEVA, "mode": "serial"})
+        assert response.status_code == 201, response.text
+        job_ids.append(response.json()["id"])
+    for job_id in job_ids:
+        assert _wait_terminal(stack, account, job_id, timeout=JOB_DEADLINE_S)["state"] == "succeeded", \
+            _dump_logs(stack)
+    with engine.connect() as conn:
+        placed = conn.execute(text("SELECT j.device_uuid, count(r.id) FROM jobs j JOIN runs r ON r.job_id = j.id "
+                                   "WHERE j.id = ANY(CAST(:ids AS uuid[])) GROUP BY j.id, j.device_uuid"),
+                              {"ids": job_ids}).all()
+        used = {row.device for row in conn.execute(text(
+            "SELECT DISTINCT device_uuid AS device FROM tile_chunks WHERE job_id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": job_ids})}
+    assert {device for device, _ in placed} <= HEAD_DEVICES and used <= HEAD_DEVICES, (placed, used)
+    assert all(runs == 1 for _, runs in placed), placed  # none placed on a dead device first, then moved
     engine.dispose()
