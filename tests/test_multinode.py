@@ -5,8 +5,7 @@ whole stack pointed at it with `RAY_ADDRESS`.
 A parallel job's batches go to the devices of both nodes; then the worker node is killed (its raylet
 and its device workers, no goodbye) while the job runs: the batches it had in hand run again on the
 head node's devices, the job succeeds with every tile exactly once, and the dead node's devices show
-as gone in `GET /gpus`. Serial jobs submitted after that go to the head node's devices, which serve, and
-not to the dead node's, which have no work ahead.
+as gone in `GET /gpus`. Serial jobs submitted after that run on the head node's devices, each in one run.
 """
 
 from __future__ import annotations
@@ -120,8 +119,9 @@ def test_serial_jobs_submitted_after_a_node_died_go_to_the_devices_that_serve(cl
         return len(gone) == DEVICES_PER_NODE and not gone & HEAD_DEVICES
 
     wait_for(worker_devices_gone, timeout=60, what="the dead node's devices to show as gone", interval=0.5)
-    # More jobs than the head node has devices, at once: by work ahead alone the dead node's devices,
-    # idle, were the next choice once each head device held one.
+    # More jobs than the head node has devices, at once: each runs on a device that serves, in one run.
+    # (This stack's dispatcher knows the devices registered when it started: here the head node's. The
+    # placement's skipping of gone devices is shown by tests/test_definitions.py.)
     job_ids = []
     for n in range(2 * DEVICES_PER_NODE):
         response = httpx.post(f"{stack['api']}/jobs", headers=account.headers,
