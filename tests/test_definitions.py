@@ -329,7 +329,7 @@ def _job_after_failed_run(engine, database_url, nats_url, job_id, *, batches_don
 def test_a_failed_run_fails_its_job_with_the_reason(engine, database_url, nats_url, queued_job):
     state, detail = _job_after_failed_run(engine, database_url, nats_url, queued_job, batches_done=False)
     assert state == "failed"
-    assert "_worker_dies: run worker gone" in detail["error"], detail  # the op and its error, not "Steps failed"
+    assert "_worker_dies: RuntimeError: run worker gone" in detail["error"], detail  # the op and its error, not "Steps failed"
 
 
 def test_a_run_that_fails_after_its_last_batch_leaves_the_job_succeeded(engine, database_url, nats_url, queued_job):
@@ -362,7 +362,7 @@ def test_a_run_worker_fails_its_job_at_once_when_dagster_will_not_retry_the_run(
         engine, database_url, nats_url, queued_job):
     state, error = _run_worker_ends(engine, database_url, nats_url, queued_job, retry_op_failures=False)
     assert state == "failed"
-    assert "_worker_dies: run worker gone" in error
+    assert "_worker_dies: RuntimeError: run worker gone" in error
 
 
 def test_a_run_worker_leaves_its_job_running_when_dagster_retries_the_run(engine, database_url, nats_url, queued_job):

@@ -257,6 +257,7 @@ def reconcile_run_outcomes(context: dg.SensorEvaluationContext, db: SystemOfReco
 
 # A job's `error` holds at most this much of its run's failure.
 FAILURE_MESSAGE_CHARS = 2000
+STEP_ERROR_WRAPPER = "DagsterExecutionStepExecutionError"  # Dagster's wrapper of an op's own exception
 
 
 def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str | None:
@@ -270,7 +271,10 @@ def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str | None
         if data is None:
             continue
         described = data.user_failure_data.description if data.user_failure_data is not None else None
-        reason = described or (data.error.message.strip() if data.error is not None else "")
+        error = data.error
+        while error is not None and error.cls_name == STEP_ERROR_WRAPPER and error.cause is not None:
+            error = error.cause  # the op's own exception, under Dagster's "Error occurred while executing op"
+        reason = described or (error.message.strip() if error is not None else "")
         if reason:
             reasons.append(f"{event.step_key}: {reason}")
     if reasons:
