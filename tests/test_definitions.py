@@ -81,6 +81,19 @@ def test_dispatch_sensor_requests_one_run_per_queued_job(engine, database_url, q
         assert conn.execute(select(jobs.c.dispatched_at).where(jobs.c.id == queued_job)).scalar_one()
 
 
+def _dispatch_over(monkeypatch, devices, *, measured_rates: bool = False) -> None:
+    """The launch guard places jobs over `devices` (their jobs built as the code location builds them);
+    every device counts as equally fast unless `measured_rates` (from `tile_chunks`, as in production)."""
+    from constellation_dagster.inference import dispatch
+
+    parallel, serial = build_jobs(devices)
+    monkeypatch.setattr(dispatch, "DEVICES", devices)
+    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
+    monkeypatch.setattr(dispatch, "tile_inference", parallel)
+    if not measured_rates:
+        monkeypatch.setattr(dispatch, "device_rates", lambda conn: {})
+
+
 def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine, make_account, monkeypatch):
     """Not the device with the fewest jobs: one 3,000-tile job holds sim0 longer than three 100-tile
     jobs hold sim1. Work of a lower priority is not ahead (a device worker takes the highest-priority
@@ -91,11 +104,7 @@ def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine,
     from constellation_dagster.inference import dispatch
 
     devices = simulated_devices(2)
-    parallel, serial = build_jobs(devices)
-    monkeypatch.setattr(dispatch, "DEVICES", devices)
-    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
-    monkeypatch.setattr(dispatch, "tile_inference", parallel)
-    monkeypatch.setattr(dispatch, "device_rates", lambda conn: {})  # equally fast (no recent batches)
+    _dispatch_over(monkeypatch, devices)
     account = make_account()
 
     def job(priority: int, tiles: int, **launched) -> SimpleNamespace:
@@ -136,10 +145,7 @@ def test_a_serial_job_goes_where_it_would_finish_first_at_each_devices_measured_
     from constellation_dagster.inference import dispatch
 
     slow, fast = devices = simulated_devices(2, node=uuid4().hex[:8])  # uuids of this test alone
-    parallel, serial = build_jobs(devices)
-    monkeypatch.setattr(dispatch, "DEVICES", devices)
-    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
-    monkeypatch.setattr(dispatch, "tile_inference", parallel)
+    _dispatch_over(monkeypatch, devices, measured_rates=True)
     account = make_account()
     earlier = _insert_job(engine, account, state="succeeded", params={"mode": "parallel"})
     batches = [(slow, 32, 0.64, 5), (slow, 32, 0.64, 4), (fast, 32, 0.08, 3), (fast, 32, 0.08, 2),
@@ -184,11 +190,7 @@ def test_a_serial_job_goes_to_no_device_marked_gone_while_another_serves(engine,
     from constellation_dagster.inference import dispatch
 
     dead, alive = devices = simulated_devices(2, node=uuid4().hex[:8])
-    parallel, serial = build_jobs(devices)
-    monkeypatch.setattr(dispatch, "DEVICES", devices)
-    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
-    monkeypatch.setattr(dispatch, "tile_inference", parallel)
-    monkeypatch.setattr(dispatch, "device_rates", lambda conn: {})
+    _dispatch_over(monkeypatch, devices)
     account = make_account()
     with engine.begin() as conn:
         for device in devices:
@@ -329,7 +331,8 @@ def _job_after_failed_run(engine, database_url, nats_url, job_id, *, batches_don
 def test_a_failed_run_fails_its_job_with_the_reason(engine, database_url, nats_url, queued_job):
     state, detail = _job_after_failed_run(engine, database_url, nats_url, queued_job, batches_done=False)
     assert state == "failed"
-    assert "_worker_dies: RuntimeError: run worker gone" in detail["error"], detail  # the op and its error, not "Steps failed"
+    # the op and its error, not Dagster's "Steps failed: [...]"
+    assert "_worker_dies: RuntimeError: run worker gone" in detail["error"], detail
 
 
 def test_a_run_that_fails_after_its_last_batch_leaves_the_job_succeeded(engine, database_url, nats_url, queued_job):
@@ -720,7 +723,7 @@ def test_a_job_whose_devices_are_gone_runs_again_on_a_device_that_serves(
     again on that device. A job whose devices keep dying fails on its third such run, with the reason."""
     from constellation_core.devices import device_spec
     from constellation_core.tables import gpus
-    from constellation_dagster.inference import dispatch, sensors
+    from constellation_dagster.inference import sensors
     from constellation_dagster.inference.ops import DEVICES_GONE_TAG
     from constellation_dagster.models.assets import MODEL_ASSET
     from constellation_dagster.resources import EventBus, Followed, GpuFleet
@@ -740,11 +743,7 @@ def test_a_job_whose_devices_are_gone_runs_again_on_a_device_that_serves(
                                        reconstructable_kwargs={"database_url": database_url, "nats_url": nats_url})
     run_config = {"ops": {node.name: {"config": {"job_id": str(queued_job)}}
                           for node in _serial_job_of_one_device(database_url, nats_url).graph.nodes}}
-    parallel, serial = build_jobs([dead, alive])
-    monkeypatch.setattr(dispatch, "DEVICES", [dead, alive])
-    monkeypatch.setattr(dispatch, "ALL_JOBS", [parallel, *serial.values()])
-    monkeypatch.setattr(dispatch, "tile_inference", parallel)
-    monkeypatch.setattr(dispatch, "device_rates", lambda conn: {})
+    _dispatch_over(monkeypatch, [dead, alive])
     monkeypatch.setattr(sensors, "OUTCOME_GRACE_S", 0)
     resources = {"db": SystemOfRecord(database_url=database_url), "bus": EventBus(nats_url=nats_url)}
 
