@@ -94,6 +94,15 @@ def _dispatch_over(monkeypatch, devices, *, measured_rates: bool = False) -> Non
         monkeypatch.setattr(dispatch, "device_rates", lambda conn: {})
 
 
+def _claimed_serial_job(engine, account, tiles: int):
+    """A queued serial job as the launch guard hands it to `plan_launches` (asked for now)."""
+    from types import SimpleNamespace
+
+    job_id = _insert_job(engine, account, tiles_total=tiles, params={"mode": "serial"}, dispatched_at=func.now())
+    return SimpleNamespace(id=job_id, priority=0, tiles_total=tiles, params={"mode": "serial"},
+                           submitted_by=account.name, correlation_id=None, traceparent=None, created_at=None)
+
+
 def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine, make_account, monkeypatch):
     """Not the device with the fewest jobs: one 3,000-tile job holds sim0 longer than three 100-tile
     jobs hold sim1. Work of a lower priority is not ahead (a device worker takes the highest-priority
@@ -138,7 +147,6 @@ def test_a_serial_job_goes_where_it_would_finish_first_at_each_devices_measured_
     rate each device ran its batches at over the last two minutes weighs the work ahead. Here the slow
     device has nothing ahead, and the fast one 600 tiles at eight times its rate: the new job finishes
     first on the fast one. A parallel job's tiles count on each device in proportion to its rate."""
-    from types import SimpleNamespace
     from uuid import uuid4
 
     from constellation_core.tables import tile_chunks
@@ -161,9 +169,7 @@ def test_a_serial_job_goes_where_it_would_finish_first_at_each_devices_measured_
 
     _insert_job(engine, account, state="running", tiles_total=600, tiles_done=0, params={"mode": "serial"},
                 device_uuid=fast.uuid)
-    new_id = _insert_job(engine, account, tiles_total=100, params={"mode": "serial"}, dispatched_at=func.now())
-    new = SimpleNamespace(id=new_id, priority=0, tiles_total=100, params={"mode": "serial"}, submitted_by=account.name,
-                          correlation_id=None, traceparent=None, created_at=None)
+    new = _claimed_serial_job(engine, account, tiles=100)
     with engine.begin() as conn:
         [launch] = dispatch.plan_launches(conn, [new])
     assert launch.job_name == serial_job_name(fast), "slow: 100 tiles at 50/s = 2 s; fast: 700 at 400/s = 1.75 s"
@@ -183,7 +189,6 @@ def test_a_serial_job_goes_to_no_device_marked_gone_while_another_serves(engine,
     """After a node dies its devices have no work ahead: placed by work ahead alone, every new serial
     job went there and waited until its run gave up on the device. With every device gone, the job is
     still placed (a device may come back)."""
-    from types import SimpleNamespace
     from uuid import uuid4
 
     from constellation_core.tables import gpus
@@ -198,9 +203,7 @@ def test_a_serial_job_goes_to_no_device_marked_gone_while_another_serves(engine,
                                              gone_at=func.now() if device is dead else None))
     _insert_job(engine, account, state="running", tiles_total=3000, tiles_done=0, params={"mode": "serial"},
                 device_uuid=alive.uuid)
-    new_id = _insert_job(engine, account, tiles_total=100, params={"mode": "serial"}, dispatched_at=func.now())
-    new = SimpleNamespace(id=new_id, priority=0, tiles_total=100, params={"mode": "serial"}, submitted_by=account.name,
-                          correlation_id=None, traceparent=None, created_at=None)
+    new = _claimed_serial_job(engine, account, tiles=100)
     with engine.begin() as conn:
         [launch] = dispatch.plan_launches(conn, [new])
     assert launch.job_name == serial_job_name(alive), "3,000 tiles ahead on a serving device, not a dead one"
