@@ -103,6 +103,19 @@ def _claimed_serial_job(engine, account, tiles: int):
                            submitted_by=account.name, correlation_id=None, traceparent=None, created_at=None)
 
 
+def _serial_job_placed_behind(engine, account, device, tiles_ahead: int):
+    """A running serial job of `tiles_ahead` tiles on `device`, then a new 100-tile serial job placed
+    (`plan_launches`): its launch, and the job as claimed (to place again)."""
+    from constellation_dagster.inference import dispatch
+
+    _insert_job(engine, account, state="running", tiles_total=tiles_ahead, tiles_done=0, params={"mode": "serial"},
+                device_uuid=device.uuid)
+    new = _claimed_serial_job(engine, account, tiles=100)
+    with engine.begin() as conn:
+        [launch] = dispatch.plan_launches(conn, [new])
+    return launch, new
+
+
 def test_a_serial_job_goes_to_the_device_with_the_least_work_ahead_of_it(engine, make_account, monkeypatch):
     """Not the device with the fewest jobs: one 3,000-tile job holds sim0 longer than three 100-tile
     jobs hold sim1. Work of a lower priority is not ahead (a device worker takes the highest-priority
@@ -167,11 +180,7 @@ def test_a_serial_job_goes_where_it_would_finish_first_at_each_devices_measured_
         rates = dispatch.device_rates(conn)
     assert rates[slow.uuid] == pytest.approx(50) and rates[fast.uuid] == pytest.approx(400)
 
-    _insert_job(engine, account, state="running", tiles_total=600, tiles_done=0, params={"mode": "serial"},
-                device_uuid=fast.uuid)
-    new = _claimed_serial_job(engine, account, tiles=100)
-    with engine.begin() as conn:
-        [launch] = dispatch.plan_launches(conn, [new])
+    launch, new = _serial_job_placed_behind(engine, account, fast, tiles_ahead=600)
     assert launch.job_name == serial_job_name(fast), "slow: 100 tiles at 50/s = 2 s; fast: 700 at 400/s = 1.75 s"
 
     monkeypatch.setattr(dispatch, "device_rates", lambda conn: {slow.uuid: 100, fast.uuid: 300})
@@ -201,11 +210,7 @@ def test_a_serial_job_goes_to_no_device_marked_gone_while_another_serves(engine,
         for device in devices:
             conn.execute(insert(gpus).values(uuid=device.uuid, name=device.label, simulated=True,
                                              gone_at=func.now() if device is dead else None))
-    _insert_job(engine, account, state="running", tiles_total=3000, tiles_done=0, params={"mode": "serial"},
-                device_uuid=alive.uuid)
-    new = _claimed_serial_job(engine, account, tiles=100)
-    with engine.begin() as conn:
-        [launch] = dispatch.plan_launches(conn, [new])
+    launch, new = _serial_job_placed_behind(engine, account, alive, tiles_ahead=3000)
     assert launch.job_name == serial_job_name(alive), "3,000 tiles ahead on a serving device, not a dead one"
 
     with engine.begin() as conn:
