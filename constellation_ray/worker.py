@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select as io_select  # (sqlalchemy's `select` is the query builder here)
 import sys
 import threading
 import time
@@ -313,9 +314,7 @@ class DeviceWorker:
             if listener is None or listener.closed:
                 listener = _listen(self.database_url, WAKE_CHANNEL)
                 return listener  # look once more: an admission may have come before LISTEN
-            for note in listener.notifies(timeout=timeout_s):
-                if note.payload in (self.device.uuid, "*"):
-                    break
+            wait_notified(listener, timeout_s, lambda note: note.payload in (self.device.uuid, "*"))
         except psycopg.Error:
             log.warning("listening for work failed", exc_info=True)
             time.sleep(1.0)
@@ -512,6 +511,22 @@ def _listen(database_url: str, channel: str) -> psycopg.Connection:
     return listener
 
 
+def wait_notified(listener: psycopg.Connection, timeout_s: float,
+              wanted: Callable[[psycopg.Notify], bool] = lambda note: True) -> bool:
+    """Wait until a notification `wanted` arrives on `listener` (True) or `timeout_s` passes (False).
+
+    Sleeps in `select` on the connection's socket: psycopg's own `notifies(timeout=…)` wakes every
+    0.1 s to look (~0.15 % of a core for each idle device worker). A dropped connection raises
+    psycopg's error, as `notifies` does."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if any(wanted(note) for note in listener.notifies(timeout=0)):  # what has come, without waiting
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not io_select.select([listener.fileno()], [], [], remaining)[0]:
+            return False
+
+
 @contextmanager
 def batches_notified(database_url: str, job_id: UUID) -> Iterator[Callable[[float], None]]:
     """A `wait(timeout_s)` that returns when one of the job's batches was committed or its step failed
@@ -526,8 +541,7 @@ def batches_notified(database_url: str, job_id: UUID) -> Iterator[Callable[[floa
             if listener is None or listener.closed:
                 listener = _listen(database_url, job_channel(job_id))
                 return  # listening from now: look again at once
-            for _ in listener.notifies(timeout=timeout_s, stop_after=1):
-                pass
+            wait_notified(listener, timeout_s)
         except psycopg.Error:
             if listener is not None:
                 listener.close()

@@ -1,12 +1,13 @@
 """An op following its job on the devices is woken by the job's batch commits (Postgres NOTIFY), not by
-polling: only its own job's committed batches wake it; otherwise it looks again at its recheck."""
+polling: only its own job's committed batches wake it; otherwise it looks again at its recheck. An idle
+device worker likewise sleeps until a job is admitted to its device."""
 
 from __future__ import annotations
 
 import time
 from uuid import uuid4
 
-from constellation_ray.worker import batches_notified, notify_job
+from constellation_ray.worker import WAKE_CHANNEL, _listen, batches_notified, notify_job, wait_notified, wake
 
 
 def _waited(wait, timeout_s: float) -> float:
@@ -30,3 +31,26 @@ def test_a_follower_wakes_on_its_jobs_committed_batch_and_nothing_else(engine, d
         with engine.begin() as conn:
             notify_job(conn, job_id)
         assert _waited(wait, 30.0) < 10, "its job's committed batch did not wake the follower"
+
+
+def test_an_idle_device_worker_sleeps_until_work_comes_for_its_device(engine, database_url):
+    listener = _listen(database_url, WAKE_CHANNEL)
+    try:
+        for_this_device = lambda note: note.payload in ("device-a", "*")  # noqa: E731 - as the worker asks
+
+        def waited(timeout_s: float) -> tuple[bool, float]:
+            began = time.monotonic()
+            return wait_notified(listener, timeout_s, for_this_device), time.monotonic() - began
+
+        with engine.begin() as conn:
+            wake(conn, "device-b")
+        woken, seconds = waited(1.5)
+        assert not woken and seconds >= 1.4, "work for another device woke this one"
+
+        for device in ("device-a", "*"):
+            with engine.begin() as conn:
+                wake(conn, device)
+            woken, seconds = waited(30.0)
+            assert woken and seconds < 10, f"a wake for {device!r} did not end the wait"
+    finally:
+        listener.close()

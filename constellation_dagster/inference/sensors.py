@@ -28,11 +28,17 @@ from constellation_dagster.resources import EventBus, SystemOfRecord
 # two sensors behind it only reconcile what it missed (it was down, Dagit refused), so they need not
 # tick every second (each tick is a gRPC call into the code server and a few Postgres round trips).
 RECONCILE_INTERVAL_S = 10
+# The two that back the dispatcher up tick less often: it launches and terminates within milliseconds,
+# and launches whatever is due again as it starts after a crash; a job is due to the dispatch sensor
+# only RECONCILE_GRACE_S after its submission anyway. A tick of any sensor costs ~35 ms of CPU with
+# nothing to do (the daemon, the code server and Postgres together): ~30 ticks a minute were ~1.8 % of
+# a core of the idle stack (`bench/idle_cpu.py`).
+BACKSTOP_INTERVAL_S = 30
 
 
 @dg.sensor(
     jobs=ALL_JOBS,
-    minimum_interval_seconds=RECONCILE_INTERVAL_S,
+    minimum_interval_seconds=BACKSTOP_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Reconciler: launches a run for each queued job the fast-path dispatcher did not take within "
                 f"{RECONCILE_GRACE_S:.0f} s of its submission (run key = job id).",
@@ -331,7 +337,7 @@ def end_job_of_ended_run(instance: dg.DagsterInstance, run_id: str, *, database_
 
 
 @dg.sensor(
-    minimum_interval_seconds=RECONCILE_INTERVAL_S,
+    minimum_interval_seconds=BACKSTOP_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Reconciler: terminates the Dagster run of a job canceled through the API (or drops it from "
                 "Dagster's queue) when the fast-path dispatcher did not.",
