@@ -66,8 +66,9 @@ def code_location_devices() -> list[Device]:
 
     With a local Ray (the default) these are this machine's (CONSTELLATION_SIMULATED_GPUS, else NVML,
     else the CPU): exactly the devices its workers serve. On a cluster (`RAY_ADDRESS`), the devices
-    its workers registered and still serve; a node that joins later needs a code-location reload
-    (Dagit → Deployment → Reload) for its pools.
+    its workers registered and still serve. A node that joins later needs this code server, the daemon
+    (its run-worker zygote imported these jobs) and the dispatcher restarted: a `dagster api grpc`
+    server does not load its definitions again on Dagit's *Reload*.
     """
     if not os.environ.get("RAY_ADDRESS"):
         return discover()
