@@ -278,9 +278,15 @@ def setup(seed: Annotated[bool, typer.Option(help="Seed the demo account, area a
     typer.echo("setup: databases migrated, NATS stream and Dagster storage ready")
     if not seed:
         return
+    import httpx
+
     from constellation_devstack.seed import seed_demo
 
     api_url = f"http://{settings.api_host}:{settings.api_port}"
+    # "Constellation is up" is a promise the user acts on at once (`constellation submit …`): the API
+    # answers first, also when there is nothing to seed (it starts beside this program).
+    wait_for(lambda: httpx.get(f"{api_url}/readyz", timeout=5).status_code == 200, timeout=120,
+             what=f"the API at {api_url}", interval=0.2)
     key, seeded = seed_demo(settings, settings.local_dir / "dev-api-key", api_url)
     typer.echo(
         "\n".join(

@@ -17,7 +17,6 @@ from constellation_core.accounts import account_id_by_name, create_account, issu
 from constellation_core.db import sync_engine
 from constellation_core.settings import REPO_ROOT, Settings
 from constellation_core.tables import areas
-from constellation_core.waiting import wait_for
 
 DEMO_ACCOUNT = "demo"
 DEMO_AREA_FILE = REPO_ROOT / "db" / "seeds" / "demo_area.geojson"
@@ -35,7 +34,7 @@ def _write_key(path: Path, key: str) -> None:
 
 
 def seed_demo(settings: Settings, key_file: Path, api_url: str) -> tuple[str, bool]:
-    """Return (dev API key, whether the demo was seeded now)."""
+    """Return (dev API key, whether the demo was seeded now). The API at `api_url` must be ready."""
     engine = sync_engine(settings.sync_database_url)
     with engine.begin() as conn:
         account_id = account_id_by_name(conn, DEMO_ACCOUNT)
@@ -59,7 +58,6 @@ def seed_demo(settings: Settings, key_file: Path, api_url: str) -> tuple[str, bo
         ).scalar_one()
     _write_key(key_file, key)
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=120, what=f"the API at {api_url}")
         for job in DEMO_JOBS:
             client.post("/jobs", json={**job, "area_id": str(area_id)}).raise_for_status()
     return key, True
