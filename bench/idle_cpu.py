@@ -59,5 +59,6 @@ def main() -> None:
     print(f"machine busy      {machine:6.1%} of one core   (the stack, and what this machine runs besides it: "
           f"{max(machine - stack, 0):.1%} — its own agents, kernel threads, steal)")
 
+
 if __name__ == "__main__":
     main()

@@ -512,7 +512,7 @@ def _listen(database_url: str, channel: str) -> psycopg.Connection:
 
 
 def wait_notified(listener: psycopg.Connection, timeout_s: float,
-              wanted: Callable[[psycopg.Notify], bool] = lambda note: True) -> bool:
+                  wanted: Callable[[psycopg.Notify], bool] = lambda note: True) -> bool:
     """Wait until a notification `wanted` arrives on `listener` (True) or `timeout_s` passes (False).
 
     Sleeps in `select` on the connection's socket: psycopg's own `notifies(timeout=…)` wakes every
