@@ -96,6 +96,33 @@ def _run(fn):
         raise typer.Exit(1) from None
 
 
+# A job id may be given whole or by its start, as `ls` shows it in a narrow terminal ("36d00647…"):
+# the start is looked up among the caller's most recent jobs.
+JOB_ID_LOOKUP = 500  # the API's largest page
+JobId = Annotated[str, typer.Argument(help="The job's id, whole or its start (as `ls` shows it in a narrow terminal)")]
+
+
+def match_job_id(given: str, ids: list[str]) -> str:
+    """The one id in `ids` that starts with `given` (dashes and case ignored); ApiError if none or several."""
+    start = given.strip().lower().rstrip("…").replace("-", "")
+    if not start or any(c not in "0123456789abcdef" for c in start):
+        raise ApiError(f"{given!r} is not a job id (hex digits, with or without dashes)")
+    found = [job_id for job_id in ids if job_id.replace("-", "").startswith(start)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ApiError(f"no job id starts with {given!r} among your {len(ids)} most recent jobs: give the whole id")
+    raise ApiError(f"{given!r} starts {len(found)} job ids ({', '.join(found[:5])}{', …' if len(found) > 5 else ''}): "
+                   "give more of it")
+
+
+def _job_id(given: str) -> str:
+    """`given` if it is a whole job id, else the recent job whose id starts with it."""
+    if len(given.replace("-", "")) == 32:
+        return given
+    return match_job_id(given, [job["id"] for job in _call("GET", "/jobs", params={"limit": JOB_ID_LOOKUP})["data"]])
+
+
 def _read_geojson(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -165,9 +192,9 @@ def gpus() -> None:
 
 
 @app.command()
-def status(job_id: str) -> None:
+def status(job_id: JobId) -> None:
     """A job's state, progress, runs and devices."""
-    job = _run(lambda: _call("GET", f"/jobs/{job_id}"))
+    job = _run(lambda: _call("GET", f"/jobs/{_job_id(job_id)}"))
     out.print(f"[bold]{job['name']}[/] {job['id']}")
     out.print(f"  state     {job['state']}" + (f" (queue position {job['queue_position']})" if job["queue_position"] else ""))
     out.print(f"  progress  {job['tiles_done']}/{job['tiles_total']} tiles ({job['progress']:.0%})"
@@ -182,14 +209,15 @@ def status(job_id: str) -> None:
 
 @app.command()
 def watch(
-    job_id: str,
+    job_id: JobId,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds")] = 3600,
 ) -> None:
     """Follow a job live (WebSocket stream) with a progress bar until it ends; exit 1 unless it succeeded."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    job = _run(lambda: _call("GET", f"/jobs/{job_id}"))
+    job = _run(lambda: _call("GET", f"/jobs/{_job_id(job_id)}"))
+    job_id = job["id"]
     state, done, total, last_id = job["state"], job["tiles_done"], job["tiles_total"] or 0, 0
     ws_url = _base_url().replace("http", "ws", 1) + f"/stream?job_id={job_id}"
     deadline = time.monotonic() + timeout
@@ -229,18 +257,19 @@ def watch(
 
 
 @app.command()
-def cancel(job_id: str) -> None:
+def cancel(job_id: JobId) -> None:
     """Cancel a queued or running job."""
-    job = _run(lambda: _call("POST", f"/jobs/{job_id}/cancel"))
+    job = _run(lambda: _call("POST", f"/jobs/{_job_id(job_id)}/cancel"))
     out.print(f"job {job['id']} {job['state']}")
 
 
 @app.command()
 def logs(
-    job_id: str,
+    job_id: JobId,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends")] = False,
 ) -> None:
     """A job's log lines and state changes (`-f`: live, until the job ends)."""
+    job_id = _run(lambda: _job_id(job_id))
     if not follow:
         after: int | str = 0
         while after is not None:

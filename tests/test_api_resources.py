@@ -219,6 +219,37 @@ def test_the_cli_lists_the_devices_with_their_rate_and_who_is_on_them(client, ma
     assert "Test GPU (simulated)" in row and "serving" in row and " 256 " in row, row
 
 
+def test_the_cli_takes_a_job_by_the_start_of_its_id_among_the_callers_jobs(client, make_account, monkeypatch):
+    """`ls` in an 80-column terminal shows "36d00647…": that start is enough for status, logs, watch, cancel."""
+    import contextlib
+
+    import pytest
+    from typer.testing import CliRunner
+
+    from constellation_cli import main as cli
+
+    mine, theirs = make_account(), make_account()
+    job = client.post("/jobs", json=job_body(name="mine"), headers=mine.headers).json()
+    other = client.post("/jobs", json=job_body(name="theirs"), headers=theirs.headers).json()
+    client.headers["Authorization"] = f"Bearer {mine.key}"
+    monkeypatch.setattr(cli, "_client", lambda: contextlib.nullcontext(client))
+
+    def status(given: str):
+        return CliRunner().invoke(cli.app, ["status", given], env={"COLUMNS": "250"})
+
+    for given in (job["id"][:8], job["id"][:8] + "…", job["id"].upper()[:13], job["id"]):
+        shown = status(given)
+        assert shown.exit_code == 0 and f"mine {job['id']}" in shown.output, (given, shown.output)
+    refused = status(other["id"][:8])  # another account's job is not among the caller's
+    assert refused.exit_code == 1 and "no job id starts with" in refused.output, refused.output
+    assert status("zz").exit_code == 1
+
+    ids = ["36d00647-c9dc-4dee-b237-3390eb3ce8d2", "36d0ffff-0000-4000-8000-000000000000"]
+    assert cli.match_job_id("36d006", ids) == ids[0]
+    with pytest.raises(cli.ApiError, match="starts 2 job ids"):
+        cli.match_job_id("36d0", ids)
+
+
 def test_events_history_pages_by_id_and_respects_ownership(client, make_account):
     account, other = make_account(), make_account()
     job = client.post("/jobs", json=job_body(), headers=account.headers).json()
