@@ -1,8 +1,12 @@
-"""The local stack's files are private: what `make demo` writes (logs, data) is its owner's alone."""
+"""The local stack: what `make demo` writes (logs, data) is its owner's alone; it says it is up only when it is."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import stat
+
+import httpx
 
 from constellation_core.settings import Settings
 from constellation_devstack.commands import supervisor_config
@@ -65,3 +69,55 @@ def test_free_ports_come_from_below_the_kernels_ephemeral_range():
     assert all(FREE_PORTS_FROM <= port < low for port in ports), ports
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", ports[0]))
+
+
+def test_make_demo_says_it_is_up_only_once_the_api_answers(database_url, pg_admin_url, nats_url, tmp_path):
+    """The banner is a promise the user acts on at once (`constellation submit …`). A `make demo` on
+    existing data (nothing to seed) printed it as soon as its setup was done, before the API listened."""
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from sqlalchemy import create_engine
+
+    from constellation_core.accounts import create_account, issue_api_key
+    from constellation_core.settings import API_SERVER_ARGS
+    from constellation_core.waiting import free_port, wait_for
+    from tests.conftest import drop_database, fresh_database_url
+
+    local = tmp_path / "local"
+    local.mkdir()
+    engine = create_engine(database_url)
+    with engine.begin() as conn:  # a demo that ran before: its account and dev key exist
+        (local / "dev-api-key").write_text(issue_api_key(conn, create_account(conn, "demo", role="admin")))
+    engine.dispose()
+    dagster_url = fresh_database_url(pg_admin_url, "setup_dagster")
+    api_port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "DAGSTER_DATABASE_URL": dagster_url, "NATS_URL": nats_url,
+           "CONSTELLATION_LOCAL_DIR": str(local), "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+           "API_PORT": str(api_port)}
+    bin_dir = Path(sys.executable).parent
+    setup = subprocess.Popen([str(bin_dir / "constellation-dev"), "setup"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(setup.stdout), daemon=True).start()
+    api = None
+    try:
+        wait_for(lambda: any("setup: databases migrated" in line for line in lines), timeout=120,
+                 what="setup to prepare the databases", interval=0.1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            setup.wait(timeout=3)  # the API is not up: setup must still be waiting, silent
+        assert setup.poll() is None and not any("Constellation is up" in line for line in lines), "".join(lines)
+
+        api = subprocess.Popen([str(bin_dir / "uvicorn"), *API_SERVER_ARGS, "--port", str(api_port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert setup.wait(timeout=120) == 0, "".join(lines)
+        wait_for(lambda: any("Constellation is up" in line for line in lines), timeout=10, what="the banner")
+        assert httpx.get(f"http://127.0.0.1:{api_port}/readyz").status_code == 200
+    finally:
+        for process in (setup, api):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+        drop_database(dagster_url)
