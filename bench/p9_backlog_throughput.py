@@ -42,6 +42,7 @@ from constellation_core.inference.imagery import TileReader, ensure_demo_scene
 from constellation_core.inference.model import TileClassifier
 from constellation_core.settings import get_settings
 from constellation_core.tiles import plan_tiles
+from constellation_core.waiting import wait_for
 
 ZOOM = 17
 BATCH = 32
@@ -98,13 +99,25 @@ def main() -> None:
     rng = random.Random(args.seed)
     engine = create_engine(settings.sync_database_url)
     with engine.connect() as conn:
-        devices = conn.execute(text("SELECT uuid, name FROM gpus WHERE gone_at IS NULL ORDER BY name")).all()
         model_version = conn.execute(text("SELECT model_version FROM tile_results ORDER BY id DESC LIMIT 1")).scalar()
     if model_version is None:
         raise SystemExit("no tile result yet: let the demo's seeded jobs finish first")
 
     with demo_api(settings) as client:
         wait_dagster_idle(settings)
+
+        # A demo that has just started marks every device gone until its worker registers again: the
+        # devices are those that serve, the same at two looks 2 s apart.
+        last_look: list = []
+
+        def serving_steadily():
+            with engine.connect() as conn:
+                now = conn.execute(text("SELECT uuid, name FROM gpus WHERE gone_at IS NULL ORDER BY name")).all()
+            steady = bool(now) and now == last_look
+            last_look[:] = now
+            return now if steady else None
+
+        devices = wait_for(serving_steadily, timeout=120, what="the devices whose workers serve", interval=2.0)
         areas = small_areas(args.jobs, rng, args.min_tiles, args.max_tiles)
         bodies = [{"name": f"P9 {i}", "zoom": ZOOM, "area": area, "batch_size": BATCH,
                    "mode": rng.choice(["serial", "parallel"]), "priority": rng.randint(-5, 5)}
